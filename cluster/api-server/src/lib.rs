@@ -1,0 +1,1 @@
+//! API server: the REST interface, erasure-coded PUT and GET pipelines, repair.

@@ -1,0 +1,70 @@
+//! How servers find each other: data servers announce themselves with heartbeats, and API
+//! servers ask "who holds shards of this hash?" (locate).
+//!
+//! [`Bus`] is the one trait; [`memory::MemoryBus`] is the in-process engine of
+//! `dos-server local`. The live set and its expiry rule ([`LiveSet`]) are shared by engines.
+
+pub mod contract;
+mod live;
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dos_protocol::{ContentHash, LocateReply, ServerInfo};
+
+pub use live::{HEARTBEAT_EXPIRY, HEARTBEAT_INTERVAL, LiveSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("message bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a data server answers to a locate broadcast.
+pub trait LocateResponder: Send + Sync + 'static {
+    /// Indices of the shards of `hash` this server holds (empty: stay silent).
+    fn shards_of(&self, hash: &ContentHash) -> Vec<u8>;
+}
+
+/// Ends a subscription when dropped.
+pub struct Subscription(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Subscription {
+    pub fn new(on_drop: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(on_drop)))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Data-server side: announces `server` as alive. Called every [`HEARTBEAT_INTERVAL`].
+    async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError>;
+
+    /// Data-server side: answers locate broadcasts for `server` until the subscription drops.
+    async fn serve_locate(
+        &self,
+        server: ServerInfo,
+        responder: Arc<dyn LocateResponder>,
+    ) -> Result<Subscription, BusError>;
+
+    /// API side: data servers heard from within [`HEARTBEAT_EXPIRY`].
+    fn live_servers(&self) -> Vec<ServerInfo>;
+
+    /// API side: asks every data server which shards of `hash` it holds. Returns once every
+    /// live server has answered or `timeout` has passed, with the non-empty answers.
+    async fn locate(
+        &self,
+        hash: &ContentHash,
+        timeout: Duration,
+    ) -> Result<Vec<LocateReply>, BusError>;
+}

@@ -1,0 +1,77 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dos_protocol::{ServerId, ServerInfo};
+use tokio::time::Instant;
+
+/// How often a data server announces itself.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// A data server silent for this long is no longer chosen.
+pub const HEARTBEAT_EXPIRY: Duration = Duration::from_secs(15);
+
+/// The data servers an API server has heard from recently. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct LiveSet {
+    inner: Arc<Mutex<HashMap<ServerId, (ServerInfo, Instant)>>>,
+    expiry: Duration,
+}
+
+impl Default for LiveSet {
+    fn default() -> Self {
+        Self::new(HEARTBEAT_EXPIRY)
+    }
+}
+
+impl LiveSet {
+    pub fn new(expiry: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            expiry,
+        }
+    }
+
+    /// Records a heartbeat; a server that moved to another address is updated.
+    pub fn record(&self, server: &ServerInfo) {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(server.id.clone(), (server.clone(), Instant::now()));
+    }
+
+    /// Forgets a server at once (it said it is shutting down).
+    pub fn remove(&self, id: &ServerId) {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.remove(id);
+    }
+
+    /// Servers heard from within the expiry window, sorted by id; expired ones are dropped.
+    pub fn live(&self) -> Vec<ServerInfo> {
+        let now = Instant::now();
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, (_, seen)| now.duration_since(*seen) <= self.expiry);
+        let mut out: Vec<_> = map.values().map(|(s, _)| s.clone()).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_and_returns() {
+        let set = LiveSet::default();
+        let s = ServerInfo {
+            id: ServerId("a".into()),
+            addr: "127.0.0.1:1".into(),
+        };
+        set.record(&s);
+        assert_eq!(set.live(), vec![s.clone()]);
+        tokio::time::advance(Duration::from_secs(14)).await;
+        assert_eq!(set.live().len(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(set.live().is_empty());
+        set.record(&s);
+        assert_eq!(set.live().len(), 1);
+    }
+}

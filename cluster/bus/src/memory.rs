@@ -1,0 +1,96 @@
+//! The in-process bus of `dos-server local`: heartbeats update a shared [`LiveSet`], locate
+//! asks each registered responder directly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dos_protocol::{ContentHash, LocateReply, ServerId, ServerInfo};
+
+use crate::{Bus, BusError, LiveSet, LocateResponder, Subscription};
+
+type Responders = Arc<Mutex<HashMap<ServerId, (ServerInfo, Arc<dyn LocateResponder>)>>>;
+
+#[derive(Clone, Default)]
+pub struct MemoryBus {
+    live: LiveSet,
+    responders: Responders,
+}
+
+impl MemoryBus {
+    pub fn new(live: LiveSet) -> Self {
+        Self {
+            live,
+            responders: Arc::default(),
+        }
+    }
+
+    pub fn live_set(&self) -> &LiveSet {
+        &self.live
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError> {
+        self.live.record(server);
+        Ok(())
+    }
+
+    async fn serve_locate(
+        &self,
+        server: ServerInfo,
+        responder: Arc<dyn LocateResponder>,
+    ) -> Result<Subscription, BusError> {
+        let id = server.id.clone();
+        self.responders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), (server, responder));
+        let responders = self.responders.clone();
+        let live = self.live.clone();
+        Ok(Subscription::new(move || {
+            responders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+            live.remove(&id);
+        }))
+    }
+
+    fn live_servers(&self) -> Vec<ServerInfo> {
+        self.live.live()
+    }
+
+    async fn locate(
+        &self,
+        hash: &ContentHash,
+        _timeout: Duration,
+    ) -> Result<Vec<LocateReply>, BusError> {
+        let responders: Vec<_> = self
+            .responders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        Ok(responders
+            .into_iter()
+            .filter_map(|(server, r)| {
+                let shards = r.shards_of(hash);
+                (!shards.is_empty()).then_some(LocateReply { server, shards })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn contract() {
+        crate::contract::run_all(|| async { MemoryBus::default() }).await;
+    }
+}

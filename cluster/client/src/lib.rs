@@ -1,0 +1,1 @@
+//! HTTP client for the dos REST API.

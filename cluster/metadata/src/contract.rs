@@ -1,0 +1,259 @@
+//! The contract every [`MetadataStore`] engine must pass. Engines call [`run_all`] from their
+//! tests with a factory that returns a fresh, empty store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use dos_protocol::{ContentHash, EntryKind, ObjectName, ServerId};
+
+use crate::{ContentRecord, ListQuery, MetadataStore, NewVersion, VersionsFrom};
+
+fn name(s: &str) -> ObjectName {
+    ObjectName::new(s).unwrap()
+}
+
+/// Adds a live version of `content` under `name`.
+pub async fn put<S: MetadataStore>(store: &S, name: &ObjectName, content: &[u8]) -> u64 {
+    store
+        .add_version(
+            name,
+            NewVersion {
+                size: content.len() as u64,
+                hash: Some(ContentHash::of(content)),
+                mtime_ns: 1_000,
+                mode: 0o644,
+                kind: EntryKind::File,
+            },
+        )
+        .await
+        .unwrap()
+        .version
+}
+
+async fn delete<S: MetadataStore>(store: &S, name: &ObjectName) -> u64 {
+    store
+        .add_version(name, NewVersion::delete_marker(2_000))
+        .await
+        .unwrap()
+        .version
+}
+
+/// Runs every contract case, each on a fresh store from `factory`.
+pub async fn run_all<S, F, Fut>(factory: F)
+where
+    S: MetadataStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    versions_are_consecutive(&factory().await).await;
+    delete_markers(&factory().await).await;
+    versions_listing_pages(&factory().await).await;
+    listing_groups_and_pages(&factory().await).await;
+    contents_round_trip(&factory().await).await;
+    concurrent_writers_get_unique_versions(Arc::new(factory().await)).await;
+}
+
+pub async fn versions_are_consecutive<S: MetadataStore>(store: &S) {
+    let a = name("dir/a");
+    assert_eq!(store.get_version(&a, None).await.unwrap(), None);
+    assert_eq!(put(store, &a, b"one").await, 1);
+    assert_eq!(put(store, &a, b"two").await, 2);
+    assert_eq!(put(store, &name("dir/b"), b"x").await, 1);
+    let latest = store.get_version(&a, None).await.unwrap().unwrap();
+    assert_eq!(latest.version, 2);
+    assert_eq!(latest.hash, Some(ContentHash::of(b"two")));
+    assert_eq!(latest.size, 3);
+    assert_eq!(latest.mode, 0o644);
+    assert_eq!(latest.mtime_ns, 1_000);
+    let first = store.get_version(&a, Some(1)).await.unwrap().unwrap();
+    assert_eq!(first.hash, Some(ContentHash::of(b"one")));
+    assert_eq!(store.get_version(&a, Some(3)).await.unwrap(), None);
+    // Sizes are 64-bit.
+    let big = store
+        .add_version(
+            &name("big"),
+            NewVersion {
+                size: 5 << 30,
+                hash: Some(ContentHash::of(b"big")),
+                mtime_ns: 0,
+                mode: 0o600,
+                kind: EntryKind::File,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_version(&name("big"), None).await.unwrap(),
+        Some(big)
+    );
+}
+
+pub async fn delete_markers<S: MetadataStore>(store: &S) {
+    let a = name("a");
+    put(store, &a, b"one").await;
+    assert_eq!(delete(store, &a).await, 2);
+    let latest = store.get_version(&a, None).await.unwrap().unwrap();
+    assert!(latest.is_delete_marker());
+    assert_eq!(latest.size, 0);
+    assert!(store.get_version(&a, Some(1)).await.unwrap().is_some());
+    let page = store
+        .list(&ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.entries.is_empty(), "deleted names are not listed");
+    assert_eq!(put(store, &a, b"three").await, 3);
+    let page = store
+        .list(&ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].version, 3);
+}
+
+pub async fn versions_listing_pages<S: MetadataStore>(store: &S) {
+    for n in ["b", "a", "c"] {
+        for i in 0..3 {
+            put(store, &name(n), format!("{n}{i}").as_bytes()).await;
+        }
+    }
+    delete(store, &name("b")).await;
+    let b = store
+        .list_versions(&VersionsFrom::Name(name("b"), 0), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(b[3].is_delete_marker());
+    let after = store
+        .list_versions(&VersionsFrom::Name(name("b"), 2), 1)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].version, 3);
+    assert!(store
+        .list_versions(&VersionsFrom::Name(name("zzz"), 0), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // All versions, in pages of 2, in (name, version) order.
+    let mut all = Vec::new();
+    let mut from = VersionsFrom::All(None);
+    loop {
+        let page = store.list_versions(&from, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        let last = page.last().unwrap();
+        from = VersionsFrom::All(Some((last.name.clone(), last.version)));
+        all.extend(page.into_iter().map(|v| (v.name.into_string(), v.version)));
+    }
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+    assert_eq!(all.len(), 10);
+}
+
+pub async fn listing_groups_and_pages<S: MetadataStore>(store: &S) {
+    for n in [
+        "top", "d/1", "d/2", "d/sub/x", "d/sub/y", "d/sub2/z", "d0", "e/f", "d/zz",
+    ] {
+        put(store, &name(n), n.as_bytes()).await;
+    }
+    delete(store, &name("d/2")).await;
+    let q = |prefix: &str, cursor: Option<String>, limit| ListQuery {
+        prefix: prefix.into(),
+        delimiter: Some('/'),
+        cursor,
+        limit,
+    };
+    let root = store.list(&q("", None, 100)).await.unwrap();
+    let names: Vec<_> = root.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, vec!["d0", "top"]);
+    assert_eq!(root.prefixes, vec!["d/", "e/"]);
+    assert_eq!(root.next_cursor, None);
+
+    let d = store.list(&q("d/", None, 100)).await.unwrap();
+    let names: Vec<_> = d.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, vec!["d/1", "d/zz"]);
+    assert_eq!(d.prefixes, vec!["d/sub/", "d/sub2/"]);
+    assert_eq!(d.entries[0].hash, Some(ContentHash::of(b"d/1")));
+
+    // Page through d/ one key at a time: same keys, same order.
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let page = store.list(&q("d/", cursor.clone(), 1)).await.unwrap();
+        keys.extend(page.entries.iter().map(|e| e.name.as_str().to_string()));
+        keys.extend(page.prefixes.iter().cloned());
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(keys, vec!["d/1", "d/sub/", "d/sub2/", "d/zz"]);
+
+    // No delimiter: a flat listing of everything under the prefix.
+    let flat = store
+        .list(&ListQuery {
+            prefix: "d/".into(),
+            delimiter: None,
+            cursor: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(flat.entries.len(), 5);
+    assert!(flat.prefixes.is_empty());
+    let distinct: BTreeSet<_> = flat.entries.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(distinct.len(), 5);
+}
+
+pub async fn contents_round_trip<S: MetadataStore>(store: &S) {
+    let h = ContentHash::of(b"content");
+    assert_eq!(store.get_content(&h).await.unwrap(), None);
+    let rec = ContentRecord {
+        hash: h,
+        size: 7,
+        placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+    };
+    store.put_content(&rec).await.unwrap();
+    assert_eq!(store.get_content(&h).await.unwrap(), Some(rec.clone()));
+    let moved = ContentRecord {
+        placement: (0..6).map(|i| ServerId(format!("t{i}"))).collect(),
+        ..rec
+    };
+    store.put_content(&moved).await.unwrap();
+    assert_eq!(store.get_content(&h).await.unwrap(), Some(moved));
+}
+
+pub async fn concurrent_writers_get_unique_versions<S: MetadataStore>(store: Arc<S>) {
+    let n = name("contended");
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        let n = n.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..10 {
+                got.push(put(&*store, &n, format!("{w}-{i}").as_bytes()).await);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    assert_eq!(all, (1..=80).collect::<Vec<u64>>());
+}

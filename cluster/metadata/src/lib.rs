@@ -1,0 +1,114 @@
+//! Object-version metadata: which versions a name has, what content each refers to, and where
+//! the shards of each content hash were placed.
+//!
+//! [`MetadataStore`] is the one trait; [`sqlite::SqliteStore`] is the embedded engine used by
+//! `dos-server local` and by a single API server without Elasticsearch. Every engine passes the
+//! same contract tests ([`contract`]).
+
+pub mod contract;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The engine cannot be reached or failed; the request may be retried later (503).
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be understood.
+    #[error("metadata store holds a malformed record: {0}")]
+    Corrupt(String),
+    #[error("invalid listing request: {0}")]
+    BadRequest(String),
+}
+
+/// A version about to be written. `hash: None` makes a delete marker (size must be 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    pub size: u64,
+    pub hash: Option<ContentHash>,
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub kind: EntryKind,
+}
+
+impl NewVersion {
+    pub fn delete_marker(mtime_ns: i64) -> Self {
+        Self {
+            size: 0,
+            hash: None,
+            mtime_ns,
+            mode: 0,
+            kind: EntryKind::File,
+        }
+    }
+}
+
+/// What the store knows about one content hash: its size and which data server holds each of
+/// its six shards (index = shard index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentRecord {
+    pub hash: ContentHash,
+    pub size: u64,
+    pub placement: Vec<ServerId>,
+}
+
+/// A page request over the latest live version of every name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListQuery {
+    /// Only names starting with this string.
+    pub prefix: String,
+    /// Group names by the first occurrence of this character after the prefix (normally '/').
+    pub delimiter: Option<char>,
+    /// Resume after this key (the `next_cursor` of the previous page).
+    pub cursor: Option<String>,
+    /// Entries plus prefixes per page, 1..=10,000.
+    pub limit: usize,
+}
+
+/// Where a `/versions` page starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionsFrom {
+    /// Versions of one name, after this version number (0 = from the first).
+    Name(ObjectName, u64),
+    /// Every version of every name, in (name, version) order, after this position.
+    All(Option<(ObjectName, u64)>),
+}
+
+/// The metadata engine. Engines must make [`add_version`](Self::add_version) allocate the
+/// next number of a name atomically (1, 2, 3 … with no gap and no duplicate under concurrent
+/// writers) and make every successful write visible to the next read.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Appends the next version of `name`.
+    async fn add_version(
+        &self,
+        name: &ObjectName,
+        new: NewVersion,
+    ) -> Result<VersionRecord, MetadataError>;
+
+    /// Version `version` of `name`, or its latest version (which may be a delete marker).
+    async fn get_version(
+        &self,
+        name: &ObjectName,
+        version: Option<u64>,
+    ) -> Result<Option<VersionRecord>, MetadataError>;
+
+    /// Up to `limit` versions in ascending (name, version) order.
+    async fn list_versions(
+        &self,
+        from: &VersionsFrom,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, MetadataError>;
+
+    /// One page of latest live versions and common prefixes.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, MetadataError>;
+
+    /// What is stored for `hash`, if anything.
+    async fn get_content(&self, hash: &ContentHash)
+    -> Result<Option<ContentRecord>, MetadataError>;
+
+    /// Records (or replaces) the placement of a content hash.
+    async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError>;
+}

@@ -1,0 +1,450 @@
+//! The embedded metadata engine: one SQLite database (WAL, `synchronous=FULL`, so a commit is
+//! on disk before it is acknowledged).
+//!
+//! Tables: `versions` (every version of every name), `live` (the latest version of each name
+//! whose latest version is not a delete marker; what listings read) and `contents` (size and
+//! shard placement per content hash). Version numbers are allocated inside an immediate
+//! transaction, so concurrent writers get 1, 2, 3 … with no gap and no duplicate.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use crate::{
+    ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, VersionsFrom,
+};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS versions (
+    name    TEXT    NOT NULL,
+    version INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    hash    BLOB,
+    mtime   INTEGER NOT NULL,
+    mode    INTEGER NOT NULL,
+    kind    TEXT    NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS versions_by_hash ON versions(hash);
+CREATE TABLE IF NOT EXISTS live (
+    name    TEXT    NOT NULL PRIMARY KEY,
+    version INTEGER NOT NULL,
+    size    INTEGER NOT NULL,
+    hash    BLOB,
+    mtime   INTEGER NOT NULL,
+    mode    INTEGER NOT NULL,
+    kind    TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS contents (
+    hash      BLOB    NOT NULL PRIMARY KEY,
+    size      INTEGER NOT NULL,
+    placement TEXT    NOT NULL
+) WITHOUT ROWID;
+";
+
+fn db_err(e: rusqlite::Error) -> MetadataError {
+    MetadataError::Unavailable(format!("sqlite: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, MetadataError> {
+        let conn = Connection::open(path).map_err(db_err)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self, MetadataError> {
+        Self::init(Connection::open_in_memory().map_err(db_err)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, MetadataError> {
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, MetadataError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, MetadataError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| MetadataError::Unavailable("sqlite connection poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| MetadataError::Unavailable(format!("metadata task failed: {e}")))?
+    }
+}
+
+fn i64_of(v: u64) -> Result<i64, MetadataError> {
+    i64::try_from(v).map_err(|_| MetadataError::BadRequest(format!("{v} is out of range")))
+}
+
+fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VersionRecord, MetadataError>> {
+    let name: String = row.get(0)?;
+    let version: i64 = row.get(1)?;
+    let size: i64 = row.get(2)?;
+    let hash: Option<Vec<u8>> = row.get(3)?;
+    let mtime_ns: i64 = row.get(4)?;
+    let mode: i64 = row.get(5)?;
+    let kind: String = row.get(6)?;
+    Ok((|| {
+        let corrupt = |what: &str| MetadataError::Corrupt(format!("{what} of {name:?}"));
+        Ok(VersionRecord {
+            name: ObjectName::new(name.clone()).map_err(|_| corrupt("name"))?,
+            version: u64::try_from(version).map_err(|_| corrupt("version"))?,
+            size: u64::try_from(size).map_err(|_| corrupt("size"))?,
+            hash: match hash {
+                None => None,
+                Some(h) => Some(ContentHash(
+                    h.try_into().map_err(|_| corrupt("hash"))?,
+                )),
+            },
+            mtime_ns,
+            mode: u32::try_from(mode).map_err(|_| corrupt("mode"))?,
+            kind: EntryKind::parse(&kind).ok_or_else(|| corrupt("kind"))?,
+        })
+    })())
+}
+
+const COLUMNS: &str = "name, version, size, hash, mtime, mode, kind";
+
+fn collect_versions(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<VersionRecord>, MetadataError> {
+    let rows = stmt.query_map(params, version_from_row).map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(db_err)??);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn add_version(
+        &self,
+        name: &ObjectName,
+        new: NewVersion,
+    ) -> Result<VersionRecord, MetadataError> {
+        let name = name.clone();
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let latest: Option<i64> = tx
+                .query_row(
+                    "SELECT MAX(version) FROM versions WHERE name = ?1",
+                    [name.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            let version = latest.unwrap_or(0) + 1;
+            let hash = new.hash.map(|h| h.0.to_vec());
+            let size = i64_of(new.size)?;
+            tx.execute(
+                &format!("INSERT INTO versions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    name.as_str(),
+                    version,
+                    size,
+                    hash,
+                    new.mtime_ns,
+                    new.mode,
+                    new.kind.as_str()
+                ],
+            )
+            .map_err(db_err)?;
+            if new.hash.is_some() {
+                tx.execute(
+                    &format!(
+                        "INSERT OR REPLACE INTO live ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                    ),
+                    params![
+                        name.as_str(),
+                        version,
+                        size,
+                        hash,
+                        new.mtime_ns,
+                        new.mode,
+                        new.kind.as_str()
+                    ],
+                )
+                .map_err(db_err)?;
+            } else {
+                tx.execute("DELETE FROM live WHERE name = ?1", [name.as_str()])
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(VersionRecord {
+                name,
+                version: version as u64,
+                size: new.size,
+                hash: new.hash,
+                mtime_ns: new.mtime_ns,
+                mode: new.mode,
+                kind: new.kind,
+            })
+        })
+        .await
+    }
+
+    async fn get_version(
+        &self,
+        name: &ObjectName,
+        version: Option<u64>,
+    ) -> Result<Option<VersionRecord>, MetadataError> {
+        let name = name.clone();
+        self.with_conn(move |conn| {
+            let row = match version {
+                Some(v) => conn
+                    .query_row(
+                        &format!("SELECT {COLUMNS} FROM versions WHERE name = ?1 AND version = ?2"),
+                        params![name.as_str(), i64_of(v)?],
+                        version_from_row,
+                    )
+                    .optional(),
+                None => conn
+                    .query_row(
+                        &format!(
+                            "SELECT {COLUMNS} FROM versions WHERE name = ?1 \
+                             ORDER BY version DESC LIMIT 1"
+                        ),
+                        [name.as_str()],
+                        version_from_row,
+                    )
+                    .optional(),
+            };
+            row.map_err(db_err)?.transpose()
+        })
+        .await
+    }
+
+    async fn list_versions(
+        &self,
+        from: &VersionsFrom,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, MetadataError> {
+        let from = from.clone();
+        let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(1000);
+        self.with_conn(move |conn| match from {
+            VersionsFrom::Name(name, after) => {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM versions WHERE name = ?1 AND version > ?2 \
+                         ORDER BY version LIMIT ?3"
+                    ))
+                    .map_err(db_err)?;
+                collect_versions(&mut stmt, params![name.as_str(), i64_of(after)?, limit])
+            }
+            VersionsFrom::All(None) => {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM versions ORDER BY name, version LIMIT ?1"
+                    ))
+                    .map_err(db_err)?;
+                collect_versions(&mut stmt, params![limit])
+            }
+            VersionsFrom::All(Some((name, after))) => {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM versions \
+                         WHERE (name = ?1 AND version > ?2) OR name > ?1 \
+                         ORDER BY name, version LIMIT ?3"
+                    ))
+                    .map_err(db_err)?;
+                collect_versions(&mut stmt, params![name.as_str(), i64_of(after)?, limit])
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, MetadataError> {
+        let query = query.clone();
+        self.with_conn(move |conn| list_page(conn, &query)).await
+    }
+
+    async fn get_content(
+        &self,
+        hash: &ContentHash,
+    ) -> Result<Option<ContentRecord>, MetadataError> {
+        let hash = *hash;
+        self.with_conn(move |conn| {
+            let row: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT size, placement FROM contents WHERE hash = ?1",
+                    [hash.0.to_vec()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            let Some((size, placement)) = row else {
+                return Ok(None);
+            };
+            let placement: Vec<ServerId> = serde_json::from_str(&placement)
+                .map_err(|e| MetadataError::Corrupt(format!("placement of {hash}: {e}")))?;
+            Ok(Some(ContentRecord {
+                hash,
+                size: u64::try_from(size)
+                    .map_err(|_| MetadataError::Corrupt(format!("size of {hash}")))?,
+                placement,
+            }))
+        })
+        .await
+    }
+
+    async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError> {
+        let record = record.clone();
+        self.with_conn(move |conn| {
+            let placement = serde_json::to_string(&record.placement)
+                .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+            conn.execute(
+                "INSERT OR REPLACE INTO contents (hash, size, placement) VALUES (?1, ?2, ?3)",
+                params![record.hash.0.to_vec(), i64_of(record.size)?, placement],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// One listing page over `live`, grouping by the delimiter. Common prefixes are skipped over
+/// with one range seek each, so a page costs O(page) rows however many names a prefix hides.
+fn list_page(conn: &Connection, query: &ListQuery) -> Result<ListPage, MetadataError> {
+    let limit = query.limit.clamp(1, 10_000);
+    if let Some(d) = query.delimiter
+        && (!d.is_ascii() || d == '\u{7f}')
+    {
+        return Err(MetadataError::BadRequest(
+            "delimiter must be one ASCII character".into(),
+        ));
+    }
+    let prefix = query.prefix.as_str();
+    // (start key, inclusive?)
+    let mut start: (String, bool) = match &query.cursor {
+        Some(c) if c.as_str() >= prefix => match query.delimiter {
+            Some(d) if c.ends_with(d) && c.len() > prefix.len() => (successor(c, d), true),
+            _ => (c.clone(), false),
+        },
+        _ => (prefix.to_string(), true),
+    };
+    let mut page = ListPage::default();
+    let mut stmt_incl = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM live WHERE name >= ?1 ORDER BY name LIMIT ?2"
+        ))
+        .map_err(db_err)?;
+    let mut stmt_excl = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM live WHERE name > ?1 ORDER BY name LIMIT ?2"
+        ))
+        .map_err(db_err)?;
+    let batch = (limit + 1).min(1000) as i64;
+    'outer: loop {
+        let rows = if start.1 {
+            collect_versions(&mut stmt_incl, params![start.0, batch])?
+        } else {
+            collect_versions(&mut stmt_excl, params![start.0, batch])?
+        };
+        let exhausted = (rows.len() as i64) < batch;
+        if rows.is_empty() {
+            break;
+        }
+        for rec in rows {
+            let name = rec.name.as_str();
+            if !name.starts_with(prefix) {
+                break 'outer;
+            }
+            let rest = &name[prefix.len()..];
+            let group = query
+                .delimiter
+                .and_then(|d| rest.find(d).map(|p| format!("{prefix}{}", &rest[..=p])));
+            let key = group.clone().unwrap_or_else(|| name.to_string());
+            if page.entries.len() + page.prefixes.len() >= limit {
+                page.next_cursor = last_key(&page);
+                break 'outer;
+            }
+            match group {
+                Some(g) => {
+                    // Jump past every name under this prefix.
+                    let d = query.delimiter.unwrap_or('/');
+                    start = (successor(&g, d), true);
+                    page.prefixes.push(key);
+                    continue 'outer;
+                }
+                None => {
+                    start = (name.to_string(), false);
+                    page.entries.push(rec);
+                }
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    Ok(page)
+}
+
+/// The smallest string greater than every string starting with `group` (which ends with the
+/// ASCII delimiter `d`).
+fn successor(group: &str, d: char) -> String {
+    let mut s = group[..group.len() - d.len_utf8()].to_string();
+    s.push((d as u8 + 1) as char);
+    s
+}
+
+fn last_key(page: &ListPage) -> Option<String> {
+    let e = page.entries.last().map(|e| e.name.as_str().to_string());
+    let p = page.prefixes.last().cloned();
+    match (e, p) {
+        (Some(e), Some(p)) => Some(e.max(p)),
+        (e, p) => e.or(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn contract() {
+        crate::contract::run_all(|| async { SqliteStore::in_memory().unwrap() }).await;
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.sqlite");
+        let name = ObjectName::new("a").unwrap();
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            crate::contract::put(&store, &name, b"x").await;
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let v = store.get_version(&name, None).await.unwrap().unwrap();
+        assert_eq!(v.version, 1);
+    }
+}

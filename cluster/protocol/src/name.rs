@@ -1,0 +1,157 @@
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest object name accepted, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// A validated object name: UTF-8, 1..=1024 bytes, `/`-separated segments that are neither
+/// empty nor `.` nor `..`, no NUL. Names are compared exactly as decoded, so `%41` and `A`
+/// name the same object.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectName(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("object name is empty")]
+    Empty,
+    #[error("object name is longer than {MAX_NAME_BYTES} bytes")]
+    TooLong,
+    #[error("object name is not valid UTF-8 after percent-decoding")]
+    NotUtf8,
+    #[error("object name contains a NUL byte")]
+    Nul,
+    #[error("object name has an empty, '.' or '..' segment")]
+    BadSegment,
+}
+
+impl ObjectName {
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(NameError::TooLong);
+        }
+        if name.contains('\0') {
+            return Err(NameError::Nul);
+        }
+        if name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(NameError::BadSegment);
+        }
+        Ok(Self(name))
+    }
+
+    /// Decodes the percent-encoded rest of a request path (what follows `/objects/`).
+    pub fn from_path(encoded: &str) -> Result<Self, NameError> {
+        if encoded.len() > MAX_NAME_BYTES * 3 {
+            return Err(NameError::TooLong);
+        }
+        let decoded = percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .map_err(|_| NameError::NotUtf8)?;
+        Self::new(decoded.into_owned())
+    }
+
+    /// The name percent-encoded for a URL path; `/` stays as it is.
+    pub fn to_path(&self) -> String {
+        encode_path(&self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Percent-encodes a string for a URL path, keeping `/` and unreserved characters.
+pub fn encode_path(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const PATH: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(s, PATH).to_string()
+}
+
+impl fmt::Debug for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ObjectName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for ObjectName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_paths() {
+        assert_eq!(ObjectName::from_path("a/b%20c").unwrap().as_str(), "a/b c");
+        assert_eq!(ObjectName::from_path("%41").unwrap().as_str(), "A");
+        assert_eq!(ObjectName::new("é/ü.txt").unwrap().to_path(), "%C3%A9/%C3%BC.txt");
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        for bad in [
+            "", "/a", "a/", "a//b", ".", "..", "a/../b", "a/./b", "%2e%2e", "a/%2E", "a%00b",
+            "%ff",
+        ] {
+            assert!(ObjectName::from_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            ObjectName::new("x".repeat(MAX_NAME_BYTES + 1)),
+            Err(NameError::TooLong)
+        );
+        assert!(ObjectName::new("x".repeat(MAX_NAME_BYTES)).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn path_encoding_round_trips(s in "\\PC{1,40}") {
+            if let Ok(name) = ObjectName::new(s) {
+                prop_assert_eq!(ObjectName::from_path(&name.to_path()).unwrap(), name);
+            }
+        }
+
+        #[test]
+        fn from_path_never_panics(s in "\\PC{0,60}") {
+            let _ = ObjectName::from_path(&s);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{ContentHash, ObjectName, format_rfc3339_ns, parse_rfc3339_ns};
+
+/// What a version of a name is. Directories are name prefixes; a `dir` version is the marker
+/// that keeps an empty directory alive. A symlink's content is its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    #[default]
+    File,
+    Dir,
+    Symlink,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "file" => Some(EntryKind::File),
+            "dir" => Some(EntryKind::Dir),
+            "symlink" => Some(EntryKind::Symlink),
+            _ => None,
+        }
+    }
+
+    pub fn default_mode(self) -> u32 {
+        match self {
+            EntryKind::File => 0o644,
+            EntryKind::Dir => 0o755,
+            EntryKind::Symlink => 0o777,
+        }
+    }
+}
+
+/// Attributes a writer may set on a new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteAttributes {
+    pub kind: EntryKind,
+    /// Permission bits; `None` means the kind's default.
+    pub mode: Option<u32>,
+    /// Nanoseconds since the epoch; `None` means now.
+    pub mtime_ns: Option<i64>,
+}
+
+/// One version of a name. A delete marker has `hash: None` and size 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub name: ObjectName,
+    pub version: u64,
+    pub size: u64,
+    #[serde(with = "opt_hash")]
+    pub hash: Option<ContentHash>,
+    #[serde(rename = "mtime", with = "rfc3339")]
+    pub mtime_ns: i64,
+    pub mode: u32,
+    pub kind: EntryKind,
+}
+
+impl VersionRecord {
+    pub fn is_delete_marker(&self) -> bool {
+        self.hash.is_none()
+    }
+}
+
+/// One entry of a listing page: the latest live version of a name.
+pub type ListEntry = VersionRecord;
+
+/// One page of `GET /list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ListPage {
+    /// Names under the prefix (not containing the delimiter after the prefix), ascending.
+    pub entries: Vec<ListEntry>,
+    /// Distinct `prefix + segment + delimiter` groups, ascending.
+    pub prefixes: Vec<String>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A data server's stable identity, kept in its storage folder; placement records it, so a
+/// server that comes back on another address still owns its shards.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerId(pub String);
+
+impl std::fmt::Display for ServerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A live data server as heartbeats announce it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: ServerId,
+    /// `host:port` to reach its HTTP interface.
+    pub addr: String,
+}
+
+/// A data server's answer to a locate broadcast: which shards of the hash it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocateReply {
+    pub server: ServerInfo,
+    pub shards: Vec<u8>,
+}
+
+mod opt_hash {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(h: &Option<ContentHash>, s: S) -> Result<S::Ok, S::Error> {
+        match h {
+            Some(h) => h.serialize(s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ContentHash>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            ContentHash::from_base64(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+mod rfc3339 {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(ns: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_rfc3339_ns(*ns))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_rfc3339_ns(&s).ok_or_else(|| serde::de::Error::custom("bad RFC 3339 time"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_json() {
+        let rec = VersionRecord {
+            name: ObjectName::new("a/b").unwrap(),
+            version: 3,
+            size: 0,
+            hash: None,
+            mtime_ns: 1_000_000_001,
+            mode: 0o644,
+            kind: EntryKind::File,
+        };
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(json.contains(r#""hash":"""#), "{json}");
+        assert!(json.contains(r#""mtime":"1970-01-01T00:00:01.000000001Z""#), "{json}");
+        let back: VersionRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+    }
+}

@@ -1,0 +1,1 @@
+//! The dos-server binary: local, api, data and setup commands.

@@ -1,0 +1,1 @@
+//! dosfs: the dos object store mounted as a filesystem.
