@@ -1,0 +1,287 @@
+//! Shard storage on one data server's disk, with no HTTP in it.
+//!
+//! ```text
+//! STORAGE_ROOT/server-id          this server's stable identity
+//! STORAGE_ROOT/objects/ab/<hex hash>.<shard>   committed shards (see `format`)
+//! STORAGE_ROOT/temp/<id>.json, <id>.part       uploads in progress
+//! STORAGE_ROOT/quarantine/…       shards that failed verification (never deleted)
+//! STORAGE_ROOT/garbage/…          shards removed by the orphan collector
+//! ```
+//!
+//! All methods block (file I/O, compression, checksums): async callers run them on a blocking
+//! thread.
+
+pub mod format;
+mod temp;
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use dos_protocol::{ContentHash, PIECE_SIZE, TOTAL_SHARDS};
+use format::{FormatError, ShardIndex};
+
+pub use temp::TempStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardStoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("offset {offset} does not follow the {length} bytes already received")]
+    OffsetMismatch { offset: u64, length: u64 },
+    #[error("shard failed verification and was quarantined: {0}")]
+    Corrupt(String),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<FormatError> for ShardStoreError {
+    fn from(e: FormatError) -> Self {
+        match e {
+            FormatError::Io(e) => ShardStoreError::Io(e),
+            FormatError::Corrupt(m) => ShardStoreError::Corrupt(m),
+        }
+    }
+}
+
+pub struct ShardStore {
+    root: PathBuf,
+    /// Which shard indices of each hash this server holds: what locate answers.
+    index: RwLock<HashMap<ContentHash, Vec<u8>>>,
+    temps: Mutex<HashMap<String, std::sync::Arc<Mutex<temp::TempUpload>>>>,
+}
+
+fn is_valid_shard(shard: u8) -> bool {
+    usize::from(shard) < TOTAL_SHARDS
+}
+
+/// fsyncs a directory so that a rename inside it is durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) the storage folder and rebuilds the locate index from the
+    /// committed shards. Stray files are logged and left alone.
+    pub fn open(root: &Path) -> Result<Self, ShardStoreError> {
+        for d in ["objects", "temp", "quarantine", "garbage"] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        let store = Self {
+            root: root.to_path_buf(),
+            index: RwLock::default(),
+            temps: Mutex::default(),
+        };
+        store.scan()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn scan(&self) -> io::Result<()> {
+        let mut index = HashMap::<ContentHash, Vec<u8>>::new();
+        let mut strays = 0usize;
+        for fan in fs::read_dir(self.root.join("objects"))? {
+            let fan = fan?.path();
+            if !fan.is_dir() {
+                tracing::warn!(path = %fan.display(), "stray file in objects/, ignored");
+                strays += 1;
+                continue;
+            }
+            for f in fs::read_dir(&fan)? {
+                let path = f?.path();
+                match parse_shard_file_name(&path) {
+                    Some((hash, shard)) => index.entry(hash).or_default().push(shard),
+                    None => {
+                        tracing::warn!(path = %path.display(), "stray file in objects/, ignored");
+                        strays += 1;
+                    }
+                }
+            }
+        }
+        let shards: usize = index.values().map(Vec::len).sum();
+        tracing::info!(root = %self.root.display(), shards, strays, "shard index rebuilt");
+        *self.index.write().unwrap_or_else(PoisonError::into_inner) = index;
+        Ok(())
+    }
+
+    fn shard_path(&self, hash: &ContentHash, shard: u8) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root
+            .join("objects")
+            .join(&hex[..2])
+            .join(format!("{hex}.{shard}"))
+    }
+
+    /// Shard indices of `hash` held here.
+    pub fn shards_of(&self, hash: &ContentHash) -> Vec<u8> {
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every (hash, shard) held here, for scrubbing and orphan collection.
+    pub fn all_shards(&self) -> Vec<(ContentHash, u8)> {
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(|(h, s)| s.iter().map(move |s| (*h, *s)))
+            .collect()
+    }
+
+    fn index_add(&self, hash: ContentHash, shard: u8) {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        let e = index.entry(hash).or_default();
+        if !e.contains(&shard) {
+            e.push(shard);
+            e.sort_unstable();
+        }
+    }
+
+    fn index_remove(&self, hash: &ContentHash, shard: u8) {
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = index.get_mut(hash) {
+            e.retain(|s| *s != shard);
+            if e.is_empty() {
+                index.remove(hash);
+            }
+        }
+    }
+
+    /// Opens a committed shard for reading, checking its header and index.
+    pub fn open_shard(&self, hash: &ContentHash, shard: u8) -> Result<ShardReader, ShardStoreError> {
+        if !is_valid_shard(shard) {
+            return Err(ShardStoreError::BadRequest(format!("no shard index {shard}")));
+        }
+        let path = self.shard_path(hash, shard);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The file went away behind our back: stop claiming it.
+                self.index_remove(hash, shard);
+                return Err(ShardStoreError::NotFound(format!("shard {hash}.{shard}")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let checked = (|| {
+            let (h, s) = format::read_header(&mut file)?;
+            if h != *hash || s != shard {
+                return Err(FormatError::Corrupt("header names another shard".into()));
+            }
+            format::read_index(&mut file)
+        })();
+        match checked {
+            Ok(index) => Ok(ShardReader {
+                file,
+                index,
+                hash: *hash,
+                shard,
+            }),
+            Err(FormatError::Corrupt(m)) => {
+                self.quarantine(hash, shard, &m);
+                Err(ShardStoreError::Corrupt(m))
+            }
+            Err(FormatError::Io(e)) => Err(e.into()),
+        }
+    }
+
+    /// Moves a shard that failed verification to `quarantine/` and stops claiming it.
+    pub fn quarantine(&self, hash: &ContentHash, shard: u8, why: &str) {
+        let path = self.shard_path(hash, shard);
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let dest = self
+            .root
+            .join("quarantine")
+            .join(format!("{}.{shard}.{stamp}", hash.to_hex()));
+        self.index_remove(hash, shard);
+        match fs::rename(&path, &dest) {
+            Ok(()) => {
+                tracing::warn!(%hash, shard, why, dest = %dest.display(), "shard quarantined")
+            }
+            Err(e) => tracing::error!(%hash, shard, why, error = %e, "could not quarantine shard"),
+        }
+    }
+
+    /// Moves a shard to `garbage/` (the orphan collector's delete; nothing is unlinked).
+    pub fn remove_shard(&self, hash: &ContentHash, shard: u8) -> Result<(), ShardStoreError> {
+        let path = self.shard_path(hash, shard);
+        let dest = self
+            .root
+            .join("garbage")
+            .join(format!("{}.{shard}", hash.to_hex()));
+        self.index_remove(hash, shard);
+        match fs::rename(&path, dest) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(ShardStoreError::NotFound(format!("shard {hash}.{shard}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes temp uploads untouched for longer than `ttl`; returns how many.
+    pub fn expire_temps(&self, ttl: Duration) -> io::Result<usize> {
+        temp::expire(self, ttl)
+    }
+}
+
+/// `objects/ab/<hex>.<shard>` → (hash, shard).
+fn parse_shard_file_name(path: &Path) -> Option<(ContentHash, u8)> {
+    let name = path.file_name()?.to_str()?;
+    let (hex, shard) = name.split_once('.')?;
+    let hash = ContentHash::from_hex(hex).ok()?;
+    let shard: u8 = shard.parse().ok()?;
+    let fan = path.parent()?.file_name()?.to_str()?;
+    (is_valid_shard(shard) && hex.starts_with(fan) && fan.len() == 2).then_some((hash, shard))
+}
+
+/// A committed shard opened for verified reads.
+pub struct ShardReader {
+    file: File,
+    index: ShardIndex,
+    pub hash: ContentHash,
+    pub shard: u8,
+}
+
+impl ShardReader {
+    /// Raw (uncompressed) length of the shard.
+    pub fn len(&self) -> u64 {
+        self.index.raw_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.raw_len == 0
+    }
+
+    /// Verified raw bytes of piece `k`.
+    pub fn piece(&mut self, k: usize) -> Result<Vec<u8>, FormatError> {
+        let offset = *self
+            .index
+            .offsets
+            .get(k)
+            .ok_or_else(|| FormatError::Corrupt(format!("no piece {k}")))?;
+        self.file.seek(SeekFrom::Start(offset))?;
+        let raw = format::read_record(&mut self.file)?;
+        let expected = (self.index.raw_len - k as u64 * PIECE_SIZE as u64).min(PIECE_SIZE as u64);
+        if raw.len() as u64 != expected {
+            return Err(FormatError::Corrupt(format!("piece {k} has the wrong length")));
+        }
+        Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,319 @@
+//! Uploads in progress: `temp/<id>.json` (what is being uploaded) and `temp/<id>.part`
+//! (header and records received so far). Writes are piece by piece; a commit appends the
+//! index, fsyncs, renames into `objects/` and fsyncs the directory.
+
+use std::collections::hash_map::Entry;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use dos_protocol::{ContentHash, PIECE_SIZE};
+use serde::{Deserialize, Serialize};
+
+use super::format::{self, CompressionPolicy, FormatError};
+use super::{ShardStore, ShardStoreError, is_valid_shard, sync_dir};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TempMeta {
+    hash: String,
+    shard: u8,
+    /// Raw length the shard will have once complete.
+    length: u64,
+}
+
+pub(super) struct TempUpload {
+    meta: TempMeta,
+    hash: ContentHash,
+    file: File,
+    /// File offset of each record received.
+    offsets: Vec<u64>,
+    /// Raw bytes received.
+    received: u64,
+    /// File length (end of the last record).
+    end: u64,
+    policy: CompressionPolicy,
+}
+
+/// Progress of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TempStatus {
+    pub received: u64,
+    pub length: u64,
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl ShardStore {
+    fn temp_path(&self, id: &str, ext: &str) -> PathBuf {
+        self.root.join("temp").join(format!("{id}.{ext}"))
+    }
+
+    /// Starts an upload of shard `shard` of `hash`, `length` raw bytes long.
+    pub fn create_temp(
+        &self,
+        hash: &ContentHash,
+        shard: u8,
+        length: u64,
+    ) -> Result<String, ShardStoreError> {
+        if !is_valid_shard(shard) {
+            return Err(ShardStoreError::BadRequest(format!("no shard index {shard}")));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let meta = TempMeta {
+            hash: hash.to_hex(),
+            shard,
+            length,
+        };
+        let mut file = File::create(self.temp_path(&id, "part"))?;
+        format::write_header(&mut file, hash, shard)?;
+        let json = serde_json::to_vec(&meta)
+            .map_err(|e| ShardStoreError::BadRequest(format!("temp metadata: {e}")))?;
+        fs::write(self.temp_path(&id, "json"), json)?;
+        let upload = TempUpload {
+            meta,
+            hash: *hash,
+            file,
+            offsets: Vec::new(),
+            received: 0,
+            end: format::HEADER_LEN,
+            policy: CompressionPolicy::default(),
+        };
+        self.temps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), Arc::new(Mutex::new(upload)));
+        Ok(id)
+    }
+
+    /// The upload `id`, loaded from disk if this process has not seen it yet.
+    fn temp(&self, id: &str) -> Result<Arc<Mutex<TempUpload>>, ShardStoreError> {
+        let not_found = || ShardStoreError::NotFound(format!("upload {id}"));
+        if !valid_id(id) {
+            return Err(not_found());
+        }
+        let mut temps = self.temps.lock().unwrap_or_else(PoisonError::into_inner);
+        match temps.entry(id.to_string()) {
+            Entry::Occupied(e) => Ok(e.get().clone()),
+            Entry::Vacant(v) => {
+                let json = match fs::read(self.temp_path(id, "json")) {
+                    Ok(j) => j,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+                    Err(e) => return Err(e.into()),
+                };
+                let upload = self.load_temp(id, &json)?;
+                Ok(v.insert(Arc::new(Mutex::new(upload))).clone())
+            }
+        }
+    }
+
+    /// Rebuilds an upload's state from its files after a restart. A torn last record is cut.
+    fn load_temp(&self, id: &str, json: &[u8]) -> Result<TempUpload, ShardStoreError> {
+        let bad = |m: &str| ShardStoreError::Corrupt(format!("upload {id}: {m}"));
+        let meta: TempMeta = serde_json::from_slice(json).map_err(|_| bad("bad metadata"))?;
+        let hash = ContentHash::from_hex(&meta.hash).map_err(|_| bad("bad hash"))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.temp_path(id, "part"))?;
+        let (h, s) = format::read_header(&mut file)?;
+        if h != hash || s != meta.shard {
+            return Err(bad("header does not match metadata"));
+        }
+        let len = file.seek(SeekFrom::End(0))?;
+        let mut pos = format::HEADER_LEN;
+        file.seek(SeekFrom::Start(pos))?;
+        let mut offsets = Vec::new();
+        let mut received = 0u64;
+        while pos < len {
+            match format::skip_record(&mut file) {
+                Ok(raw) => {
+                    let next = file.stream_position()?;
+                    if next > len {
+                        break;
+                    }
+                    offsets.push(pos);
+                    received += raw as u64;
+                    pos = next;
+                }
+                Err(FormatError::Io(e)) => return Err(e.into()),
+                Err(FormatError::Corrupt(_)) => break,
+            }
+        }
+        file.set_len(pos)?;
+        Ok(TempUpload {
+            meta,
+            hash,
+            file,
+            offsets,
+            received,
+            end: pos,
+            policy: CompressionPolicy::default(),
+        })
+    }
+
+    pub fn temp_status(&self, id: &str) -> Result<TempStatus, ShardStoreError> {
+        let t = self.temp(id)?;
+        let t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(TempStatus {
+            received: t.received,
+            length: t.meta.length,
+        })
+    }
+
+    /// Writes `piece` at raw offset `offset` of upload `id`. The offset must be a piece
+    /// boundary no later than what was received; an earlier one first drops what follows it
+    /// (so a retried piece replaces a torn one). A piece must be whole unless it ends the shard.
+    pub fn write_piece(
+        &self,
+        id: &str,
+        offset: u64,
+        piece: &[u8],
+    ) -> Result<TempStatus, ShardStoreError> {
+        let t = self.temp(id)?;
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        if offset > t.received || offset % PIECE_SIZE as u64 != 0 {
+            return Err(ShardStoreError::OffsetMismatch {
+                offset,
+                length: t.received,
+            });
+        }
+        let end = offset + piece.len() as u64;
+        if end > t.meta.length {
+            return Err(ShardStoreError::BadRequest(format!(
+                "write ends at {end}, past the declared length {}",
+                t.meta.length
+            )));
+        }
+        if piece.is_empty() || (piece.len() != PIECE_SIZE && end != t.meta.length) {
+            return Err(ShardStoreError::BadRequest(
+                "a piece must be whole unless it ends the shard".into(),
+            ));
+        }
+        if offset < t.received {
+            let keep = (offset / PIECE_SIZE as u64) as usize;
+            let cut = t.offsets[keep];
+            t.file.set_len(cut)?;
+            t.offsets.truncate(keep);
+            t.end = cut;
+            t.received = offset;
+        }
+        let record = format::encode_record(piece, &mut t.policy);
+        let at = t.end;
+        t.file.seek(SeekFrom::Start(at))?;
+        t.file.write_all(&record)?;
+        t.offsets.push(at);
+        t.end = at + record.len() as u64;
+        t.received = end;
+        Ok(TempStatus {
+            received: t.received,
+            length: t.meta.length,
+        })
+    }
+
+    /// Verified raw bytes of piece `k` of an upload in progress.
+    pub fn read_temp_piece(&self, id: &str, k: usize) -> Result<Vec<u8>, ShardStoreError> {
+        let t = self.temp(id)?;
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        let offset = *t
+            .offsets
+            .get(k)
+            .ok_or_else(|| ShardStoreError::BadRequest(format!("piece {k} not received")))?;
+        t.file.seek(SeekFrom::Start(offset))?;
+        Ok(format::read_record(&mut t.file)?)
+    }
+
+    /// Makes upload `id` a committed shard, durably: index appended, file fsynced, renamed
+    /// into `objects/`, directory fsynced. Only then is the shard located.
+    pub fn commit(&self, id: &str) -> Result<(), ShardStoreError> {
+        let t = self.temp(id)?;
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        if t.received != t.meta.length {
+            return Err(ShardStoreError::BadRequest(format!(
+                "upload has {} of {} bytes",
+                t.received, t.meta.length
+            )));
+        }
+        let at = t.end;
+        t.file.seek(SeekFrom::Start(at))?;
+        let (offsets, received) = (t.offsets.clone(), t.received);
+        format::write_index(&mut t.file, &offsets, received)?;
+        t.file.sync_all()?;
+        let dest = self.shard_path(&t.hash, t.meta.shard);
+        let fan = dest
+            .parent()
+            .map(PathBuf::from)
+            .ok_or_else(|| ShardStoreError::BadRequest("bad shard path".into()))?;
+        fs::create_dir_all(&fan)?;
+        fs::rename(self.temp_path(id, "part"), &dest)?;
+        sync_dir(&fan)?;
+        self.index_add(t.hash, t.meta.shard);
+        drop(t);
+        self.forget_temp(id);
+        Ok(())
+    }
+
+    /// Abandons upload `id`.
+    pub fn abort(&self, id: &str) -> Result<(), ShardStoreError> {
+        if !valid_id(id) {
+            return Err(ShardStoreError::NotFound(format!("upload {id}")));
+        }
+        self.forget_temp(id);
+        remove_if_exists(&self.temp_path(id, "part"))?;
+        Ok(())
+    }
+
+    fn forget_temp(&self, id: &str) {
+        self.temps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        if let Err(e) = remove_if_exists(&self.temp_path(id, "json")) {
+            tracing::warn!(id, error = %e, "could not remove temp metadata");
+        }
+    }
+}
+
+fn remove_if_exists(path: &std::path::Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes uploads whose files were not modified for `ttl`.
+pub(super) fn expire(store: &ShardStore, ttl: Duration) -> io::Result<usize> {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in fs::read_dir(store.root.join("temp"))? {
+        let path = entry?.path();
+        let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let modified = path.metadata().and_then(|m| m.modified()).unwrap_or(now);
+        let age = now.duration_since(modified).unwrap_or_default();
+        // An upload is live while either of its files is fresh.
+        let fresh = |ext| {
+            store
+                .temp_path(id, ext)
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|m| now.duration_since(m).unwrap_or_default() < ttl)
+                .unwrap_or(false)
+        };
+        if age >= ttl && !fresh("part") && !fresh("json") {
+            store
+                .temps
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
+            remove_if_exists(&path)?;
+            removed += 1;
+            tracing::info!(path = %path.display(), "expired temp file removed");
+        }
+    }
+    Ok(removed)
+}
