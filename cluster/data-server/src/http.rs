@@ -2,11 +2,11 @@
 //!
 //! | Request | Effect |
 //! |---|---|
-//! | `POST /temp?hash=HEX&shard=I&length=N` | starts an upload; `{"id": …}` |
+//! | `POST /temp?hash=HEX&shard=I[&length=N]` | starts an upload (length may be unknown); `{"id": …}` |
 //! | `GET /temp/ID` | `{"received": …, "length": …}` |
 //! | `PATCH /temp/ID?offset=N` (body) | writes whole pieces from raw offset N; a trailing partial piece that does not end the shard is dropped; answers the new status |
 //! | `GET /temp/ID/data` (Range) | verified raw bytes received so far |
-//! | `PUT /temp/ID` | commits durably |
+//! | `PUT /temp/ID?length=N` | commits durably once exactly N raw bytes were received |
 //! | `DELETE /temp/ID` | abandons |
 //! | `GET /shards/HEX/I` (Range) | verified raw bytes of a committed shard |
 //! | `DELETE /shards/HEX/I` | moves the shard to `garbage/` |
@@ -53,7 +53,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(abort_temp),
         )
         .route("/temp/{id}/data", get(read_temp))
-        .route("/shards/{hash}/{shard}", get(read_shard).delete(remove_shard))
+        .route(
+            "/shards/{hash}/{shard}",
+            get(read_shard).delete(remove_shard),
+        )
         .with_state(state)
 }
 
@@ -115,7 +118,7 @@ fn parse_hash(hex: &str) -> Result<ContentHash> {
 struct CreateTemp {
     hash: String,
     shard: u8,
-    length: u64,
+    length: Option<u64>,
 }
 
 async fn create_temp(
@@ -128,7 +131,10 @@ async fn create_temp(
     Ok(Json(serde_json::json!({ "id": id })))
 }
 
-async fn temp_status(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<TempStatus>> {
+async fn temp_status(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TempStatus>> {
     let store = s.store.clone();
     Ok(Json(blocking(move || store.temp_status(&id)).await?))
 }
@@ -167,7 +173,11 @@ async fn write_temp(
         }
         // Write every whole piece buffered, and the short last piece of the shard.
         loop {
-            let want = status.length.saturating_sub(offset).min(PIECE_SIZE as u64) as usize;
+            let want = match status.length {
+                Some(l) => l.saturating_sub(offset).min(PIECE_SIZE as u64) as usize,
+                None if done && !buf.is_empty() => buf.len().min(PIECE_SIZE),
+                None => PIECE_SIZE,
+            };
             if want == 0 || buf.len() < want {
                 break;
             }
@@ -176,11 +186,10 @@ async fn write_temp(
             status = blocking(move || store.write_piece(&id, offset, &piece)).await?;
             offset = status.received;
         }
-        if offset == status.length && !buf.is_empty() {
-            return Err(DataServerError::BadRequest(format!(
-                "body goes past the declared length {}",
-                status.length
-            )));
+        if status.length == Some(offset) && !buf.is_empty() {
+            return Err(DataServerError::BadRequest(
+                "body goes past the declared length".into(),
+            ));
         }
         if done {
             break;
@@ -189,9 +198,18 @@ async fn write_temp(
     Ok(Json(status))
 }
 
-async fn commit_temp(State(s): State<AppState>, Path(id): Path<String>) -> Result<StatusCode> {
+#[derive(Deserialize)]
+struct Length {
+    length: u64,
+}
+
+async fn commit_temp(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<Length>,
+) -> Result<StatusCode> {
     let store = s.store.clone();
-    blocking(move || store.commit(&id)).await?;
+    blocking(move || store.commit(&id, q.length)).await?;
     Ok(StatusCode::OK)
 }
 

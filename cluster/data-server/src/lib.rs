@@ -8,5 +8,3 @@ pub mod server;
 pub mod store;
 
 pub use server::{DataServer, DataServerConfig, StartError};
-
-

@@ -75,7 +75,10 @@ fn server_id(root: &std::path::Path) -> std::io::Result<ServerId> {
     let path = root.join("server-id");
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => Ok(ServerId(s.trim().to_string())),
-        Ok(_) => Err(std::io::Error::other(format!("{} is empty", path.display()))),
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} is empty",
+            path.display()
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = format!("ds-{}", uuid::Uuid::new_v4().simple());
             let tmp = root.join("server-id.tmp");
@@ -107,19 +110,23 @@ impl DataServer {
         .map_err(|e| storage_err(ShardStoreError::Io(std::io::Error::other(e))))?
         .map_err(storage_err)?;
         let store = Arc::new(store);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let bound = listener.local_addr().map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
         })?;
         let info = ServerInfo {
             id,
-            addr: config.advertise.clone().unwrap_or_else(|| bound.to_string()),
+            addr: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| bound.to_string()),
         };
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();

@@ -1,1 +1,5 @@
-//! The dos-server binary: local, api, data and setup commands.
+//! Composition of dos servers: the embedded single-machine cluster ([`local`]) that
+//! `dos-server local` and `dosfs mount` run, and the pieces the `dos-server` binary wires.
+
+pub mod local;
+pub mod secret;

@@ -160,9 +160,15 @@ impl ShardStore {
     }
 
     /// Opens a committed shard for reading, checking its header and index.
-    pub fn open_shard(&self, hash: &ContentHash, shard: u8) -> Result<ShardReader, ShardStoreError> {
+    pub fn open_shard(
+        &self,
+        hash: &ContentHash,
+        shard: u8,
+    ) -> Result<ShardReader, ShardStoreError> {
         if !is_valid_shard(shard) {
-            return Err(ShardStoreError::BadRequest(format!("no shard index {shard}")));
+            return Err(ShardStoreError::BadRequest(format!(
+                "no shard index {shard}"
+            )));
         }
         let path = self.shard_path(hash, shard);
         let mut file = match File::open(&path) {
@@ -277,7 +283,9 @@ impl ShardReader {
         let raw = format::read_record(&mut self.file)?;
         let expected = (self.index.raw_len - k as u64 * PIECE_SIZE as u64).min(PIECE_SIZE as u64);
         if raw.len() as u64 != expected {
-            return Err(FormatError::Corrupt(format!("piece {k} has the wrong length")));
+            return Err(FormatError::Corrupt(format!(
+                "piece {k} has the wrong length"
+            )));
         }
         Ok(raw)
     }

@@ -19,8 +19,9 @@ use super::{ShardStore, ShardStoreError, is_valid_shard, sync_dir};
 struct TempMeta {
     hash: String,
     shard: u8,
-    /// Raw length the shard will have once complete.
-    length: u64,
+    /// Raw length the shard will have once complete, when known at creation. An upload of
+    /// unknown length is closed by its first short piece or by the length given at commit.
+    length: Option<u64>,
 }
 
 pub(super) struct TempUpload {
@@ -40,7 +41,7 @@ pub(super) struct TempUpload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TempStatus {
     pub received: u64,
-    pub length: u64,
+    pub length: Option<u64>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -57,10 +58,12 @@ impl ShardStore {
         &self,
         hash: &ContentHash,
         shard: u8,
-        length: u64,
+        length: Option<u64>,
     ) -> Result<String, ShardStoreError> {
         if !is_valid_shard(shard) {
-            return Err(ShardStoreError::BadRequest(format!("no shard index {shard}")));
+            return Err(ShardStoreError::BadRequest(format!(
+                "no shard index {shard}"
+            )));
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let meta = TempMeta {
@@ -68,7 +71,11 @@ impl ShardStore {
             shard,
             length,
         };
-        let mut file = File::create(self.temp_path(&id, "part"))?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.temp_path(&id, "part"))?;
         format::write_header(&mut file, hash, shard)?;
         let json = serde_json::to_vec(&meta)
             .map_err(|e| ShardStoreError::BadRequest(format!("temp metadata: {e}")))?;
@@ -182,15 +189,23 @@ impl ShardStore {
             });
         }
         let end = offset + piece.len() as u64;
-        if end > t.meta.length {
+        if let Some(length) = t.meta.length
+            && end > length
+        {
             return Err(ShardStoreError::BadRequest(format!(
-                "write ends at {end}, past the declared length {}",
-                t.meta.length
+                "write ends at {end}, past the declared length {length}"
             )));
         }
-        if piece.is_empty() || (piece.len() != PIECE_SIZE && end != t.meta.length) {
+        if piece.is_empty()
+            || (piece.len() != PIECE_SIZE && t.meta.length.is_some_and(|l| end != l))
+        {
             return Err(ShardStoreError::BadRequest(
                 "a piece must be whole unless it ends the shard".into(),
+            ));
+        }
+        if t.meta.length.is_none() && t.received % PIECE_SIZE as u64 != 0 && offset == t.received {
+            return Err(ShardStoreError::BadRequest(
+                "the upload already ended with a short piece".into(),
             ));
         }
         if offset < t.received {
@@ -228,13 +243,13 @@ impl ShardStore {
 
     /// Makes upload `id` a committed shard, durably: index appended, file fsynced, renamed
     /// into `objects/`, directory fsynced. Only then is the shard located.
-    pub fn commit(&self, id: &str) -> Result<(), ShardStoreError> {
+    pub fn commit(&self, id: &str, length: u64) -> Result<(), ShardStoreError> {
         let t = self.temp(id)?;
         let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
-        if t.received != t.meta.length {
+        if t.received != length || t.meta.length.is_some_and(|l| l != length) {
             return Err(ShardStoreError::BadRequest(format!(
-                "upload has {} of {} bytes",
-                t.received, t.meta.length
+                "upload has {} bytes, commit asks for {length}",
+                t.received
             )));
         }
         let at = t.end;

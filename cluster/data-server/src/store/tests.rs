@@ -7,13 +7,15 @@ fn data(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn upload(store: &ShardStore, hash: &ContentHash, shard: u8, bytes: &[u8]) {
-    let id = store.create_temp(hash, shard, bytes.len() as u64).unwrap();
+    let id = store
+        .create_temp(hash, shard, Some(bytes.len() as u64))
+        .unwrap();
     for (k, piece) in bytes.chunks(PIECE_SIZE).enumerate() {
         store
             .write_piece(&id, (k * PIECE_SIZE) as u64, piece)
             .unwrap();
     }
-    store.commit(&id).unwrap();
+    store.commit(&id, bytes.len() as u64).unwrap();
 }
 
 fn read_all(store: &ShardStore, hash: &ContentHash, shard: u8) -> Result<Vec<u8>, ShardStoreError> {
@@ -38,7 +40,10 @@ fn round_trip_and_restart() {
     let zhash = ContentHash::of(b"zeros");
     upload(&store, &zhash, 0, &zeros);
     let on_disk = fs::metadata(store.shard_path(&zhash, 0)).unwrap().len();
-    assert!(on_disk < 100_000, "zeros are compressed at rest ({on_disk})");
+    assert!(
+        on_disk < 100_000,
+        "zeros are compressed at rest ({on_disk})"
+    );
     drop(store);
     fs::write(dir.path().join("objects/stray"), b"?").unwrap();
     fs::create_dir_all(dir.path().join("objects/zz")).unwrap();
@@ -54,8 +59,8 @@ fn empty_shard() {
     let dir = tempfile::tempdir().unwrap();
     let store = ShardStore::open(dir.path()).unwrap();
     let hash = ContentHash::of(b"");
-    let id = store.create_temp(&hash, 0, 0).unwrap();
-    store.commit(&id).unwrap();
+    let id = store.create_temp(&hash, 0, Some(0)).unwrap();
+    store.commit(&id, 0).unwrap();
     assert_eq!(read_all(&store, &hash, 0).unwrap(), Vec::<u8>::new());
 }
 
@@ -77,7 +82,10 @@ fn corruption_is_quarantined_not_deleted() {
     store.quarantine(&hash, 1, "test");
     assert!(store.shards_of(&hash).is_empty());
     assert!(!path.exists());
-    assert_eq!(fs::read_dir(dir.path().join("quarantine")).unwrap().count(), 1);
+    assert_eq!(
+        fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+        1
+    );
     assert!(matches!(
         store.open_shard(&hash, 1),
         Err(ShardStoreError::NotFound(_))
@@ -106,7 +114,9 @@ fn temp_offsets_resume_and_retry() {
     let store = ShardStore::open(dir.path()).unwrap();
     let hash = ContentHash::of(b"t");
     let bytes = data(PIECE_SIZE * 3, 4);
-    let id = store.create_temp(&hash, 0, bytes.len() as u64).unwrap();
+    let id = store
+        .create_temp(&hash, 0, Some(bytes.len() as u64))
+        .unwrap();
     store.write_piece(&id, 0, &bytes[..PIECE_SIZE]).unwrap();
     assert!(matches!(
         store.write_piece(&id, 2 * PIECE_SIZE as u64, &bytes[..PIECE_SIZE]),
@@ -123,7 +133,11 @@ fn temp_offsets_resume_and_retry() {
     store
         .write_piece(&id, PIECE_SIZE as u64, &bytes[PIECE_SIZE..2 * PIECE_SIZE])
         .unwrap();
-    assert!(store.commit(&id).is_err(), "incomplete upload cannot commit");
+    assert!(
+        store.commit(&id, bytes.len() as u64).is_err(),
+        "incomplete upload cannot commit"
+    );
+    assert_eq!(store.read_temp_piece(&id, 0).unwrap(), bytes[..PIECE_SIZE]);
     // Survives a restart of the data server.
     drop(store);
     let store = ShardStore::open(dir.path()).unwrap();
@@ -131,10 +145,13 @@ fn temp_offsets_resume_and_retry() {
         store.temp_status(&id).unwrap(),
         TempStatus {
             received: 2 * PIECE_SIZE as u64,
-            length: bytes.len() as u64
+            length: Some(bytes.len() as u64)
         }
     );
-    assert_eq!(store.read_temp_piece(&id, 1).unwrap(), bytes[PIECE_SIZE..2 * PIECE_SIZE]);
+    assert_eq!(
+        store.read_temp_piece(&id, 1).unwrap(),
+        bytes[PIECE_SIZE..2 * PIECE_SIZE]
+    );
     store
         .write_piece(&id, 2 * PIECE_SIZE as u64, &bytes[2 * PIECE_SIZE..])
         .unwrap();
@@ -142,9 +159,12 @@ fn temp_offsets_resume_and_retry() {
         store.write_piece(&id, 3 * PIECE_SIZE as u64, b"x"),
         Err(ShardStoreError::BadRequest(_))
     ));
-    store.commit(&id).unwrap();
+    store.commit(&id, bytes.len() as u64).unwrap();
     assert_eq!(read_all(&store, &hash, 0).unwrap(), bytes);
-    assert!(matches!(store.temp_status(&id), Err(ShardStoreError::NotFound(_))));
+    assert!(matches!(
+        store.temp_status(&id),
+        Err(ShardStoreError::NotFound(_))
+    ));
     assert_eq!(fs::read_dir(dir.path().join("temp")).unwrap().count(), 0);
 }
 
@@ -152,9 +172,31 @@ fn temp_offsets_resume_and_retry() {
 fn bad_ids_and_expiry() {
     let dir = tempfile::tempdir().unwrap();
     let store = ShardStore::open(dir.path()).unwrap();
-    assert!(matches!(store.temp_status("../../etc/passwd"), Err(ShardStoreError::NotFound(_))));
-    let id = store.create_temp(&ContentHash::of(b"e"), 0, 10).unwrap();
+    assert!(matches!(
+        store.temp_status("../../etc/passwd"),
+        Err(ShardStoreError::NotFound(_))
+    ));
+    let id = store
+        .create_temp(&ContentHash::of(b"e"), 0, Some(10))
+        .unwrap();
     assert_eq!(store.expire_temps(Duration::from_secs(3600)).unwrap(), 0);
     assert_eq!(store.expire_temps(Duration::ZERO).unwrap(), 2);
     assert!(store.temp_status(&id).is_err());
+}
+
+#[test]
+fn unknown_length_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    let hash = ContentHash::of(b"u");
+    let bytes = data(PIECE_SIZE + 9, 5);
+    let id = store.create_temp(&hash, 4, None).unwrap();
+    store.write_piece(&id, 0, &bytes[..PIECE_SIZE]).unwrap();
+    store
+        .write_piece(&id, PIECE_SIZE as u64, &bytes[PIECE_SIZE..])
+        .unwrap();
+    assert!(store.write_piece(&id, bytes.len() as u64, b"more").is_err());
+    assert!(store.commit(&id, 5).is_err());
+    store.commit(&id, bytes.len() as u64).unwrap();
+    assert_eq!(read_all(&store, &hash, 4).unwrap(), bytes);
 }

@@ -1,0 +1,564 @@
+//! The REST interface: a thin axum adapter. Handlers parse the request, call `objects` or
+//! `resumable`, and format the answer; errors become statuses in `error`.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, put};
+use bytes::Bytes;
+use dos_metadata::{ListQuery, VersionsFrom};
+use dos_protocol::{
+    BLOCK_SIZE, ByteRange, ContentHash, EntryKind, ObjectName, VersionRecord, WriteAttributes,
+    format_rfc3339_ns, headers as h, parse_digest_header, parse_range, parse_rfc3339_ns,
+};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::core::Core;
+use crate::error::{ApiError, ApiResult};
+use crate::{objects, resumable};
+
+pub fn router(core: Arc<Core>) -> Router {
+    let limit = Arc::new(Semaphore::new(core.config.max_in_flight));
+    Router::new()
+        .route(
+            "/objects/{*name}",
+            get(get_object)
+                .head(get_object)
+                .put(put_object)
+                .delete(delete_object)
+                .post(post_object),
+        )
+        .route("/objects/", any(empty_name))
+        .route("/temp/{token}", put(put_temp).head(head_temp))
+        .route("/versions/", get(versions))
+        .route("/versions/{*name}", get(versions))
+        .route("/locate/{*name}", get(locate))
+        .route("/list", get(list))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(core.clone(), authorize))
+        .layer(middleware::from_fn_with_state(limit, limit_in_flight))
+        .with_state(core)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+async fn empty_name() -> ApiError {
+    ApiError::BadRequest("object name is empty".into())
+}
+
+/// With a configured token, every request but `/health` needs `Authorization: Bearer TOKEN`.
+async fn authorize(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &core.config.token
+        && req.uri().path() != "/health"
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Past `max_in_flight` requests at once, new ones get a 503 at once instead of queueing.
+async fn limit_in_flight(
+    State(limit): State<Arc<Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match limit.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let resp = next.run(req).await;
+            // The permit is held until the response head is produced; streamed bodies run on.
+            drop(permit);
+            resp
+        }
+        Err(_) => ApiError::Overloaded.into_response(),
+    }
+}
+
+async fn health(State(core): State<Arc<Core>>) -> Response {
+    let live = core.bus.live_servers().len();
+    axum::Json(serde_json::json!({ "status": "ok", "live_data_servers": live })).into_response()
+}
+
+fn name_from(uri: &Uri, prefix: &str) -> ApiResult<ObjectName> {
+    let rest = uri.path().strip_prefix(prefix).unwrap_or_default();
+    ObjectName::from_path(rest).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+#[derive(Deserialize, Default)]
+struct VersionQuery {
+    version: Option<String>,
+}
+
+/// `?version=N`; absent or 0 means the latest.
+fn version_of(q: &VersionQuery) -> ApiResult<Option<u64>> {
+    match q.version.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(ApiError::BadRequest(format!("bad version {v:?}"))),
+        },
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a str>> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("header {name} is not ASCII"))),
+    }
+}
+
+fn digest_of(headers: &HeaderMap) -> ApiResult<ContentHash> {
+    parse_digest_header(header_str(headers, h::DIGEST)?)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn attrs_of(headers: &HeaderMap) -> ApiResult<WriteAttributes> {
+    let kind = match header_str(headers, h::KIND)? {
+        None => EntryKind::File,
+        Some(k) => EntryKind::parse(k)
+            .ok_or_else(|| ApiError::BadRequest(format!("bad {}: {k:?}", h::KIND)))?,
+    };
+    let mode = match header_str(headers, h::MODE)? {
+        None => None,
+        Some(m) => Some(
+            u32::from_str_radix(m.trim(), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| ApiError::BadRequest(format!("bad {}: {m:?}", h::MODE)))?,
+        ),
+    };
+    let mtime_ns = match header_str(headers, h::MTIME)? {
+        None => None,
+        Some(t) => Some(
+            parse_rfc3339_ns(t)
+                .ok_or_else(|| ApiError::BadRequest(format!("bad {}: {t:?}", h::MTIME)))?,
+        ),
+    };
+    Ok(WriteAttributes {
+        kind,
+        mode,
+        mtime_ns,
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    header_str(headers, header::CONTENT_LENGTH.as_str())?
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| ApiError::BadRequest("bad Content-Length".into()))
+        })
+        .transpose()
+}
+
+fn json_record(status: StatusCode, v: &VersionRecord) -> Response {
+    let mut resp = (status, axum::Json(v)).into_response();
+    resp.headers_mut()
+        .insert(h::VERSION, HeaderValue::from(v.version));
+    resp
+}
+
+async fn put_object(
+    State(core): State<Arc<Core>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let name = name_from(&uri, "/objects/")?;
+    let digest = digest_of(&headers)?;
+    let attrs = attrs_of(&headers)?;
+    let length = content_length(&headers)?;
+    let v = objects::put(&core, &name, digest, attrs, body.into_data_stream(), length).await?;
+    Ok(json_record(StatusCode::OK, &v))
+}
+
+async fn delete_object(State(core): State<Arc<Core>>, uri: Uri) -> ApiResult<Response> {
+    let name = name_from(&uri, "/objects/")?;
+    let v = objects::delete(&core, &name).await?;
+    Ok(json_record(StatusCode::OK, &v))
+}
+
+async fn post_object(
+    State(core): State<Arc<Core>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let name = name_from(&uri, "/objects/")?;
+    let digest = digest_of(&headers)?;
+    let size = header_str(&headers, h::SIZE)?
+        .ok_or_else(|| ApiError::BadRequest("missing Size header".into()))?
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| ApiError::BadRequest("bad Size header".into()))?;
+    let attrs = attrs_of(&headers)?;
+    match resumable::post(&core, &name, digest, size, attrs).await? {
+        resumable::PostOutcome::Stored(v) => Ok(json_record(StatusCode::OK, &v)),
+        resumable::PostOutcome::Upload(token) => {
+            let location = format!("/temp/{token}");
+            let mut resp = (StatusCode::CREATED, format!("{location}\n")).into_response();
+            let v = HeaderValue::from_str(&location)
+                .map_err(|_| ApiError::Internal("token is not a header value".into()))?;
+            resp.headers_mut().insert(header::LOCATION, v);
+            Ok(resp)
+        }
+    }
+}
+
+async fn head_temp(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    let t = resumable::verify(&token, &core.config.secret)?;
+    let accepted = resumable::accepted(&core, &t).await?;
+    let mut resp = StatusCode::OK.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(accepted));
+    Ok(resp)
+}
+
+async fn put_temp(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let t = resumable::verify(&token, &core.config.secret)?;
+    let offset = match header_str(&headers, header::RANGE.as_str())? {
+        None => 0,
+        Some(r) => r
+            .trim()
+            .strip_prefix("bytes=")
+            .and_then(|r| r.split('-').next())
+            .and_then(|o| o.trim().parse::<u64>().ok())
+            .ok_or_else(|| ApiError::BadRequest(format!("bad Range {r:?}; use bytes=OFFSET-")))?,
+    };
+    let length = content_length(&headers)?;
+    match resumable::put(&core, &t, offset, length, body.into_data_stream()).await? {
+        resumable::PutOutcome::Partial { accepted } => Ok(axum::Json(
+            serde_json::json!({ "accepted": accepted, "size": t.size }),
+        )
+        .into_response()),
+        resumable::PutOutcome::Done(v) => Ok(json_record(StatusCode::OK, &v)),
+    }
+}
+
+/// Whether `Accept-Encoding` (RFC 9110 §12.5.3) accepts gzip: `gzip`/`x-gzip` or `*` with a
+/// non-zero q-value, unless gzip itself is listed with q=0.
+pub fn accepts_gzip(value: Option<&str>) -> bool {
+    let Some(value) = value else { return false };
+    let mut gzip = None;
+    let mut star = None;
+    for item in value.split(',') {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut q = 1.0f32;
+        for p in parts {
+            if let Some(v) = p
+                .trim()
+                .strip_prefix("q=")
+                .or_else(|| p.trim().strip_prefix("Q="))
+            {
+                q = v.trim().parse().unwrap_or(0.0);
+            }
+        }
+        match coding.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q),
+            "*" => star = Some(q),
+            _ => {}
+        }
+    }
+    gzip.or(star).is_some_and(|q| q > 0.0)
+}
+
+async fn get_object(
+    State(core): State<Arc<Core>>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<VersionQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let name = name_from(&uri, "/objects/")?;
+    let version = version_of(&q)?;
+    let (record, hash) = objects::resolve(&core, &name, version).await?;
+    let range = parse_range(header_str(&headers, header::RANGE.as_str())?, record.size)
+        .map_err(|_| ApiError::RangeNotSatisfiable { size: record.size })?;
+    let gzip = accepts_gzip(header_str(&headers, header::ACCEPT_ENCODING.as_str())?);
+    let length = range.map_or(record.size, |r| r.len());
+
+    let mut resp = Response::new(Body::empty());
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    let hd = resp.headers_mut();
+    let etag = format!("\"{}\"", hash.to_base64());
+    let set = |hd: &mut HeaderMap, k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            hd.insert(k, v);
+        }
+    };
+    set(hd, "etag", etag);
+    set(hd, "accept-ranges", "bytes".into());
+    set(hd, "content-type", "application/octet-stream".into());
+    let mtime = UNIX_EPOCH + Duration::from_nanos(record.mtime_ns.max(0) as u64);
+    set(hd, "last-modified", httpdate::fmt_http_date(mtime));
+    set(hd, h::VERSION, record.version.to_string());
+    set(hd, h::MODE, format!("{:o}", record.mode));
+    set(hd, h::MTIME, format_rfc3339_ns(record.mtime_ns));
+    set(hd, h::KIND, record.kind.as_str().into());
+    set(hd, "vary", "accept-encoding".into());
+    if let Some(r) = range {
+        set(hd, "content-range", r.content_range(record.size));
+    }
+    if gzip {
+        set(hd, "content-encoding", "gzip".into());
+    } else {
+        hd.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    if method == Method::HEAD {
+        return Ok(resp);
+    }
+    let content = objects::content_of(&core, &hash).await?;
+    let decoder = objects::open_read(&core, &content, range).await?;
+    let body = stream_object(core.clone(), decoder, range, record.size);
+    *resp.body_mut() = if gzip {
+        Body::from_stream(ReceiverStream::new(gzip_stream(body)))
+    } else {
+        Body::from_stream(ReceiverStream::new(body))
+    };
+    Ok(resp)
+}
+
+type ByteChunks = mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// Runs the decoder in its own task, sending exactly the requested bytes. A failure after the
+/// head was sent aborts the body, so the client sees a truncated transfer, never wrong bytes.
+fn stream_object(
+    core: Arc<Core>,
+    mut decoder: crate::pipeline::read::Decoder,
+    range: Option<ByteRange>,
+    size: u64,
+) -> ByteChunks {
+    let (tx, rx) = mpsc::channel(4);
+    let (start, end) = range.map_or((0, size), |r| (r.start, r.end + 1));
+    tokio::spawn(async move {
+        let mut block_start = start / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
+        loop {
+            match decoder.next_block().await {
+                Ok(Some(block)) => {
+                    let block_end = block_start + block.len() as u64;
+                    let from = start.saturating_sub(block_start) as usize;
+                    let to = (end.min(block_end) - block_start) as usize;
+                    block_start = block_end;
+                    if from < to && tx.send(Ok(block.slice(from..to))).await.is_err() {
+                        break;
+                    }
+                    if block_end >= end {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(hash = %content_hash(&decoder), error = %e, "read failed mid-stream");
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    break;
+                }
+            }
+        }
+        if !decoder.faults().is_empty() {
+            core.repair.request(content_hash(&decoder));
+        }
+    });
+    rx
+}
+
+fn content_hash(d: &crate::pipeline::read::Decoder) -> ContentHash {
+    d.hash()
+}
+
+/// Gzips a byte stream on a blocking thread.
+fn gzip_stream(mut input: ByteChunks) -> ByteChunks {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        while let Some(chunk) = input.blocking_recv() {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if let Err(e) = gz.write_all(&chunk) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            let out = std::mem::take(gz.get_mut());
+            if !out.is_empty() && tx.blocking_send(Ok(Bytes::from(out))).is_err() {
+                return;
+            }
+        }
+        match gz.finish() {
+            Ok(rest) => {
+                let _ = tx.blocking_send(Ok(Bytes::from(rest)));
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    rx
+}
+
+async fn versions(State(core): State<Arc<Core>>, uri: Uri) -> ApiResult<Response> {
+    let rest = uri.path().strip_prefix("/versions/").unwrap_or_default();
+    let from = if rest.is_empty() {
+        VersionsFrom::All(None)
+    } else {
+        VersionsFrom::Name(name_from(&uri, "/versions/")?, 0)
+    };
+    // The first page is read before answering, so a metadata failure is a clean 503.
+    const PAGE: usize = 1000;
+    let first = core.meta.list_versions(&from, PAGE).await?;
+    let stream =
+        futures::stream::unfold((core, from, Some(first)), |(core, from, page)| async move {
+            let page = match page {
+                Some(p) => p,
+                None => match core.meta.list_versions(&from, PAGE).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Some((
+                            Err(std::io::Error::other(e.to_string())),
+                            (core, from, Some(Vec::new())),
+                        ));
+                    }
+                },
+            };
+            let last = page.last()?;
+            let next = match &from {
+                VersionsFrom::Name(n, _) => VersionsFrom::Name(n.clone(), last.version),
+                VersionsFrom::All(_) => VersionsFrom::All(Some((last.name.clone(), last.version))),
+            };
+            let mut out = Vec::new();
+            for v in &page {
+                if serde_json::to_writer(&mut out, v).is_ok() {
+                    out.push(b'\n');
+                }
+            }
+            let more = page.len() == PAGE;
+            let state_page = if more { None } else { Some(Vec::new()) };
+            Some((Ok(Bytes::from(out)), (core, next, state_page)))
+        });
+    let mut resp = Response::new(Body::from_stream(stream.boxed()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+async fn locate(
+    State(core): State<Arc<Core>>,
+    uri: Uri,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<Response> {
+    let name = name_from(&uri, "/locate/")?;
+    let (_, hash) = objects::resolve(&core, &name, version_of(&q)?).await?;
+    let content = objects::content_of(&core, &hash).await?;
+    let holders = core.holders(&content).await;
+    let map: std::collections::BTreeMap<String, String> = holders
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.first().map(|s| (i.to_string(), s.addr.clone())))
+        .collect();
+    if map.is_empty() {
+        return Err(ApiError::NotFound(format!("no live server holds {name}")));
+    }
+    Ok(axum::Json(map).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    delimiter: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(State(core): State<Arc<Core>>, Query(p): Query<ListParams>) -> ApiResult<Response> {
+    let delimiter = match p.delimiter.as_deref() {
+        None | Some("") => None,
+        Some(d) => {
+            let mut chars = d.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if c.is_ascii() => Some(c),
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "delimiter must be a single ASCII character".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let limit = p.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1 to 10000".into()));
+    }
+    let page = core
+        .meta
+        .list(&ListQuery {
+            prefix: p.prefix,
+            delimiter,
+            cursor: p.cursor.filter(|c| !c.is_empty()),
+            limit,
+        })
+        .await?;
+    Ok(axum::Json(page).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn accept_encoding() {
+        assert!(accepts_gzip(Some("gzip")));
+        assert!(accepts_gzip(Some("deflate, gzip;q=0.5")));
+        assert!(accepts_gzip(Some("*")));
+        assert!(accepts_gzip(Some("GZIP ; q=1.0")));
+        assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(!accepts_gzip(Some("*, gzip;q=0")));
+        assert!(!accepts_gzip(Some("identity")));
+        assert!(!accepts_gzip(Some("br, deflate")));
+        assert!(!accepts_gzip(None));
+    }
+}

@@ -1,0 +1,294 @@
+//! The write side: streaming a body through SHA-256 and the Reed-Solomon encoder into six
+//! concurrent shard uploads, then committing them.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use dos_erasure::Codec;
+use dos_protocol::{BLOCK_SIZE, ContentHash, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
+use futures::{Stream, StreamExt, future};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{ApiError, ApiResult};
+use crate::shard_client::{ShardClient, ShardError, TempStatus};
+
+/// One shard upload: which shard, where, and the data server's upload id.
+#[derive(Debug, Clone)]
+pub struct ShardTarget {
+    pub shard: u8,
+    pub server: ServerInfo,
+    pub temp_id: String,
+}
+
+/// Creates an upload on each target server, all at once; on any failure the ones created are
+/// abandoned and the error is returned.
+pub async fn create_uploads(
+    client: &ShardClient,
+    hash: &ContentHash,
+    servers: &[(u8, ServerInfo)],
+    shard_length: Option<u64>,
+) -> ApiResult<Vec<ShardTarget>> {
+    let results = future::join_all(servers.iter().map(|(shard, server)| async move {
+        client
+            .create_temp(server, hash, *shard, shard_length)
+            .await
+            .map(|temp_id| ShardTarget {
+                shard: *shard,
+                server: server.clone(),
+                temp_id,
+            })
+    }))
+    .await;
+    let mut targets = Vec::new();
+    let mut failure = None;
+    for r in results {
+        match r {
+            Ok(t) => targets.push(t),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if let Some(e) = failure {
+        abort_uploads(client, &targets).await;
+        return Err(ApiError::ShardWrite(e));
+    }
+    Ok(targets)
+}
+
+/// Abandons uploads; failures only mean the temp files expire later.
+pub async fn abort_uploads(client: &ShardClient, targets: &[ShardTarget]) {
+    future::join_all(targets.iter().map(|t| async move {
+        if let Err(e) = client.abort(&t.server.addr, &t.temp_id).await {
+            tracing::debug!(error = %e, "abandoning an upload failed; it will expire");
+        }
+    }))
+    .await;
+}
+
+/// Commits every upload durably; all must succeed.
+pub async fn commit_uploads(
+    client: &ShardClient,
+    targets: &[ShardTarget],
+    shard_length: u64,
+) -> ApiResult<()> {
+    let results = future::join_all(
+        targets
+            .iter()
+            .map(|t| client.commit(&t.server.addr, &t.temp_id, shard_length)),
+    )
+    .await;
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(ApiError::ShardWrite(e)),
+        None => Ok(()),
+    }
+}
+
+/// Streams pieces into a set of uploads, one long request per upload.
+pub struct ShardWriters {
+    senders: Vec<mpsc::Sender<io::Result<Bytes>>>,
+    tasks: Vec<JoinHandle<Result<TempStatus, ShardError>>>,
+}
+
+impl ShardWriters {
+    /// Starts one streaming request per target, writing from raw shard offset `offset`.
+    pub fn open(client: &ShardClient, targets: &[ShardTarget], offset: u64) -> Self {
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for t in targets {
+            let (tx, rx) = mpsc::channel(2);
+            let client = client.clone();
+            let (addr, id) = (t.server.addr.clone(), t.temp_id.clone());
+            tasks.push(tokio::spawn(async move {
+                client
+                    .write_temp(&addr, &id, offset, ReceiverStream::new(rx))
+                    .await
+            }));
+            senders.push(tx);
+        }
+        Self { senders, tasks }
+    }
+
+    /// Sends one piece to each upload (`pieces[i]` to the i-th target).
+    pub async fn send(&mut self, pieces: Vec<Bytes>) -> ApiResult<()> {
+        let sends = self
+            .senders
+            .iter()
+            .zip(pieces)
+            .map(|(tx, p)| tx.send(Ok(p)));
+        let failed = future::join_all(sends).await.iter().any(Result::is_err);
+        if failed {
+            // A request ended early; its task holds the reason.
+            return Err(self.first_error().await);
+        }
+        Ok(())
+    }
+
+    async fn first_error(&mut self) -> ApiError {
+        self.senders.clear();
+        for t in self.tasks.drain(..) {
+            match t.await {
+                Ok(Err(e)) => return ApiError::ShardWrite(e),
+                Err(e) => return ApiError::Internal(format!("shard writer failed: {e}")),
+                Ok(Ok(_)) => {}
+            }
+        }
+        ApiError::Internal("a shard upload ended early".into())
+    }
+
+    /// Ends the streams and waits until every data server has written what it received.
+    pub async fn finish(mut self) -> ApiResult<Vec<TempStatus>> {
+        self.senders.clear();
+        let mut out = Vec::new();
+        for t in self.tasks.drain(..) {
+            match t.await {
+                Ok(Ok(s)) => out.push(s),
+                Ok(Err(e)) => return Err(ApiError::ShardWrite(e)),
+                Err(e) => return Err(ApiError::Internal(format!("shard writer failed: {e}"))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What streaming a body produced.
+pub struct Encoded {
+    pub hasher: Sha256,
+    /// Object bytes accepted (whole blocks, plus the final short block when it ends the object).
+    pub accepted: u64,
+}
+
+/// Streams `body` in blocks through SHA-256 and the encoder into `writers` (all six shards,
+/// in shard order). `already` bytes of the object were accepted before this body; `total` is
+/// the object size when known. A trailing partial block that does not end the object is
+/// dropped (the client resends it). Body reading, hashing/encoding (on a blocking thread) and
+/// the six uploads run concurrently.
+pub async fn encode_stream<S, E>(
+    codec: &Codec,
+    body: S,
+    writers: ShardWriters,
+    hasher: Sha256,
+    already: u64,
+    total: Option<u64>,
+) -> ApiResult<(Encoded, ShardWriters)>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let (block_tx, mut block_rx) = mpsc::channel::<Bytes>(2);
+    let codec = codec.clone();
+    let encoder = tokio::spawn(async move {
+        let mut writers = writers;
+        let mut hasher = hasher;
+        let mut accepted = 0u64;
+        while let Some(block) = block_rx.recv().await {
+            accepted += block.len() as u64;
+            let codec = codec.clone();
+            let (h, pieces) = tokio::task::spawn_blocking(move || {
+                hasher.update(&block);
+                let mut pieces: [Vec<u8>; TOTAL_SHARDS] = Default::default();
+                for p in pieces.iter_mut() {
+                    p.reserve_exact(PIECE_SIZE);
+                }
+                codec.encode_block(&block, &mut pieces);
+                (hasher, pieces)
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("encoder failed: {e}")))?;
+            hasher = h;
+            writers
+                .send(pieces.into_iter().map(Bytes::from).collect())
+                .await?;
+        }
+        Ok::<_, ApiError>((Encoded { hasher, accepted }, writers))
+    });
+
+    let mut body = body;
+    let mut buf = BytesMut::with_capacity(BLOCK_SIZE);
+    let mut received = already;
+    let mut encoder_gone = false;
+    let mut read_error = None;
+    while let Some(frame) = body.next().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                read_error = Some(ApiError::BadRequest(format!("reading request body: {e}")));
+                break;
+            }
+        };
+        received += frame.len() as u64;
+        if total.is_some_and(|t| received > t) {
+            read_error = Some(ApiError::BadRequest(format!(
+                "body goes past the declared size of {} bytes",
+                total.unwrap_or_default()
+            )));
+            break;
+        }
+        buf.extend_from_slice(&frame);
+        while buf.len() >= BLOCK_SIZE {
+            if block_tx
+                .send(buf.split_to(BLOCK_SIZE).freeze())
+                .await
+                .is_err()
+            {
+                encoder_gone = true;
+                break;
+            }
+        }
+        if encoder_gone {
+            break;
+        }
+    }
+    if read_error.is_none() && !encoder_gone && !buf.is_empty() {
+        let ends_object = total.is_none_or(|t| received == t);
+        if ends_object && block_tx.send(buf.freeze()).await.is_err() {
+            encoder_gone = true;
+        }
+    }
+    drop(block_tx);
+    let result = encoder
+        .await
+        .map_err(|e| ApiError::Internal(format!("encoder failed: {e}")))?;
+    match (read_error, result) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(e),
+        (None, Ok(_)) if encoder_gone => Err(ApiError::Internal("encoder stopped early".into())),
+        (None, Ok(r)) => Ok(r),
+    }
+}
+
+/// Hashes a body without storing it (a PUT of content the store already has still proves it
+/// has the bytes). Returns the hash and the size.
+pub async fn hash_stream<S, E>(body: S) -> ApiResult<(ContentHash, u64)>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let mut body = body;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = body.next().await;
+        let done = frame.is_none();
+        if let Some(f) = frame {
+            let f = f.map_err(|e| ApiError::BadRequest(format!("reading request body: {e}")))?;
+            size += f.len() as u64;
+            buf.extend_from_slice(&f);
+        }
+        if buf.len() >= BLOCK_SIZE || (done && !buf.is_empty()) {
+            let chunk = buf.split().freeze();
+            hasher = tokio::task::spawn_blocking(move || {
+                hasher.update(&chunk);
+                hasher
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))?;
+        }
+        if done {
+            break;
+        }
+    }
+    Ok((ContentHash(hasher.finalize().into()), size))
+}

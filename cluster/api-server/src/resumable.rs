@@ -1,0 +1,351 @@
+//! Resumable uploads. `POST /objects/NAME` creates six shard uploads and hands the client a
+//! token that carries everything needed to continue (name, hash, size, attributes, where the
+//! shards go, expiry), signed with HMAC-SHA256 under the cluster secret: any API server of the
+//! cluster can continue it, and a forged or altered token is refused before any data server is
+//! contacted. Accepted bytes are always whole 1 MiB blocks until the last one.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use dos_protocol::{
+    BLOCK_SIZE, ContentHash, EntryKind, ObjectName, PIECE_SIZE, ServerId, ServerInfo, TOTAL_SHARDS,
+    VersionRecord, WriteAttributes, shard_len,
+};
+use futures::Stream;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::core::Core;
+use crate::error::{ApiError, ApiResult};
+use crate::objects::{digest_mismatch, new_version, record_content};
+use crate::pipeline::write::{
+    ShardTarget, ShardWriters, abort_uploads, commit_uploads, create_uploads, encode_stream,
+};
+use crate::shard_client::PieceReader;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadToken {
+    pub name: ObjectName,
+    pub hash: ContentHash,
+    pub size: u64,
+    pub kind: EntryKind,
+    pub mode: Option<u32>,
+    pub mtime_ns: Option<i64>,
+    /// Data server and upload id of each shard, in shard order.
+    pub shards: Vec<(ServerId, String, String)>,
+    /// Unix seconds after which the token is refused.
+    pub expires: u64,
+}
+
+impl UploadToken {
+    fn targets(&self) -> Vec<ShardTarget> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(i, (id, addr, temp))| ShardTarget {
+                shard: i as u8,
+                server: ServerInfo {
+                    id: id.clone(),
+                    addr: addr.clone(),
+                },
+                temp_id: temp.clone(),
+            })
+            .collect()
+    }
+
+    fn attrs(&self) -> WriteAttributes {
+        WriteAttributes {
+            kind: self.kind,
+            mode: self.mode,
+            mtime_ns: self.mtime_ns,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn mac(secret: &[u8]) -> ApiResult<Hmac<Sha256>> {
+    Hmac::<Sha256>::new_from_slice(secret)
+        .map_err(|_| ApiError::Internal("bad token secret".into()))
+}
+
+pub fn sign(token: &UploadToken, secret: &[u8]) -> ApiResult<String> {
+    let payload =
+        serde_json::to_vec(token).map_err(|e| ApiError::Internal(format!("token: {e}")))?;
+    let mut m = mac(secret)?;
+    m.update(&payload);
+    let sig = m.finalize().into_bytes();
+    Ok(format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(sig)
+    ))
+}
+
+pub fn verify(token: &str, secret: &[u8]) -> ApiResult<UploadToken> {
+    let forged = || ApiError::Forbidden("upload token is not valid".into());
+    let (payload, sig) = token.split_once('.').ok_or_else(forged)?;
+    let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| forged())?;
+    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| forged())?;
+    let mut m = mac(secret)?;
+    m.update(&payload);
+    m.verify_slice(&sig).map_err(|_| forged())?;
+    let token: UploadToken = serde_json::from_slice(&payload).map_err(|_| forged())?;
+    if token.shards.len() != TOTAL_SHARDS {
+        return Err(forged());
+    }
+    if token.expires < unix_now() {
+        return Err(ApiError::Gone("upload token has expired".into()));
+    }
+    Ok(token)
+}
+
+pub enum PostOutcome {
+    /// Content already stored: a version was made and nothing needs uploading.
+    Stored(VersionRecord),
+    /// Upload the bytes to `/temp/<token>`.
+    Upload(String),
+}
+
+/// `POST /objects/NAME` with `Digest` and `Size`.
+pub async fn post(
+    core: &Core,
+    name: &ObjectName,
+    hash: ContentHash,
+    size: u64,
+    attrs: WriteAttributes,
+) -> ApiResult<PostOutcome> {
+    if let Some(existing) = core.meta.get_content(&hash).await? {
+        if existing.size != size {
+            return Err(ApiError::BadRequest(format!(
+                "Size {size} does not match the stored content of this digest ({} bytes)",
+                existing.size
+            )));
+        }
+        let v = core
+            .meta
+            .add_version(name, new_version(hash, size, &attrs))
+            .await?;
+        return Ok(PostOutcome::Stored(v));
+    }
+    let servers = core.choose_servers()?;
+    let numbered: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u8, s.clone()))
+        .collect();
+    let uploads = create_uploads(&core.shards, &hash, &numbered, Some(shard_len(size))).await?;
+    let token = UploadToken {
+        name: name.clone(),
+        hash,
+        size,
+        kind: attrs.kind,
+        mode: attrs.mode,
+        mtime_ns: attrs.mtime_ns,
+        shards: uploads
+            .iter()
+            .map(|u| {
+                (
+                    u.server.id.clone(),
+                    u.server.addr.clone(),
+                    u.temp_id.clone(),
+                )
+            })
+            .collect(),
+        expires: unix_now() + core.config.upload_ttl.as_secs(),
+    };
+    Ok(PostOutcome::Upload(sign(&token, &core.config.secret)?))
+}
+
+/// Object bytes accepted so far: whole blocks every shard has, or the whole object.
+pub async fn accepted(core: &Core, token: &UploadToken) -> ApiResult<u64> {
+    let statuses = futures::future::join_all(
+        token
+            .targets()
+            .into_iter()
+            .map(|t| async move { core.shards.temp_status(&t.server.addr, &t.temp_id).await }),
+    )
+    .await;
+    let mut min = u64::MAX;
+    for s in statuses {
+        match s {
+            Ok(s) => min = min.min(s.received),
+            Err(e) if e.is_not_found() => {
+                return Err(ApiError::NotFound(
+                    "this upload is finished, expired or abandoned".into(),
+                ));
+            }
+            Err(e) => return Err(ApiError::ShardWrite(e)),
+        }
+    }
+    if min >= shard_len(token.size) {
+        return Ok(token.size);
+    }
+    Ok((min / PIECE_SIZE as u64) * BLOCK_SIZE as u64)
+}
+
+pub enum PutOutcome {
+    Partial { accepted: u64 },
+    Done(VersionRecord),
+}
+
+/// `PUT /temp/TOKEN` from `offset`.
+pub async fn put<S, E>(
+    core: &Core,
+    token: &UploadToken,
+    offset: u64,
+    content_length: Option<u64>,
+    body: S,
+) -> ApiResult<PutOutcome>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let have = accepted(core, token).await?;
+    if offset != have {
+        return Err(ApiError::OffsetMismatch {
+            offset,
+            accepted: have,
+        });
+    }
+    if content_length.is_some_and(|l| offset + l > token.size) {
+        return Err(ApiError::BadRequest(format!(
+            "bytes {offset}+ go past the declared size of {} bytes",
+            token.size
+        )));
+    }
+    let targets = token.targets();
+    let mut hasher = Sha256::new();
+    if offset > 0 {
+        hasher = prime_hasher(core, &targets, offset, hasher).await?;
+    }
+    let mut accepted_now = offset;
+    if offset < token.size {
+        let piece_offset = offset / BLOCK_SIZE as u64 * PIECE_SIZE as u64;
+        let writers = ShardWriters::open(&core.shards, &targets, piece_offset);
+        let (encoded, writers) =
+            encode_stream(&core.codec, body, writers, hasher, offset, Some(token.size)).await?;
+        writers.finish().await?;
+        hasher = encoded.hasher;
+        accepted_now += encoded.accepted;
+    }
+    if accepted_now < token.size {
+        return Ok(PutOutcome::Partial {
+            accepted: accepted_now,
+        });
+    }
+    let hash = ContentHash(hasher.finalize().into());
+    if hash != token.hash {
+        abort_uploads(&core.shards, &targets).await;
+        return Err(digest_mismatch());
+    }
+    let attrs = token.attrs();
+    if core.meta.get_content(&hash).await?.is_some() {
+        // Someone stored the same content meanwhile: keep theirs.
+        abort_uploads(&core.shards, &targets).await;
+    } else {
+        commit_uploads(&core.shards, &targets, shard_len(token.size)).await?;
+        let servers: Vec<ServerInfo> = targets.iter().map(|t| t.server.clone()).collect();
+        record_content(core, hash, token.size, &servers).await?;
+    }
+    let v = core
+        .meta
+        .add_version(&token.name, new_version(hash, token.size, &attrs))
+        .await?;
+    Ok(PutOutcome::Done(v))
+}
+
+/// Feeds the first `offset` object bytes (whole blocks), read back from the four data shard
+/// uploads, into `hasher`, so that the final digest covers every byte without the API server
+/// keeping state between requests.
+async fn prime_hasher(
+    core: &Core,
+    targets: &[ShardTarget],
+    offset: u64,
+    mut hasher: Sha256,
+) -> ApiResult<Sha256> {
+    // `offset` is a whole number of blocks, or the whole object (an upload whose bytes all
+    // arrived but whose version was not made yet).
+    let size = offset;
+    let blocks = offset.div_ceil(BLOCK_SIZE as u64);
+    let end = shard_len(offset);
+    let mut readers = Vec::new();
+    for t in targets.iter().take(dos_protocol::DATA_SHARDS) {
+        let body = core
+            .shards
+            .read_temp(&t.server.addr, &t.temp_id, 0, end)
+            .await
+            .map_err(ApiError::ShardWrite)?;
+        readers.push((PieceReader::new(body), t.server.addr.clone()));
+    }
+    for b in 0..blocks {
+        let plen = dos_protocol::piece_len(size, b);
+        let pieces = futures::future::join_all(
+            readers
+                .iter_mut()
+                .map(|(r, addr)| async move { r.read(plen, addr).await }),
+        )
+        .await;
+        let mut block = Vec::with_capacity(BLOCK_SIZE);
+        for p in pieces {
+            block.extend_from_slice(&p.map_err(ApiError::ShardWrite)?);
+        }
+        block.truncate((size - b * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize);
+        hasher = tokio::task::spawn_blocking(move || {
+            hasher.update(&block);
+            hasher
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))?;
+    }
+    Ok(hasher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_signed() {
+        let t = UploadToken {
+            name: ObjectName::new("a").unwrap(),
+            hash: ContentHash::of(b"x"),
+            size: 5,
+            kind: EntryKind::File,
+            mode: None,
+            mtime_ns: None,
+            shards: (0..6)
+                .map(|i| {
+                    (
+                        ServerId(format!("s{i}")),
+                        format!("h:{i}"),
+                        format!("{i:032x}"),
+                    )
+                })
+                .collect(),
+            expires: unix_now() + 60,
+        };
+        let s = sign(&t, b"secret").unwrap();
+        assert_eq!(verify(&s, b"secret").unwrap(), t);
+        assert!(matches!(verify(&s, b"other"), Err(ApiError::Forbidden(_))));
+        let mut forged = s.clone().into_bytes();
+        forged[10] = if forged[10] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(matches!(
+            verify(&forged, b"secret"),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            verify("garbage", b"secret"),
+            Err(ApiError::Forbidden(_))
+        ));
+        let old = UploadToken { expires: 1, ..t };
+        let s = sign(&old, b"secret").unwrap();
+        assert!(matches!(verify(&s, b"secret"), Err(ApiError::Gone(_))));
+    }
+}

@@ -1,0 +1,289 @@
+//! HTTP calls from an API server to data servers: one pooled client, bounded timeouts, typed
+//! errors. Shard bytes move in long streamed requests, never one request per piece.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use dos_protocol::{ContentHash, ServerInfo};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("data server {addr} unreachable: {source}")]
+    Transport {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("data server {addr} answered {status}: {message}")]
+    Status {
+        addr: String,
+        status: u16,
+        message: String,
+    },
+    #[error("data server {addr} sent a malformed answer")]
+    Malformed { addr: String },
+}
+
+impl ShardError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ShardError::Status { status: 404, .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct TempStatus {
+    pub received: u64,
+    pub length: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct ShardClient {
+    http: reqwest::Client,
+}
+
+/// A shard byte stream being received.
+pub type ShardBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ShardError>> + Send>>;
+
+impl ShardClient {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self { http }
+    }
+
+    async fn check(addr: &str, resp: reqwest::Response) -> Result<reqwest::Response, ShardError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let message = resp.text().await.unwrap_or_default().trim().to_string();
+        Err(ShardError::Status {
+            addr: addr.to_string(),
+            status,
+            message,
+        })
+    }
+
+    fn transport(addr: &str) -> impl FnOnce(reqwest::Error) -> ShardError + '_ {
+        move |source| ShardError::Transport {
+            addr: addr.to_string(),
+            source,
+        }
+    }
+
+    pub async fn create_temp(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        length: Option<u64>,
+    ) -> Result<String, ShardError> {
+        let addr = &server.addr;
+        let mut url = format!("http://{addr}/temp?hash={}&shard={shard}", hash.to_hex());
+        if let Some(l) = length {
+            url.push_str(&format!("&length={l}"));
+        }
+        let resp = self
+            .http
+            .post(url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(Self::transport(addr))?;
+        #[derive(Deserialize)]
+        struct Created {
+            id: String,
+        }
+        let created: Created = Self::check(addr, resp)
+            .await?
+            .json()
+            .await
+            .map_err(|_| ShardError::Malformed { addr: addr.clone() })?;
+        Ok(created.id)
+    }
+
+    /// Streams pieces into upload `id` from raw offset `offset`; returns once the data server
+    /// has written everything the stream carried.
+    pub async fn write_temp(
+        &self,
+        addr: &str,
+        id: &str,
+        offset: u64,
+        body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    ) -> Result<TempStatus, ShardError> {
+        let resp = self
+            .http
+            .patch(format!("http://{addr}/temp/{id}?offset={offset}"))
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(Self::transport(addr))?;
+        Self::check(addr, resp)
+            .await?
+            .json()
+            .await
+            .map_err(|_| ShardError::Malformed {
+                addr: addr.to_string(),
+            })
+    }
+
+    pub async fn temp_status(&self, addr: &str, id: &str) -> Result<TempStatus, ShardError> {
+        let resp = self
+            .http
+            .get(format!("http://{addr}/temp/{id}"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(Self::transport(addr))?;
+        Self::check(addr, resp)
+            .await?
+            .json()
+            .await
+            .map_err(|_| ShardError::Malformed {
+                addr: addr.to_string(),
+            })
+    }
+
+    pub async fn commit(&self, addr: &str, id: &str, length: u64) -> Result<(), ShardError> {
+        let resp = self
+            .http
+            .put(format!("http://{addr}/temp/{id}?length={length}"))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(Self::transport(addr))?;
+        Self::check(addr, resp).await.map(drop)
+    }
+
+    pub async fn abort(&self, addr: &str, id: &str) -> Result<(), ShardError> {
+        let resp = self
+            .http
+            .delete(format!("http://{addr}/temp/{id}"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(Self::transport(addr))?;
+        Self::check(addr, resp).await.map(drop)
+    }
+
+    /// Opens raw bytes `[start, end)` of a committed shard. The data server verifies the first
+    /// piece before answering, so an error here means the shard is unusable from `start`.
+    pub async fn read_shard(
+        &self,
+        addr: &str,
+        hash: &ContentHash,
+        shard: u8,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        self.read_range(
+            addr,
+            format!("http://{addr}/shards/{}/{shard}", hash.to_hex()),
+            start,
+            end,
+        )
+        .await
+    }
+
+    /// Raw bytes `[start, end)` of an upload in progress.
+    pub async fn read_temp(
+        &self,
+        addr: &str,
+        id: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        self.read_range(addr, format!("http://{addr}/temp/{id}/data"), start, end)
+            .await
+    }
+
+    async fn read_range(
+        &self,
+        addr: &str,
+        url: String,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        if start >= end {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let resp = self
+            .http
+            .get(url)
+            .header("range", format!("bytes={start}-{}", end - 1))
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(Self::transport(addr))?;
+        let resp = Self::check(addr, resp).await?;
+        let owned = addr.to_string();
+        Ok(Box::pin(resp.bytes_stream().map(move |r| {
+            r.map_err(|source| ShardError::Transport {
+                addr: owned.clone(),
+                source,
+            })
+        })))
+    }
+
+    pub async fn remove_shard(
+        &self,
+        addr: &str,
+        hash: &ContentHash,
+        shard: u8,
+    ) -> Result<(), ShardError> {
+        let resp = self
+            .http
+            .delete(format!("http://{addr}/shards/{}/{shard}", hash.to_hex()))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(Self::transport(addr))?;
+        Self::check(addr, resp).await.map(drop)
+    }
+}
+
+/// Reads exact-length pieces out of a shard byte stream.
+pub struct PieceReader {
+    body: ShardBody,
+    buf: bytes::BytesMut,
+}
+
+impl PieceReader {
+    pub fn new(body: ShardBody) -> Self {
+        Self {
+            body,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    /// The next `n` bytes, or an error if the stream fails or ends early.
+    pub async fn read(&mut self, n: usize, addr: &str) -> Result<Bytes, ShardError> {
+        while self.buf.len() < n {
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    if self.buf.is_empty() && chunk.len() >= n {
+                        // Fast path: no copy when a chunk holds the whole piece.
+                        let mut chunk = chunk;
+                        let piece = chunk.split_to(n);
+                        self.buf.extend_from_slice(&chunk);
+                        return Ok(piece);
+                    }
+                    self.buf.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(ShardError::Malformed {
+                        addr: addr.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(self.buf.split_to(n).freeze())
+    }
+}

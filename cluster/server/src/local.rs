@@ -1,0 +1,144 @@
+//! The embedded single-machine cluster: one API server and six data servers in one process,
+//! each data server with its own folder and HTTP listener, metadata in SQLite and the
+//! in-process bus. No service to install.
+//!
+//! ```text
+//! ROOT/metadata.sqlite   versions, listings, placement
+//! ROOT/secret            signs upload tokens
+//! ROOT/data1 … data6     the data servers' STORAGE_ROOTs
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dos_api_server::{ApiConfig, ApiServer, Core};
+use dos_bus::memory::MemoryBus;
+use dos_data_server::{DataServer, DataServerConfig};
+use dos_metadata::sqlite::SqliteStore;
+use dos_protocol::TOTAL_SHARDS;
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub root: PathBuf,
+    /// Address of the API server.
+    pub listen: SocketAddr,
+    /// Bearer token required from clients, if any.
+    pub token: Option<String>,
+    /// How many data servers (at least six).
+    pub data_servers: usize,
+}
+
+impl LocalConfig {
+    pub fn new(root: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            root,
+            listen,
+            token: None,
+            data_servers: TOTAL_SHARDS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("storage root {path}: {source}")]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metadata: {0}")]
+    Metadata(#[from] dos_metadata::MetadataError),
+    #[error("data server: {0}")]
+    DataServer(#[from] dos_data_server::StartError),
+    #[error("API server: {0}")]
+    Api(std::io::Error),
+    #[error("a cluster needs at least {TOTAL_SHARDS} data servers, not {0}")]
+    TooFewDataServers(usize),
+}
+
+pub struct LocalCluster {
+    api: ApiServer,
+    bus: Arc<MemoryBus>,
+    data: Vec<Option<DataServer>>,
+    roots: Vec<PathBuf>,
+}
+
+impl LocalCluster {
+    pub async fn start(config: LocalConfig) -> Result<Self, LocalError> {
+        if config.data_servers < TOTAL_SHARDS {
+            return Err(LocalError::TooFewDataServers(config.data_servers));
+        }
+        let root = config.root.clone();
+        let root_err = |source| LocalError::Root {
+            path: root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.root).map_err(root_err)?;
+        let secret =
+            crate::secret::load_or_create(&config.root.join("secret")).map_err(root_err)?;
+        let meta = SqliteStore::open(&config.root.join("metadata.sqlite"))?;
+        let bus = Arc::new(MemoryBus::default());
+        let roots: Vec<PathBuf> = (1..=config.data_servers)
+            .map(|i| config.root.join(format!("data{i}")))
+            .collect();
+        let mut data = Vec::new();
+        for r in &roots {
+            data.push(Some(start_data(r.clone(), bus.clone()).await?));
+        }
+        let mut api_config = ApiConfig::new(secret);
+        api_config.token = config.token.clone();
+        let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus.clone())
+            .await
+            .map_err(LocalError::Api)?;
+        Ok(Self {
+            api,
+            bus,
+            data,
+            roots,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.addr
+    }
+
+    pub fn api_core(&self) -> Arc<Core> {
+        self.api.core()
+    }
+
+    /// The data servers' storage folders, in order.
+    pub fn data_roots(&self) -> Vec<PathBuf> {
+        self.roots.clone()
+    }
+
+    /// Stops data server `i` (it stops answering and leaves the live set at once).
+    pub async fn stop_data_server(&mut self, i: usize) {
+        if let Some(ds) = self.data.get_mut(i).and_then(Option::take) {
+            ds.shutdown().await;
+        }
+    }
+
+    /// Starts data server `i` again on its folder.
+    pub async fn start_data_server(&mut self, i: usize) -> Result<(), LocalError> {
+        if let Some(slot) = self.data.get_mut(i)
+            && slot.is_none()
+        {
+            *slot = Some(start_data(self.roots[i].clone(), self.bus.clone()).await?);
+        }
+        Ok(())
+    }
+
+    /// Stops the API server, then every data server.
+    pub async fn shutdown(self) {
+        self.api.shutdown().await;
+        for ds in self.data.into_iter().flatten() {
+            ds.shutdown().await;
+        }
+    }
+}
+
+async fn start_data(root: PathBuf, bus: Arc<MemoryBus>) -> Result<DataServer, LocalError> {
+    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+    Ok(DataServer::start(DataServerConfig::new(root, listen), bus).await?)
+}
