@@ -13,7 +13,11 @@ struct Holds(ContentHash, Vec<u8>);
 
 impl LocateResponder for Holds {
     fn shards_of(&self, hash: &ContentHash) -> Vec<u8> {
-        if *hash == self.0 { self.1.clone() } else { vec![] }
+        if *hash == self.0 {
+            self.1.clone()
+        } else {
+            vec![]
+        }
     }
 }
 
@@ -79,6 +83,11 @@ pub async fn locate_finds_holders<B: Bus>(bus: &B) {
     assert_eq!(replies[0].server, server(0));
     assert_eq!(replies[0].shards, vec![0, 5]);
     assert_eq!(replies[1].shards, vec![1, 5]);
-    assert!(bus.locate(&other, Duration::from_millis(500)).await.unwrap().is_empty());
+    assert!(
+        bus.locate(&other, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     drop(subs);
 }

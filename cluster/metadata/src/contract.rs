@@ -140,11 +140,13 @@ pub async fn versions_listing_pages<S: MetadataStore>(store: &S) {
         .unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].version, 3);
-    assert!(store
-        .list_versions(&VersionsFrom::Name(name("zzz"), 0), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        store
+            .list_versions(&VersionsFrom::Name(name("zzz"), 0), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // All versions, in pages of 2, in (name, version) order.
     let mut all = Vec::new();
     let mut from = VersionsFrom::All(None);

@@ -13,9 +13,7 @@ use async_trait::async_trait;
 use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::{
-    ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, VersionsFrom,
-};
+use crate::{ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, VersionsFrom};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -117,9 +115,7 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VersionRecord, Met
             size: u64::try_from(size).map_err(|_| corrupt("size"))?,
             hash: match hash {
                 None => None,
-                Some(h) => Some(ContentHash(
-                    h.try_into().map_err(|_| corrupt("hash"))?,
-                )),
+                Some(h) => Some(ContentHash(h.try_into().map_err(|_| corrupt("hash"))?)),
             },
             mtime_ns,
             mode: u32::try_from(mode).map_err(|_| corrupt("mode"))?,

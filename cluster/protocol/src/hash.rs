@@ -111,7 +111,14 @@ mod tests {
     #[test]
     fn digest_rejects_bad_input() {
         assert_eq!(parse_digest_header(None), Err(HashParseError::Missing));
-        for bad in ["", "SHA-256=", "SHA-256=abc", "MD5=xyz", "SHA-256=!!!!", "sha256"] {
+        for bad in [
+            "",
+            "SHA-256=",
+            "SHA-256=abc",
+            "MD5=xyz",
+            "SHA-256=!!!!",
+            "sha256",
+        ] {
             assert_eq!(
                 parse_digest_header(Some(bad)),
                 Err(HashParseError::Malformed),

@@ -22,7 +22,7 @@ pub use record::{
     EntryKind, ListEntry, ListPage, LocateReply, ServerId, ServerInfo, VersionRecord,
     WriteAttributes,
 };
-pub use time::{now_ns, format_rfc3339_ns, parse_rfc3339_ns};
+pub use time::{format_rfc3339_ns, now_ns, parse_rfc3339_ns};
 
 /// HTTP header names used between dos processes and by clients.
 pub mod headers {

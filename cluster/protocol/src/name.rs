@@ -123,14 +123,16 @@ mod tests {
     fn accepts_paths() {
         assert_eq!(ObjectName::from_path("a/b%20c").unwrap().as_str(), "a/b c");
         assert_eq!(ObjectName::from_path("%41").unwrap().as_str(), "A");
-        assert_eq!(ObjectName::new("é/ü.txt").unwrap().to_path(), "%C3%A9/%C3%BC.txt");
+        assert_eq!(
+            ObjectName::new("é/ü.txt").unwrap().to_path(),
+            "%C3%A9/%C3%BC.txt"
+        );
     }
 
     #[test]
     fn rejects_bad_names() {
         for bad in [
-            "", "/a", "a/", "a//b", ".", "..", "a/../b", "a/./b", "%2e%2e", "a/%2E", "a%00b",
-            "%ff",
+            "", "/a", "a/", "a//b", ".", "..", "a/../b", "a/./b", "%2e%2e", "a/%2E", "a%00b", "%ff",
         ] {
             assert!(ObjectName::from_path(bad).is_err(), "{bad:?} accepted");
         }

@@ -114,14 +114,28 @@ mod tests {
     #[test]
     fn unsatisfiable() {
         for h in ["bytes=100-", "bytes=100-200", "bytes=-0"] {
-            assert_eq!(parse_range(Some(h), 100), Err(RangeError::Unsatisfiable), "{h}");
+            assert_eq!(
+                parse_range(Some(h), 100),
+                Err(RangeError::Unsatisfiable),
+                "{h}"
+            );
         }
-        assert_eq!(parse_range(Some("bytes=0-"), 0), Err(RangeError::Unsatisfiable));
+        assert_eq!(
+            parse_range(Some("bytes=0-"), 0),
+            Err(RangeError::Unsatisfiable)
+        );
     }
 
     #[test]
     fn ignored() {
-        for h in ["items=1-2", "bytes=5-1", "bytes=a-b", "bytes=1-2,4-5", "bytes=-", "bytes"] {
+        for h in [
+            "items=1-2",
+            "bytes=5-1",
+            "bytes=a-b",
+            "bytes=1-2,4-5",
+            "bytes=-",
+            "bytes",
+        ] {
             assert_eq!(parse_range(Some(h), 100), Ok(None), "{h}");
         }
     }

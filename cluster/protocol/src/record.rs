@@ -164,7 +164,10 @@ mod tests {
         };
         let json = serde_json::to_string(&rec).unwrap();
         assert!(json.contains(r#""hash":"""#), "{json}");
-        assert!(json.contains(r#""mtime":"1970-01-01T00:00:01.000000001Z""#), "{json}");
+        assert!(
+            json.contains(r#""mtime":"1970-01-01T00:00:01.000000001Z""#),
+            "{json}"
+        );
         let back: VersionRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rec);
     }
