@@ -1,1 +1,1 @@
-//! Examples and benchmarks.
+//! Examples and benchmarks live under `examples/`; see the README there.

@@ -367,21 +367,30 @@ fn stream_object(
     range: Option<ByteRange>,
     size: u64,
 ) -> ByteChunks {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(16);
     let (start, end) = range.map_or((0, size), |r| (r.start, r.end + 1));
     tokio::spawn(async move {
         let mut block_start = start / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
         loop {
             match decoder.next_block().await {
-                Ok(Some(block)) => {
-                    let block_end = block_start + block.len() as u64;
-                    let from = start.saturating_sub(block_start) as usize;
-                    let to = (end.min(block_end) - block_start) as usize;
-                    block_start = block_end;
-                    if from < to && tx.send(Ok(block.slice(from..to))).await.is_err() {
-                        break;
+                Ok(Some(segments)) => {
+                    let mut stop = false;
+                    for seg in segments {
+                        let seg_end = block_start + seg.len() as u64;
+                        let from = start.saturating_sub(block_start).min(seg.len() as u64) as usize;
+                        let to =
+                            (end.min(seg_end).saturating_sub(block_start) as usize).min(seg.len());
+                        block_start = seg_end;
+                        if from < to && tx.send(Ok(seg.slice(from..to))).await.is_err() {
+                            stop = true;
+                            break;
+                        }
+                        if seg_end >= end {
+                            stop = true;
+                            break;
+                        }
                     }
-                    if block_end >= end {
+                    if stop {
                         break;
                     }
                 }

@@ -2,7 +2,7 @@
 //! block that holds the first byte asked for. A shard that fails (missing, corrupt, its server
 //! gone) is replaced by another one mid-stream and reported for repair.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dos_erasure::Codec;
 use dos_protocol::{BLOCK_SIZE, ContentHash, DATA_SHARDS, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
 use dos_protocol::{piece_len, shard_len};
@@ -151,8 +151,8 @@ impl Decoder {
         }
     }
 
-    /// The object bytes of the next block, or `None` after the last one.
-    pub async fn next_block(&mut self) -> ApiResult<Option<Bytes>> {
+    /// The object bytes of the next block, as consecutive segments, or `None` after the last.
+    pub async fn next_block(&mut self) -> ApiResult<Option<Vec<Bytes>>> {
         if self.next_block >= self.end_block {
             return Ok(None);
         }
@@ -192,16 +192,19 @@ impl Decoder {
 }
 
 /// Joins the data pieces of a block, rebuilding missing ones from parity first.
-async fn assemble(codec: Codec, pieces: Vec<Option<Bytes>>, len: usize) -> ApiResult<Bytes> {
+async fn assemble(codec: Codec, pieces: Vec<Option<Bytes>>, len: usize) -> ApiResult<Vec<Bytes>> {
     if pieces[..DATA_SHARDS].iter().all(Option::is_some) {
-        let mut out = BytesMut::with_capacity(len);
+        // Healthy block: hand the data pieces on as they are, no copy.
+        let mut out = Vec::with_capacity(DATA_SHARDS);
         let mut remaining = len;
-        for p in pieces.iter().take(DATA_SHARDS).flatten() {
+        for p in pieces.into_iter().take(DATA_SHARDS).flatten() {
             let take = p.len().min(remaining);
-            out.extend_from_slice(&p[..take]);
+            if take > 0 {
+                out.push(p.slice(..take));
+            }
             remaining -= take;
         }
-        return Ok(out.freeze());
+        return Ok(out);
     }
     tokio::task::spawn_blocking(move || {
         let mut owned: Vec<Option<Vec<u8>>> =
@@ -211,7 +214,7 @@ async fn assemble(codec: Codec, pieces: Vec<Option<Bytes>>, len: usize) -> ApiRe
             .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))?;
         let mut out = Vec::with_capacity(len);
         dos_erasure::join_data(&owned, len, &mut out);
-        Ok(Bytes::from(out))
+        Ok(vec![Bytes::from(out)])
     })
     .await
     .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))?

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The project's one gate: installs what the tests need (Debian/Ubuntu, as root), starts
+# RabbitMQ, then runs fmt, clippy and every test. Used by developers and by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
+command -v rabbitmq-server >/dev/null 2>&1 || need_pkgs+=(rabbitmq-server)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: please install: ${need_pkgs[*]} (apt-get install -y ${need_pkgs[*]})" >&2
+    exit 1
+  fi
+  echo "== installing ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# RabbitMQ for the cluster-mode tests.
+if ! rabbitmqctl status >/dev/null 2>&1; then
+  echo "== starting rabbitmq-server"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do
+    rabbitmqctl status >/dev/null 2>&1 && break
+    sleep 1
+  done
+  rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
+if rabbitmqctl status >/dev/null 2>&1; then
+  export RABBITMQ_SERVER="${RABBITMQ_SERVER:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+  echo "== RabbitMQ is up: $RABBITMQ_SERVER"
+else
+  echo "test.sh: RabbitMQ did not start; cluster-mode tests will be skipped" >&2
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace -- --test-threads=2
