@@ -1,1 +1,10 @@
-//! dosfs: the dos object store mounted as a filesystem.
+//! dosfs: the dos object store as a filesystem.
+//!
+//! [`core`] is the filesystem (inodes, reads through the block cache, staged writes,
+//! history) with no FUSE types, [`fuse`] the thin fuser adapter, [`mount`] the lifecycle
+//! (embedded cluster or remote API, mount, unmount).
+
+pub mod core;
+pub mod error;
+pub mod fuse;
+pub mod mount;

@@ -153,7 +153,7 @@ async fn write_temp(
     let store = s.store.clone();
     let id2 = id.clone();
     let mut status = blocking(move || store.temp_status(&id2)).await?;
-    if q.offset > status.received || q.offset % PIECE_SIZE as u64 != 0 {
+    if q.offset > status.received || !q.offset.is_multiple_of(PIECE_SIZE as u64) {
         return Err(ShardStoreError::OffsetMismatch {
             offset: q.offset,
             length: status.received,
@@ -346,10 +346,10 @@ async fn stream_pieces(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     h.insert(SHARD_LENGTH, HeaderValue::from(total));
-    if range.is_some() {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
+    if range.is_some()
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total))
+    {
+        h.insert(header::CONTENT_RANGE, v);
     }
     Ok(resp)
 }

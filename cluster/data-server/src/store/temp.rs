@@ -182,7 +182,7 @@ impl ShardStore {
     ) -> Result<TempStatus, ShardStoreError> {
         let t = self.temp(id)?;
         let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
-        if offset > t.received || offset % PIECE_SIZE as u64 != 0 {
+        if offset > t.received || !offset.is_multiple_of(PIECE_SIZE as u64) {
             return Err(ShardStoreError::OffsetMismatch {
                 offset,
                 length: t.received,
@@ -203,7 +203,10 @@ impl ShardStore {
                 "a piece must be whole unless it ends the shard".into(),
             ));
         }
-        if t.meta.length.is_none() && t.received % PIECE_SIZE as u64 != 0 && offset == t.received {
+        if t.meta.length.is_none()
+            && !t.received.is_multiple_of(PIECE_SIZE as u64)
+            && offset == t.received
+        {
             return Err(ShardStoreError::BadRequest(
                 "the upload already ended with a short piece".into(),
             ));

@@ -26,15 +26,27 @@ pub async fn start() -> (LocalCluster, Client, TempDir) {
 
 /// Starts an embedded cluster on `root` (new or used before) and a client of its API server.
 pub async fn start_at(root: &Path) -> (LocalCluster, Client) {
-    let config = LocalConfig::new(root.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    start_with(root, |_| {}).await
+}
+
+/// Starts an embedded cluster on `root` with a changed configuration; the client carries
+/// the configured bearer token, if any.
+pub async fn start_with(
+    root: &Path,
+    change: impl FnOnce(&mut LocalConfig),
+) -> (LocalCluster, Client) {
+    let mut config = LocalConfig::new(root.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    change(&mut config);
+    let token = config.token.clone();
     let cluster = LocalCluster::start(config)
         .await
         .expect("embedded cluster starts");
-    let client = Client::builder(format!("http://{}", cluster.api_addr()))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    (cluster, client)
+    let mut builder = Client::builder(format!("http://{}", cluster.api_addr()))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    (cluster, builder.build().expect("client"))
 }
 
 /// Polls `cond` every 100 ms until it is true or `timeout` passed; returns the last result.
@@ -238,4 +250,50 @@ pub fn raw_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// A raw HTTP/1.1 request whose body is sent with `Transfer-Encoding: chunked` (no
+/// `Content-Length`), one chunk per element of `chunks`.
+pub async fn raw_http_chunked(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+) -> (u16, String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Transfer-Encoding: chunked\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+        stream
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .expect("write chunk size");
+        stream.write_all(chunk).await.expect("write chunk");
+        stream.write_all(b"\r\n").await.expect("write chunk end");
+    }
+    stream
+        .write_all(b"0\r\n\r\n")
+        .await
+        .expect("write last chunk");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer))
+        .await
+        .expect("raw request answered in time")
+        .expect("read answer");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("answer has a head");
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (status, head, answer[split + 4..].to_vec())
 }

@@ -1,0 +1,340 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use dosfs::mount::{MountOptions, mounted_at, unmount};
+
+/// dosfs: files on the dos object store. Every file is an object, every save a new version,
+/// every version reachable under MOUNTPOINT/.dosfs/history/.
+#[derive(Parser)]
+#[command(name = "dosfs", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount the store. Without --api, starts an embedded store (API on 127.0.0.1:23333).
+    Mount {
+        /// An existing, empty directory.
+        mountpoint: PathBuf,
+        /// API server of a running cluster, e.g. http://127.0.0.1:23333.
+        #[arg(long, env = "DOS_API")]
+        api: Option<String>,
+        /// Bearer token for the API server.
+        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Data of the embedded store [default: ~/.local/share/dosfs].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// API address of the embedded store.
+        #[arg(long, default_value = "127.0.0.1:23333")]
+        listen: SocketAddr,
+        /// Local cache and write staging [default: ~/.cache/dosfs].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Disk budget of the read cache, e.g. 512M, 4G.
+        #[arg(long, default_value = "4G", value_parser = parse_size)]
+        cache_size: u64,
+        /// Stay attached to the terminal instead of serving in the background.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Unmount (uploads anything pending first; waits for the daemon to stop).
+    Umount { mountpoint: PathBuf },
+    /// List every version of a file in a dosfs mount.
+    Versions {
+        path: PathBuf,
+        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Make version N of a file its latest version again (moves no data).
+    Restore {
+        path: PathBuf,
+        #[arg(long)]
+        version: u64,
+        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let m = match s[i..]
+                .to_ascii_uppercase()
+                .trim_end_matches("IB")
+                .trim_end_matches('B')
+            {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                other => return Err(format!("unknown size unit {other:?}")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("bad size {s:?}"))
+}
+
+fn home_dir(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(fallback)))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("dosfs")
+}
+
+fn pid_file(data_dir: &Path, mountpoint: &Path) -> PathBuf {
+    let key: String = mountpoint
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    data_dir.join(format!("mount{key}.pid"))
+}
+
+fn runtime_dir() -> PathBuf {
+    std::env::temp_dir().join("dosfs-run")
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Mount {
+            mountpoint,
+            api,
+            token,
+            data_dir,
+            listen,
+            cache_dir,
+            cache_size,
+            foreground,
+        } => {
+            let opts = MountOptions {
+                mountpoint: mountpoint.clone(),
+                api,
+                token,
+                data_dir: data_dir.unwrap_or_else(|| home_dir("XDG_DATA_HOME", ".local/share")),
+                listen,
+                cache_dir: cache_dir.unwrap_or_else(|| home_dir("XDG_CACHE_HOME", ".cache")),
+                cache_size,
+            };
+            if foreground {
+                let run_dir = runtime_dir();
+                let result = dosfs::mount::run(opts, |mp| {
+                    let _ = std::fs::create_dir_all(&run_dir);
+                    let _ = std::fs::write(pid_file(&run_dir, mp), std::process::id().to_string());
+                    eprintln!("dosfs: mounted at {}", mp.display());
+                });
+                if let Ok(mp) = mountpoint.canonicalize() {
+                    let _ = std::fs::remove_file(pid_file(&runtime_dir(), &mp));
+                }
+                result
+            } else {
+                daemonize(&opts)
+            }
+        }
+        Command::Umount { mountpoint } => {
+            let mp = mountpoint
+                .canonicalize()
+                .map_err(|e| anyhow!("{}: {e}", mountpoint.display()))?;
+            if mounted_at(&mp).is_none() {
+                bail!("{} is not mounted", mp.display());
+            }
+            let pid = std::fs::read_to_string(pid_file(&runtime_dir(), &mp))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if !unmount(&mp) {
+                bail!(
+                    "could not unmount {} (is a file still open there? see `fuser -m {}`)",
+                    mp.display(),
+                    mp.display()
+                );
+            }
+            if let Some(pid) = pid {
+                // Wait for the daemon to finish its uploads and stop its store.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            eprintln!("dosfs: unmounted {}", mp.display());
+            Ok(())
+        }
+        Command::Versions { path, token } => {
+            let (client, name) = locate_in_mount(&path, token)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let versions = rt.block_on(client.versions(&name))?;
+            if versions.is_empty() {
+                bail!("{} has no versions", path.display());
+            }
+            println!(
+                "{:>8}  {:>12}  {:<30}  {}",
+                "VERSION", "SIZE", "TIME (UTC)", "SHA-256"
+            );
+            for v in versions {
+                let hash = v
+                    .hash
+                    .map_or_else(|| "(deleted)".to_string(), |h| h.to_base64());
+                println!(
+                    "{:>8}  {:>12}  {:<30}  {}",
+                    v.version,
+                    v.size,
+                    dos_protocol::format_rfc3339_ns(v.mtime_ns),
+                    hash
+                );
+            }
+            Ok(())
+        }
+        Command::Restore {
+            path,
+            version,
+            token,
+        } => {
+            let (client, name) = locate_in_mount(&path, token)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let rec = rt.block_on(async {
+                let v = client.head(&name, Some(version)).await?;
+                let attrs = dos_protocol::WriteAttributes {
+                    kind: v.kind,
+                    mode: Some(v.mode),
+                    mtime_ns: Some(dos_protocol::now_ns()),
+                };
+                client.post(&name, v.hash, v.size, &attrs).await
+            })?;
+            match rec {
+                dos_client::PostOutcome::Created(r) => {
+                    println!(
+                        "restored {} version {version} as version {}",
+                        path.display(),
+                        r.version
+                    );
+                    Ok(())
+                }
+                dos_client::PostOutcome::Upload(_) => {
+                    bail!("the content of version {version} is no longer stored")
+                }
+            }
+        }
+    }
+}
+
+/// The API client and object name of a path inside a dosfs mount.
+fn locate_in_mount(
+    path: &Path,
+    token: Option<String>,
+) -> anyhow::Result<(dos_client::Client, String)> {
+    let abs = std::path::absolute(path)?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mut best: Option<(PathBuf, String)> = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 3 || f[2] != "fuse.dosfs" {
+            continue;
+        }
+        let Some(url) = f[0].strip_prefix("dosfs:") else {
+            continue;
+        };
+        let mp = PathBuf::from(f[1].replace("\\040", " "));
+        if abs.starts_with(&mp)
+            && best
+                .as_ref()
+                .is_none_or(|(b, _)| mp.as_os_str().len() > b.as_os_str().len())
+        {
+            best = Some((mp, url.to_string()));
+        }
+    }
+    let (mp, url) =
+        best.ok_or_else(|| anyhow!("{} is not inside a dosfs mount", path.display()))?;
+    let rel = abs.strip_prefix(&mp).context("path outside its mount")?;
+    let name = rel
+        .to_str()
+        .ok_or_else(|| anyhow!("path is not UTF-8"))?
+        .to_string();
+    if name.is_empty() {
+        bail!("give a file inside the mount, not the mount point");
+    }
+    let mut b = dos_client::Client::builder(url);
+    if let Some(t) = token {
+        b = b.token(t);
+    }
+    Ok((b.build()?, name))
+}
+
+/// Starts `dosfs mount --foreground` in the background and returns once the mount is live.
+fn daemonize(opts: &MountOptions) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mp = dosfs::mount::preflight(&opts.mountpoint)?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let log_path = opts.data_dir.join("dosfs.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount")
+        .arg(&mp)
+        .arg("--foreground")
+        .arg("--data-dir")
+        .arg(&opts.data_dir)
+        .arg("--listen")
+        .arg(opts.listen.to_string())
+        .arg("--cache-dir")
+        .arg(&opts.cache_dir)
+        .arg("--cache-size")
+        .arg(opts.cache_size.to_string());
+    if let Some(api) = &opts.api {
+        cmd.arg("--api").arg(api);
+    }
+    if let Some(t) = &opts.token {
+        cmd.env("DOS_TOKEN", t);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the dosfs daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if mounted_at(&mp).is_some() {
+            eprintln!(
+                "dosfs: mounted at {} (pid {}, log {})",
+                mp.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last: Vec<&str> = log.lines().rev().take(3).collect();
+            bail!(
+                "the dosfs daemon exited ({status}): {}",
+                last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the mount did not come up within 60 s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,194 @@
+//! `.dosfs/history/<path>/`: every version of a file as a read-only file named
+//! `v<6-digit version>_<UTC time>[.<ext>]`, still there after the file is deleted.
+//! `.dosfs/history/<dir>/` mirrors the namespace so it can be browsed.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use dos_protocol::{EntryKind, VersionRecord};
+
+use super::{Attr, DirEntry, Entry, FsCore, Kind, NodeKey, join};
+use crate::error::{FsError, FsResult};
+
+pub const HISTORY_DIR: &str = "history";
+
+/// `v000003_20261126T171315Z.txt` for version 3 of `notes.txt`.
+pub fn version_file_name(path: &str, rec: &VersionRecord) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(rec.mtime_ns.max(0) as u64);
+    let stamp: String = humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let ext = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && !ext.is_empty() => format!(".{ext}"),
+        _ => String::new(),
+    };
+    format!("v{:06}_{stamp}{ext}", rec.version)
+}
+
+fn parse_version(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix('v')?.split('_').next()?;
+    if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn dir_attr(ino: u64, mtime_ns: i64) -> Attr {
+    Attr {
+        ino,
+        kind: Kind::Dir,
+        size: 0,
+        perm: 0o555,
+        mtime_ns,
+        hash: None,
+        version: None,
+        read_only: true,
+    }
+}
+
+pub fn control_attr(core: &FsCore, key: NodeKey) -> Attr {
+    dir_attr(core.ino_of(key), core.started_ns)
+}
+
+/// File versions of `path` (no delete markers, no directory markers).
+async fn file_versions(core: &FsCore, path: &str) -> FsResult<Vec<VersionRecord>> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = core.client.versions(path).await?;
+    Ok(all
+        .into_iter()
+        .filter(|v| v.hash.is_some() && v.kind != EntryKind::Dir)
+        .collect())
+}
+
+fn version_attr(core: &FsCore, path: &str, rec: &VersionRecord) -> Attr {
+    Attr {
+        ino: core.ino_of(NodeKey::HistoryVersion(path.to_string(), rec.version)),
+        kind: if rec.kind == EntryKind::Symlink {
+            Kind::Symlink
+        } else {
+            Kind::File
+        },
+        size: rec.size,
+        perm: 0o444,
+        mtime_ns: rec.mtime_ns,
+        hash: rec.hash,
+        version: Some(rec.version),
+        read_only: true,
+    }
+}
+
+pub async fn getattr(core: &FsCore, key: NodeKey) -> FsResult<Attr> {
+    match &key {
+        NodeKey::Control | NodeKey::History(_) => Ok(control_attr(core, key)),
+        NodeKey::HistoryVersion(path, v) => {
+            let rec = core.client.head(path, Some(*v)).await?.to_record();
+            Ok(version_attr(core, path, &rec))
+        }
+        NodeKey::Path(_) => Err(FsError::Invalid("not a history node".into())),
+    }
+}
+
+pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<Attr> {
+    match parent {
+        NodeKey::Control if name == HISTORY_DIR => {
+            Ok(control_attr(core, NodeKey::History(String::new())))
+        }
+        NodeKey::History(dir) => {
+            let versions = file_versions(core, &dir).await?;
+            if !versions.is_empty() {
+                // `dir` is a file: its children are its versions.
+                let v = parse_version(name).ok_or(FsError::NotFound)?;
+                let rec = versions
+                    .iter()
+                    .find(|r| r.version == v && version_file_name(&dir, r) == name)
+                    .ok_or(FsError::NotFound)?;
+                return Ok(version_attr(core, &dir, rec));
+            }
+            let path = join(&dir, name);
+            if !file_versions(core, &path).await?.is_empty() {
+                return Ok(control_attr(core, NodeKey::History(path)));
+            }
+            match core.entry(&path).await {
+                Ok(Entry::ImpliedDir) => Ok(control_attr(core, NodeKey::History(path))),
+                Ok(Entry::Object(r)) if r.kind == EntryKind::Dir => {
+                    Ok(control_attr(core, NodeKey::History(path)))
+                }
+                Ok(_) | Err(FsError::NotFound) => Err(FsError::NotFound),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Err(FsError::NotFound),
+    }
+}
+
+pub async fn read_dir(core: &FsCore, key: NodeKey) -> FsResult<Vec<DirEntry>> {
+    match key {
+        NodeKey::Control => Ok(vec![DirEntry {
+            ino: core.ino_of(NodeKey::History(String::new())),
+            name: HISTORY_DIR.into(),
+            kind: Kind::Dir,
+        }]),
+        NodeKey::History(dir) => {
+            let versions = file_versions(core, &dir).await?;
+            if !versions.is_empty() {
+                return Ok(versions
+                    .iter()
+                    .map(|r| {
+                        let a = version_attr(core, &dir, r);
+                        DirEntry {
+                            ino: a.ino,
+                            name: version_file_name(&dir, r),
+                            kind: a.kind,
+                        }
+                    })
+                    .collect());
+            }
+            // A directory: its live children, each one a history folder.
+            let children = core.list_children(&dir).await?;
+            Ok(children
+                .into_iter()
+                .map(|c| DirEntry {
+                    ino: core.ino_of(NodeKey::History(join(&dir, &c.name))),
+                    name: c.name,
+                    kind: Kind::Dir,
+                })
+                .collect())
+        }
+        _ => Err(FsError::NotDir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dos_protocol::{ContentHash, ObjectName};
+
+    #[test]
+    fn names() {
+        let rec = VersionRecord {
+            name: ObjectName::new("d/notes.txt").unwrap(),
+            version: 3,
+            size: 1,
+            hash: Some(ContentHash::of(b"x")),
+            mtime_ns: 1_795_713_195_000_000_000,
+            mode: 0o644,
+            kind: EntryKind::File,
+        };
+        let n = version_file_name("d/notes.txt", &rec);
+        assert_eq!(n, "v000003_20261126T171315Z.txt");
+        assert_eq!(parse_version(&n), Some(3));
+        assert_eq!(
+            version_file_name("Makefile", &rec),
+            "v000003_20261126T171315Z"
+        );
+        assert_eq!(
+            version_file_name(".bashrc", &rec),
+            "v000003_20261126T171315Z"
+        );
+        assert_eq!(parse_version("x"), None);
+    }
+}

@@ -1,0 +1,765 @@
+//! The filesystem core: every operation as an async method returning `FsResult`, with no
+//! FUSE types in it, so it runs (and is tested) without a kernel mount.
+//!
+//! Paths map to object names one to one (`a/b.txt` is the object `a/b.txt`). Directories are
+//! name prefixes plus an optional `dir` marker object that keeps an empty directory alive.
+//! Writes go to a local staging file and are uploaded whole on flush/fsync/close.
+
+mod history;
+mod inodes;
+mod read;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dos_cache::{BlockCache, StagingArea};
+use dos_client::Client;
+use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_ns};
+
+use crate::error::{FsError, FsResult};
+pub use history::version_file_name;
+use inodes::Inodes;
+pub use inodes::{NodeKey, ROOT_INO};
+use write::Staged;
+
+/// How long attributes and listings fetched from the store are trusted (close-to-open, and
+/// changes made through REST show within this).
+pub const ATTR_TTL: Duration = Duration::from_secs(1);
+/// The control folder at the root: `.dosfs/history/…`.
+pub const CONTROL_DIR: &str = ".dosfs";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Attributes of one node, as the adapter reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u32,
+    pub mtime_ns: i64,
+    pub hash: Option<ContentHash>,
+    pub version: Option<u64>,
+    /// Under `.dosfs`: nothing there can be changed.
+    pub read_only: bool,
+}
+
+/// What the store says one path is.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    /// A file or symlink version, or a directory marker.
+    Object(VersionRecord),
+    /// A directory that exists only because names live under it.
+    ImpliedDir,
+}
+
+pub struct DirEntry {
+    pub ino: u64,
+    pub name: String,
+    pub kind: Kind,
+}
+
+pub struct FsConfig {
+    pub read_ahead_blocks: u64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub(crate) enum Handle {
+    Read(read::ReadHandle),
+    Write {
+        path: String,
+        staged: Arc<Mutex<Staged>>,
+    },
+    Dir(Vec<DirEntry>),
+}
+
+pub struct FsCore {
+    pub(crate) client: Client,
+    pub(crate) cache: BlockCache,
+    pub(crate) staging: StagingArea,
+    pub(crate) config: FsConfig,
+    inodes: Mutex<Inodes>,
+    entries: Mutex<HashMap<String, (Instant, Entry)>>,
+    staged: Mutex<HashMap<String, Arc<Mutex<Staged>>>>,
+    handles: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Handle>>>>,
+    next_fh: Mutex<u64>,
+    started_ns: i64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `parent/name`, or `name` under the root.
+pub fn join(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_string()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+fn check_name(name: &str) -> FsResult<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(FsError::Invalid(format!("bad name {name:?}")));
+    }
+    if name.len() > 255 {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(())
+}
+
+impl FsCore {
+    pub fn new(client: Client, cache: BlockCache, staging: StagingArea, config: FsConfig) -> Self {
+        Self {
+            client,
+            cache,
+            staging,
+            config,
+            inodes: Mutex::new(Inodes::new()),
+            entries: Mutex::default(),
+            staged: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: Mutex::new(1),
+            started_ns: now_ns(),
+        }
+    }
+
+    pub fn cache(&self) -> &BlockCache {
+        &self.cache
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> FsResult<NodeKey> {
+        lock(&self.inodes).key(ino).ok_or(FsError::NotFound)
+    }
+
+    pub(crate) fn ino_of(&self, key: NodeKey) -> u64 {
+        lock(&self.inodes).ino(key)
+    }
+
+    /// The namespace path of a normal node, or EROFS-style refusal for `.dosfs` nodes.
+    fn writable_path(&self, ino: u64) -> FsResult<String> {
+        match self.node(ino)? {
+            NodeKey::Path(p) => Ok(p),
+            _ => Err(FsError::ReadOnly("file history cannot be changed")),
+        }
+    }
+
+    fn child_path(&self, parent: u64, name: &str) -> FsResult<String> {
+        check_name(name)?;
+        let p = self.writable_path(parent)?;
+        if p.is_empty() && name == CONTROL_DIR {
+            return Err(FsError::NotPermitted(".dosfs is reserved"));
+        }
+        let path = join(&p, name);
+        if path.len() > dos_protocol::MAX_NAME_BYTES {
+            return Err(FsError::NameTooLong);
+        }
+        Ok(path)
+    }
+
+    pub(crate) fn remember(&self, path: &str, entry: Entry) {
+        lock(&self.entries).insert(path.to_string(), (Instant::now(), entry));
+    }
+
+    pub(crate) fn forget_entry(&self, path: &str) {
+        lock(&self.entries).remove(path);
+    }
+
+    fn fresh_entry(&self, path: &str) -> Option<Entry> {
+        let entries = lock(&self.entries);
+        entries
+            .get(path)
+            .filter(|(at, _)| at.elapsed() < ATTR_TTL)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// What `path` is in the store right now (within [`ATTR_TTL`]).
+    pub(crate) async fn entry(&self, path: &str) -> FsResult<Entry> {
+        if path.is_empty() {
+            return Ok(Entry::ImpliedDir);
+        }
+        if let Some(e) = self.fresh_entry(path) {
+            return Ok(e);
+        }
+        match self.client.head(path, None).await {
+            Ok(meta) => {
+                let e = Entry::Object(meta.to_record());
+                self.remember(path, e.clone());
+                return Ok(e);
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let page = self
+            .client
+            .list(&format!("{path}/"), Some("/"), None, Some(1))
+            .await?;
+        if page.entries.is_empty() && page.prefixes.is_empty() {
+            self.forget_entry(path);
+            return Err(FsError::NotFound);
+        }
+        self.remember(path, Entry::ImpliedDir);
+        Ok(Entry::ImpliedDir)
+    }
+
+    fn attr_of(&self, ino: u64, entry: &Entry) -> Attr {
+        match entry {
+            Entry::ImpliedDir => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                perm: 0o755,
+                mtime_ns: self.started_ns,
+                hash: None,
+                version: None,
+                read_only: false,
+            },
+            Entry::Object(r) => Attr {
+                ino,
+                kind: match r.kind {
+                    EntryKind::File => Kind::File,
+                    EntryKind::Dir => Kind::Dir,
+                    EntryKind::Symlink => Kind::Symlink,
+                },
+                size: if r.kind == EntryKind::Dir { 0 } else { r.size },
+                perm: r.mode & 0o7777,
+                mtime_ns: r.mtime_ns,
+                hash: r.hash,
+                version: Some(r.version),
+                read_only: false,
+            },
+        }
+    }
+
+    /// Attributes of a namespace path, with a file being written shown as staged.
+    async fn path_attr(&self, path: &str) -> FsResult<Attr> {
+        let ino = self.ino_of(NodeKey::Path(path.to_string()));
+        if let Some(staged) = self.staged_of(path) {
+            return write::staged_attr(ino, &staged);
+        }
+        let entry = self.entry(path).await?;
+        Ok(self.attr_of(ino, &entry))
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        match self.node(parent)? {
+            NodeKey::Path(p) => {
+                if p.is_empty() && name == CONTROL_DIR {
+                    return Ok(history::control_attr(self, NodeKey::Control));
+                }
+                check_name(name)?;
+                let path = join(&p, name);
+                if path.len() > dos_protocol::MAX_NAME_BYTES {
+                    return Err(FsError::NameTooLong);
+                }
+                self.path_attr(&path).await
+            }
+            other => history::lookup(self, other, name).await,
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        match self.node(ino)? {
+            NodeKey::Path(p) => self.path_attr(&p).await,
+            other => history::getattr(self, other).await,
+        }
+    }
+
+    /// Lists a directory (all pages), attributes cached for the lookups `ls -l` makes next.
+    pub async fn read_dir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let path = match self.node(ino)? {
+            NodeKey::Path(p) => p,
+            other => return history::read_dir(self, other).await,
+        };
+        if !path.is_empty() {
+            let attr = self.path_attr(&path).await?;
+            if attr.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+        }
+        self.list_children(&path).await
+    }
+
+    /// Live children of namespace directory `path`.
+    pub(crate) async fn list_children(&self, path: &str) -> FsResult<Vec<DirEntry>> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let mut out: Vec<DirEntry> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list(&prefix, Some("/"), cursor.as_deref(), Some(1000))
+                .await?;
+            for rec in page.entries {
+                let name = rec.name.as_str()[prefix.len()..].to_string();
+                let full = rec.name.as_str().to_string();
+                if path.is_empty() && name == CONTROL_DIR {
+                    continue;
+                }
+                let entry = Entry::Object(rec);
+                let ino = self.ino_of(NodeKey::Path(full.clone()));
+                let kind = self.attr_of(ino, &entry).kind;
+                self.remember(&full, entry);
+                if seen.insert(name.clone()) {
+                    out.push(DirEntry { ino, name, kind });
+                }
+            }
+            for p in page.prefixes {
+                let full = p.trim_end_matches('/').to_string();
+                let name = full[prefix.len()..].to_string();
+                if path.is_empty() && name == CONTROL_DIR {
+                    continue;
+                }
+                if seen.insert(name.clone()) {
+                    let ino = self.ino_of(NodeKey::Path(full.clone()));
+                    if self.fresh_entry(&full).is_none() {
+                        self.remember(&full, Entry::ImpliedDir);
+                    }
+                    out.push(DirEntry {
+                        ino,
+                        name,
+                        kind: Kind::Dir,
+                    });
+                }
+            }
+            match page.next_cursor {
+                Some(c) if cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
+                _ => break,
+            }
+        }
+        // Files created here and not uploaded yet.
+        for p in lock(&self.staged).keys() {
+            if let Some(name) = p.strip_prefix(&prefix)
+                && !name.contains('/')
+                && !name.is_empty()
+                && seen.insert(name.to_string())
+            {
+                out.push(DirEntry {
+                    ino: lock(&self.inodes).ino(NodeKey::Path(p.clone())),
+                    name: name.to_string(),
+                    kind: Kind::File,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub(crate) fn new_handle(&self, h: Handle) -> u64 {
+        let mut next = lock(&self.next_fh);
+        let fh = *next;
+        *next += 1;
+        lock(&self.handles).insert(fh, Arc::new(tokio::sync::Mutex::new(h)));
+        fh
+    }
+
+    pub(crate) fn handle(&self, fh: u64) -> FsResult<Arc<tokio::sync::Mutex<Handle>>> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    pub(crate) fn take_handle(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<Handle>>> {
+        lock(&self.handles).remove(&fh)
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let entries = self.read_dir(ino).await?;
+        Ok(self.new_handle(Handle::Dir(entries)))
+    }
+
+    /// Entries of an open directory from index `offset` on (`.` and `..` come first).
+    pub async fn dir_entries(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: usize,
+        mut add: impl FnMut(u64, usize, Kind, &str) -> bool,
+    ) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let h = h.lock().await;
+        let Handle::Dir(entries) = &*h else {
+            return Err(FsError::BadHandle);
+        };
+        let parent = self.parent_ino(ino);
+        let dots = [(ino, "."), (parent, "..")];
+        let total = entries.len() + 2;
+        for i in offset..total {
+            let full = if i < 2 {
+                add(dots[i].0, i + 1, Kind::Dir, dots[i].1)
+            } else {
+                let e = &entries[i - 2];
+                add(e.ino, i + 1, e.kind, &e.name)
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn parent_ino(&self, ino: u64) -> u64 {
+        match self.node(ino) {
+            Ok(NodeKey::Path(p)) => match p.rsplit_once('/') {
+                Some((parent, _)) => self.ino_of(NodeKey::Path(parent.to_string())),
+                None => ROOT_INO,
+            },
+            _ => ROOT_INO,
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.take_handle(fh);
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        match self.entry(&path).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let rec = self
+            .client
+            .put_bytes(
+                &path,
+                bytes::Bytes::new(),
+                &WriteAttributes {
+                    kind: EntryKind::Dir,
+                    mode: Some(mode & 0o7777),
+                    mtime_ns: Some(now_ns()),
+                },
+            )
+            .await?;
+        let ino = self.ino_of(NodeKey::Path(path.clone()));
+        let entry = Entry::Object(rec);
+        self.remember(&path, entry.clone());
+        Ok(self.attr_of(ino, &entry))
+    }
+
+    /// True when nothing lives under directory `path`.
+    async fn is_empty_dir(&self, path: &str) -> FsResult<bool> {
+        let page = self
+            .client
+            .list(&format!("{path}/"), Some("/"), None, Some(1))
+            .await?;
+        let staged_child = lock(&self.staged)
+            .keys()
+            .any(|p| p.starts_with(&format!("{path}/")));
+        Ok(page.entries.is_empty() && page.prefixes.is_empty() && !staged_child)
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        let entry = self.entry(&path).await?;
+        match &entry {
+            Entry::Object(r) if r.kind != EntryKind::Dir => return Err(FsError::NotDir),
+            _ => {}
+        }
+        if !self.is_empty_dir(&path).await? {
+            return Err(FsError::NotEmpty);
+        }
+        if let Entry::Object(_) = entry {
+            match self.client.delete(&path).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.forget_entry(&path);
+        Ok(())
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        if let Some(staged) = self.staged_of(&path) {
+            // Open for writing: it will not be uploaded on close.
+            lock(&staged).unlinked = true;
+            lock(&self.staged).remove(&path);
+        }
+        match self.entry(&path).await {
+            Ok(Entry::Object(r)) if r.kind == EntryKind::Dir => return Err(FsError::IsDir),
+            Ok(Entry::ImpliedDir) => return Err(FsError::IsDir),
+            Ok(_) => {}
+            Err(FsError::NotFound) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        match self.client.delete(&path).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Err(FsError::NotFound),
+            Err(e) => return Err(e.into()),
+        }
+        self.forget_entry(&path);
+        Ok(())
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        match self.entry(&path).await {
+            Ok(_) => return Err(FsError::Exists),
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let rec = self
+            .client
+            .put_bytes(
+                &path,
+                bytes::Bytes::copy_from_slice(target.as_bytes()),
+                &WriteAttributes {
+                    kind: EntryKind::Symlink,
+                    mode: Some(0o777),
+                    mtime_ns: Some(now_ns()),
+                },
+            )
+            .await?;
+        let ino = self.ino_of(NodeKey::Path(path.clone()));
+        let entry = Entry::Object(rec);
+        self.remember(&path, entry.clone());
+        Ok(self.attr_of(ino, &entry))
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let path = self.writable_path(ino)?;
+        match self.entry(&path).await? {
+            Entry::Object(r) if r.kind == EntryKind::Symlink => {
+                Ok(self.client.get(&path, Some(r.version)).await?.to_vec())
+            }
+            _ => Err(FsError::Invalid("not a symlink".into())),
+        }
+    }
+
+    /// Rename: metadata only. The new name gets a version with the same content (no bytes
+    /// move), the old name a delete marker; a directory moves name by name.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(FsError::Invalid(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        // Anything still staged is uploaded first, so the move carries the latest bytes.
+        if let Some(staged) = self.staged_of(&from) {
+            self.upload(&from, &staged).await?;
+        }
+        let entry = self.entry(&from).await?;
+        let target = match self.entry(&to).await {
+            Ok(e) => Some(e),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let is_dir = matches!(&entry, Entry::ImpliedDir)
+            || matches!(&entry, Entry::Object(r) if r.kind == EntryKind::Dir);
+        if let Some(t) = &target {
+            if no_replace {
+                return Err(FsError::Exists);
+            }
+            let target_dir = matches!(t, Entry::ImpliedDir)
+                || matches!(t, Entry::Object(r) if r.kind == EntryKind::Dir);
+            match (is_dir, target_dir) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if !self.is_empty_dir(&to).await? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+        }
+        if is_dir {
+            // Every name under the directory, then the directory marker itself.
+            let mut names = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = self
+                    .client
+                    .list(&format!("{from}/"), None, cursor.as_deref(), Some(1000))
+                    .await?;
+                names.extend(page.entries);
+                match page.next_cursor {
+                    Some(c) if cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
+                    _ => break,
+                }
+            }
+            for rec in &names {
+                let rest = &rec.name.as_str()[from.len()..];
+                self.copy_version(rec, &format!("{to}{rest}")).await?;
+            }
+            if let Entry::Object(r) = &entry {
+                self.copy_version(r, &to).await?;
+            }
+            for rec in &names {
+                self.delete_quiet(rec.name.as_str()).await?;
+                self.forget_entry(rec.name.as_str());
+            }
+            if let Entry::Object(_) = &entry {
+                self.delete_quiet(&from).await?;
+            }
+        } else {
+            let Entry::Object(r) = &entry else {
+                return Err(FsError::NotFound);
+            };
+            self.copy_version(r, &to).await?;
+            self.delete_quiet(&from).await?;
+        }
+        self.forget_entry(&from);
+        self.forget_entry(&to);
+        lock(&self.inodes).rename(&from, &to);
+        Ok(())
+    }
+
+    /// A new version of `to` with `rec`'s content and attributes (POST: no bytes move).
+    async fn copy_version(&self, rec: &VersionRecord, to: &str) -> FsResult<VersionRecord> {
+        let hash = rec.hash.ok_or(FsError::NotFound)?;
+        let attrs = WriteAttributes {
+            kind: rec.kind,
+            mode: Some(rec.mode),
+            mtime_ns: Some(rec.mtime_ns),
+        };
+        match self.client.post(to, hash, rec.size, &attrs).await? {
+            dos_client::PostOutcome::Created(v) => {
+                self.remember(to, Entry::Object(v.clone()));
+                Ok(v)
+            }
+            dos_client::PostOutcome::Upload(_) => {
+                Err(FsError::Store(dos_client::ClientError::InvalidInput(
+                    format!("content of {} is no longer stored", rec.name),
+                )))
+            }
+        }
+    }
+
+    async fn delete_quiet(&self, path: &str) -> FsResult<()> {
+        match self.client.delete(path).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// chmod, utimens, truncate.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        size: Option<u64>,
+        mtime_ns: Option<i64>,
+    ) -> FsResult<Attr> {
+        let path = self.writable_path(ino)?;
+        if path.is_empty() {
+            return self.getattr(ino).await;
+        }
+        if let Some(staged) = self.staged_of(&path) {
+            write::set_staged(&staged, mode, size, mtime_ns)?;
+            return write::staged_attr(ino, &staged);
+        }
+        let entry = self.entry(&path).await?;
+        let Entry::Object(rec) = entry else {
+            // An implied directory has nothing to keep attributes in; make it a marker.
+            if mode.is_some() || mtime_ns.is_some() {
+                let rec = self
+                    .client
+                    .put_bytes(
+                        &path,
+                        bytes::Bytes::new(),
+                        &WriteAttributes {
+                            kind: EntryKind::Dir,
+                            mode: mode.map(|m| m & 0o7777),
+                            mtime_ns,
+                        },
+                    )
+                    .await?;
+                self.remember(&path, Entry::Object(rec));
+            }
+            return self.getattr(ino).await;
+        };
+        if let Some(size) = size
+            && rec.kind == EntryKind::File
+            && size != rec.size
+        {
+            // Truncate a file nobody has open: stage it, cut it, upload it.
+            let staged = self.stage(&path, false).await?;
+            write::set_staged(&staged, mode, Some(size), mtime_ns)?;
+            let result = self.upload(&path, &staged).await;
+            self.unstage_if_idle(&path, &staged);
+            result?;
+            return self.getattr(ino).await;
+        }
+        let new_mode = mode.map(|m| m & 0o7777).unwrap_or(rec.mode);
+        let new_mtime = mtime_ns.unwrap_or(rec.mtime_ns);
+        if new_mode != rec.mode || new_mtime != rec.mtime_ns {
+            let mut changed = rec.clone();
+            changed.mode = new_mode;
+            changed.mtime_ns = new_mtime;
+            self.copy_version(&changed, &path).await?;
+        }
+        self.getattr(ino).await
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        let attr = self.getattr(ino).await?;
+        match name {
+            "user.dosfs.sha256" => attr
+                .hash
+                .map(|h| h.to_base64().into_bytes())
+                .ok_or(FsError::NoAttr),
+            "user.dosfs.version" => attr
+                .version
+                .map(|v| v.to_string().into_bytes())
+                .ok_or(FsError::NoAttr),
+            _ => Err(FsError::NoAttr),
+        }
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let attr = self.getattr(ino).await?;
+        let mut out = Vec::new();
+        if attr.hash.is_some() {
+            out.extend_from_slice(b"user.dosfs.sha256\0");
+        }
+        if attr.version.is_some() {
+            out.extend_from_slice(b"user.dosfs.version\0");
+        }
+        Ok(out)
+    }
+
+    /// Uploads every file still staged (unmount, SIGTERM).
+    pub async fn flush_all(&self) -> Vec<(String, FsError)> {
+        let staged: Vec<_> = lock(&self.staged)
+            .iter()
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        let mut failures = Vec::new();
+        for (path, s) in staged {
+            if let Err(e) = self.upload(&path, &s).await {
+                failures.push((path, e));
+            }
+        }
+        failures
+    }
+}

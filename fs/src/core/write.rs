@@ -1,0 +1,319 @@
+//! Writes: a file opened for writing lives in a local staging file (never evicted from the
+//! cache); flush, fsync and the last close upload it whole and return once the new version
+//! is durable. The upload POSTs first, so content the store already has sends no bytes.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dos_cache::StagingFile;
+use dos_client::PostOutcome;
+use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_ns};
+use sha2::{Digest, Sha256};
+
+use super::{Attr, Entry, FsCore, Handle, Kind, NodeKey, lock};
+use crate::error::{FsError, FsResult};
+
+pub struct Staged {
+    file: StagingFile,
+    /// Bytes differ from the stored version (or attributes changed).
+    dirty: bool,
+    mode: u32,
+    mtime_ns: Option<i64>,
+    /// Open handles writing to it.
+    opens: usize,
+    /// Deleted while open: never uploaded.
+    pub unlinked: bool,
+    /// Created here and never uploaded nor written: a close of a duplicate descriptor
+    /// (as the shell's `>` makes) does not upload an empty first version; release does.
+    fresh: bool,
+}
+
+pub fn staged_attr(ino: u64, staged: &Arc<Mutex<Staged>>) -> FsResult<Attr> {
+    let s = lock(staged);
+    let size = s.file.file().metadata()?.len();
+    Ok(Attr {
+        ino,
+        kind: Kind::File,
+        size,
+        perm: s.mode,
+        mtime_ns: s.mtime_ns.unwrap_or_else(now_ns),
+        hash: None,
+        version: None,
+        read_only: false,
+    })
+}
+
+pub fn set_staged(
+    staged: &Arc<Mutex<Staged>>,
+    mode: Option<u32>,
+    size: Option<u64>,
+    mtime_ns: Option<i64>,
+) -> FsResult<()> {
+    let mut s = lock(staged);
+    if let Some(m) = mode {
+        s.mode = m & 0o7777;
+    }
+    if let Some(size) = size {
+        s.file.file().set_len(size)?;
+        s.mtime_ns = None;
+    }
+    if let Some(t) = mtime_ns {
+        s.mtime_ns = Some(t);
+    }
+    s.dirty = true;
+    Ok(())
+}
+
+pub fn read_staged(staged: &Arc<Mutex<Staged>>, offset: u64, len: u32) -> FsResult<Bytes> {
+    let s = lock(staged);
+    let mut buf = vec![0u8; len as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        let n = s
+            .file
+            .file()
+            .read_at(&mut buf[got..], offset + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    buf.truncate(got);
+    Ok(Bytes::from(buf))
+}
+
+/// SHA-256 and length of a staged file.
+fn hash_file(file: &File) -> std::io::Result<(ContentHash, u64)> {
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((ContentHash(hasher.finalize().into()), size))
+}
+
+impl FsCore {
+    pub(crate) fn staged_of(&self, path: &str) -> Option<Arc<Mutex<Staged>>> {
+        lock(&self.staged).get(path).cloned()
+    }
+
+    /// The staging file of `path`, creating it (with the current content unless `truncate`).
+    pub(crate) async fn stage(&self, path: &str, truncate: bool) -> FsResult<Arc<Mutex<Staged>>> {
+        if let Some(s) = self.staged_of(path) {
+            if truncate {
+                set_staged(&s, None, Some(0), None)?;
+            }
+            return Ok(s);
+        }
+        let mut file = self.staging.create().map_err(|e| match e {
+            dos_cache::CacheError::Io { source, .. } => FsError::Local(source),
+            other => FsError::Local(std::io::Error::other(other.to_string())),
+        })?;
+        let mut mode = 0o644;
+        let mut dirty = truncate;
+        match self.entry(path).await {
+            Ok(Entry::Object(rec)) if rec.kind == EntryKind::File => {
+                mode = rec.mode;
+                if !truncate && rec.size > 0 {
+                    self.download_into(&rec, file.file_mut()).await?;
+                }
+            }
+            Ok(_) => return Err(FsError::IsDir),
+            Err(FsError::NotFound) => dirty = true,
+            Err(e) => return Err(e),
+        }
+        let staged = Arc::new(Mutex::new(Staged {
+            file,
+            dirty,
+            mode,
+            mtime_ns: None,
+            opens: 0,
+            unlinked: false,
+            fresh: dirty,
+        }));
+        let mut map = lock(&self.staged);
+        // Another opener may have staged it meanwhile: share theirs.
+        Ok(map.entry(path.to_string()).or_insert(staged).clone())
+    }
+
+    /// Copies a version's bytes into a staging file (editing an existing file).
+    async fn download_into(&self, rec: &VersionRecord, file: &mut File) -> FsResult<()> {
+        let mut stream = self
+            .client
+            .get_stream(rec.name.as_str(), Some(rec.version), None)
+            .await?;
+        let mut f = file.try_clone()?;
+        f.seek(SeekFrom::Start(0))?;
+        while let Some(chunk) = stream.next_chunk().await {
+            f.write_all(&chunk?)?;
+        }
+        Ok(())
+    }
+
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<u64> {
+        if !write {
+            return self.open_read(ino).await;
+        }
+        let path = match self.node(ino)? {
+            NodeKey::Path(p) if !p.is_empty() => p,
+            NodeKey::Path(_) => return Err(FsError::IsDir),
+            _ => return Err(FsError::ReadOnly("file history cannot be changed")),
+        };
+        let staged = self.stage(&path, truncate).await?;
+        lock(&staged).opens += 1;
+        Ok(self.new_handle(Handle::Write { path, staged }))
+    }
+
+    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> FsResult<(Attr, u64)> {
+        let path = self.child_path(parent, name)?;
+        let staged = self.stage(&path, true).await?;
+        {
+            let mut s = lock(&staged);
+            s.mode = mode & 0o7777;
+            s.opens += 1;
+        }
+        let ino = self.ino_of(NodeKey::Path(path.clone()));
+        let attr = staged_attr(ino, &staged)?;
+        let fh = self.new_handle(Handle::Write { path, staged });
+        Ok((attr, fh))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        let h = h.lock().await;
+        let Handle::Write { staged, .. } = &*h else {
+            return Err(FsError::BadHandle);
+        };
+        let mut s = lock(staged);
+        s.file.file().write_all_at(data, offset)?;
+        s.dirty = true;
+        s.fresh = false;
+        s.mtime_ns = None;
+        Ok(data.len() as u32)
+    }
+
+    /// flush (every close) and fsync: upload if anything changed.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let (path, staged) = match &*h.lock().await {
+            Handle::Write { path, staged } => (path.clone(), staged.clone()),
+            _ => return Ok(()),
+        };
+        if lock(&staged).fresh {
+            return Ok(());
+        }
+        self.upload(&path, &staged).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = self.take_handle(fh) else {
+            return Ok(());
+        };
+        let (path, staged) = match &*h.lock().await {
+            Handle::Write { path, staged } => (path.clone(), staged.clone()),
+            _ => return Ok(()),
+        };
+        let last = {
+            let mut s = lock(&staged);
+            s.opens = s.opens.saturating_sub(1);
+            s.opens == 0
+        };
+        let result = if last {
+            self.upload(&path, &staged).await
+        } else {
+            Ok(())
+        };
+        if last {
+            self.unstage_if_idle(&path, &staged);
+        }
+        result
+    }
+
+    pub(crate) fn unstage_if_idle(&self, path: &str, staged: &Arc<Mutex<Staged>>) {
+        let s = lock(staged);
+        if s.opens == 0 && !s.dirty {
+            let mut map = lock(&self.staged);
+            if map.get(path).is_some_and(|m| Arc::ptr_eq(m, staged)) {
+                map.remove(path);
+            }
+        }
+    }
+
+    /// Uploads a staged file if dirty; returns once the version is durable.
+    pub(crate) async fn upload(&self, path: &str, staged: &Arc<Mutex<Staged>>) -> FsResult<()> {
+        let (file, mode, mtime_ns) = {
+            let s = lock(staged);
+            if !s.dirty || s.unlinked {
+                return Ok(());
+            }
+            (s.file.file().try_clone()?, s.mode, s.mtime_ns)
+        };
+        let hash_src = file.try_clone()?;
+        let (hash, size) = tokio::task::spawn_blocking(move || hash_file(&hash_src))
+            .await
+            .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+        let attrs = WriteAttributes {
+            kind: EntryKind::File,
+            mode: Some(mode),
+            mtime_ns: Some(mtime_ns.unwrap_or_else(now_ns)),
+        };
+        let rec = match self.client.post(path, hash, size, &attrs).await? {
+            PostOutcome::Created(rec) => rec,
+            PostOutcome::Upload(location) => self.send_bytes(&location, file, size).await?,
+        };
+        {
+            let mut s = lock(staged);
+            s.dirty = false;
+            s.fresh = false;
+            s.mtime_ns = Some(rec.mtime_ns);
+        }
+        self.remember(path, Entry::Object(rec));
+        Ok(())
+    }
+
+    /// Streams a staged file to the resumable upload `location` in one request.
+    async fn send_bytes(&self, location: &str, file: File, size: u64) -> FsResult<VersionRecord> {
+        let file = tokio::fs::File::from_std(file);
+        let mut file = file;
+        tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(0)).await?;
+        let body = tokio_util::io::ReaderStream::with_capacity(
+            tokio::io::AsyncReadExt::take(file, size),
+            1 << 20,
+        );
+        let resp = self
+            .client
+            .request(reqwest::Method::PUT, location)
+            .header("range", "bytes=0-")
+            .header("content-length", size)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(dos_client::ClientError::from)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(dos_client::ClientError::from)?;
+        if !status.is_success() {
+            return Err(FsError::Store(dos_client::ClientError::InvalidInput(
+                format!(
+                    "upload failed: {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
+            )));
+        }
+        serde_json::from_slice::<VersionRecord>(&body).map_err(|e| {
+            FsError::Store(dos_client::ClientError::InvalidInput(format!(
+                "upload answer: {e}"
+            )))
+        })
+    }
+}

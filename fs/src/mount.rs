@@ -1,0 +1,224 @@
+//! Mount lifecycle: start (or reach) the store, open the cache, mount, serve until unmounted
+//! or signalled, upload anything pending, stop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use dos_cache::{BlockCache, CacheConfig, StagingArea};
+use dos_client::Client;
+
+use crate::core::{FsConfig, FsCore};
+use crate::fuse::DosFs;
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    /// Remote API server; `None` starts the embedded cluster.
+    pub api: Option<String>,
+    pub token: Option<String>,
+    /// Where the embedded cluster keeps its data.
+    pub data_dir: PathBuf,
+    /// API address of the embedded cluster.
+    pub listen: SocketAddr,
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+}
+
+/// Mount points currently mounted on this machine (from /proc/self/mountinfo).
+pub fn mounted_at(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(4).map(|m| unescape(m)) == Some(want.to_string()) {
+            // After the "-" separator: fstype, source.
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?;
+            let source = fields.get(sep + 2).copied().unwrap_or("");
+            return Some(format!("{fstype} {source}"));
+        }
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Checks that mounting can work, each failure one clear line.
+pub fn preflight(mountpoint: &Path) -> anyhow::Result<PathBuf> {
+    let mp = mountpoint
+        .canonicalize()
+        .map_err(|e| anyhow!("mount point {}: {e}", mountpoint.display()))?;
+    if !mp.is_dir() {
+        bail!("mount point {} is not a directory", mp.display());
+    }
+    if let Some(what) = mounted_at(&mp) {
+        bail!(
+            "{} is already a mount point ({what}); unmount it first",
+            mp.display()
+        );
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3");
+    }
+    if which("fusermount3").is_none() && !rustix::process::getuid().is_root() {
+        bail!("fusermount3 not found: install fuse3 (apt-get install fuse3)");
+    }
+    Ok(mp)
+}
+
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Mounts and serves until the filesystem is unmounted or SIGINT/SIGTERM arrives.
+/// `ready` is called once the mount is live.
+pub fn run(opts: MountOptions, ready: impl FnOnce(&Path)) -> anyhow::Result<()> {
+    let mountpoint = preflight(&opts.mountpoint)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (cluster, url) = runtime.block_on(async {
+        match &opts.api {
+            Some(url) => Ok::<_, anyhow::Error>((None, url.trim_end_matches('/').to_string())),
+            None => {
+                let mut config =
+                    dos_server::local::LocalConfig::new(opts.data_dir.clone(), opts.listen);
+                config.token = opts.token.clone();
+                let cluster = dos_server::local::LocalCluster::start(config)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot start the embedded store in {} on {}",
+                            opts.data_dir.display(),
+                            opts.listen
+                        )
+                    })?;
+                let url = format!("http://{}", cluster.api_addr());
+                Ok((Some(cluster), url))
+            }
+        }
+    })?;
+    let mut builder = Client::builder(url.clone());
+    if let Some(t) = &opts.token {
+        builder = builder.token(t.clone());
+    }
+    let client = builder.build().context("building the HTTP client")?;
+    runtime
+        .block_on(async {
+            client
+                .request(reqwest::Method::GET, "/health")
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+        })
+        .map_err(|e| anyhow!("cannot reach the API server at {url}: {e}"))?;
+
+    let cache = BlockCache::open(CacheConfig {
+        memory_bytes: (opts.cache_size / 4).min(512 << 20),
+        disk_bytes: opts.cache_size,
+        ..CacheConfig::new(opts.cache_dir.join("blocks"))
+    })
+    .with_context(|| format!("opening the cache in {}", opts.cache_dir.display()))?;
+    let staging = StagingArea::new(&opts.cache_dir)
+        .with_context(|| format!("opening staging in {}", opts.cache_dir.display()))?;
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let core = Arc::new(FsCore::new(
+        client,
+        cache,
+        staging,
+        FsConfig {
+            read_ahead_blocks: 16,
+            uid,
+            gid,
+        },
+    ));
+    let fs = DosFs::new(core.clone(), runtime.handle().clone(), uid, gid);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("dosfs:{url}")),
+        fuser::MountOption::Subtype("dosfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if uid == 0 {
+        config
+            .mount_options
+            .push(fuser::MountOption::CUSTOM("allow_other".into()));
+    }
+    config.n_threads = Some(8);
+    let session = fuser::spawn_mount(fs, &mountpoint, &config)
+        .with_context(|| format!("mounting {}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
+    ready(&mountpoint);
+
+    // Serve until the session ends (fusermount3 -u, dosfs umount) or a signal asks us to
+    // unmount ourselves.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = session.join();
+        let _ = done_tx.send(r);
+    });
+    let mp = mountpoint.clone();
+    runtime.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: unmounting");
+        unmount(&mp);
+    });
+    let ended = done_rx.recv().unwrap_or(Ok(()));
+    if let Err(e) = ended {
+        tracing::warn!(error = %e, "FUSE session ended with an error");
+    }
+    let failures = runtime.block_on(core.flush_all());
+    for (path, e) in &failures {
+        eprintln!("dosfs: could not upload {path}: {e}");
+    }
+    if let Some(c) = cluster {
+        runtime.block_on(c.shutdown());
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} file(s) could not be uploaded", failures.len())
+    }
+}
+
+/// `fusermount3 -u`, falling back to umount(8) as root.
+pub fn unmount(mountpoint: &Path) -> bool {
+    let ok = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok || std::process::Command::new("umount")
+        .arg(mountpoint)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
