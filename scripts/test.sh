@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 command -v rabbitmq-server >/dev/null 2>&1 || need_pkgs+=(rabbitmq-server)
+command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
+command -v getfattr >/dev/null 2>&1 || need_pkgs+=(attr)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: please install: ${need_pkgs[*]} (apt-get install -y ${need_pkgs[*]})" >&2
