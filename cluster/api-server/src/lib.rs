@@ -50,7 +50,7 @@ impl ApiServer {
         let core = Arc::new(Core {
             meta,
             bus,
-            shards: shard_client::ShardClient::new(Duration::from_secs(5)),
+            shards: shard_client::ShardClient::new(Duration::from_secs(5), Some(&config.secret)),
             codec: dos_erasure::Codec::new(),
             config,
             repair: repair::RepairQueue::default(),

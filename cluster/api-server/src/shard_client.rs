@@ -41,20 +41,49 @@ pub struct TempStatus {
 #[derive(Clone)]
 pub struct ShardClient {
     http: reqwest::Client,
+    /// Signs every request (data servers of a secured cluster refuse unsigned ones).
+    secret: Option<std::sync::Arc<[u8]>>,
 }
 
 /// A shard byte stream being received.
 pub type ShardBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ShardError>> + Send>>;
 
 impl ShardClient {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, secret: Option<&[u8]>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Self { http }
+        Self {
+            http,
+            secret: secret.map(std::sync::Arc::from),
+        }
+    }
+
+    /// A request to `http://{addr}{path_and_query}`, signed when a secret is set.
+    fn req(
+        &self,
+        method: reqwest::Method,
+        addr: &str,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
+        let rb = self
+            .http
+            .request(method.clone(), format!("http://{addr}{path_and_query}"));
+        match &self.secret {
+            Some(secret) => rb.header(
+                dos_protocol::headers::SIGNATURE,
+                dos_protocol::signature::sign(
+                    secret,
+                    method.as_str(),
+                    path_and_query,
+                    dos_protocol::signature::unix_secs(),
+                ),
+            ),
+            None => rb,
+        }
     }
 
     async fn check(addr: &str, resp: reqwest::Response) -> Result<reqwest::Response, ShardError> {
@@ -85,13 +114,12 @@ impl ShardClient {
         length: Option<u64>,
     ) -> Result<String, ShardError> {
         let addr = &server.addr;
-        let mut url = format!("http://{addr}/temp?hash={}&shard={shard}", hash.to_hex());
+        let mut path = format!("/temp?hash={}&shard={shard}", hash.to_hex());
         if let Some(l) = length {
-            url.push_str(&format!("&length={l}"));
+            path.push_str(&format!("&length={l}"));
         }
         let resp = self
-            .http
-            .post(url)
+            .req(reqwest::Method::POST, addr, &path)
             .timeout(Duration::from_secs(30))
             .send()
             .await
@@ -118,8 +146,11 @@ impl ShardClient {
         body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> Result<TempStatus, ShardError> {
         let resp = self
-            .http
-            .patch(format!("http://{addr}/temp/{id}?offset={offset}"))
+            .req(
+                reqwest::Method::PATCH,
+                addr,
+                &format!("/temp/{id}?offset={offset}"),
+            )
             .body(reqwest::Body::wrap_stream(body))
             .send()
             .await
@@ -135,8 +166,7 @@ impl ShardClient {
 
     pub async fn temp_status(&self, addr: &str, id: &str) -> Result<TempStatus, ShardError> {
         let resp = self
-            .http
-            .get(format!("http://{addr}/temp/{id}"))
+            .req(reqwest::Method::GET, addr, &format!("/temp/{id}"))
             .timeout(Duration::from_secs(30))
             .send()
             .await
@@ -152,8 +182,11 @@ impl ShardClient {
 
     pub async fn commit(&self, addr: &str, id: &str, length: u64) -> Result<(), ShardError> {
         let resp = self
-            .http
-            .put(format!("http://{addr}/temp/{id}?length={length}"))
+            .req(
+                reqwest::Method::PUT,
+                addr,
+                &format!("/temp/{id}?length={length}"),
+            )
             .timeout(Duration::from_secs(120))
             .send()
             .await
@@ -163,8 +196,7 @@ impl ShardClient {
 
     pub async fn abort(&self, addr: &str, id: &str) -> Result<(), ShardError> {
         let resp = self
-            .http
-            .delete(format!("http://{addr}/temp/{id}"))
+            .req(reqwest::Method::DELETE, addr, &format!("/temp/{id}"))
             .timeout(Duration::from_secs(30))
             .send()
             .await
@@ -184,7 +216,7 @@ impl ShardClient {
     ) -> Result<ShardBody, ShardError> {
         self.read_range(
             addr,
-            format!("http://{addr}/shards/{}/{shard}", hash.to_hex()),
+            format!("/shards/{}/{shard}", hash.to_hex()),
             start,
             end,
         )
@@ -199,14 +231,14 @@ impl ShardClient {
         start: u64,
         end: u64,
     ) -> Result<ShardBody, ShardError> {
-        self.read_range(addr, format!("http://{addr}/temp/{id}/data"), start, end)
+        self.read_range(addr, format!("/temp/{id}/data"), start, end)
             .await
     }
 
     async fn read_range(
         &self,
         addr: &str,
-        url: String,
+        path: String,
         start: u64,
         end: u64,
     ) -> Result<ShardBody, ShardError> {
@@ -214,8 +246,7 @@ impl ShardClient {
             return Ok(Box::pin(futures::stream::empty()));
         }
         let resp = self
-            .http
-            .get(url)
+            .req(reqwest::Method::GET, addr, &path)
             .header("range", format!("bytes={start}-{}", end - 1))
             .timeout(Duration::from_secs(3600))
             .send()
@@ -238,8 +269,11 @@ impl ShardClient {
         shard: u8,
     ) -> Result<(), ShardError> {
         let resp = self
-            .http
-            .delete(format!("http://{addr}/shards/{}/{shard}", hash.to_hex()))
+            .req(
+                reqwest::Method::DELETE,
+                addr,
+                &format!("/shards/{}/{shard}", hash.to_hex()),
+            )
             .timeout(Duration::from_secs(30))
             .send()
             .await

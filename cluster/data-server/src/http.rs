@@ -39,6 +39,39 @@ pub const SHARD_LENGTH: &str = "x-dos-shard-length";
 pub struct AppState {
     pub store: Arc<ShardStore>,
     pub id: String,
+    /// When set, every request but `/health` must be signed with it (see
+    /// `dos_protocol::signature`).
+    pub secret: Option<Arc<[u8]>>,
+}
+
+/// Refuses requests not signed with the cluster secret.
+async fn check_signature(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(secret) = &s.secret
+        && req.uri().path() != "/health"
+    {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let sig = req
+            .headers()
+            .get(dos_protocol::headers::SIGNATURE)
+            .and_then(|v| v.to_str().ok());
+        let now = dos_protocol::signature::unix_secs();
+        if !dos_protocol::signature::verify(secret, req.method().as_str(), &path, sig, now) {
+            return (
+                StatusCode::FORBIDDEN,
+                "request is not signed with this cluster's secret\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,6 +90,10 @@ pub fn router(state: AppState) -> Router {
             "/shards/{hash}/{shard}",
             get(read_shard).delete(remove_shard),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_signature,
+        ))
         .with_state(state)
 }
 

@@ -25,6 +25,8 @@ pub struct DataServerConfig {
     pub advertise: Option<String>,
     /// Uploads untouched for this long are deleted.
     pub temp_ttl: Duration,
+    /// Cluster secret: when set, only requests signed with it are served.
+    pub secret: Option<Vec<u8>>,
 }
 
 impl DataServerConfig {
@@ -34,6 +36,7 @@ impl DataServerConfig {
             listen,
             advertise: None,
             temp_ttl: Duration::from_secs(24 * 3600),
+            secret: None,
         }
     }
 }
@@ -131,9 +134,13 @@ impl DataServer {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
 
+        if config.secret.is_none() {
+            tracing::warn!("no cluster secret: this data server accepts unsigned requests");
+        }
         let app = router(AppState {
             store: store.clone(),
             id: info.id.0.clone(),
+            secret: config.secret.as_deref().map(Arc::from),
         });
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {

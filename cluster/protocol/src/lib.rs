@@ -9,6 +9,7 @@ mod layout;
 mod name;
 mod range;
 mod record;
+pub mod signature;
 mod time;
 
 pub use hash::{ContentHash, HashParseError, parse_digest_header};

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! ROOT/metadata.sqlite   versions, listings, placement
-//! ROOT/secret            signs upload tokens
+//! ROOT/secret            signs upload tokens and requests to data servers
 //! ROOT/data1 … data6     the data servers' STORAGE_ROOTs
 //! ```
 
@@ -59,6 +59,7 @@ pub enum LocalError {
 
 pub struct LocalCluster {
     api: ApiServer,
+    secret: Vec<u8>,
     bus: Arc<MemoryBus>,
     data: Vec<Option<DataServer>>,
     roots: Vec<PathBuf>,
@@ -84,15 +85,17 @@ impl LocalCluster {
             .collect();
         let mut data = Vec::new();
         for r in &roots {
-            data.push(Some(start_data(r.clone(), bus.clone()).await?));
+            data.push(Some(start_data(r.clone(), bus.clone(), &secret).await?));
         }
-        let mut api_config = ApiConfig::new(secret);
+        let api_secret = secret.clone();
+        let mut api_config = ApiConfig::new(secret.clone());
         api_config.token = config.token.clone();
         let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus.clone())
             .await
             .map_err(LocalError::Api)?;
         Ok(Self {
             api,
+            secret: api_secret,
             bus,
             data,
             roots,
@@ -124,7 +127,7 @@ impl LocalCluster {
         if let Some(slot) = self.data.get_mut(i)
             && slot.is_none()
         {
-            *slot = Some(start_data(self.roots[i].clone(), self.bus.clone()).await?);
+            *slot = Some(start_data(self.roots[i].clone(), self.bus.clone(), &self.secret).await?);
         }
         Ok(())
     }
@@ -138,7 +141,13 @@ impl LocalCluster {
     }
 }
 
-async fn start_data(root: PathBuf, bus: Arc<MemoryBus>) -> Result<DataServer, LocalError> {
+async fn start_data(
+    root: PathBuf,
+    bus: Arc<MemoryBus>,
+    secret: &[u8],
+) -> Result<DataServer, LocalError> {
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    Ok(DataServer::start(DataServerConfig::new(root, listen), bus).await?)
+    let mut config = DataServerConfig::new(root, listen);
+    config.secret = Some(secret.to_vec());
+    Ok(DataServer::start(config, bus).await?)
 }

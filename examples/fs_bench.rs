@@ -1,0 +1,216 @@
+//! dosfs benchmark: cp of large files into and out of the mount (cold and cached), next to the
+//! same cp on a local directory and on a passthrough FUSE filesystem (`bindfs -o big_writes`),
+//! plus 10,000 × 4 KiB file creations and `ls -l` of 10,000 entries, in one run.
+//!
+//! ```text
+//! apt-get install bindfs fuse3
+//! cargo build --release -p dosfs -p dos-server
+//! cargo run --release -p dos-examples --example fs_bench -- --sizes-mib 256,1024
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, value_delimiter = ',', default_value = "256,1024")]
+    sizes_mib: Vec<u64>,
+    #[arg(long, default_value = "/tmp/dosfs-bench")]
+    dir: PathBuf,
+    #[arg(long, default_value = "target/release/dosfs")]
+    dosfs: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    files: usize,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
+}
+
+fn sh(cmd: &str) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let status = Command::new("sh").arg("-c").arg(cmd).status()?;
+    if !status.success() {
+        bail!("`{cmd}` failed: {status}");
+    }
+    Ok(start.elapsed())
+}
+
+fn rate(mib: u64, d: Duration) -> f64 {
+    (mib as f64 * MIB) / MIB / d.as_secs_f64()
+}
+
+fn is_mounted(p: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(&*p.to_string_lossy()))
+        })
+        .unwrap_or(false)
+}
+
+struct Mount {
+    path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.path)
+            .status();
+        if let Some(c) = &mut self.child {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_mounted(p: &Path) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if is_mounted(p) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{} did not mount", p.display())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(args.dir.join("mnt"))
+        .status();
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .arg(args.dir.join("bind"))
+        .status();
+    let _ = std::fs::remove_dir_all(&args.dir);
+    for d in [
+        "src",
+        "local",
+        "mnt",
+        "bind",
+        "bind-backing",
+        "out",
+        "store",
+        "cache",
+    ] {
+        std::fs::create_dir_all(args.dir.join(d))?;
+    }
+    let d = |s: &str| args.dir.join(s);
+    let mnt = d("mnt");
+    let child = Command::new(&args.dosfs)
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--foreground")
+        .arg("--data-dir")
+        .arg(d("store"))
+        .arg("--cache-dir")
+        .arg(d("cache"))
+        .args(["--listen", "127.0.0.1:0", "--cache-size", "8G"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting dosfs")?;
+    let dos = Mount {
+        path: mnt.clone(),
+        child: Some(child),
+    };
+    wait_mounted(&mnt)?;
+    let bind_ok = Command::new("bindfs")
+        .args(["-o", "big_writes"])
+        .arg(d("bind-backing"))
+        .arg(d("bind"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let _bind = Mount {
+        path: d("bind"),
+        child: None,
+    };
+    println!(
+        "machine: {} cores; dir {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        args.dir.display()
+    );
+    println!();
+    println!("| size | target | cp in | cp out (cold) | cp out (cached) |");
+    println!("|---|---|---|---|---|");
+    for mib in &args.sizes_mib {
+        let src = d("src").join(format!("f{mib}"));
+        sh(&format!(
+            "head -c {}M /dev/urandom > {}",
+            mib,
+            src.display()
+        ))?;
+        let mut targets = vec![("local dir", d("local")), ("dosfs", mnt.clone())];
+        if bind_ok {
+            targets.push(("bindfs -o big_writes", d("bind")));
+        }
+        for (label, dir) in targets {
+            let dst = dir.join(format!("f{mib}"));
+            drop_caches();
+            let t_in = sh(&format!("cp {} {}", src.display(), dst.display()))?;
+            drop_caches();
+            let out = d("out").join("o");
+            let t_cold = sh(&format!("cp {} {}", dst.display(), out.display()))?;
+            let _ = std::fs::remove_file(&out);
+            let t_warm = sh(&format!("cp {} {}", dst.display(), out.display()))?;
+            sh(&format!("cmp {} {}", src.display(), out.display()))?;
+            let _ = std::fs::remove_file(&out);
+            println!(
+                "| {mib} MiB | {label} | {:.0} MiB/s | {:.0} MiB/s | {:.0} MiB/s |",
+                rate(*mib, t_in),
+                rate(*mib, t_cold),
+                rate(*mib, t_warm)
+            );
+        }
+        let _ = std::fs::remove_file(&src);
+    }
+    println!();
+    let many = mnt.join("many");
+    std::fs::create_dir_all(&many)?;
+    let start = Instant::now();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut buf = vec![0u8; 4096];
+    for i in 0..args.files {
+        for c in buf.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            c.copy_from_slice(&state.to_le_bytes());
+        }
+        std::fs::write(many.join(format!("f{i}")), &buf)?;
+    }
+    let t = start.elapsed();
+    println!(
+        "{} × 4 KiB file creations (new content each, write + close): {:.1} s, {:.0} files/s",
+        args.files,
+        t.as_secs_f64(),
+        args.files as f64 / t.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = sh(&format!("ls -l {} > /dev/null", many.display()))?;
+    println!(
+        "ls -l of {} entries (cold attribute cache): {:.2} s",
+        args.files,
+        t.as_secs_f64()
+    );
+    let t = sh(&format!("ls -l {} > /dev/null", many.display()))?;
+    println!(
+        "ls -l of {} entries (again): {:.2} s",
+        args.files,
+        t.as_secs_f64()
+    );
+    drop(dos);
+    let _ = std::fs::remove_dir_all(&args.dir);
+    Ok(())
+}
