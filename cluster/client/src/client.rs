@@ -1,0 +1,865 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dos_protocol::{
+    ContentHash, ListPage, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns, headers,
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+use reqwest::header::{
+    ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue, LOCATION, RANGE,
+};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt as _;
+use tokio_util::io::ReaderStream;
+
+use crate::meta::ObjectMeta;
+use crate::ndjson::ndjson;
+use crate::{ClientError, hash_file};
+
+/// Objects at least this big are hashed on a blocking thread.
+const BLOCKING_HASH_THRESHOLD: usize = 1 << 20;
+/// Most bytes of an error body read to find its one-line message.
+const MAX_ERROR_BODY: usize = 4096;
+/// Read size when streaming a file to the server.
+const FILE_STREAM_CHUNK: usize = 256 * 1024;
+
+/// Builds a [`Client`].
+#[derive(Clone)]
+pub struct ClientBuilder {
+    base_url: String,
+    token: Option<String>,
+    connect_timeout: Duration,
+    response_timeout: Option<Duration>,
+}
+
+impl ClientBuilder {
+    /// Sends `Authorization: Bearer TOKEN` on every request.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Bound on establishing a TCP connection (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Bound on the time from sending a request until the response headers arrive, upload
+    /// included. Off by default, because a large PUT is only answered once it is durable.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = Some(timeout);
+        self
+    }
+
+    pub fn build(self) -> Result<Client, ClientError> {
+        let base = self.base_url.trim().trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| ClientError::InvalidInput(format!("bad base URL {base:?}: {e}")))?;
+        if url.scheme() != "http" {
+            return Err(ClientError::InvalidInput(format!(
+                "bad base URL {base:?}: only http:// is supported"
+            )));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(ClientError::InvalidInput(format!(
+                "bad base URL {base:?}: no query or fragment allowed"
+            )));
+        }
+        let auth = match self.token {
+            Some(token) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    ClientError::InvalidInput("token is not a valid header value".into())
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(t) = self.response_timeout {
+            http = http.read_timeout(t);
+        }
+        Ok(Client {
+            http: http.build()?,
+            base: Arc::from(base),
+            auth,
+        })
+    }
+}
+
+/// An async client of one API server's REST interface. Cheap to clone; clones share one
+/// connection pool.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Arc<str>,
+    auth: Option<HeaderValue>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.auth.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// The answer to `POST /objects/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostOutcome {
+    /// The content was already stored: the version exists, no bytes need to be sent.
+    Created(VersionRecord),
+    /// Send the bytes to this resumable upload (`/temp/TOKEN`).
+    Upload(String),
+}
+
+/// The answer to one `PUT /temp/TOKEN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadProgress {
+    /// The upload goes on; `accepted` bytes are kept (a multiple of the block size).
+    Partial { accepted: u64, size: Option<u64> },
+    /// The last byte arrived, the SHA-256 matched and this version was made.
+    Done(VersionRecord),
+}
+
+/// What a resumable upload sends.
+#[derive(Debug, Clone)]
+pub enum UploadSource {
+    Bytes(Bytes),
+    File(std::path::PathBuf),
+}
+
+/// The body of a GET, with the metadata of its headers.
+///
+/// For a whole-object answer the stream checks the size and the SHA-256 announced in the
+/// headers and ends with an [`ClientError::Integrity`] error instead of `None` when they do
+/// not match, so a consumer never mistakes wrong or truncated bytes for the object.
+pub struct ObjectStream {
+    pub meta: ObjectMeta,
+    inner: Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Send>>,
+}
+
+impl fmt::Debug for ObjectStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStream")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for ObjectStream {
+    type Item = Result<Bytes, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl ObjectStream {
+    /// The next piece of the body; `None` at its (verified) end.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        self.inner.next().await
+    }
+
+    /// Reads the whole remaining body into memory.
+    pub async fn collect_bytes(mut self) -> Result<Bytes, ClientError> {
+        let mut out = Vec::with_capacity(usize::try_from(self.meta.body_len()).unwrap_or(0));
+        while let Some(chunk) = self.inner.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+/// A stream of version records (from NDJSON).
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<VersionRecord, ClientError>> + Send>>;
+
+#[derive(Deserialize)]
+struct AcceptedBody {
+    accepted: u64,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+fn parse_name(name: &str) -> Result<ObjectName, ClientError> {
+    ObjectName::new(name).map_err(|source| ClientError::InvalidName {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+fn version_query(version: Option<u64>) -> String {
+    version.map_or_else(String::new, |v| format!("?version={v}"))
+}
+
+/// Percent-encodes a query parameter value.
+fn encode_query(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(s, QUERY).to_string()
+}
+
+fn with_attrs(mut rb: RequestBuilder, attrs: &WriteAttributes) -> RequestBuilder {
+    rb = rb.header(headers::KIND, attrs.kind.as_str());
+    if let Some(mode) = attrs.mode {
+        rb = rb.header(headers::MODE, format!("{mode:o}"));
+    }
+    if let Some(ns) = attrs.mtime_ns {
+        rb = rb.header(headers::MTIME, format_rfc3339_ns(ns));
+    }
+    rb
+}
+
+async fn hash_bytes(data: &Bytes) -> ContentHash {
+    if data.len() < BLOCKING_HASH_THRESHOLD {
+        return ContentHash::of(data);
+    }
+    let copy = data.clone();
+    match tokio::task::spawn_blocking(move || ContentHash::of(&copy)).await {
+        Ok(h) => h,
+        // The blocking pool is gone (runtime shutting down): hash here.
+        Err(_) => ContentHash::of(data),
+    }
+}
+
+fn header_str<'a>(resp: &'a Response, key: &str) -> Option<&'a str> {
+    resp.headers().get(key).and_then(|v| v.to_str().ok())
+}
+
+/// Turns a non-success answer into a [`ClientError::Status`] with the server's first line.
+async fn status_error(method: &Method, resp: Response) -> ClientError {
+    let status = resp.status();
+    let url = resp.url().to_string();
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+    let message = match line {
+        Some(l) if l.chars().count() > 300 => l.chars().take(300).collect::<String>() + "…",
+        Some(l) => l.to_owned(),
+        None => status.canonical_reason().unwrap_or("no message").to_owned(),
+    };
+    ClientError::Status {
+        method: method.to_string(),
+        url,
+        status,
+        message,
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
+    let url = resp.url().to_string();
+    let body = resp.bytes().await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ClientError::invalid_response(&url, format!("bad JSON body: {e}")))
+}
+
+impl Client {
+    /// A client of the API server at `base_url` (e.g. `http://127.0.0.1:23333`) with the
+    /// default settings.
+    pub fn new(base_url: impl Into<String>) -> Result<Self, ClientError> {
+        Self::builder(base_url).build()
+    }
+
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            base_url: base_url.into(),
+            token: None,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: None,
+        }
+    }
+
+    /// The base URL, without a trailing `/`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The absolute URL of `path_and_query` (which starts with `/`).
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{}", self.base, path_and_query)
+    }
+
+    /// A raw request to `path_and_query` (which starts with `/`, already percent-encoded),
+    /// carrying the bearer token: for anything the typed methods do not cover.
+    pub fn request(&self, method: Method, path_and_query: &str) -> RequestBuilder {
+        let rb = self.http.request(method, self.url(path_and_query));
+        match &self.auth {
+            Some(auth) => rb.header(AUTHORIZATION, auth.clone()),
+            None => rb,
+        }
+    }
+
+    /// `/objects/NAME[?version=N]`, percent-encoded.
+    pub fn object_path(name: &ObjectName, version: Option<u64>) -> String {
+        format!("/objects/{}{}", name.to_path(), version_query(version))
+    }
+
+    /// Sends `rb` and returns the answer if it is a success, else the status error.
+    async fn send(&self, method: Method, rb: RequestBuilder) -> Result<Response, ClientError> {
+        let resp = rb.send().await?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(status_error(&method, resp).await)
+        }
+    }
+
+    fn location_url(&self, location: &str) -> Result<String, ClientError> {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            Ok(location.to_owned())
+        } else if location.starts_with('/') {
+            Ok(self.url(location))
+        } else {
+            Err(ClientError::InvalidInput(format!(
+                "upload location {location:?} is neither absolute nor a path"
+            )))
+        }
+    }
+
+    // ----- writes -----
+
+    /// `PUT /objects/NAME` with `bytes`: stores a new version and returns its record once it
+    /// is durable.
+    pub async fn put_bytes(
+        &self,
+        name: &str,
+        bytes: impl Into<Bytes>,
+        attrs: &WriteAttributes,
+    ) -> Result<VersionRecord, ClientError> {
+        let name = parse_name(name)?;
+        let bytes = bytes.into();
+        let hash = hash_bytes(&bytes).await;
+        let rb = self
+            .request(Method::PUT, &Self::object_path(&name, None))
+            .header(headers::DIGEST, hash.digest_header());
+        let rb = with_attrs(rb, attrs).body(bytes);
+        read_json(self.send(Method::PUT, rb).await?).await
+    }
+
+    /// `PUT /objects/NAME` with a streamed body whose SHA-256 is `hash`. With `size` the
+    /// request carries a `Content-Length`; without it the body is sent chunked.
+    pub async fn put_stream<S>(
+        &self,
+        name: &str,
+        hash: ContentHash,
+        size: Option<u64>,
+        body: S,
+        attrs: &WriteAttributes,
+    ) -> Result<VersionRecord, ClientError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let name = parse_name(name)?;
+        let mut rb = self
+            .request(Method::PUT, &Self::object_path(&name, None))
+            .header(headers::DIGEST, hash.digest_header());
+        if let Some(size) = size {
+            rb = rb.header(CONTENT_LENGTH, size);
+        }
+        let rb = with_attrs(rb, attrs).body(reqwest::Body::wrap_stream(body));
+        read_json(self.send(Method::PUT, rb).await?).await
+    }
+
+    /// `PUT /objects/NAME` with the content of a local file: hashes the file first, then
+    /// streams it (the file is never held in memory as a whole).
+    pub async fn put_file(
+        &self,
+        name: &str,
+        path: impl AsRef<Path>,
+        attrs: &WriteAttributes,
+    ) -> Result<VersionRecord, ClientError> {
+        let path = path.as_ref();
+        let (hash, size) = hash_file(path).await?;
+        let io_err = |source| ClientError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io_err)?;
+        let body = ReaderStream::with_capacity(file.take(size), FILE_STREAM_CHUNK);
+        self.put_stream(name, hash, Some(size), body, attrs).await
+    }
+
+    /// `DELETE /objects/NAME`: adds a delete marker and returns its record.
+    pub async fn delete(&self, name: &str) -> Result<VersionRecord, ClientError> {
+        let name = parse_name(name)?;
+        let rb = self.request(Method::DELETE, &Self::object_path(&name, None));
+        read_json(self.send(Method::DELETE, rb).await?).await
+    }
+
+    /// `POST /objects/NAME` with `Digest` and `Size`: makes a version at once when the
+    /// content is stored already, else opens a resumable upload.
+    pub async fn post(
+        &self,
+        name: &str,
+        hash: ContentHash,
+        size: u64,
+        attrs: &WriteAttributes,
+    ) -> Result<PostOutcome, ClientError> {
+        let name = parse_name(name)?;
+        let rb = self
+            .request(Method::POST, &Self::object_path(&name, None))
+            .header(headers::DIGEST, hash.digest_header())
+            .header(headers::SIZE, size);
+        let resp = self.send(Method::POST, with_attrs(rb, attrs)).await?;
+        match resp.status() {
+            StatusCode::OK => Ok(PostOutcome::Created(read_json(resp).await?)),
+            StatusCode::CREATED => match header_str(&resp, LOCATION.as_str()) {
+                Some(loc) if !loc.trim().is_empty() => Ok(PostOutcome::Upload(loc.trim().into())),
+                _ => Err(ClientError::invalid_response(
+                    resp.url().as_str(),
+                    "201 without a Location header",
+                )),
+            },
+            other => Err(ClientError::invalid_response(
+                resp.url().as_str(),
+                format!("unexpected status {other} for POST"),
+            )),
+        }
+    }
+
+    /// `HEAD /temp/TOKEN`: the number of bytes the upload has accepted so far.
+    pub async fn upload_status(&self, location: &str) -> Result<u64, ClientError> {
+        let url = self.location_url(location)?;
+        let rb = self.authorized(self.http.head(&url));
+        let resp = self.send(Method::HEAD, rb).await?;
+        header_str(&resp, CONTENT_LENGTH.as_str())
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ClientError::invalid_response(&url, "missing or bad Content-Length"))
+    }
+
+    /// `PUT /temp/TOKEN` with `Range: bytes=OFFSET-` and the next bytes of the object.
+    pub async fn upload_chunk(
+        &self,
+        location: &str,
+        offset: u64,
+        bytes: impl Into<Bytes>,
+    ) -> Result<UploadProgress, ClientError> {
+        let url = self.location_url(location)?;
+        let rb = self
+            .authorized(self.http.put(&url))
+            .header(RANGE, format!("bytes={offset}-"))
+            .body(bytes.into());
+        let resp = self.send(Method::PUT, rb).await?;
+        let body = resp.bytes().await?;
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::invalid_response(&url, format!("bad JSON body: {e}")))?;
+        if value.get("accepted").is_some() {
+            let a: AcceptedBody = serde_json::from_value(value)
+                .map_err(|e| ClientError::invalid_response(&url, format!("bad JSON body: {e}")))?;
+            Ok(UploadProgress::Partial {
+                accepted: a.accepted,
+                size: a.size,
+            })
+        } else {
+            serde_json::from_value(value)
+                .map(UploadProgress::Done)
+                .map_err(|e| ClientError::invalid_response(&url, format!("bad JSON body: {e}")))
+        }
+    }
+
+    fn authorized(&self, rb: RequestBuilder) -> RequestBuilder {
+        match &self.auth {
+            Some(auth) => rb.header(AUTHORIZATION, auth.clone()),
+            None => rb,
+        }
+    }
+
+    // ----- reads -----
+
+    /// `GET /objects/NAME[?version=N]`: the whole object, checked against its size and
+    /// SHA-256.
+    pub async fn get(&self, name: &str, version: Option<u64>) -> Result<Bytes, ClientError> {
+        Ok(self.get_with_meta(name, version).await?.1)
+    }
+
+    /// Like [`Client::get`], with the metadata of the answer.
+    pub async fn get_with_meta(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<(ObjectMeta, Bytes), ClientError> {
+        let stream = self.get_stream(name, version, None).await?;
+        let meta = stream.meta.clone();
+        Ok((meta, stream.collect_bytes().await?))
+    }
+
+    /// `GET` with `Range: <range>` (e.g. `bytes=10-19`, `bytes=10-`, `bytes=-10`). The
+    /// metadata's `range` is set when the server answered 206; a 200 carries the whole object
+    /// (then checked against its SHA-256).
+    pub async fn get_range(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        range: &str,
+    ) -> Result<(ObjectMeta, Bytes), ClientError> {
+        let stream = self.get_stream(name, version, Some(range)).await?;
+        let meta = stream.meta.clone();
+        Ok((meta, stream.collect_bytes().await?))
+    }
+
+    /// `GET` answering with the metadata and a stream of the body (optionally of a range).
+    pub async fn get_stream(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        range: Option<&str>,
+    ) -> Result<ObjectStream, ClientError> {
+        let name = parse_name(name)?;
+        let mut rb = self.request(Method::GET, &Self::object_path(&name, version));
+        if let Some(range) = range {
+            rb = rb.header(RANGE, range);
+        }
+        let resp = self.send(Method::GET, rb).await?;
+        let url = resp.url().to_string();
+        if resp.headers().contains_key(CONTENT_ENCODING) {
+            return Err(ClientError::invalid_response(
+                &url,
+                "content-encoded answer to a request that accepts no encoding",
+            ));
+        }
+        let meta = ObjectMeta::from_headers(name, resp.status(), resp.headers(), &url, false)?;
+        let body = resp.bytes_stream().map_err(ClientError::from);
+        let inner: Pin<Box<dyn Stream<Item = Result<Bytes, ClientError>> + Send>> =
+            if meta.range.is_none() {
+                Box::pin(verified(body, meta.size, meta.hash, url))
+            } else {
+                Box::pin(length_checked(body, meta.body_len(), url))
+            };
+        Ok(ObjectStream { meta, inner })
+    }
+
+    /// `GET` with `Accept-Encoding: gzip`: the whole object, gunzipped when the server
+    /// compressed it, checked against its SHA-256.
+    pub async fn get_compressed(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<(ObjectMeta, Bytes), ClientError> {
+        let name = parse_name(name)?;
+        let rb = self
+            .request(Method::GET, &Self::object_path(&name, version))
+            .header(ACCEPT_ENCODING, "gzip");
+        let resp = self.send(Method::GET, rb).await?;
+        let url = resp.url().to_string();
+        let encoding = header_str(&resp, CONTENT_ENCODING.as_str()).map(|e| e.trim().to_owned());
+        let gzipped = match encoding.as_deref() {
+            None | Some("identity") => false,
+            Some(e) if e.eq_ignore_ascii_case("gzip") => true,
+            Some(e) => {
+                return Err(ClientError::invalid_response(
+                    &url,
+                    format!("unexpected Content-Encoding {e:?}"),
+                ));
+            }
+        };
+        let mut meta =
+            ObjectMeta::from_headers(name, resp.status(), resp.headers(), &url, gzipped)?;
+        let raw = resp.bytes().await?;
+        let bytes = if gzipped {
+            let decoded = tokio::task::spawn_blocking(move || crate::gunzip(&raw))
+                .await
+                .map_err(|e| ClientError::invalid_response(&url, format!("gunzip: {e}")))??;
+            meta.size = decoded.len() as u64;
+            Bytes::from(decoded)
+        } else {
+            raw
+        };
+        if meta.size != bytes.len() as u64 {
+            return Err(ClientError::Integrity {
+                url,
+                message: format!("{} bytes, expected {}", bytes.len(), meta.size),
+            });
+        }
+        if hash_bytes(&bytes).await != meta.hash {
+            return Err(ClientError::Integrity {
+                url,
+                message: "SHA-256 of the body differs from the ETag".into(),
+            });
+        }
+        Ok((meta, bytes))
+    }
+
+    /// `HEAD /objects/NAME[?version=N]`.
+    pub async fn head(&self, name: &str, version: Option<u64>) -> Result<ObjectMeta, ClientError> {
+        let name = parse_name(name)?;
+        let rb = self.request(Method::HEAD, &Self::object_path(&name, version));
+        let resp = self.send(Method::HEAD, rb).await?;
+        let url = resp.url().to_string();
+        ObjectMeta::from_headers(name, resp.status(), resp.headers(), &url, false)
+    }
+
+    // ----- versions, listing, locate -----
+
+    /// `GET /versions/NAME`: every version of `name`, ascending, delete markers included.
+    pub async fn versions(&self, name: &str) -> Result<Vec<VersionRecord>, ClientError> {
+        self.versions_stream(name).await?.try_collect().await
+    }
+
+    /// `GET /versions/NAME` as a stream.
+    pub async fn versions_stream(&self, name: &str) -> Result<RecordStream, ClientError> {
+        let name = parse_name(name)?;
+        self.ndjson_records(&format!("/versions/{}", name.to_path()))
+            .await
+    }
+
+    /// `GET /versions/`: every version of every name, by name then version.
+    pub async fn all_versions(&self) -> Result<Vec<VersionRecord>, ClientError> {
+        self.all_versions_stream().await?.try_collect().await
+    }
+
+    /// `GET /versions/` as a stream, for listings too large to hold.
+    pub async fn all_versions_stream(&self) -> Result<RecordStream, ClientError> {
+        self.ndjson_records("/versions/").await
+    }
+
+    async fn ndjson_records(&self, path: &str) -> Result<RecordStream, ClientError> {
+        let resp = self
+            .send(Method::GET, self.request(Method::GET, path))
+            .await?;
+        Ok(Box::pin(ndjson::<VersionRecord>(resp)))
+    }
+
+    /// `GET /list?prefix=P&delimiter=D&cursor=C&limit=N`: one page of the latest live
+    /// versions of the names under `prefix`, and the common prefixes up to the next
+    /// `delimiter`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListPage, ClientError> {
+        let mut query = vec![format!("prefix={}", encode_query(prefix))];
+        if let Some(d) = delimiter {
+            query.push(format!("delimiter={}", encode_query(d)));
+        }
+        if let Some(c) = cursor {
+            query.push(format!("cursor={}", encode_query(c)));
+        }
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        let path = format!("/list?{}", query.join("&"));
+        read_json(
+            self.send(Method::GET, self.request(Method::GET, &path))
+                .await?,
+        )
+        .await
+    }
+
+    /// Every page of a listing: (entries, common prefixes).
+    pub async fn list_all(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> Result<(Vec<VersionRecord>, Vec<String>), ClientError> {
+        let mut entries = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .list(prefix, delimiter, cursor.as_deref(), None)
+                .await?;
+            entries.extend(page.entries);
+            prefixes.extend(page.prefixes);
+            match page.next_cursor {
+                Some(next) if cursor.as_deref() == Some(next.as_str()) => {
+                    return Err(ClientError::invalid_response(
+                        &self.url("/list"),
+                        "listing cursor did not advance",
+                    ));
+                }
+                Some(next) => cursor = Some(next),
+                None => return Ok((entries, prefixes)),
+            }
+        }
+    }
+
+    /// `GET /locate/NAME[?version=N]`: shard index → data server address.
+    pub async fn locate(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<BTreeMap<u8, String>, ClientError> {
+        let name = parse_name(name)?;
+        let path = format!("/locate/{}{}", name.to_path(), version_query(version));
+        read_json(
+            self.send(Method::GET, self.request(Method::GET, &path))
+                .await?,
+        )
+        .await
+    }
+}
+
+/// Passes `body` through, then fails unless it had exactly `size` bytes hashing to `hash`.
+fn verified<S>(
+    body: S,
+    size: u64,
+    hash: ContentHash,
+    url: String,
+) -> impl Stream<Item = Result<Bytes, ClientError>> + Send
+where
+    S: Stream<Item = Result<Bytes, ClientError>> + Send + 'static,
+{
+    struct State<S> {
+        body: Pin<Box<S>>,
+        hasher: Option<Sha256>,
+        seen: u64,
+    }
+    let state = State {
+        body: Box::pin(body),
+        hasher: Some(Sha256::new()),
+        seen: 0,
+    };
+    futures::stream::unfold(state, move |mut st| {
+        let url = url.clone();
+        async move {
+            let hasher = st.hasher.as_mut()?;
+            match st.body.next().await {
+                Some(Ok(chunk)) => {
+                    hasher.update(&chunk);
+                    st.seen += chunk.len() as u64;
+                    if st.seen > size {
+                        st.hasher = None;
+                        let message = format!("more than the announced {size} bytes");
+                        return Some((Err(ClientError::Integrity { url, message }), st));
+                    }
+                    Some((Ok(chunk), st))
+                }
+                Some(Err(e)) => {
+                    st.hasher = None;
+                    Some((Err(e), st))
+                }
+                None => {
+                    let hasher = st.hasher.take()?;
+                    let message = if st.seen != size {
+                        format!("{} bytes, expected {size}", st.seen)
+                    } else if ContentHash(hasher.finalize().into()) != hash {
+                        "SHA-256 of the body differs from the ETag".to_owned()
+                    } else {
+                        return None;
+                    };
+                    Some((Err(ClientError::Integrity { url, message }), st))
+                }
+            }
+        }
+    })
+}
+
+/// Passes `body` through, then fails unless it had exactly `len` bytes.
+fn length_checked<S>(
+    body: S,
+    len: u64,
+    url: String,
+) -> impl Stream<Item = Result<Bytes, ClientError>> + Send
+where
+    S: Stream<Item = Result<Bytes, ClientError>> + Send + 'static,
+{
+    let state = (Box::pin(body), 0u64, false);
+    futures::stream::unfold(state, move |(mut body, mut seen, done)| {
+        let url = url.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    seen += chunk.len() as u64;
+                    Some((Ok(chunk), (body, seen, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (body, seen, true))),
+                None if seen == len => None,
+                None => {
+                    let message = format!("{seen} bytes, expected {len}");
+                    Some((
+                        Err(ClientError::Integrity { url, message }),
+                        (body, seen, true),
+                    ))
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_validates_input() {
+        assert!(Client::new("http://127.0.0.1:23333/").is_ok());
+        assert_eq!(
+            Client::new("http://127.0.0.1:23333/").unwrap().base_url(),
+            "http://127.0.0.1:23333"
+        );
+        for bad in [
+            "https://example.com",
+            "not a url",
+            "http://h/?q=1",
+            "ftp://h",
+        ] {
+            assert!(
+                matches!(Client::new(bad), Err(ClientError::InvalidInput(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Client::builder("http://h").token("bad\ntoken").build(),
+            Err(ClientError::InvalidInput(_))
+        ));
+        let debug = format!(
+            "{:?}",
+            Client::builder("http://h").token("s3cret").build().unwrap()
+        );
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn paths_and_queries_are_encoded() {
+        let name = ObjectName::new("a b/ü?#%").unwrap();
+        assert_eq!(
+            Client::object_path(&name, Some(3)),
+            "/objects/a%20b/%C3%BC%3F%23%25?version=3"
+        );
+        assert_eq!(encode_query("a/b c&d=é"), "a%2Fb%20c%26d%3D%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn names_are_checked_before_sending() {
+        // Nothing listens on port 9: a request that were sent would be a transport error.
+        let client = Client::new("http://127.0.0.1:9").unwrap();
+        for bad in ["", "a//b", "../x", "a\0b"] {
+            let err = client.get(bad, None).await.unwrap_err();
+            assert!(
+                matches!(err, ClientError::InvalidName { .. }),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+}
