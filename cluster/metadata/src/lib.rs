@@ -2,10 +2,12 @@
 //! the shards of each content hash were placed.
 //!
 //! [`MetadataStore`] is the one trait; [`sqlite::SqliteStore`] is the embedded engine used by
-//! `dos-server local` and by a single API server without Elasticsearch. Every engine passes the
+//! `dos-server local` and by a single API server without Elasticsearch;
+//! [`elastic::ElasticStore`] is the Elasticsearch engine of a cluster. Every engine passes the
 //! same contract tests ([`contract`]).
 
 pub mod contract;
+pub mod elastic;
 pub mod sqlite;
 
 use async_trait::async_trait;

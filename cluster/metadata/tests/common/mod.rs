@@ -1,0 +1,4 @@
+//! Shared helpers of the Elasticsearch engine's tests.
+#![allow(dead_code)]
+
+pub mod fake_es;
