@@ -47,6 +47,8 @@ where
 {
     heartbeats_make_servers_live(&factory().await).await;
     locate_finds_holders(&factory().await).await;
+    concurrent_locates_do_not_mix(&factory().await).await;
+    dropped_subscription_stops_answering(&factory().await).await;
 }
 
 pub async fn heartbeats_make_servers_live<B: Bus>(bus: &B) {
@@ -90,4 +92,61 @@ pub async fn locate_finds_holders<B: Bus>(bus: &B) {
             .is_empty()
     );
     drop(subs);
+}
+
+/// Two locates in flight at once each get only the answers to their own hash.
+pub async fn concurrent_locates_do_not_mix<B: Bus>(bus: &B) {
+    let a = ContentHash::of(b"concurrent a");
+    let b = ContentHash::of(b"concurrent b");
+    let mut subs = Vec::new();
+    for (i, hash, shards) in [(0, a, vec![1u8]), (1, b, vec![2u8, 3])] {
+        bus.heartbeat(&server(i)).await.unwrap();
+        subs.push(
+            bus.serve_locate(server(i), Arc::new(Holds(hash, shards)))
+                .await
+                .unwrap(),
+        );
+    }
+    eventually(|| bus.live_servers().len() >= 2).await;
+    for _ in 0..5 {
+        let (ra, rb) = tokio::join!(
+            bus.locate(&a, Duration::from_secs(2)),
+            bus.locate(&b, Duration::from_secs(2))
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(ra.len(), 1, "{ra:?}");
+        assert_eq!(ra[0].server, server(0));
+        assert_eq!(ra[0].shards, vec![1]);
+        assert_eq!(rb.len(), 1, "{rb:?}");
+        assert_eq!(rb[0].server, server(1));
+        assert_eq!(rb[0].shards, vec![2, 3]);
+    }
+    drop(subs);
+}
+
+/// Once its subscription is dropped, a responder no longer answers.
+pub async fn dropped_subscription_stops_answering<B: Bus>(bus: &B) {
+    let h = ContentHash::of(b"dropped subscription");
+    bus.heartbeat(&server(0)).await.unwrap();
+    let sub = bus
+        .serve_locate(server(0), Arc::new(Holds(h, vec![4])))
+        .await
+        .unwrap();
+    eventually(|| !bus.live_servers().is_empty()).await;
+    let found = bus.locate(&h, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    drop(sub);
+    let mut silent = false;
+    for _ in 0..20 {
+        if bus
+            .locate(&h, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            silent = true;
+            break;
+        }
+    }
+    assert!(silent, "a dropped subscription still answers locates");
 }

@@ -2,8 +2,10 @@
 //! servers ask "who holds shards of this hash?" (locate).
 //!
 //! [`Bus`] is the one trait; [`memory::MemoryBus`] is the in-process engine of
-//! `dos-server local`. The live set and its expiry rule ([`LiveSet`]) are shared by engines.
+//! `dos-server local` and [`amqp::AmqpBus`] the RabbitMQ engine of a cluster. The live set and
+//! its expiry rule ([`LiveSet`]) are shared by engines.
 
+pub mod amqp;
 pub mod contract;
 mod live;
 pub mod memory;
@@ -24,7 +26,8 @@ pub enum BusError {
 
 /// What a data server answers to a locate broadcast.
 pub trait LocateResponder: Send + Sync + 'static {
-    /// Indices of the shards of `hash` this server holds (empty: stay silent).
+    /// Indices of the shards of `hash` this server holds (empty: none; the asker then knows
+    /// this server answered and need not wait for it).
     fn shards_of(&self, hash: &ContentHash) -> Vec<u8>;
 }
 
