@@ -46,6 +46,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/list", get(list))
         .route("/health", get(health))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(core.clone(), authorize))
         .layer(middleware::from_fn_with_state(limit, limit_in_flight))
         .with_state(core)
@@ -53,6 +54,30 @@ pub fn router(core: Arc<Core>) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Reads and discards what is left of a request body (at most 64 MiB, for at most 10 s), so
+/// that a request refused before its body was read gets its answer instead of a connection
+/// reset while the client is still sending.
+async fn drain<S, E>(body: &mut S)
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    const LIMIT: usize = 64 << 20;
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.len();
+            if seen > LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn empty_name() -> ApiError {
@@ -72,6 +97,7 @@ async fn authorize(State(core): State<Arc<Core>>, req: Request, next: Next) -> R
             .map(str::trim);
         let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
         if !ok {
+            drain(&mut req.into_body().into_data_stream()).await;
             return ApiError::Unauthorized.into_response();
         }
     }
@@ -193,12 +219,22 @@ async fn put_object(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let name = name_from(&uri, "/objects/")?;
-    let digest = digest_of(&headers)?;
-    let attrs = attrs_of(&headers)?;
-    let length = content_length(&headers)?;
-    let v = objects::put(&core, &name, digest, attrs, body.into_data_stream(), length).await?;
-    Ok(json_record(StatusCode::OK, &v))
+    let mut body = body.into_data_stream();
+    let result = async {
+        let name = name_from(&uri, "/objects/")?;
+        let digest = digest_of(&headers)?;
+        let attrs = attrs_of(&headers)?;
+        let length = content_length(&headers)?;
+        objects::put(&core, &name, digest, attrs, &mut body, length).await
+    }
+    .await;
+    match result {
+        Ok(v) => Ok(json_record(StatusCode::OK, &v)),
+        Err(e) => {
+            drain(&mut body).await;
+            Err(e)
+        }
+    }
 }
 
 async fn delete_object(State(core): State<Arc<Core>>, uri: Uri) -> ApiResult<Response> {
@@ -251,23 +287,35 @@ async fn put_temp(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let t = resumable::verify(&token, &core.config.secret)?;
-    let offset = match header_str(&headers, header::RANGE.as_str())? {
-        None => 0,
-        Some(r) => r
-            .trim()
-            .strip_prefix("bytes=")
-            .and_then(|r| r.split('-').next())
-            .and_then(|o| o.trim().parse::<u64>().ok())
-            .ok_or_else(|| ApiError::BadRequest(format!("bad Range {r:?}; use bytes=OFFSET-")))?,
-    };
-    let length = content_length(&headers)?;
-    match resumable::put(&core, &t, offset, length, body.into_data_stream()).await? {
-        resumable::PutOutcome::Partial { accepted } => Ok(axum::Json(
-            serde_json::json!({ "accepted": accepted, "size": t.size }),
+    let mut body = body.into_data_stream();
+    let result = async {
+        let t = resumable::verify(&token, &core.config.secret)?;
+        let offset = match header_str(&headers, header::RANGE.as_str())? {
+            None => 0,
+            Some(r) => r
+                .trim()
+                .strip_prefix("bytes=")
+                .and_then(|r| r.split('-').next())
+                .and_then(|o| o.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("bad Range {r:?}; use bytes=OFFSET-"))
+                })?,
+        };
+        let length = content_length(&headers)?;
+        let outcome = resumable::put(&core, &t, offset, length, &mut body).await?;
+        Ok::<_, ApiError>((t.size, outcome))
+    }
+    .await;
+    match result {
+        Ok((size, resumable::PutOutcome::Partial { accepted })) => Ok(axum::Json(
+            serde_json::json!({ "accepted": accepted, "size": size }),
         )
         .into_response()),
-        resumable::PutOutcome::Done(v) => Ok(json_record(StatusCode::OK, &v)),
+        Ok((_, resumable::PutOutcome::Done(v))) => Ok(json_record(StatusCode::OK, &v)),
+        Err(e) => {
+            drain(&mut body).await;
+            Err(e)
+        }
     }
 }
 

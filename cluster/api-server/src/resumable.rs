@@ -39,16 +39,22 @@ pub struct UploadToken {
 }
 
 impl UploadToken {
-    fn targets(&self) -> Vec<ShardTarget> {
+    /// Where the uploads are: each server at its current address when it is live (a data
+    /// server that restarted may listen elsewhere), else at the address it had.
+    fn targets(&self, live: &[ServerInfo]) -> Vec<ShardTarget> {
         self.shards
             .iter()
             .enumerate()
             .map(|(i, (id, addr, temp))| ShardTarget {
                 shard: i as u8,
-                server: ServerInfo {
-                    id: id.clone(),
-                    addr: addr.clone(),
-                },
+                server: live
+                    .iter()
+                    .find(|s| &s.id == id)
+                    .cloned()
+                    .unwrap_or_else(|| ServerInfo {
+                        id: id.clone(),
+                        addr: addr.clone(),
+                    }),
                 temp_id: temp.clone(),
             })
             .collect()
@@ -166,7 +172,7 @@ pub async fn post(
 pub async fn accepted(core: &Core, token: &UploadToken) -> ApiResult<u64> {
     let statuses = futures::future::join_all(
         token
-            .targets()
+            .targets(&core.bus.live_servers())
             .into_iter()
             .map(|t| async move { core.shards.temp_status(&t.server.addr, &t.temp_id).await }),
     )
@@ -219,7 +225,7 @@ where
             token.size
         )));
     }
-    let targets = token.targets();
+    let targets = token.targets(&core.bus.live_servers());
     let mut hasher = Sha256::new();
     if offset > 0 {
         hasher = prime_hasher(core, &targets, offset, hasher).await?;

@@ -213,6 +213,10 @@ impl MetadataStore for SqliteStore {
         version: Option<u64>,
     ) -> Result<Option<VersionRecord>, MetadataError> {
         let name = name.clone();
+        if version.is_some_and(|v| i64::try_from(v).is_err()) {
+            // No version that large can exist.
+            return Ok(None);
+        }
         self.with_conn(move |conn| {
             let row = match version {
                 Some(v) => conn

@@ -178,14 +178,14 @@ async fn put_with_bad_digest_is_400_and_stores_nothing() {
             .as_deref()
             .map(|v| vec![(h::DIGEST, v)])
             .unwrap_or_default();
-        let resp = send(
-            &client,
-            Method::PUT,
-            "/objects/bad",
-            &headers,
-            Some(body.clone()),
-        )
-        .await;
+        // A mismatch is found only after the whole body was read; the other cases are
+        // refused from the headers (large bodies there: see `early_rejections_reach_the_client`).
+        let sent = if value.as_deref() == Some(wrong.digest_header().as_str()) {
+            body.clone()
+        } else {
+            body[..10_000].to_vec()
+        };
+        let resp = send(&client, Method::PUT, "/objects/bad", &headers, Some(sent)).await;
         expect_status(resp, StatusCode::BAD_REQUEST, what).await;
     }
     assert_nothing_stored(&cluster, &client, "bad", &[ContentHash::of(&body), wrong]).await;
@@ -210,6 +210,80 @@ async fn put_with_bad_digest_is_400_and_stores_nothing() {
     let versions = client.versions("good").await.unwrap();
     assert_eq!(versions.len(), 1, "{versions:?}");
     assert_bytes!(client.get("good", None).await.unwrap(), &b"v1"[..]);
+}
+
+/// A request of the early-rejection test: what, path, headers, expected status.
+type EarlyCase<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, StatusCode);
+
+/// SPEC §3 ("every response to a failure says what failed"): a PUT refused from its headers
+/// alone, while the client is still sending a large body, must still reach the client as
+/// that status and message, not as a broken connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn early_rejections_reach_the_client() {
+    let (_cluster, client, _dir) = start().await;
+    let body = data(8 * B, 5);
+    let dg = digest(&body);
+    let PostOutcome::Upload(location) = client
+        .post(
+            "early/upload",
+            ContentHash::of(&body),
+            body.len() as u64,
+            &attrs(),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("new content must open an upload")
+    };
+    let cases: Vec<EarlyCase> = vec![
+        (
+            "missing Digest",
+            "/objects/early/a".into(),
+            vec![],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "malformed Digest",
+            "/objects/early/a".into(),
+            vec![(h::DIGEST, "SHA-256=xyz")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad name",
+            "/objects/early//a".into(),
+            vec![(h::DIGEST, &dg)],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "forged token",
+            "/temp/garbage".into(),
+            vec![("range", "bytes=0-")],
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "wrong offset",
+            location.clone(),
+            vec![("range", "bytes=1048576-")],
+            StatusCode::RANGE_NOT_SATISFIABLE,
+        ),
+    ];
+    let mut problems = Vec::new();
+    for round in 0..3 {
+        for (what, path, headers, want) in &cases {
+            let mut rb = client.request(Method::PUT, path);
+            for (k, v) in headers {
+                rb = rb.header(*k, *v);
+            }
+            match rb.body(body.clone()).send().await {
+                Ok(resp) if resp.status() == *want => {}
+                Ok(resp) => problems.push(format!("{what} (round {round}): got {}", resp.status())),
+                Err(e) => problems.push(format!(
+                    "{what} (round {round}): expected {want}, the client got no answer: {e:?}"
+                )),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// B 64: a chunked PUT (no Content-Length) stores the object correctly; a chunked PUT whose
