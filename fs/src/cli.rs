@@ -179,8 +179,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("{} has no versions", path.display());
             }
             println!(
-                "{:>8}  {:>12}  {:<30}  {}",
-                "VERSION", "SIZE", "TIME (UTC)", "SHA-256"
+                "{:>8}  {:>12}  {:<30}  SHA-256",
+                "VERSION", "SIZE", "TIME (UTC)"
             );
             for v in versions {
                 let hash = v

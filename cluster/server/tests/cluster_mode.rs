@@ -1,0 +1,403 @@
+//! Cluster mode with real processes: `dos-server setup`, six `dos-server data` and two
+//! `dos-server api` processes on loopback, a real RabbitMQ broker (each run in its own vhost)
+//! and, for metadata, the in-test Elasticsearch fake shared by both API servers.
+//!
+//! Needs `RABBITMQ_SERVER` (CI sets it); skipped with a note otherwise. One test, run
+//! scenario by scenario, because it restarts the broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../metadata/tests/common/fake_es.rs"]
+#[allow(dead_code, clippy::all)]
+mod fake_es;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dos_client::{Client, PostOutcome, UploadProgress};
+use dos_protocol::{ContentHash, WriteAttributes};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dos-server");
+const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rabbitmqctl(args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+struct Env {
+    amqp: String,
+    es: String,
+    dir: PathBuf,
+    vhost: String,
+}
+
+impl Env {
+    fn spawn(&self, name: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("RABBITMQ_SERVER", &self.amqp)
+            .env("ES_SERVER", &self.es)
+            .env("DOS_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Proc {
+            child: cmd.spawn().unwrap(),
+            name: name.to_string(),
+        }
+    }
+
+    fn data(&self, i: usize) -> Proc {
+        let root = self.dir.join(format!("data{i}"));
+        self.spawn(
+            &format!("data{i}"),
+            &["data"],
+            &[
+                ("LISTEN_ADDRESS", "127.0.0.1:0".into()),
+                ("STORAGE_ROOT", root.display().to_string()),
+            ],
+        )
+    }
+
+    fn api(&self, name: &str, port: u16) -> Proc {
+        self.spawn(
+            name,
+            &["api"],
+            &[("LISTEN_ADDRESS", format!("127.0.0.1:{port}"))],
+        )
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_vhost", &self.vhost]);
+    }
+}
+
+async fn live(url: &str) -> usize {
+    let Ok(resp) = reqwest::get(format!("{url}/health")).await else {
+        return 0;
+    };
+    let Ok(v) = resp.json::<serde_json::Value>().await else {
+        return 0;
+    };
+    v["live_data_servers"].as_u64().unwrap_or(0) as usize
+}
+
+async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+fn attrs() -> WriteAttributes {
+    WriteAttributes::default()
+}
+
+fn shard_ids_in(root: &Path) -> usize {
+    let mut n = 0;
+    if let Ok(fans) = std::fs::read_dir(root.join("objects")) {
+        for f in fans.flatten() {
+            n += std::fs::read_dir(f.path()).map(|d| d.count()).unwrap_or(0);
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_of_processes() {
+    let Ok(base) = std::env::var("RABBITMQ_SERVER") else {
+        eprintln!("skipped: RABBITMQ_SERVER is not set (no broker to test against)");
+        return;
+    };
+    // A private vhost, so this cluster hears no other test's servers.
+    let vhost = format!("dos-test-{}", std::process::id());
+    assert!(
+        rabbitmqctl(&["add_vhost", &vhost]),
+        "rabbitmqctl add_vhost failed"
+    );
+    assert!(rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*"
+    ]));
+    let prefix = base.rsplit_once('/').map_or(base.as_str(), |(p, _)| p);
+    let es = fake_es::FakeEs::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env {
+        amqp: format!("{prefix}/{vhost}"),
+        es: es.url.clone(),
+        dir: dir.path().to_path_buf(),
+        vhost,
+    };
+
+    // setup: exchanges and indices, idempotent.
+    for _ in 0..2 {
+        let out = Command::new(BIN)
+            .arg("setup")
+            .env("RABBITMQ_SERVER", &env.amqp)
+            .env("ES_SERVER", &env.es)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "setup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("RabbitMQ") && said.contains("Elasticsearch"),
+            "{said}"
+        );
+    }
+
+    let mut datas: Vec<Option<Proc>> = (1..=6).map(|i| Some(env.data(i))).collect();
+    let (p1, p2) = (free_port(), free_port());
+    let _api1 = env.api("api1", p1);
+    let _api2 = env.api("api2", p2);
+    let (u1, u2) = (
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    );
+    wait_for(
+        "six live data servers on both API servers",
+        Duration::from_secs(30),
+        || async { live(&u1).await >= 6 && live(&u2).await >= 6 },
+    )
+    .await;
+    let c1 = Client::new(u1.clone()).unwrap();
+    let c2 = Client::new(u2.clone()).unwrap();
+
+    // Round trips; a write on one API server is read at once on the other.
+    let mut stored = Vec::new();
+    for (i, size) in [0usize, 1, 70_000, 3 << 20].into_iter().enumerate() {
+        let body = data(size, i as u64);
+        let name = format!("rt/{i}");
+        let v = c1.put_bytes(&name, body.clone(), &attrs()).await.unwrap();
+        assert_eq!(v.version, 1);
+        assert_eq!(
+            c2.get(&name, None).await.unwrap(),
+            body,
+            "read-after-write across API servers"
+        );
+        stored.push((name, body));
+    }
+
+    // A resumable upload started on one API server finishes on the other.
+    let body = data((2 << 20) + 12_345, 99);
+    let PostOutcome::Upload(location) = c1
+        .post(
+            "resumed",
+            ContentHash::of(&body),
+            body.len() as u64,
+            &attrs(),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("new content must open an upload")
+    };
+    let first = c1
+        .upload_chunk(&location, 0, body[..1_500_000].to_vec())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            first,
+            UploadProgress::Partial {
+                accepted: 1_048_576,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert_eq!(c2.upload_status(&location).await.unwrap(), 1_048_576);
+    let done = c2
+        .upload_chunk(&location, 1_048_576, body[1_048_576..].to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(done, UploadProgress::Done(_)), "{done:?}");
+    assert_eq!(c1.get("resumed", None).await.unwrap(), body);
+    stored.push(("resumed".into(), body));
+
+    // kill -9 of one data server: reads stay exact at once; writes get 503 once it expired.
+    let victim = datas[0].take().unwrap();
+    let victim_root = env.dir.join("data1");
+    let victim_name = victim.name.clone();
+    drop(victim); // SIGKILL
+    for (name, body) in &stored {
+        assert_eq!(
+            &c1.get(name, None).await.unwrap(),
+            body,
+            "degraded read of {name}"
+        );
+    }
+    let took = wait_for(
+        "PUT answers 503 with five live servers",
+        Duration::from_secs(30),
+        || {
+            let c1 = c1.clone();
+            async move {
+                match c1.put_bytes("five", data(1000, 5), &attrs()).await {
+                    Err(e) => e.status().map(|s| s.as_u16()) == Some(503),
+                    Ok(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!("{victim_name} killed: PUT refused after {took:?}");
+
+    // A seventh data server joins: writes work again within seconds.
+    let _seventh = env.data(7);
+    let took = wait_for(
+        "PUT succeeds with a seventh server",
+        Duration::from_secs(30),
+        || {
+            let c1 = c1.clone();
+            async move { c1.put_bytes("seven", data(5000, 7), &attrs()).await.is_ok() }
+        },
+    )
+    .await;
+    eprintln!("seventh data server: writes back after {took:?}");
+    assert_eq!(c2.get("seven", None).await.unwrap(), data(5000, 7));
+
+    // The killed server restarts on its old folder and serves its shards again.
+    let held = shard_ids_in(&victim_root);
+    assert!(held > 0, "the first data server held shards");
+    datas[0] = Some(env.data(1));
+    let id = std::fs::read_to_string(victim_root.join("server-id")).unwrap();
+    let announce = format!("data server {} on ", id.trim());
+    wait_for(
+        "the restarted server is up with its old id",
+        Duration::from_secs(30),
+        || {
+            let found = env.log("data1").contains(&announce);
+            async move { found }
+        },
+    )
+    .await;
+    let addr = env
+        .log("data1")
+        .split(&announce)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // Its shards are located at its new address once it has heart-beaten.
+    wait_for(
+        "locate finds the restarted server",
+        Duration::from_secs(30),
+        || {
+            let (c1, addr) = (c1.clone(), addr.clone());
+            async move {
+                let mut any = false;
+                for n in ["rt/0", "rt/1", "rt/2", "rt/3", "resumed"] {
+                    if let Ok(map) = c1.locate(n, None).await {
+                        any |= map.values().any(|a| *a == addr);
+                    }
+                }
+                any
+            }
+        },
+    )
+    .await;
+    for (name, body) in &stored {
+        assert_eq!(&c2.get(name, None).await.unwrap(), body);
+    }
+
+    // Broker restart: the cluster serves again within 30 s, no server restarted.
+    assert!(rabbitmqctl(&["stop_app"]));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rabbitmqctl(&["start_app"]));
+    let took = wait_for(
+        "writes after the broker came back",
+        Duration::from_secs(30),
+        || {
+            let c1 = c1.clone();
+            async move {
+                c1.put_bytes(
+                    &format!("after-broker-{}", Instant::now().elapsed().as_nanos()),
+                    data(777, 11),
+                    &attrs(),
+                )
+                .await
+                .is_ok()
+            }
+        },
+    )
+    .await;
+    eprintln!("broker restarted: cluster writes again after {took:?}");
+    // Past the heartbeat expiry, writes still work only if heartbeats resumed over the
+    // reconnected broker.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    assert!(live(&u1).await >= 6, "heartbeats resumed after the broker restart");
+    c2.put_bytes("after-expiry", data(4321, 12), &attrs())
+        .await
+        .expect("writes after the expiry window");
+    for (name, body) in &stored {
+        assert_eq!(&c2.get(name, None).await.unwrap(), body);
+    }
+    drop(datas);
+    drop(es);
+}
