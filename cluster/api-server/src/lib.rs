@@ -61,6 +61,12 @@ impl ApiServer {
         let app = http::router(core.clone());
         let c = cancel.clone();
         let task = tokio::spawn(async move {
+            // Small answers must not wait for delayed ACKs (Nagle).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(c.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "API listener failed");

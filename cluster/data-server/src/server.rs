@@ -144,6 +144,11 @@ impl DataServer {
         });
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set");
+                }
+            });
             let serve = axum::serve(listener, app).with_graceful_shutdown(c.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "data server HTTP listener failed");

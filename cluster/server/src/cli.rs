@@ -15,7 +15,12 @@ use dos_server::local::{LocalCluster, LocalConfig};
 
 /// dos: an erasure-coded, versioned, deduplicating object store.
 #[derive(Parser)]
-#[command(name = "dos-server", version, about, long_about = None)]
+#[command(
+    name = "dos-server",
+    version,
+    about = "dos: an erasure-coded, versioned, deduplicating object store.",
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -391,7 +391,10 @@ async fn cluster_of_processes() {
     // Past the heartbeat expiry, writes still work only if heartbeats resumed over the
     // reconnected broker.
     tokio::time::sleep(Duration::from_secs(17)).await;
-    assert!(live(&u1).await >= 6, "heartbeats resumed after the broker restart");
+    assert!(
+        live(&u1).await >= 6,
+        "heartbeats resumed after the broker restart"
+    );
     c2.put_bytes("after-expiry", data(4321, 12), &attrs())
         .await
         .expect("writes after the expiry window");
