@@ -19,6 +19,13 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# fsx (file-system exerciser) for the dosfs tests.
+if ! command -v fsx >/dev/null 2>&1; then
+  echo "== cargo install fsx"
+  cargo install --quiet --locked fsx
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
 # RabbitMQ for the cluster-mode tests.
 if ! rabbitmqctl status >/dev/null 2>&1; then
   echo "== starting rabbitmq-server"

@@ -57,7 +57,7 @@ impl DosFs {
             crtime: t,
             kind,
             perm: (a.perm & 0o7777) as u16,
-            nlink,
+            nlink: if a.unlinked { 0 } else { nlink },
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
@@ -122,8 +122,12 @@ impl Filesystem for DosFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run(self.core.getattr(ino.0)) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = match fh {
+            Some(fh) => self.run(self.core.getattr_open(ino.0, fh.0)),
+            None => self.run(self.core.getattr(ino.0)),
+        };
+        match r {
             Ok(a) => reply.attr(&ATTR_TTL, &self.file_attr(&a)),
             Err(e) => reply.error(e),
         }

@@ -45,6 +45,7 @@ fn dir_attr(ino: u64, mtime_ns: i64) -> Attr {
         hash: None,
         version: None,
         read_only: true,
+        unlinked: false,
     }
 }
 
@@ -78,6 +79,7 @@ fn version_attr(core: &FsCore, path: &str, rec: &VersionRecord) -> Attr {
         hash: rec.hash,
         version: Some(rec.version),
         read_only: true,
+        unlinked: false,
     }
 }
 

@@ -50,6 +50,12 @@ impl Inodes {
         self.by_ino.get(&ino).cloned()
     }
 
+    /// Forgets which inode `path` has (it was deleted): a new file there gets a new inode,
+    /// while the old number still resolves for handles that are open on it.
+    pub fn detach(&mut self, path: &str) {
+        self.by_key.remove(&NodeKey::Path(path.to_string()));
+    }
+
     /// Moves `from` (and everything under it) to `to`, keeping inode numbers.
     pub fn rename(&mut self, from: &str, to: &str) {
         let prefix = format!("{from}/");

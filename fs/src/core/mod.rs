@@ -50,6 +50,8 @@ pub struct Attr {
     pub version: Option<u64>,
     /// Under `.dosfs`: nothing there can be changed.
     pub read_only: bool,
+    /// Deleted while still open (link count 0).
+    pub unlinked: bool,
 }
 
 /// What the store says one path is.
@@ -90,6 +92,8 @@ pub struct FsCore {
     inodes: Mutex<Inodes>,
     entries: Mutex<HashMap<String, (Instant, Entry)>>,
     staged: Mutex<HashMap<String, Arc<Mutex<Staged>>>>,
+    /// Files deleted while open for writing, by inode, until their last close.
+    orphans: Mutex<HashMap<u64, Arc<Mutex<Staged>>>>,
     handles: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Handle>>>>,
     next_fh: Mutex<u64>,
     started_ns: i64,
@@ -128,6 +132,7 @@ impl FsCore {
             inodes: Mutex::new(Inodes::new()),
             entries: Mutex::default(),
             staged: Mutex::default(),
+            orphans: Mutex::default(),
             handles: Mutex::default(),
             next_fh: Mutex::new(1),
             started_ns: now_ns(),
@@ -223,6 +228,7 @@ impl FsCore {
                 hash: None,
                 version: None,
                 read_only: false,
+                unlinked: false,
             },
             Entry::Object(r) => Attr {
                 ino,
@@ -237,6 +243,7 @@ impl FsCore {
                 hash: r.hash,
                 version: Some(r.version),
                 read_only: false,
+                unlinked: false,
             },
         }
     }
@@ -268,7 +275,28 @@ impl FsCore {
         }
     }
 
+    /// Attributes through an open handle (fstat): an open file keeps working after unlink.
+    pub async fn getattr_open(&self, ino: u64, fh: u64) -> FsResult<Attr> {
+        if let Ok(h) = self.handle(fh) {
+            match &*h.lock().await {
+                Handle::Write { staged, .. } => return write::staged_attr(ino, staged),
+                Handle::Read(r) => {
+                    if let Ok(meta) = self.client.head(&r.name, Some(r.version)).await {
+                        let rec = meta.to_record();
+                        return Ok(self.attr_of(ino, &Entry::Object(rec)));
+                    }
+                }
+                Handle::Dir(_) => {}
+            }
+        }
+        self.getattr(ino).await
+    }
+
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let orphan = lock(&self.orphans).get(&ino).cloned();
+        if let Some(staged) = orphan {
+            return write::staged_attr(ino, &staged);
+        }
         match self.node(ino)? {
             NodeKey::Path(p) => self.path_attr(&p).await,
             other => history::getattr(self, other).await,
@@ -489,9 +517,16 @@ impl FsCore {
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         if let Some(staged) = self.staged_of(&path) {
-            // Open for writing: it will not be uploaded on close.
+            // Open for writing: it will not be uploaded on close. An upload in flight (the
+            // release of a just-closed file) finishes first, and is deleted below.
+            let uploading = lock(&staged).uploading.clone();
+            let _wait = uploading.lock().await;
             lock(&staged).unlinked = true;
             lock(&self.staged).remove(&path);
+            self.forget_entry(&path);
+            let ino = self.ino_of(NodeKey::Path(path.clone()));
+            lock(&self.orphans).insert(ino, staged);
+            lock(&self.inodes).detach(&path);
         }
         match self.entry(&path).await {
             Ok(Entry::Object(r)) if r.kind == EntryKind::Dir => return Err(FsError::IsDir),

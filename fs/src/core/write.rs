@@ -29,6 +29,8 @@ pub struct Staged {
     /// Created here and never uploaded nor written: a close of a duplicate descriptor
     /// (as the shell's `>` makes) does not upload an empty first version; release does.
     fresh: bool,
+    /// Held for the whole of an upload, so that unlink and rename wait for one in flight.
+    pub(crate) uploading: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub fn staged_attr(ino: u64, staged: &Arc<Mutex<Staged>>) -> FsResult<Attr> {
@@ -43,6 +45,7 @@ pub fn staged_attr(ino: u64, staged: &Arc<Mutex<Staged>>) -> FsResult<Attr> {
         hash: None,
         version: None,
         read_only: false,
+        unlinked: s.unlinked,
     })
 }
 
@@ -141,6 +144,7 @@ impl FsCore {
             opens: 0,
             unlinked: false,
             fresh: dirty,
+            uploading: Arc::default(),
         }));
         let mut map = lock(&self.staged);
         // Another opener may have staged it meanwhile: share theirs.
@@ -236,6 +240,9 @@ impl FsCore {
         };
         if last {
             self.unstage_if_idle(&path, &staged);
+            if lock(&staged).unlinked {
+                lock(&self.orphans).retain(|_, s| !Arc::ptr_eq(s, &staged));
+            }
         }
         result
     }
@@ -252,6 +259,8 @@ impl FsCore {
 
     /// Uploads a staged file if dirty; returns once the version is durable.
     pub(crate) async fn upload(&self, path: &str, staged: &Arc<Mutex<Staged>>) -> FsResult<()> {
+        let uploading = lock(staged).uploading.clone();
+        let _in_flight = uploading.lock().await;
         let (file, mode, mtime_ns) = {
             let s = lock(staged);
             if !s.dirty || s.unlinked {
