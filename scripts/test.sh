@@ -9,6 +9,8 @@ command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 command -v rabbitmq-server >/dev/null 2>&1 || need_pkgs+=(rabbitmq-server)
 command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
 command -v getfattr >/dev/null 2>&1 || need_pkgs+=(attr)
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+command -v bindfs >/dev/null 2>&1 || need_pkgs+=(bindfs)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: please install: ${need_pkgs[*]} (apt-get install -y ${need_pkgs[*]})" >&2

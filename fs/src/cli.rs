@@ -104,6 +104,17 @@ fn pid_file(data_dir: &Path, mountpoint: &Path) -> PathBuf {
     data_dir.join(format!("mount{key}.pid"))
 }
 
+/// Whether `pid` runs (a zombie waiting to be reaped counts as gone).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 fn runtime_dir() -> PathBuf {
     std::env::temp_dir().join("dosfs-run")
 }
@@ -164,7 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(pid) = pid {
                 // Wait for the daemon to finish its uploads and stop its store.
                 let deadline = Instant::now() + Duration::from_secs(120);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                while process_alive(pid) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -239,7 +250,7 @@ fn locate_in_mount(
     let mut best: Option<(PathBuf, String)> = None;
     for line in mounts.lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 3 || f[2] != "fuse.dosfs" {
+        if f.len() < 3 || !(f[2] == "fuse.dosfs" || f[2] == "fuse") {
             continue;
         }
         let Some(url) = f[0].strip_prefix("dosfs:") else {

@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use dos_protocol::{EntryKind, VersionRecord};
 
-use super::{Attr, DirEntry, Entry, FsCore, Kind, NodeKey, join};
+use super::{Attr, DirEntry, FsCore, Kind, NodeKey, join};
 use crate::error::{FsError, FsResult};
 
 pub const HISTORY_DIR: &str = "history";
@@ -110,18 +110,9 @@ pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<Attr
                     .ok_or(FsError::NotFound)?;
                 return Ok(version_attr(core, &dir, rec));
             }
-            let path = join(&dir, name);
-            if !file_versions(core, &path).await?.is_empty() {
-                return Ok(control_attr(core, NodeKey::History(path)));
-            }
-            match core.entry(&path).await {
-                Ok(Entry::ImpliedDir) => Ok(control_attr(core, NodeKey::History(path))),
-                Ok(Entry::Object(r)) if r.kind == EntryKind::Dir => {
-                    Ok(control_attr(core, NodeKey::History(path)))
-                }
-                Ok(_) | Err(FsError::NotFound) => Err(FsError::NotFound),
-                Err(e) => Err(e),
-            }
+            // Any path can be entered: a folder that was moved or deleted still leads to the
+            // history of the files that were in it.
+            Ok(control_attr(core, NodeKey::History(join(&dir, name))))
         }
         _ => Err(FsError::NotFound),
     }

@@ -77,10 +77,7 @@ pub struct FsConfig {
 
 pub(crate) enum Handle {
     Read(read::ReadHandle),
-    Write {
-        path: String,
-        staged: Arc<Mutex<Staged>>,
-    },
+    Write { staged: Arc<Mutex<Staged>> },
     Dir(Vec<DirEntry>),
 }
 
@@ -601,9 +598,15 @@ impl FsCore {
                 "cannot move a directory into itself".into(),
             ));
         }
-        // Anything still staged is uploaded first, so the move carries the latest bytes.
-        if let Some(staged) = self.staged_of(&from) {
-            self.upload(&from, &staged).await?;
+        // Anything still staged (here or below) is uploaded first, so the move carries the
+        // latest bytes; files open for writing follow the rename.
+        let staged_below: Vec<_> = lock(&self.staged)
+            .iter()
+            .filter(|(k, _)| **k == from || k.starts_with(&format!("{from}/")))
+            .map(|(_, s)| s.clone())
+            .collect();
+        for s in &staged_below {
+            self.upload(s).await?;
         }
         let entry = self.entry(&from).await?;
         let target = match self.entry(&to).await {
@@ -664,6 +667,7 @@ impl FsCore {
         }
         self.forget_entry(&from);
         self.forget_entry(&to);
+        self.restage(&from, &to);
         lock(&self.inodes).rename(&from, &to);
         Ok(())
     }
@@ -711,6 +715,10 @@ impl FsCore {
         }
         if let Some(staged) = self.staged_of(&path) {
             write::set_staged(&staged, mode, size, mtime_ns)?;
+            if lock(&staged).opens == 0 {
+                // Closed already (its last upload may still be running): settle it now.
+                self.settle(&staged).await?;
+            }
             return write::staged_attr(ino, &staged);
         }
         let entry = self.entry(&path).await?;
@@ -740,9 +748,7 @@ impl FsCore {
             // Truncate a file nobody has open: stage it, cut it, upload it.
             let staged = self.stage(&path, false).await?;
             write::set_staged(&staged, mode, Some(size), mtime_ns)?;
-            let result = self.upload(&path, &staged).await;
-            self.unstage_if_idle(&path, &staged);
-            result?;
+            self.settle(&staged).await?;
             return self.getattr(ino).await;
         }
         let new_mode = mode.map(|m| m & 0o7777).unwrap_or(rec.mode);
@@ -791,7 +797,7 @@ impl FsCore {
             .collect();
         let mut failures = Vec::new();
         for (path, s) in staged {
-            if let Err(e) = self.upload(&path, &s).await {
+            if let Err(e) = self.upload(&s).await {
                 failures.push((path, e));
             }
         }

@@ -31,6 +31,11 @@ impl FsCore {
         if name.is_empty() {
             return Err(FsError::IsDir);
         }
+        if pinned.is_none()
+            && let Some(fh) = self.open_staged_for_read(&name)
+        {
+            return Ok(fh);
+        }
         // Close-to-open: every open asks the store which version is current.
         let meta = self.client.head(&name, pinned).await?;
         if meta.kind == dos_protocol::EntryKind::Dir {

@@ -17,18 +17,19 @@ use super::{Attr, Entry, FsCore, Handle, Kind, NodeKey, lock};
 use crate::error::{FsError, FsResult};
 
 pub struct Staged {
+    /// The name it will be uploaded under (follows renames while open).
+    pub(crate) path: String,
     file: StagingFile,
+    /// Bumped by every change, so an upload only clears `dirty` for what it sent.
+    generation: u64,
     /// Bytes differ from the stored version (or attributes changed).
     dirty: bool,
     mode: u32,
     mtime_ns: Option<i64>,
-    /// Open handles writing to it.
-    opens: usize,
+    /// Open handles on it.
+    pub(crate) opens: usize,
     /// Deleted while open: never uploaded.
     pub unlinked: bool,
-    /// Created here and never uploaded nor written: a close of a duplicate descriptor
-    /// (as the shell's `>` makes) does not upload an empty first version; release does.
-    fresh: bool,
     /// Held for the whole of an upload, so that unlink and rename wait for one in flight.
     pub(crate) uploading: Arc<tokio::sync::Mutex<()>>,
 }
@@ -67,6 +68,7 @@ pub fn set_staged(
         s.mtime_ns = Some(t);
     }
     s.dirty = true;
+    s.generation += 1;
     Ok(())
 }
 
@@ -137,13 +139,14 @@ impl FsCore {
             Err(e) => return Err(e),
         }
         let staged = Arc::new(Mutex::new(Staged {
+            path: path.to_string(),
+            generation: 0,
             file,
             dirty,
             mode,
             mtime_ns: None,
             opens: 0,
             unlinked: false,
-            fresh: dirty,
             uploading: Arc::default(),
         }));
         let mut map = lock(&self.staged);
@@ -176,7 +179,14 @@ impl FsCore {
         };
         let staged = self.stage(&path, truncate).await?;
         lock(&staged).opens += 1;
-        Ok(self.new_handle(Handle::Write { path, staged }))
+        Ok(self.new_handle(Handle::Write { staged }))
+    }
+
+    /// A read-only open of a file that is being written here reads the staged bytes.
+    pub(crate) fn open_staged_for_read(&self, path: &str) -> Option<u64> {
+        let staged = self.staged_of(path)?;
+        lock(&staged).opens += 1;
+        Some(self.new_handle(Handle::Write { staged }))
     }
 
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> FsResult<(Attr, u64)> {
@@ -189,7 +199,7 @@ impl FsCore {
         }
         let ino = self.ino_of(NodeKey::Path(path.clone()));
         let attr = staged_attr(ino, &staged)?;
-        let fh = self.new_handle(Handle::Write { path, staged });
+        let fh = self.new_handle(Handle::Write { staged });
         Ok((attr, fh))
     }
 
@@ -202,7 +212,7 @@ impl FsCore {
         let mut s = lock(staged);
         s.file.file().write_all_at(data, offset)?;
         s.dirty = true;
-        s.fresh = false;
+        s.generation += 1;
         s.mtime_ns = None;
         Ok(data.len() as u32)
     }
@@ -210,22 +220,19 @@ impl FsCore {
     /// flush (every close) and fsync: upload if anything changed.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let (path, staged) = match &*h.lock().await {
-            Handle::Write { path, staged } => (path.clone(), staged.clone()),
+        let staged = match &*h.lock().await {
+            Handle::Write { staged } => staged.clone(),
             _ => return Ok(()),
         };
-        if lock(&staged).fresh {
-            return Ok(());
-        }
-        self.upload(&path, &staged).await
+        self.upload(&staged).await
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(h) = self.take_handle(fh) else {
             return Ok(());
         };
-        let (path, staged) = match &*h.lock().await {
-            Handle::Write { path, staged } => (path.clone(), staged.clone()),
+        let staged = match &*h.lock().await {
+            Handle::Write { staged } => staged.clone(),
             _ => return Ok(()),
         };
         let last = {
@@ -233,41 +240,73 @@ impl FsCore {
             s.opens = s.opens.saturating_sub(1);
             s.opens == 0
         };
-        let result = if last {
-            self.upload(&path, &staged).await
-        } else {
-            Ok(())
-        };
-        if last {
-            self.unstage_if_idle(&path, &staged);
-            if lock(&staged).unlinked {
-                lock(&self.orphans).retain(|_, s| !Arc::ptr_eq(s, &staged));
-            }
+        if !last {
+            return Ok(());
+        }
+        let result = self.settle(&staged).await;
+        if lock(&staged).unlinked {
+            lock(&self.orphans).retain(|_, s| !Arc::ptr_eq(s, &staged));
         }
         result
     }
 
-    pub(crate) fn unstage_if_idle(&self, path: &str, staged: &Arc<Mutex<Staged>>) {
-        let s = lock(staged);
-        if s.opens == 0 && !s.dirty {
-            let mut map = lock(&self.staged);
-            if map.get(path).is_some_and(|m| Arc::ptr_eq(m, staged)) {
-                map.remove(path);
+    /// Uploads until nothing changed during the upload (a chmod or utimens may arrive while
+    /// the last close uploads), then drops the staging file if nobody has it open.
+    pub(crate) async fn settle(&self, staged: &Arc<Mutex<Staged>>) -> FsResult<()> {
+        loop {
+            self.upload(staged).await?;
+            let uploading = lock(staged).uploading.clone();
+            let _guard = uploading.lock().await;
+            let s = lock(staged);
+            if s.dirty && !s.unlinked {
+                continue;
+            }
+            if s.opens == 0 {
+                let mut map = lock(&self.staged);
+                if map.get(&s.path).is_some_and(|m| Arc::ptr_eq(m, staged)) {
+                    map.remove(&s.path);
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Moves staged files at `from` (or under `from/`) to `to`, for a rename while open.
+    pub(crate) fn restage(&self, from: &str, to: &str) {
+        let mut map = lock(&self.staged);
+        let prefix = format!("{from}/");
+        let moved: Vec<String> = map
+            .keys()
+            .filter(|k| *k == from || k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for old in moved {
+            if let Some(s) = map.remove(&old) {
+                let new = format!("{to}{}", &old[from.len()..]);
+                lock(&s).path = new.clone();
+                map.insert(new, s);
             }
         }
     }
 
     /// Uploads a staged file if dirty; returns once the version is durable.
-    pub(crate) async fn upload(&self, path: &str, staged: &Arc<Mutex<Staged>>) -> FsResult<()> {
+    pub(crate) async fn upload(&self, staged: &Arc<Mutex<Staged>>) -> FsResult<()> {
         let uploading = lock(staged).uploading.clone();
         let _in_flight = uploading.lock().await;
-        let (file, mode, mtime_ns) = {
+        let (path, file, mode, mtime_ns, generation) = {
             let s = lock(staged);
             if !s.dirty || s.unlinked {
                 return Ok(());
             }
-            (s.file.file().try_clone()?, s.mode, s.mtime_ns)
+            (
+                s.path.clone(),
+                s.file.file().try_clone()?,
+                s.mode,
+                s.mtime_ns,
+                s.generation,
+            )
         };
+        let path = path.as_str();
         let hash_src = file.try_clone()?;
         let (hash, size) = tokio::task::spawn_blocking(move || hash_file(&hash_src))
             .await
@@ -283,9 +322,10 @@ impl FsCore {
         };
         {
             let mut s = lock(staged);
-            s.dirty = false;
-            s.fresh = false;
-            s.mtime_ns = Some(rec.mtime_ns);
+            if s.generation == generation {
+                s.dirty = false;
+                s.mtime_ns = Some(rec.mtime_ns);
+            }
         }
         self.remember(path, Entry::Object(rec));
         Ok(())
