@@ -282,42 +282,82 @@ impl ShardClient {
     }
 }
 
+/// A piece as the network delivered it: consecutive segments, not copied together.
+#[derive(Debug, Clone, Default)]
+pub struct Segments(pub Vec<Bytes>);
+
+impl Segments {
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One contiguous buffer (no copy when there is a single segment).
+    pub fn contiguous(self) -> Bytes {
+        if self.0.len() == 1 {
+            return self.0.into_iter().next().unwrap_or_default();
+        }
+        let mut out = bytes::BytesMut::with_capacity(self.len());
+        for s in &self.0 {
+            out.extend_from_slice(s);
+        }
+        out.freeze()
+    }
+}
+
 /// Reads exact-length pieces out of a shard byte stream.
 pub struct PieceReader {
     body: ShardBody,
-    buf: bytes::BytesMut,
+    pending: std::collections::VecDeque<Bytes>,
 }
 
 impl PieceReader {
     pub fn new(body: ShardBody) -> Self {
         Self {
             body,
-            buf: bytes::BytesMut::new(),
+            pending: std::collections::VecDeque::new(),
         }
     }
 
-    /// The next `n` bytes, or an error if the stream fails or ends early.
-    pub async fn read(&mut self, n: usize, addr: &str) -> Result<Bytes, ShardError> {
-        while self.buf.len() < n {
-            match self.body.next().await {
-                Some(Ok(chunk)) => {
-                    if self.buf.is_empty() && chunk.len() >= n {
-                        // Fast path: no copy when a chunk holds the whole piece.
-                        let mut chunk = chunk;
-                        let piece = chunk.split_to(n);
-                        self.buf.extend_from_slice(&chunk);
-                        return Ok(piece);
+    /// The next `n` bytes as received (no copy), or an error if the stream fails or ends
+    /// early.
+    pub async fn read_segments(&mut self, n: usize, addr: &str) -> Result<Segments, ShardError> {
+        let mut out = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let chunk = match self.pending.pop_front() {
+                Some(c) => c,
+                None => match self.body.next().await {
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        return Err(ShardError::Malformed {
+                            addr: addr.to_string(),
+                        });
                     }
-                    self.buf.extend_from_slice(&chunk);
-                }
-                Some(Err(e)) => return Err(e),
-                None => {
-                    return Err(ShardError::Malformed {
-                        addr: addr.to_string(),
-                    });
+                },
+            };
+            if chunk.len() > need {
+                let mut chunk = chunk;
+                let rest = chunk.split_off(need);
+                self.pending.push_front(rest);
+                out.push(chunk);
+                need = 0;
+            } else {
+                need -= chunk.len();
+                if !chunk.is_empty() {
+                    out.push(chunk);
                 }
             }
         }
-        Ok(self.buf.split_to(n).freeze())
+        Ok(Segments(out))
+    }
+
+    /// The next `n` bytes in one buffer.
+    pub async fn read(&mut self, n: usize, addr: &str) -> Result<Bytes, ShardError> {
+        Ok(self.read_segments(n, addr).await?.contiguous())
     }
 }

@@ -9,7 +9,7 @@ use dos_protocol::{piece_len, shard_len};
 use futures::future;
 
 use crate::error::{ApiError, ApiResult};
-use crate::shard_client::{PieceReader, ShardClient, ShardError};
+use crate::shard_client::{PieceReader, Segments, ShardClient, ShardError};
 
 /// Why a shard could not be read: decides whether repair writes it back to the same server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,14 +117,14 @@ impl Decoder {
 
     /// Reads the pieces of `block` from the active streams, replacing any stream that fails
     /// by another shard opened at this block, until four pieces are in hand.
-    async fn read_pieces(&mut self, block: u64) -> ApiResult<Vec<Option<Bytes>>> {
+    async fn read_pieces(&mut self, block: u64) -> ApiResult<Vec<Option<Segments>>> {
         let plen = piece_len(self.size, block);
-        let mut pieces: Vec<Option<Bytes>> = vec![None; TOTAL_SHARDS];
+        let mut pieces: Vec<Option<Segments>> = vec![None; TOTAL_SHARDS];
         loop {
             let reads = future::join_all(self.active.iter_mut().zip(pieces.iter()).map(
                 |(slot, have)| async move {
                     match (slot, have) {
-                        (Some(a), None) => Some(a.reader.read(plen, &a.addr).await),
+                        (Some(a), None) => Some(a.reader.read_segments(plen, &a.addr).await),
                         _ => None,
                     }
                 },
@@ -175,8 +175,10 @@ impl Decoder {
         let codec = self.codec.clone();
         let want = want.to_vec();
         tokio::task::spawn_blocking(move || {
-            let mut owned: Vec<Option<Vec<u8>>> =
-                pieces.into_iter().map(|p| p.map(|b| b.to_vec())).collect();
+            let mut owned: Vec<Option<Vec<u8>>> = pieces
+                .into_iter()
+                .map(|p| p.map(|b| b.contiguous().to_vec()))
+                .collect();
             codec
                 .reconstruct(&mut owned)
                 .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))?;
@@ -192,23 +194,31 @@ impl Decoder {
 }
 
 /// Joins the data pieces of a block, rebuilding missing ones from parity first.
-async fn assemble(codec: Codec, pieces: Vec<Option<Bytes>>, len: usize) -> ApiResult<Vec<Bytes>> {
+async fn assemble(
+    codec: Codec,
+    pieces: Vec<Option<Segments>>,
+    len: usize,
+) -> ApiResult<Vec<Bytes>> {
     if pieces[..DATA_SHARDS].iter().all(Option::is_some) {
-        // Healthy block: hand the data pieces on as they are, no copy.
-        let mut out = Vec::with_capacity(DATA_SHARDS);
+        // Healthy block: hand the data pieces on as they arrived, no copy.
+        let mut out = Vec::new();
         let mut remaining = len;
         for p in pieces.into_iter().take(DATA_SHARDS).flatten() {
-            let take = p.len().min(remaining);
-            if take > 0 {
-                out.push(p.slice(..take));
+            for seg in p.0 {
+                let take = seg.len().min(remaining);
+                if take > 0 {
+                    out.push(seg.slice(..take));
+                }
+                remaining -= take;
             }
-            remaining -= take;
         }
         return Ok(out);
     }
     tokio::task::spawn_blocking(move || {
-        let mut owned: Vec<Option<Vec<u8>>> =
-            pieces.into_iter().map(|p| p.map(|b| b.to_vec())).collect();
+        let mut owned: Vec<Option<Vec<u8>>> = pieces
+            .into_iter()
+            .map(|p| p.map(|b| b.contiguous().to_vec()))
+            .collect();
         codec
             .reconstruct_data(&mut owned)
             .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))?;

@@ -187,6 +187,10 @@ impl ShardStore {
             }
             format::read_index(&mut file)
         })();
+        // Reads go front to back: let the kernel read ahead generously.
+        if let Err(e) = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential) {
+            tracing::debug!(error = %e, "fadvise");
+        }
         match checked {
             Ok(index) => Ok(ShardReader {
                 file,
@@ -272,8 +276,24 @@ impl ShardReader {
         self.index.raw_len == 0
     }
 
-    /// Verified raw bytes of piece `k`.
+    /// Verified raw bytes of piece `k`. Every few pieces, the kernel is asked to start reading
+    /// the next ones, so a cold read keeps the disk busy while this piece is checked and sent.
     pub fn piece(&mut self, k: usize) -> Result<Vec<u8>, FormatError> {
+        const AHEAD: usize = 8;
+        if k % (AHEAD / 2) == 0 && k + 1 < self.index.offsets.len() {
+            let from = self.index.offsets[k + 1];
+            let to = self
+                .index
+                .offsets
+                .get(k + 1 + AHEAD)
+                .copied()
+                .unwrap_or(u64::MAX);
+            let len = std::num::NonZeroU64::new(to.saturating_sub(from));
+            if let Err(e) = rustix::fs::fadvise(&self.file, from, len, rustix::fs::Advice::WillNeed)
+            {
+                tracing::debug!(error = %e, "fadvise");
+            }
+        }
         let offset = *self
             .index
             .offsets
