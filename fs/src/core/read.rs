@@ -1,13 +1,31 @@
 //! Reads: from the local block cache when the content is there, else streamed from the API
-//! server a window of blocks at a time; sequential readers get the next window fetched ahead.
+//! server. A miss starts one streaming range request for a window of blocks (16 MiB for a
+//! sequential reader, one block otherwise); the reader waits only for the block it needs,
+//! the rest arrive in the background, and a sequential reader starts the next window while
+//! half of the current one is still ahead of it. Blocks go into the cache (memory and disk)
+//! on a blocking thread, and are kept in the window's own map until they are there.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use dos_cache::BlockCache;
+use dos_client::Client;
 use dos_protocol::ContentHash;
 
-use super::{FsCore, Handle, NodeKey};
+use super::{FsCore, Handle, NodeKey, lock};
 use crate::error::{FsError, FsResult};
+
+/// One streaming fetch of blocks `[first, end)`.
+struct Window {
+    first: u64,
+    end: u64,
+    /// Blocks received and not yet known to be in the cache.
+    blocks: Mutex<HashMap<u64, Bytes>>,
+    /// Set when the stream ended (with the error, if it failed).
+    done: Mutex<Option<Result<(), String>>>,
+    notify: tokio::sync::Notify,
+}
 
 pub struct ReadHandle {
     /// Object name and the version pinned at open (close-to-open).
@@ -17,7 +35,7 @@ pub struct ReadHandle {
     pub size: u64,
     /// End of the last read, to spot sequential access.
     pub last_end: u64,
-    pub prefetching: Arc<std::sync::atomic::AtomicBool>,
+    windows: Vec<Arc<Window>>,
 }
 
 impl FsCore {
@@ -50,7 +68,7 @@ impl FsCore {
             hash: meta.hash,
             size: meta.size,
             last_end: 0,
-            prefetching: Arc::default(),
+            windows: Vec::new(),
         })))
     }
 
@@ -76,17 +94,7 @@ impl FsCore {
         let last = (end - 1) / bs;
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for b in first..=last {
-            let block = match self.cache.get(&r.hash.0, b) {
-                Some(block) => block,
-                None => {
-                    let window = if sequential {
-                        self.config.read_ahead_blocks.max(1)
-                    } else {
-                        1
-                    };
-                    fetch_blocks(self, &r.name, r.version, r.hash, r.size, b, window).await?
-                }
-            };
+            let block = self.block(r, b, sequential).await?;
             let block_start = b * bs;
             let from = offset.saturating_sub(block_start) as usize;
             let to = ((end - block_start) as usize).min(block.len());
@@ -95,120 +103,144 @@ impl FsCore {
             }
         }
         if sequential {
-            self.prefetch(r, last + 1);
+            self.read_ahead(r, last);
         }
         Ok(out.freeze())
     }
 
-    /// Starts fetching the next window in the background when it is not cached yet.
-    fn prefetch(&self, r: &ReadHandle, from_block: u64) {
-        use std::sync::atomic::Ordering;
+    /// Block `b` of the handle's version: cached, arriving in a window, or fetched now.
+    async fn block(&self, r: &mut ReadHandle, b: u64, sequential: bool) -> FsResult<Bytes> {
+        loop {
+            if let Some(block) = self.cache.get(&r.hash.0, b) {
+                return Ok(block);
+            }
+            r.windows
+                .retain(|w| lock(&w.done).is_none() || !lock(&w.blocks).is_empty());
+            let window = r
+                .windows
+                .iter()
+                .find(|w| w.first <= b && b < w.end)
+                .cloned();
+            let Some(w) = window else {
+                let count = if sequential {
+                    self.config.read_ahead_blocks.max(1)
+                } else {
+                    1
+                };
+                self.start_window(r, b, count);
+                continue;
+            };
+            let notified = w.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(block) = lock(&w.blocks).get(&b).cloned() {
+                return Ok(block);
+            }
+            if let Some(done) = lock(&w.done).clone() {
+                if self.cache.get(&r.hash.0, b).is_some() {
+                    continue;
+                }
+                r.windows.retain(|x| !Arc::ptr_eq(x, &w));
+                return Err(FsError::Store(dos_client::ClientError::InvalidInput(
+                    match done {
+                        Err(e) => e,
+                        Ok(()) => format!("{}: block {b} missing from the answer", r.name),
+                    },
+                )));
+            }
+            notified.await;
+        }
+    }
+
+    /// Starts fetching the window after the last one when the reader is within half a
+    /// window of its end.
+    fn read_ahead(&self, r: &mut ReadHandle, last_read: u64) {
         let bs = self.cache.block_size() as u64;
         let blocks = r.size.div_ceil(bs);
-        let window = self.config.read_ahead_blocks;
-        let Some(first_missing) = (from_block..(from_block + window).min(blocks))
-            .find(|b| self.cache.get(&r.hash.0, *b).is_none())
-        else {
-            return;
-        };
-        if r.prefetching.swap(true, Ordering::AcqRel) {
-            return;
+        let window = self.config.read_ahead_blocks.max(1);
+        let furthest = r
+            .windows
+            .iter()
+            .map(|w| w.end)
+            .max()
+            .unwrap_or(last_read + 1);
+        if furthest < blocks && furthest.saturating_sub(last_read) <= window / 2 {
+            let from = furthest.max(last_read + 1);
+            if self.cache.get(&r.hash.0, from).is_none() {
+                self.start_window(r, from, window);
+            }
         }
+    }
+
+    fn start_window(&self, r: &mut ReadHandle, first: u64, count: u64) {
+        let bs = self.cache.block_size() as u64;
+        let blocks = r.size.div_ceil(bs);
+        let end = (first + count).min(blocks).max(first + 1);
+        let w = Arc::new(Window {
+            first,
+            end,
+            blocks: Mutex::default(),
+            done: Mutex::new(None),
+            notify: tokio::sync::Notify::new(),
+        });
+        r.windows.push(w.clone());
         let (client, cache) = (self.client.clone(), self.cache.clone());
         let (name, version, hash, size) = (r.name.clone(), r.version, r.hash, r.size);
-        let flag = r.prefetching.clone();
         tokio::spawn(async move {
-            let res = fetch_into_cache(
-                &client,
-                &cache,
-                &name,
-                version,
-                hash,
-                size,
-                first_missing,
-                window,
-            )
-            .await;
-            if let Err(e) = res {
-                tracing::debug!(%name, error = %e, "prefetch failed");
+            let result = stream_window(&client, &cache, &w, &name, version, hash, size).await;
+            if let Err(e) = &result {
+                tracing::warn!(%name, error = %e, "reading from the store failed");
             }
-            flag.store(false, Ordering::Release);
+            *lock(&w.done) = Some(result.map_err(|e| e.to_string()));
+            w.notify.notify_waiters();
         });
     }
 }
 
-/// Fetches blocks `[first, first + count)` of a version into the cache and returns block
-/// `first`.
-async fn fetch_blocks(
-    core: &FsCore,
-    name: &str,
-    version: u64,
-    hash: ContentHash,
-    size: u64,
-    first: u64,
-    count: u64,
-) -> FsResult<Bytes> {
-    let first_block = fetch_into_cache(
-        &core.client,
-        &core.cache,
-        name,
-        version,
-        hash,
-        size,
-        first,
-        count,
-    )
-    .await?;
-    Ok(first_block)
-}
-
+/// Streams a window's blocks into `w.blocks` (waking readers at each block) and on into the
+/// cache, on a blocking thread.
 #[allow(clippy::too_many_arguments)]
-async fn fetch_into_cache(
-    client: &dos_client::Client,
-    cache: &dos_cache::BlockCache,
+async fn stream_window(
+    client: &Client,
+    cache: &BlockCache,
+    w: &Arc<Window>,
     name: &str,
     version: u64,
     hash: ContentHash,
     size: u64,
-    first: u64,
-    count: u64,
-) -> FsResult<Bytes> {
+) -> FsResult<()> {
     let bs = cache.block_size() as u64;
-    let start = first * bs;
-    let end = ((first + count) * bs).min(size);
+    let start = w.first * bs;
+    let end = (w.end * bs).min(size);
     let range = format!("bytes={start}-{}", end - 1);
     let mut stream = client.get_stream(name, Some(version), Some(&range)).await?;
     if stream.meta.hash != hash {
-        // The version is immutable; a different hash means the store is confused.
         return Err(FsError::Store(dos_client::ClientError::InvalidInput(
             format!("{name} version {version} changed its content"),
         )));
     }
     let mut buf = BytesMut::with_capacity(bs as usize);
-    let mut block = first;
-    let mut first_block = None;
-    let mut put = |block: u64, data: Bytes| -> FsResult<()> {
-        if let Err(e) = cache.put(&hash.0, block, &data) {
-            tracing::warn!(error = %e, "cache put failed");
-        }
-        if first_block.is_none() {
-            first_block = Some(data);
-        }
-        Ok(())
+    let mut block = w.first;
+    let put = |block: u64, data: Bytes| {
+        lock(&w.blocks).insert(block, data.clone());
+        w.notify.notify_waiters();
+        let (cache, w) = (cache.clone(), w.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = cache.put(&hash.0, block, &data) {
+                tracing::warn!(error = %e, "cache put failed");
+            }
+            lock(&w.blocks).remove(&block);
+        });
     };
     while let Some(chunk) = stream.next_chunk().await {
         buf.extend_from_slice(&chunk?);
         while buf.len() as u64 >= bs {
-            put(block, buf.split_to(bs as usize).freeze())?;
+            put(block, buf.split_to(bs as usize).freeze());
             block += 1;
         }
     }
     if !buf.is_empty() {
-        put(block, buf.freeze())?;
+        put(block, buf.freeze());
     }
-    first_block.ok_or_else(|| {
-        FsError::Store(dos_client::ClientError::InvalidInput(format!(
-            "{name}: empty answer to a range read"
-        )))
-    })
+    Ok(())
 }
