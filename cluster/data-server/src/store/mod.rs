@@ -280,7 +280,7 @@ impl ShardReader {
     /// the next ones, so a cold read keeps the disk busy while this piece is checked and sent.
     pub fn piece(&mut self, k: usize) -> Result<Vec<u8>, FormatError> {
         const AHEAD: usize = 8;
-        if k % (AHEAD / 2) == 0 && k + 1 < self.index.offsets.len() {
+        if k.is_multiple_of(AHEAD / 2) && k + 1 < self.index.offsets.len() {
             let from = self.index.offsets[k + 1];
             let to = self
                 .index
