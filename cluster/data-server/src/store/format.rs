@@ -141,8 +141,15 @@ pub fn read_record(input: &mut impl Read) -> Result<Vec<u8>, FormatError> {
     if stored > MAX_STORED || raw_len > PIECE_SIZE || flags & !FLAG_LZ4 != 0 {
         return Err(corrupt("bad record header"));
     }
-    let mut payload = vec![0u8; stored];
-    input.read_exact(&mut payload).map_err(short_as_corrupt)?;
+    // Read straight into spare capacity (no zero-filling of a buffer about to be overwritten).
+    let mut payload = Vec::with_capacity(stored);
+    (&mut *input)
+        .take(stored as u64)
+        .read_to_end(&mut payload)
+        .map_err(short_as_corrupt)?;
+    if payload.len() != stored {
+        return Err(corrupt("file is shorter than its structure says"));
+    }
     let raw = if flags & FLAG_LZ4 != 0 {
         let raw = lz4_flex::block::decompress(&payload, raw_len)
             .map_err(|_| corrupt("lz4 payload does not decompress"))?;
