@@ -19,4 +19,4 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
 fi
 cargo build --release -q -p dosfs -p dos-server
 mkdir -p "$mp"
-exec ./target/release/dosfs mount "$mp" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/dosfs" mount "$mp" "$@"
