@@ -43,17 +43,17 @@ impl DataServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open storage folder {path}: {source}")]
+    #[error("cannot open storage folder {path}")]
     Storage {
         path: PathBuf,
         source: ShardStoreError,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("message bus: {0}")]
+    #[error("message bus")]
     Bus(#[from] dos_bus::BusError),
 }
 

@@ -150,7 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.clone()))
                 .await
-                .with_context(|| format!("RabbitMQ at {}", redact(&rabbitmq)))?;
+                .context("connecting to RabbitMQ")?;
             let mut config = ApiConfig::new(secret);
             config.token = token.filter(|t| !t.is_empty());
             let api = ApiServer::start(listen, config, meta, Arc::new(bus))
@@ -178,7 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .transpose()?;
             let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.clone()))
                 .await
-                .with_context(|| format!("RabbitMQ at {}", redact(&rabbitmq)))?;
+                .context("connecting to RabbitMQ")?;
             let mut config = DataServerConfig::new(storage_root, listen);
             config.advertise = advertise.filter(|a| !a.is_empty());
             config.secret = secret;
@@ -201,7 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             dos_bus::amqp::declare_topology(&rabbitmq)
                 .await
-                .with_context(|| format!("RabbitMQ at {}", redact(&rabbitmq)))?;
+                .context("connecting to RabbitMQ")?;
             println!("RabbitMQ: exchanges apiServers and dataServers (fanout, durable) declared");
             match es_server.filter(|s| !s.is_empty()) {
                 Some(url) => {
@@ -215,18 +215,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-    }
-}
-
-/// An AMQP URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 

@@ -42,14 +42,14 @@ impl LocalConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("storage root {path}: {source}")]
+    #[error("storage root {path}")]
     Root {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("metadata: {0}")]
+    #[error("metadata")]
     Metadata(#[from] dos_metadata::MetadataError),
-    #[error("data server: {0}")]
+    #[error("data server")]
     DataServer(#[from] dos_data_server::StartError),
     #[error("API server: {0}")]
     Api(std::io::Error),
