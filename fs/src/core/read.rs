@@ -92,6 +92,20 @@ impl FsCore {
         r.last_end = end;
         let first = offset / bs;
         let last = (end - 1) / bs;
+        if first == last {
+            // The usual case (kernel reads of 128 KiB inside a 1 MiB block): no copy.
+            let block = self.block(r, first, sequential).await?;
+            let from = (offset - first * bs) as usize;
+            let to = ((end - first * bs) as usize).min(block.len());
+            if sequential {
+                self.read_ahead(r, last);
+            }
+            return Ok(if from < to {
+                block.slice(from..to)
+            } else {
+                Bytes::new()
+            });
+        }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for b in first..=last {
             let block = self.block(r, b, sequential).await?;
