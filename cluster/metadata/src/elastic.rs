@@ -85,6 +85,7 @@ use elasticsearch::{CreateParts, Elasticsearch, GetParts, IndexParts, SearchPart
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
+use crate::listing::{PageBuilder, Step};
 use crate::{ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, VersionsFrom};
 use doc::{ContentDoc, HeadDoc, IndexKind, VersionDoc, content_id, head_id, version_id};
 use reply::{GetReply, Reply, SearchReply};
@@ -740,80 +741,27 @@ impl MetadataStore for ElasticStore {
 /// engine's, each step one search. A common prefix is skipped with one range search, so a page
 /// costs O(page) searches however many names a prefix hides.
 async fn list_page(store: &ElasticStore, query: &ListQuery) -> Result<ListPage, MetadataError> {
-    let limit = query.limit.clamp(1, 10_000);
-    if let Some(d) = query.delimiter
-        && (!d.is_ascii() || d == '\u{7f}')
-    {
-        return Err(MetadataError::BadRequest(
-            "delimiter must be one ASCII character".into(),
-        ));
-    }
-    let prefix = query.prefix.as_str();
-    // (start key, inclusive?)
-    let mut start: (String, bool) = match &query.cursor {
-        Some(c) if c.as_str() >= prefix => match query.delimiter {
-            Some(d) if c.ends_with(d) && c.len() > prefix.len() => (successor(c, d), true),
-            _ => (c.clone(), false),
-        },
-        _ => (prefix.to_string(), true),
-    };
-    let mut page = ListPage::default();
-    'outer: loop {
-        let room = limit.saturating_sub(page.entries.len() + page.prefixes.len());
-        let batch = (room + 1).min(1000);
-        let rows = store.search_heads(prefix, &start, batch).await?;
+    let mut builder = PageBuilder::new(query)?;
+    loop {
+        let batch = builder.batch();
+        let rows = store
+            .search_heads(query.prefix.as_str(), builder.start(), batch)
+            .await?;
         let exhausted = rows.len() < batch;
-        if rows.is_empty() {
-            break;
-        }
+        let mut jumped = false;
         for rec in rows {
-            let name = rec.name.as_str();
-            if !name.starts_with(prefix) {
-                break 'outer;
-            }
-            let rest = &name[prefix.len()..];
-            let group = query
-                .delimiter
-                .and_then(|d| rest.find(d).map(|p| format!("{prefix}{}", &rest[..=p])));
-            if page.entries.len() + page.prefixes.len() >= limit {
-                page.next_cursor = last_key(&page);
-                break 'outer;
-            }
-            match group {
-                Some(g) => {
-                    // Jump past every name under this prefix.
-                    let d = query.delimiter.unwrap_or('/');
-                    start = (successor(&g, d), true);
-                    page.prefixes.push(g);
-                    continue 'outer;
+            match builder.offer(rec) {
+                Step::Next => {}
+                Step::Jump => {
+                    jumped = true;
+                    break;
                 }
-                None => {
-                    start = (name.to_string(), false);
-                    page.entries.push(rec);
-                }
+                Step::Done => return Ok(builder.finish()),
             }
         }
-        if exhausted {
-            break;
+        if exhausted && !jumped {
+            return Ok(builder.finish());
         }
-    }
-    Ok(page)
-}
-
-/// The smallest string greater than every string starting with `group` (which ends with the
-/// ASCII delimiter `d`). Same as the SQLite engine's.
-fn successor(group: &str, d: char) -> String {
-    let mut s = group[..group.len() - d.len_utf8()].to_string();
-    s.push((d as u8 + 1) as char);
-    s
-}
-
-fn last_key(page: &ListPage) -> Option<String> {
-    let e = page.entries.last().map(|e| e.name.as_str().to_string());
-    let p = page.prefixes.last().cloned();
-    match (e, p) {
-        (Some(e), Some(p)) => Some(e.max(p)),
-        (e, p) => e.or(p),
     }
 }
 
@@ -847,11 +795,5 @@ mod tests {
         for bad in ["Upper", "-a", "_a", ".a", "a b", "a*", "a/b", "a:b"] {
             assert!(check_prefix(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn successors() {
-        assert_eq!(successor("d/", '/'), "d0");
-        assert!(successor("d/", '/').as_str() > "d/\u{10ffff}");
     }
 }

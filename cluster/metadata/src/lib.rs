@@ -8,6 +8,7 @@
 
 pub mod contract;
 pub mod elastic;
+mod listing;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
+use crate::listing::{PageBuilder, Step};
 use crate::{ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, VersionsFrom};
 
 #[derive(Clone)]
@@ -331,27 +332,10 @@ impl MetadataStore for SqliteStore {
     }
 }
 
-/// One listing page over `live`, grouping by the delimiter. Common prefixes are skipped over
+/// One listing page over `live` (grouping in [`PageBuilder`]). Common prefixes are skipped
 /// with one range seek each, so a page costs O(page) rows however many names a prefix hides.
 fn list_page(conn: &Connection, query: &ListQuery) -> Result<ListPage, MetadataError> {
-    let limit = query.limit.clamp(1, 10_000);
-    if let Some(d) = query.delimiter
-        && (!d.is_ascii() || d == '\u{7f}')
-    {
-        return Err(MetadataError::BadRequest(
-            "delimiter must be one ASCII character".into(),
-        ));
-    }
-    let prefix = query.prefix.as_str();
-    // (start key, inclusive?)
-    let mut start: (String, bool) = match &query.cursor {
-        Some(c) if c.as_str() >= prefix => match query.delimiter {
-            Some(d) if c.ends_with(d) && c.len() > prefix.len() => (successor(c, d), true),
-            _ => (c.clone(), false),
-        },
-        _ => (prefix.to_string(), true),
-    };
-    let mut page = ListPage::default();
+    let mut builder = PageBuilder::new(query)?;
     let mut stmt_incl = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM live WHERE name >= ?1 ORDER BY name LIMIT ?2"
@@ -362,66 +346,30 @@ fn list_page(conn: &Connection, query: &ListQuery) -> Result<ListPage, MetadataE
             "SELECT {COLUMNS} FROM live WHERE name > ?1 ORDER BY name LIMIT ?2"
         ))
         .map_err(db_err)?;
-    let batch = (limit + 1).min(1000) as i64;
-    'outer: loop {
-        let rows = if start.1 {
-            collect_versions(&mut stmt_incl, params![start.0, batch])?
+    loop {
+        let batch = builder.batch();
+        let (key, inclusive) = builder.start().clone();
+        let stmt = if inclusive {
+            &mut stmt_incl
         } else {
-            collect_versions(&mut stmt_excl, params![start.0, batch])?
+            &mut stmt_excl
         };
-        let exhausted = (rows.len() as i64) < batch;
-        if rows.is_empty() {
-            break;
-        }
+        let rows = collect_versions(stmt, params![key, batch as i64])?;
+        let exhausted = rows.len() < batch;
+        let mut jumped = false;
         for rec in rows {
-            let name = rec.name.as_str();
-            if !name.starts_with(prefix) {
-                break 'outer;
-            }
-            let rest = &name[prefix.len()..];
-            let group = query
-                .delimiter
-                .and_then(|d| rest.find(d).map(|p| format!("{prefix}{}", &rest[..=p])));
-            let key = group.clone().unwrap_or_else(|| name.to_string());
-            if page.entries.len() + page.prefixes.len() >= limit {
-                page.next_cursor = last_key(&page);
-                break 'outer;
-            }
-            match group {
-                Some(g) => {
-                    // Jump past every name under this prefix.
-                    let d = query.delimiter.unwrap_or('/');
-                    start = (successor(&g, d), true);
-                    page.prefixes.push(key);
-                    continue 'outer;
+            match builder.offer(rec) {
+                Step::Next => {}
+                Step::Jump => {
+                    jumped = true;
+                    break;
                 }
-                None => {
-                    start = (name.to_string(), false);
-                    page.entries.push(rec);
-                }
+                Step::Done => return Ok(builder.finish()),
             }
         }
-        if exhausted {
-            break;
+        if exhausted && !jumped {
+            return Ok(builder.finish());
         }
-    }
-    Ok(page)
-}
-
-/// The smallest string greater than every string starting with `group` (which ends with the
-/// ASCII delimiter `d`).
-fn successor(group: &str, d: char) -> String {
-    let mut s = group[..group.len() - d.len_utf8()].to_string();
-    s.push((d as u8 + 1) as char);
-    s
-}
-
-fn last_key(page: &ListPage) -> Option<String> {
-    let e = page.entries.last().map(|e| e.name.as_str().to_string());
-    let p = page.prefixes.last().cloned();
-    match (e, p) {
-        (Some(e), Some(p)) => Some(e.max(p)),
-        (e, p) => e.or(p),
     }
 }
 
