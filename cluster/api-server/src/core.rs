@@ -26,6 +26,9 @@ pub struct ApiConfig {
     pub locate_timeout: Duration,
     /// Requests served at once before new ones get 503.
     pub max_in_flight: usize,
+    /// A request body that sends nothing for this long is cut off (408); what it had sent
+    /// stays in temp uploads, which expire.
+    pub body_idle_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -36,6 +39,7 @@ impl ApiConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             locate_timeout: Duration::from_millis(500),
             max_in_flight: 1024,
+            body_idle_timeout: Duration::from_secs(60),
         }
     }
 }

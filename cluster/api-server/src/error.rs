@@ -34,6 +34,8 @@ pub enum ApiError {
     Metadata(#[from] MetadataError),
     #[error("too many requests in flight, retry later")]
     Overloaded,
+    #[error("the request body stalled: nothing arrived for {secs} s")]
+    BodyStalled { secs: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RangeNotSatisfiable { .. } | ApiError::OffsetMismatch { .. } => {
                 StatusCode::RANGE_NOT_SATISFIABLE
             }

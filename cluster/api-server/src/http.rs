@@ -231,7 +231,10 @@ async fn put_object(
     match result {
         Ok(v) => Ok(json_record(StatusCode::OK, &v)),
         Err(e) => {
-            drain(&mut body).await;
+            // A stalled body is not waited for again.
+            if !matches!(e, ApiError::BodyStalled { .. }) {
+                drain(&mut body).await;
+            }
             Err(e)
         }
     }
@@ -313,7 +316,10 @@ async fn put_temp(
         .into_response()),
         Ok((_, resumable::PutOutcome::Done(v))) => Ok(json_record(StatusCode::OK, &v)),
         Err(e) => {
-            drain(&mut body).await;
+            // A stalled body is not waited for again.
+            if !matches!(e, ApiError::BodyStalled { .. }) {
+                drain(&mut body).await;
+            }
             Err(e)
         }
     }

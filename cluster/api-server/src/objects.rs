@@ -43,7 +43,7 @@ where
     if let Some(existing) = core.meta.get_content(&digest).await? {
         // Known content: the bytes are still read and hashed (proof of possession), but no
         // shard is written.
-        let (hash, size) = hash_stream(body).await?;
+        let (hash, size) = hash_stream(body, core.config.body_idle_timeout).await?;
         if hash != digest || size != existing.size {
             return Err(digest_mismatch());
         }
@@ -74,6 +74,7 @@ where
             sha2::Sha256::new(),
             0,
             content_length,
+            core.config.body_idle_timeout,
         )
         .await?;
         writers.finish().await?;

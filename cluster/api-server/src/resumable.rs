@@ -234,8 +234,16 @@ where
     if offset < token.size {
         let piece_offset = offset / BLOCK_SIZE as u64 * PIECE_SIZE as u64;
         let writers = ShardWriters::open(&core.shards, &targets, piece_offset);
-        let (encoded, writers) =
-            encode_stream(&core.codec, body, writers, hasher, offset, Some(token.size)).await?;
+        let (encoded, writers) = encode_stream(
+            &core.codec,
+            body,
+            writers,
+            hasher,
+            offset,
+            Some(token.size),
+            core.config.body_idle_timeout,
+        )
+        .await?;
         writers.finish().await?;
         hasher = encoded.hasher;
         accepted_now += encoded.accepted;

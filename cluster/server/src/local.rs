@@ -27,6 +27,8 @@ pub struct LocalConfig {
     pub token: Option<String>,
     /// How many data servers (at least six).
     pub data_servers: usize,
+    /// A request body idle for this long is cut off with 408.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 impl LocalConfig {
@@ -36,6 +38,7 @@ impl LocalConfig {
             listen,
             token: None,
             data_servers: TOTAL_SHARDS,
+            body_idle_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -90,6 +93,7 @@ impl LocalCluster {
         let api_secret = secret.clone();
         let mut api_config = ApiConfig::new(secret.clone());
         api_config.token = config.token.clone();
+        api_config.body_idle_timeout = config.body_idle_timeout;
         let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus.clone())
             .await
             .map_err(LocalError::Api)?;

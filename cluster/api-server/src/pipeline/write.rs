@@ -152,6 +152,22 @@ impl ShardWriters {
     }
 }
 
+/// The next chunk of a request body, or [`ApiError::BodyStalled`] when the client sent
+/// nothing for `idle`.
+async fn next_frame<S, E>(
+    body: &mut S,
+    idle: std::time::Duration,
+) -> ApiResult<Option<Result<Bytes, E>>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    tokio::time::timeout(idle, body.next())
+        .await
+        .map_err(|_| ApiError::BodyStalled {
+            secs: idle.as_secs(),
+        })
+}
+
 /// What streaming a body produced.
 pub struct Encoded {
     pub hasher: Sha256,
@@ -171,6 +187,7 @@ pub async fn encode_stream<S, E>(
     hasher: Sha256,
     already: u64,
     total: Option<u64>,
+    idle: std::time::Duration,
 ) -> ApiResult<(Encoded, ShardWriters)>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -209,11 +226,16 @@ where
     let mut received = already;
     let mut encoder_gone = false;
     let mut read_error = None;
-    while let Some(frame) = body.next().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
+    loop {
+        let frame = match next_frame(&mut body, idle).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
                 read_error = Some(ApiError::BadRequest(format!("reading request body: {e}")));
+                break;
+            }
+            Err(e) => {
+                read_error = Some(e);
                 break;
             }
         };
@@ -260,7 +282,7 @@ where
 
 /// Hashes a body without storing it (a PUT of content the store already has still proves it
 /// has the bytes). Returns the hash and the size.
-pub async fn hash_stream<S, E>(body: S) -> ApiResult<(ContentHash, u64)>
+pub async fn hash_stream<S, E>(body: S, idle: std::time::Duration) -> ApiResult<(ContentHash, u64)>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
@@ -270,7 +292,7 @@ where
     let mut size = 0u64;
     let mut buf = BytesMut::new();
     loop {
-        let frame = body.next().await;
+        let frame = next_frame(&mut body, idle).await?;
         let done = frame.is_none();
         if let Some(f) = frame {
             let f = f.map_err(|e| ApiError::BadRequest(format!("reading request body: {e}")))?;

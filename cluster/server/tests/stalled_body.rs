@@ -1,0 +1,67 @@
+//! A client that stops sending in the middle of an upload is cut off with 408 after the
+//! configured idle time; nothing is stored and the server keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use dos_client::Client;
+use dos_protocol::{ContentHash, WriteAttributes};
+use dos_server::local::{LocalCluster, LocalConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_upload_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LocalConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.body_idle_timeout = Duration::from_secs(1);
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let addr = cluster.api_addr();
+    let body = vec![7u8; 100_000];
+    let digest = ContentHash::of(&body).digest_header();
+
+    for path in ["/objects/stalled", "/objects/stalled-chunked"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let framing = if path.ends_with("chunked") {
+            "Transfer-Encoding: chunked\r\n".to_string()
+        } else {
+            format!("Content-Length: {}\r\n", body.len())
+        };
+        let head = format!("PUT {path} HTTP/1.1\r\nHost: x\r\nDigest: {digest}\r\n{framing}\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        if path.ends_with("chunked") {
+            s.write_all(b"3e8\r\n").await.unwrap();
+        }
+        s.write_all(&body[..1000]).await.unwrap();
+        // …and then nothing.
+        let start = Instant::now();
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+            .await
+            .expect("the server answers a stalled upload")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("stalled"), "{path}: {answer}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    let client = Client::new(format!("http://{addr}")).unwrap();
+    for name in ["stalled", "stalled-chunked"] {
+        assert!(
+            client.versions(name).await.unwrap().is_empty(),
+            "{name} has no version"
+        );
+    }
+    // Still serving.
+    let v = client
+        .put_bytes("after", body.clone(), &WriteAttributes::default())
+        .await
+        .unwrap();
+    assert_eq!(v.version, 1);
+    assert_eq!(client.get("after", None).await.unwrap(), body);
+    cluster.shutdown().await;
+}
