@@ -108,6 +108,16 @@ mod tests {
         assert_eq!(ContentHash::from_hex(&h.to_hex()), Ok(h));
     }
 
+    proptest::proptest! {
+        /// Any header value: never a panic, and a parsed hash always round-trips.
+        #[test]
+        fn digest_parsing_never_panics(v in "\\PC{0,80}") {
+            if let Ok(h) = parse_digest_header(Some(&v)) {
+                proptest::prop_assert_eq!(parse_digest_header(Some(&h.digest_header())), Ok(h));
+            }
+        }
+    }
+
     #[test]
     fn digest_rejects_bad_input() {
         assert_eq!(parse_digest_header(None), Err(HashParseError::Missing));
