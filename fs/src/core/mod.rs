@@ -454,24 +454,37 @@ impl FsCore {
     }
 
     pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
+        self.create_object(
+            parent,
+            name,
+            bytes::Bytes::new(),
+            EntryKind::Dir,
+            mode & 0o7777,
+        )
+        .await
+    }
+
+    /// Stores a new, not yet existing name with `content` (a directory marker or a symlink).
+    async fn create_object(
+        &self,
+        parent: u64,
+        name: &str,
+        content: bytes::Bytes,
+        kind: EntryKind,
+        mode: u32,
+    ) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         match self.entry(&path).await {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let rec = self
-            .client
-            .put_bytes(
-                &path,
-                bytes::Bytes::new(),
-                &WriteAttributes {
-                    kind: EntryKind::Dir,
-                    mode: Some(mode & 0o7777),
-                    mtime_ns: Some(now_ns()),
-                },
-            )
-            .await?;
+        let attrs = WriteAttributes {
+            kind,
+            mode: Some(mode),
+            mtime_ns: Some(now_ns()),
+        };
+        let rec = self.client.put_bytes(&path, content, &attrs).await?;
         let ino = self.ino_of(NodeKey::Path(path.clone()));
         let entry = Entry::Object(rec);
         self.remember(&path, entry.clone());
@@ -544,28 +557,9 @@ impl FsCore {
     }
 
     pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<Attr> {
-        let path = self.child_path(parent, name)?;
-        match self.entry(&path).await {
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => {}
-            Err(e) => return Err(e),
-        }
-        let rec = self
-            .client
-            .put_bytes(
-                &path,
-                bytes::Bytes::copy_from_slice(target.as_bytes()),
-                &WriteAttributes {
-                    kind: EntryKind::Symlink,
-                    mode: Some(0o777),
-                    mtime_ns: Some(now_ns()),
-                },
-            )
-            .await?;
-        let ino = self.ino_of(NodeKey::Path(path.clone()));
-        let entry = Entry::Object(rec);
-        self.remember(&path, entry.clone());
-        Ok(self.attr_of(ino, &entry))
+        let content = bytes::Bytes::copy_from_slice(target.as_bytes());
+        self.create_object(parent, name, content, EntryKind::Symlink, 0o777)
+            .await
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -631,19 +625,7 @@ impl FsCore {
         }
         if is_dir {
             // Every name under the directory, then the directory marker itself.
-            let mut names = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let page = self
-                    .client
-                    .list(&format!("{from}/"), None, cursor.as_deref(), Some(1000))
-                    .await?;
-                names.extend(page.entries);
-                match page.next_cursor {
-                    Some(c) if cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
-                    _ => break,
-                }
-            }
+            let (names, _) = self.client.list_all(&format!("{from}/"), None).await?;
             for rec in &names {
                 let rest = &rec.name.as_str()[from.len()..];
                 self.copy_version(rec, &format!("{to}{rest}")).await?;
