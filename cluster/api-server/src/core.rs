@@ -11,6 +11,7 @@ use dos_protocol::{ContentHash, ServerId, ServerInfo, TOTAL_SHARDS};
 use rand::seq::SliceRandom;
 
 use crate::error::{ApiError, ApiResult};
+use crate::maintenance::{Jobs, MaintenanceConfig};
 use crate::repair::RepairQueue;
 use crate::shard_client::ShardClient;
 
@@ -29,6 +30,8 @@ pub struct ApiConfig {
     /// A request body that sends nothing for this long is cut off (408); what it had sent
     /// stays in temp uploads, which expire.
     pub body_idle_timeout: Duration,
+    /// Background scrub, retention and orphan collection.
+    pub maintenance: MaintenanceConfig,
 }
 
 impl ApiConfig {
@@ -40,6 +43,7 @@ impl ApiConfig {
             locate_timeout: Duration::from_millis(500),
             max_in_flight: 1024,
             body_idle_timeout: Duration::from_secs(60),
+            maintenance: MaintenanceConfig::default(),
         }
     }
 }
@@ -51,6 +55,7 @@ pub struct Core {
     pub codec: Codec,
     pub config: ApiConfig,
     pub repair: RepairQueue,
+    pub jobs: Jobs,
 }
 
 impl Core {

@@ -36,6 +36,11 @@ pub enum ApiError {
     Overloaded,
     #[error("the request body stalled: nothing arrived for {secs} s")]
     BodyStalled { secs: u64 },
+    /// Temporarily impossible; the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -56,7 +61,9 @@ impl ApiError {
             ApiError::NotEnoughServers { .. }
             | ApiError::ShardsUnavailable { .. }
             | ApiError::ShardWrite(_)
+            | ApiError::Unavailable(_)
             | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Metadata(e) => match e {
                 MetadataError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 MetadataError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -45,6 +45,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/locate/{*name}", get(locate))
         .route("/list", get(list))
         .route("/health", get(health))
+        .route("/maintenance/{job}", axum::routing::post(run_maintenance))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(core.clone(), authorize))
@@ -128,6 +129,56 @@ async fn limit_in_flight(
 async fn health(State(core): State<Arc<Core>>) -> Response {
     let live = core.bus.live_servers().len();
     axum::Json(serde_json::json!({ "status": "ok", "live_data_servers": live })).into_response()
+}
+
+#[derive(Deserialize)]
+struct MaintenanceQuery {
+    keep: Option<u64>,
+    grace_secs: Option<u64>,
+}
+
+/// `POST /maintenance/{scrub|retention|orphans}[?keep=N][&grace_secs=S]`: runs the job and
+/// streams its report as NDJSON, one line a second and a last one with `"done": true`. The
+/// job runs to its end even if the client goes away.
+async fn run_maintenance(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(job): axum::extract::Path<String>,
+    Query(q): Query<MaintenanceQuery>,
+) -> ApiResult<Response> {
+    use crate::maintenance::{self, Job, JobParams};
+    let job = Job::parse(&job).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no maintenance job {job:?}; there are scrub, retention and orphans"
+        ))
+    })?;
+    let params = JobParams {
+        keep: q.keep.unwrap_or(core.config.maintenance.keep_versions),
+        grace: q
+            .grace_secs
+            .map_or(core.config.maintenance.orphans_grace, Duration::from_secs),
+    };
+    if params.keep == 0 {
+        return Err(ApiError::BadRequest(
+            "keep must be at least 1: the latest version is always kept".into(),
+        ));
+    }
+    let run = maintenance::start(&core, job, params)?;
+    let lines = futures::stream::unfold(Some(run), |state| async move {
+        let mut run = state?;
+        let finished = tokio::select! {
+            _ = &mut run.finished => true,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+        };
+        let mut line = serde_json::to_vec(&run.progress.snapshot()).unwrap_or_default();
+        line.push(b'\n');
+        let next = if finished { None } else { Some(run) };
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), next))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 fn name_from(uri: &Uri, prefix: &str) -> ApiResult<ObjectName> {

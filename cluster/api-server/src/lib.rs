@@ -3,11 +3,13 @@
 //! data servers over a [`dos_bus::Bus`].
 //!
 //! `http` is the axum adapter; `objects` and `resumable` decide what requests do; `pipeline`
-//! streams bytes between clients and shards; `repair` rebuilds lost shards in the background.
+//! streams bytes between clients and shards; `repair` rebuilds lost shards in the background;
+//! `maintenance` runs scrub, retention and orphan collection.
 
 mod core;
 pub mod error;
 mod http;
+pub mod maintenance;
 pub mod objects;
 pub mod pipeline;
 pub mod repair;
@@ -54,10 +56,16 @@ impl ApiServer {
             codec: dos_erasure::Codec::new(),
             config,
             repair: repair::RepairQueue::default(),
+            jobs: maintenance::Jobs::default(),
         });
         let cancel = CancellationToken::new();
         core.repair
             .spawn_worker(Arc::downgrade(&core), cancel.child_token());
+        maintenance::spawn_schedules(
+            Arc::downgrade(&core),
+            &core.config.maintenance,
+            cancel.child_token(),
+        );
         let app = http::router(core.clone());
         let c = cancel.clone();
         let task = tokio::spawn(async move {

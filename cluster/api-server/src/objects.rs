@@ -40,12 +40,19 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
-    if let Some(existing) = core.meta.get_content(&digest).await? {
+    if let Some(existing) = core.meta.touch_content(&digest).await? {
         // Known content: the bytes are still read and hashed (proof of possession), but no
         // shard is written.
         let (hash, size) = hash_stream(body, core.config.body_idle_timeout).await?;
         if hash != digest || size != existing.size {
             return Err(digest_mismatch());
+        }
+        // Touched again now that the body is in, so that the orphan collector's grace period
+        // need not cover a slow upload.
+        if core.meta.touch_content(&digest).await?.is_none() {
+            return Err(ApiError::Unavailable(
+                "the stored content was collected while the body arrived; retry".into(),
+            ));
         }
         return Ok(core
             .meta

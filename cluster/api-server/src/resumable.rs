@@ -126,7 +126,7 @@ pub async fn post(
     size: u64,
     attrs: WriteAttributes,
 ) -> ApiResult<PostOutcome> {
-    if let Some(existing) = core.meta.get_content(&hash).await? {
+    if let Some(existing) = core.meta.touch_content(&hash).await? {
         if existing.size != size {
             return Err(ApiError::BadRequest(format!(
                 "Size {size} does not match the stored content of this digest ({} bytes)",
@@ -259,7 +259,7 @@ where
         return Err(digest_mismatch());
     }
     let attrs = token.attrs();
-    if core.meta.get_content(&hash).await?.is_some() {
+    if core.meta.touch_content(&hash).await?.is_some() {
         // Someone stored the same content meanwhile: keep theirs.
         abort_uploads(&core.shards, &targets).await;
     } else {

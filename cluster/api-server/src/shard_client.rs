@@ -45,6 +45,26 @@ pub struct ShardClient {
     secret: Option<std::sync::Arc<[u8]>>,
 }
 
+/// Tries per inter-server call (see [`ShardClient::send`]).
+const ATTEMPTS: u32 = 3;
+
+/// Whether a call may be repeated after a failure whose effect is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Only when the request surely never arrived (connection refused or reset on connect).
+    IfNotSent,
+    /// Also after a timeout or a 502/503/504: repeating it changes nothing.
+    Idempotent,
+}
+
+/// One committed shard on a data server (`GET /shards`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct ShardEntry {
+    pub hash: ContentHash,
+    pub shard: u8,
+    pub age_secs: u64,
+}
+
 /// A shard byte stream being received.
 pub type ShardBody = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ShardError>> + Send>>;
 
@@ -86,6 +106,43 @@ impl ShardClient {
         }
     }
 
+    /// Sends the request `build` makes, retrying transient failures: a connection that could
+    /// not be made (the request never reached the server) always, and for `Retry::Idempotent`
+    /// calls also a timeout or a 502/503/504. At most [`ATTEMPTS`] tries, backing off.
+    async fn send(
+        &self,
+        addr: &str,
+        retry: Retry,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ShardError> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= ATTEMPTS;
+            match build().send().await {
+                Ok(resp)
+                    if !last
+                        && retry == Retry::Idempotent
+                        && matches!(resp.status().as_u16(), 502..=504) =>
+                {
+                    tracing::debug!(addr, status = %resp.status(), attempt, "data server busy; retrying");
+                }
+                Ok(resp) => return Self::check(addr, resp).await,
+                Err(e)
+                    if !last
+                        && ((e.is_connect() && !e.is_timeout())
+                            || (retry == Retry::Idempotent && e.is_timeout())) =>
+                {
+                    tracing::debug!(addr, error = %e, attempt, "data server call failed; retrying");
+                }
+                Err(e) => return Err(Self::transport(addr)(e)),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 3;
+            attempt += 1;
+        }
+    }
+
     async fn check(addr: &str, resp: reqwest::Response) -> Result<reqwest::Response, ShardError> {
         if resp.status().is_success() {
             return Ok(resp);
@@ -119,17 +176,16 @@ impl ShardClient {
             path.push_str(&format!("&length={l}"));
         }
         let resp = self
-            .req(reqwest::Method::POST, addr, &path)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(Self::transport(addr))?;
+            .send(addr, Retry::IfNotSent, || {
+                self.req(reqwest::Method::POST, addr, &path)
+                    .timeout(Duration::from_secs(30))
+            })
+            .await?;
         #[derive(Deserialize)]
         struct Created {
             id: String,
         }
-        let created: Created = Self::check(addr, resp)
-            .await?
+        let created: Created = resp
             .json()
             .await
             .map_err(|_| ShardError::Malformed { addr: addr.clone() })?;
@@ -165,43 +221,37 @@ impl ShardClient {
     }
 
     pub async fn temp_status(&self, addr: &str, id: &str) -> Result<TempStatus, ShardError> {
-        let resp = self
-            .req(reqwest::Method::GET, addr, &format!("/temp/{id}"))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(Self::transport(addr))?;
-        Self::check(addr, resp)
-            .await?
-            .json()
-            .await
-            .map_err(|_| ShardError::Malformed {
-                addr: addr.to_string(),
-            })
+        let path = format!("/temp/{id}");
+        self.send(addr, Retry::Idempotent, || {
+            self.req(reqwest::Method::GET, addr, &path)
+                .timeout(Duration::from_secs(30))
+        })
+        .await?
+        .json()
+        .await
+        .map_err(|_| ShardError::Malformed {
+            addr: addr.to_string(),
+        })
     }
 
     pub async fn commit(&self, addr: &str, id: &str, length: u64) -> Result<(), ShardError> {
-        let resp = self
-            .req(
-                reqwest::Method::PUT,
-                addr,
-                &format!("/temp/{id}?length={length}"),
-            )
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .map_err(Self::transport(addr))?;
-        Self::check(addr, resp).await.map(drop)
+        let path = format!("/temp/{id}?length={length}");
+        self.send(addr, Retry::IfNotSent, || {
+            self.req(reqwest::Method::PUT, addr, &path)
+                .timeout(Duration::from_secs(120))
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn abort(&self, addr: &str, id: &str) -> Result<(), ShardError> {
-        let resp = self
-            .req(reqwest::Method::DELETE, addr, &format!("/temp/{id}"))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(Self::transport(addr))?;
-        Self::check(addr, resp).await.map(drop)
+        let path = format!("/temp/{id}");
+        self.send(addr, Retry::IfNotSent, || {
+            self.req(reqwest::Method::DELETE, addr, &path)
+                .timeout(Duration::from_secs(30))
+        })
+        .await
+        .map(drop)
     }
 
     /// Opens raw bytes `[start, end)` of a committed shard. The data server verifies the first
@@ -245,14 +295,14 @@ impl ShardClient {
         if start >= end {
             return Ok(Box::pin(futures::stream::empty()));
         }
+        let range = format!("bytes={start}-{}", end - 1);
         let resp = self
-            .req(reqwest::Method::GET, addr, &path)
-            .header("range", format!("bytes={start}-{}", end - 1))
-            .timeout(Duration::from_secs(3600))
-            .send()
-            .await
-            .map_err(Self::transport(addr))?;
-        let resp = Self::check(addr, resp).await?;
+            .send(addr, Retry::IfNotSent, || {
+                self.req(reqwest::Method::GET, addr, &path)
+                    .header("range", &range)
+                    .timeout(Duration::from_secs(3600))
+            })
+            .await?;
         let owned = addr.to_string();
         Ok(Box::pin(resp.bytes_stream().map(move |r| {
             r.map_err(|source| ShardError::Transport {
@@ -262,23 +312,75 @@ impl ShardClient {
         })))
     }
 
+    /// Moves a shard to the data server's `garbage/`, unless it was written less than
+    /// `min_age` ago (then a 412 error).
     pub async fn remove_shard(
         &self,
         addr: &str,
         hash: &ContentHash,
         shard: u8,
+        min_age: Option<Duration>,
     ) -> Result<(), ShardError> {
-        let resp = self
-            .req(
-                reqwest::Method::DELETE,
-                addr,
-                &format!("/shards/{}/{shard}", hash.to_hex()),
-            )
-            .timeout(Duration::from_secs(30))
-            .send()
+        let mut path = format!("/shards/{}/{shard}", hash.to_hex());
+        if let Some(age) = min_age {
+            path.push_str(&format!("?min_age_secs={}", age.as_secs()));
+        }
+        self.send(addr, Retry::IfNotSent, || {
+            self.req(reqwest::Method::DELETE, addr, &path)
+                .timeout(Duration::from_secs(30))
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Has the data server read a whole shard and check every checksum. `Ok(length)`; a 404
+    /// error means missing, or corrupt and now quarantined.
+    pub async fn verify_shard(
+        &self,
+        addr: &str,
+        hash: &ContentHash,
+        shard: u8,
+    ) -> Result<u64, ShardError> {
+        #[derive(Deserialize)]
+        struct Verified {
+            length: u64,
+        }
+        let path = format!("/shards/{}/{shard}/verify", hash.to_hex());
+        let v: Verified = self
+            .send(addr, Retry::Idempotent, || {
+                self.req(reqwest::Method::POST, addr, &path)
+                    .timeout(Duration::from_secs(3600))
+            })
+            .await?
+            .json()
             .await
-            .map_err(Self::transport(addr))?;
-        Self::check(addr, resp).await.map(drop)
+            .map_err(|_| ShardError::Malformed {
+                addr: addr.to_string(),
+            })?;
+        Ok(v.length)
+    }
+
+    /// One page of the shards a data server holds, after `after`.
+    pub async fn list_shards(
+        &self,
+        addr: &str,
+        after: Option<(ContentHash, u8)>,
+        limit: usize,
+    ) -> Result<Vec<ShardEntry>, ShardError> {
+        let mut path = format!("/shards?limit={limit}");
+        if let Some((hash, shard)) = after {
+            path.push_str(&format!("&after={}.{shard}", hash.to_hex()));
+        }
+        self.send(addr, Retry::Idempotent, || {
+            self.req(reqwest::Method::GET, addr, &path)
+                .timeout(Duration::from_secs(60))
+        })
+        .await?
+        .json()
+        .await
+        .map_err(|_| ShardError::Malformed {
+            addr: addr.to_string(),
+        })
     }
 }
 

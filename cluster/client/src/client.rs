@@ -638,6 +638,37 @@ impl Client {
         self.ndjson_records("/versions/").await
     }
 
+    /// `POST /maintenance/JOB[?keep=N][&grace_secs=S]`: starts a maintenance job (`scrub`,
+    /// `retention` or `orphans`) and streams its reports (JSON objects, one a second, the last
+    /// with `"done": true`).
+    pub async fn maintenance(
+        &self,
+        job: &str,
+        keep: Option<u64>,
+        grace: Option<Duration>,
+    ) -> Result<
+        std::pin::Pin<
+            Box<dyn futures::Stream<Item = Result<serde_json::Value, ClientError>> + Send>,
+        >,
+        ClientError,
+    > {
+        let mut query = Vec::new();
+        if let Some(k) = keep {
+            query.push(format!("keep={k}"));
+        }
+        if let Some(g) = grace {
+            query.push(format!("grace_secs={}", g.as_secs()));
+        }
+        let mut path = format!("/maintenance/{}", encode_query(job));
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+        let resp = self
+            .send(Method::POST, self.request(Method::POST, &path))
+            .await?;
+        Ok(Box::pin(ndjson::<serde_json::Value>(resp)))
+    }
+
     async fn ndjson_records(&self, path: &str) -> Result<RecordStream, ClientError> {
         let resp = self
             .send(Method::GET, self.request(Method::GET, path))

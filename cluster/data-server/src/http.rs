@@ -9,7 +9,9 @@
 //! | `PUT /temp/ID?length=N` | commits durably once exactly N raw bytes were received |
 //! | `DELETE /temp/ID` | abandons |
 //! | `GET /shards/HEX/I` (Range) | verified raw bytes of a committed shard |
-//! | `DELETE /shards/HEX/I` | moves the shard to `garbage/` |
+//! | `DELETE /shards/HEX/I[?min_age_secs=S]` | moves the shard to `garbage/` (412 when written less than S seconds ago) |
+//! | `POST /shards/HEX/I/verify` | reads the whole shard checking every checksum: `{"length": …}`, or 404 (missing, or corrupt and now quarantined) |
+//! | `GET /shards?after=HEX.I&limit=N` | committed shards in order: `[{"hash", "shard", "age_secs"}]` |
 //! | `GET /health` | `{"id": …}` |
 
 use std::io;
@@ -30,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::store::format::FormatError;
-use crate::store::{ShardStore, ShardStoreError, TempStatus};
+use crate::store::{ShardEntry, ShardStore, ShardStoreError, TempStatus};
 
 /// Header carrying a shard's total raw length on shard reads.
 pub const SHARD_LENGTH: &str = "x-dos-shard-length";
@@ -86,10 +88,12 @@ pub fn router(state: AppState) -> Router {
                 .delete(abort_temp),
         )
         .route("/temp/{id}/data", get(read_temp))
+        .route("/shards", get(list_shards))
         .route(
             "/shards/{hash}/{shard}",
             get(read_shard).delete(remove_shard),
         )
+        .route("/shards/{hash}/{shard}/verify", post(verify_shard))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_signature,
@@ -118,6 +122,10 @@ impl IntoResponse for DataServerError {
                 ShardStoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 ShardStoreError::OffsetMismatch { .. } => StatusCode::CONFLICT,
                 ShardStoreError::Corrupt(_) => StatusCode::NOT_FOUND,
+                ShardStoreError::TooNew(_) => StatusCode::PRECONDITION_FAILED,
+                ShardStoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                    StatusCode::INSUFFICIENT_STORAGE
+                }
                 ShardStoreError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             DataServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -256,14 +264,65 @@ async fn abort_temp(State(s): State<AppState>, Path(id): Path<String>) -> Result
     Ok(StatusCode::OK)
 }
 
+#[derive(Deserialize)]
+struct RemoveQuery {
+    /// Keep the shard if it was written less than this many seconds ago.
+    min_age_secs: Option<u64>,
+}
+
 async fn remove_shard(
     State(s): State<AppState>,
     Path((hash, shard)): Path<(String, u8)>,
+    Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode> {
     let hash = parse_hash(&hash)?;
     let store = s.store.clone();
-    blocking(move || store.remove_shard(&hash, shard)).await?;
+    let min_age = q.min_age_secs.map(std::time::Duration::from_secs);
+    blocking(move || store.remove_shard(&hash, shard, min_age)).await?;
     Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct ListShardsQuery {
+    /// `<hex hash>.<shard>` of the last entry of the previous page.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /shards?after=&limit=`: committed shards in (hash, shard) order with their ages.
+async fn list_shards(
+    State(s): State<AppState>,
+    Query(q): Query<ListShardsQuery>,
+) -> Result<Json<Vec<ShardEntry>>> {
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(a) => {
+            let (hash, shard) = a
+                .rsplit_once('.')
+                .ok_or_else(|| DataServerError::BadRequest(format!("bad cursor {a:?}")))?;
+            let shard = shard
+                .parse()
+                .map_err(|_| DataServerError::BadRequest(format!("bad cursor {a:?}")))?;
+            Some((parse_hash(hash)?, shard))
+        }
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let store = s.store.clone();
+    Ok(Json(
+        blocking(move || store.list_shards(after, limit)).await?,
+    ))
+}
+
+/// `POST /shards/{hash}/{shard}/verify`: reads the whole shard and checks every checksum; a
+/// corrupt shard is quarantined and answered like a missing one (404).
+async fn verify_shard(
+    State(s): State<AppState>,
+    Path((hash, shard)): Path<(String, u8)>,
+) -> Result<Json<serde_json::Value>> {
+    let hash = parse_hash(&hash)?;
+    let store = s.store.clone();
+    let length = blocking(move || store.verify_shard(&hash, shard)).await?;
+    Ok(Json(serde_json::json!({ "length": length })))
 }
 
 async fn read_shard(

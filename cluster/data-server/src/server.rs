@@ -184,10 +184,24 @@ impl DataServer {
                     _ = c.cancelled() => break,
                     _ = tick.tick() => {
                         let s = s.clone();
-                        match tokio::task::spawn_blocking(move || s.expire_temps(ttl)).await {
-                            Ok(Ok(n)) if n > 0 => tracing::info!(removed = n, "expired temp uploads"),
-                            Ok(Err(e)) => tracing::warn!(error = %e, "temp expiry failed"),
-                            _ => {}
+                        let swept = tokio::task::spawn_blocking(move || {
+                            (s.expire_temps(ttl), s.expire_garbage(ttl))
+                        })
+                        .await;
+                        match swept {
+                            Ok((temps, garbage)) => {
+                                match temps {
+                                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired temp uploads"),
+                                    Err(e) => tracing::warn!(error = %e, "temp expiry failed"),
+                                    _ => {}
+                                }
+                                match garbage {
+                                    Ok(n) if n > 0 => tracing::info!(removed = n, "emptied removed shards from garbage/"),
+                                    Err(e) => tracing::warn!(error = %e, "garbage expiry failed"),
+                                    _ => {}
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "expiry task failed"),
                         }
                     }
                 }

@@ -52,6 +52,9 @@ where
     versions_listing_pages(&factory().await).await;
     listing_groups_and_pages(&factory().await).await;
     contents_round_trip(&factory().await).await;
+    contents_are_enumerated(&factory().await).await;
+    old_versions_can_be_deleted_never_the_latest(&factory().await).await;
+    only_unused_untouched_contents_are_deleted(&factory().await).await;
     concurrent_writers_get_unique_versions(Arc::new(factory().await)).await;
 }
 
@@ -258,4 +261,122 @@ pub async fn concurrent_writers_get_unique_versions<S: MetadataStore>(store: Arc
     }
     all.sort();
     assert_eq!(all, (1..=80).collect::<Vec<u64>>());
+}
+
+fn content(bytes: &[u8]) -> ContentRecord {
+    ContentRecord {
+        hash: ContentHash::of(bytes),
+        size: bytes.len() as u64,
+        placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+    }
+}
+
+pub async fn contents_are_enumerated<S: MetadataStore>(store: &S) {
+    assert!(store.list_contents(None, 10).await.unwrap().is_empty());
+    let mut expected = BTreeSet::new();
+    for i in 0..7 {
+        let rec = content(format!("c{i}").as_bytes());
+        store.put_content(&rec).await.unwrap();
+        expected.insert(rec.hash);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_contents(after.as_ref(), 3).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        after = page.last().map(|r| r.hash);
+        seen.extend(page.into_iter().map(|r| {
+            assert_eq!(r.placement.len(), 6);
+            r.hash
+        }));
+    }
+    assert_eq!(seen.len(), 7, "every record exactly once");
+    assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), expected);
+}
+
+pub async fn old_versions_can_be_deleted_never_the_latest<S: MetadataStore>(store: &S) {
+    let n = name("kept");
+    for i in 0..4 {
+        put(store, &n, format!("v{i}").as_bytes()).await;
+    }
+    assert!(!store.delete_version(&n, 4).await.unwrap(), "latest stays");
+    assert!(store.delete_version(&n, 2).await.unwrap());
+    assert!(!store.delete_version(&n, 2).await.unwrap(), "already gone");
+    assert!(!store.delete_version(&n, 99).await.unwrap());
+    assert!(!store.delete_version(&name("none"), 1).await.unwrap());
+    assert_eq!(store.get_version(&n, Some(2)).await.unwrap(), None);
+    let left: Vec<u64> = store
+        .list_versions(&VersionsFrom::Name(n.clone(), 0), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(left, vec![1, 3, 4]);
+    // Numbering carries on after the latest, never reusing a deleted number.
+    assert_eq!(put(store, &n, b"v5").await, 5);
+    assert_eq!(
+        store.get_version(&n, None).await.unwrap().unwrap().version,
+        5
+    );
+    // A delete marker as the latest protects itself, not the versions before it.
+    delete(store, &n).await;
+    assert!(!store.delete_version(&n, 6).await.unwrap());
+    assert!(store.delete_version(&n, 5).await.unwrap());
+}
+
+pub async fn only_unused_untouched_contents_are_deleted<S: MetadataStore>(store: &S) {
+    let used = content(b"used");
+    let unused = content(b"unused");
+    store.put_content(&used).await.unwrap();
+    store.put_content(&unused).await.unwrap();
+    put(store, &name("holder"), b"used").await;
+    let later = dos_protocol::now_ns() + 1_000_000_000;
+    // Written after the cut-off: kept.
+    assert!(!store.delete_unused_content(&unused.hash, 0).await.unwrap());
+    // Referenced by a version: kept.
+    assert!(
+        !store
+            .delete_unused_content(&used.hash, later)
+            .await
+            .unwrap()
+    );
+    // Touched after the cut-off: kept.
+    let cut = dos_protocol::now_ns();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert_eq!(
+        store.touch_content(&unused.hash).await.unwrap(),
+        Some(unused.clone())
+    );
+    assert!(
+        !store
+            .delete_unused_content(&unused.hash, cut)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .touch_content(&ContentHash::of(b"absent"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Unused and untouched since the cut-off: deleted, once.
+    assert!(
+        store
+            .delete_unused_content(&unused.hash, later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_unused_content(&unused.hash, later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_content(&unused.hash).await.unwrap(), None);
+    assert_eq!(store.get_content(&used.hash).await.unwrap(), Some(used));
 }

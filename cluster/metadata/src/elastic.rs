@@ -14,8 +14,9 @@
 //!   `name`.
 //! - `heads`: one document per name, `_id` = the name (same keying), holding the fields of the
 //!   name's latest version plus `live` (false when that version is a delete marker).
-//! - `contents`: one document per content hash, `_id` = its hex; `size` (long) and `placement`
-//!   (keyword array of server ids, index = shard index).
+//! - `contents`: one document per content hash, `_id` = its hex; `hash` (keyword, base64),
+//!   `size` (long), `placement` (keyword array of server ids, index = shard index) and
+//!   `touched` (long, ns: last write or dedup use, which the orphan collector respects).
 //!
 //! Names only ever travel as JSON string values in request bodies or as percent-encoded path
 //! segments of document ids (the client encodes them); never in a `q=` query string, so `*`,
@@ -81,7 +82,7 @@ use elasticsearch::http::Url;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{IndicesCreateParts, IndicesGetMappingParts};
 use elasticsearch::params::Refresh;
-use elasticsearch::{CreateParts, Elasticsearch, GetParts, IndexParts, SearchParts};
+use elasticsearch::{CreateParts, DeleteParts, Elasticsearch, GetParts, IndexParts, SearchParts};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
@@ -422,6 +423,51 @@ impl ElasticStore {
         }
     }
 
+    /// Delete by id, optionally only if the document is still at `(seq_no, primary_term)`.
+    /// `Ok(false)`: there was no such document, or it had changed (409).
+    async fn delete_doc(
+        &self,
+        index: &str,
+        id: &str,
+        if_at: Option<(i64, i64)>,
+    ) -> Result<bool, MetadataError> {
+        let mut request = self.client.delete(DeleteParts::IndexId(index, id));
+        if let Some((seq_no, primary_term)) = if_at {
+            request = request.if_seq_no(seq_no).if_primary_term(primary_term);
+        }
+        if let Some(r) = self.refresh() {
+            request = request.refresh(r);
+        }
+        let reply = Reply::read("delete", request.send().await).await?;
+        if reply.is_success() {
+            Ok(true)
+        } else if reply.status == 404 || reply.is_version_conflict() {
+            Ok(false)
+        } else {
+            Err(reply.unexpected(&format!("delete from {index}")))
+        }
+    }
+
+    /// The content document of `hash` with its `(seq_no, primary_term)`.
+    async fn read_content(
+        &self,
+        hash: &ContentHash,
+    ) -> Result<Option<(ContentDoc, (i64, i64))>, MetadataError> {
+        let Some(got) = self.get_doc(&self.contents, &content_id(hash)).await? else {
+            return Ok(None);
+        };
+        let (Some(source), Some(seq_no), Some(primary_term)) =
+            (got.source, got.seq_no, got.primary_term)
+        else {
+            return Err(MetadataError::Unavailable(
+                "elasticsearch get: response lacks _source, _seq_no or _primary_term".into(),
+            ));
+        };
+        let doc: ContentDoc = serde_json::from_value(source)
+            .map_err(|e| MetadataError::Corrupt(format!("content document of {hash}: {e}")))?;
+        Ok(Some((doc, (seq_no, primary_term))))
+    }
+
     /// The `_source` of every hit of a search.
     async fn search(&self, index: &str, body: Value) -> Result<Vec<Value>, MetadataError> {
         let sent = self
@@ -715,15 +761,10 @@ impl MetadataStore for ElasticStore {
         hash: &ContentHash,
     ) -> Result<Option<ContentRecord>, MetadataError> {
         self.ready().await?;
-        let Some(got) = self.get_doc(&self.contents, &content_id(hash)).await? else {
-            return Ok(None);
-        };
-        let source = got.source.ok_or_else(|| {
-            MetadataError::Unavailable("elasticsearch get: response lacks _source".into())
-        })?;
-        let doc: ContentDoc = serde_json::from_value(source)
-            .map_err(|e| MetadataError::Corrupt(format!("content document of {hash}: {e}")))?;
-        Ok(Some(doc.into_record(*hash)))
+        Ok(self
+            .read_content(hash)
+            .await?
+            .map(|(doc, _)| doc.into_record(*hash)))
     }
 
     async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError> {
@@ -734,6 +775,103 @@ impl MetadataStore for ElasticStore {
         self.index_doc(&self.contents, &content_id(&record.hash), body, None, None)
             .await
             .map(|_| ())
+    }
+
+    async fn touch_content(
+        &self,
+        hash: &ContentHash,
+    ) -> Result<Option<ContentRecord>, MetadataError> {
+        self.ready().await?;
+        for _ in 0..MAX_HEAD_ATTEMPTS {
+            let Some((mut doc, at)) = self.read_content(hash).await? else {
+                return Ok(None);
+            };
+            doc.touched = dos_protocol::now_ns();
+            let body =
+                serde_json::to_value(&doc).map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+            if self
+                .index_doc(&self.contents, &content_id(hash), body, Some(at), None)
+                .await?
+            {
+                return Ok(Some(doc.into_record(*hash)));
+            }
+        }
+        Err(MetadataError::Unavailable(format!(
+            "content {hash} kept changing; gave up after {MAX_HEAD_ATTEMPTS} attempts"
+        )))
+    }
+
+    async fn list_contents(
+        &self,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<ContentRecord>, MetadataError> {
+        self.ready().await?;
+        let mut body = json!({
+            "size": limit.clamp(1, 10_000),
+            "track_total_hits": false,
+            "query": { "match_all": {} },
+            "sort": [{ "hash": "asc" }],
+        });
+        if let Some(after) = after {
+            body["search_after"] = json!([after.to_base64()]);
+        }
+        let hits = self.search(&self.contents, body).await?;
+        hits.into_iter()
+            .map(|source| {
+                let doc: ContentDoc = serde_json::from_value(source)
+                    .map_err(|e| MetadataError::Corrupt(format!("content document: {e}")))?;
+                let hash = ContentHash::from_base64(&doc.hash).map_err(|_| {
+                    MetadataError::Corrupt(format!("content document hash {:?}", doc.hash))
+                })?;
+                Ok(doc.into_record(hash))
+            })
+            .collect()
+    }
+
+    async fn delete_version(&self, name: &ObjectName, version: u64) -> Result<bool, MetadataError> {
+        self.ready().await?;
+        if i64::try_from(version).is_err() {
+            return Ok(false);
+        }
+        // Versions only ever grow, so one that is older than the latest stays older.
+        match self.latest(name).await? {
+            Some(latest) if latest.version > version => {}
+            _ => return Ok(false),
+        }
+        self.delete_doc(&self.metadata, &version_id(name.as_str(), version), None)
+            .await
+    }
+
+    async fn delete_unused_content(
+        &self,
+        hash: &ContentHash,
+        unused_since_ns: i64,
+    ) -> Result<bool, MetadataError> {
+        self.ready().await?;
+        let Some((doc, at)) = self.read_content(hash).await? else {
+            return Ok(false);
+        };
+        if doc.touched >= unused_since_ns {
+            return Ok(false);
+        }
+        let referenced = self
+            .search(
+                &self.metadata,
+                json!({
+                    "size": 1,
+                    "track_total_hits": false,
+                    "query": { "bool": { "filter": [{ "term": { "hash": hash.to_base64() } }] } },
+                }),
+            )
+            .await?;
+        if !referenced.is_empty() {
+            return Ok(false);
+        }
+        // Only if nobody touched or rewrote it since it was read: a dedup write that touched
+        // it in between keeps it.
+        self.delete_doc(&self.contents, &content_id(hash), Some(at))
+            .await
     }
 }
 

@@ -112,6 +112,35 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_content(&self, hash: &ContentHash)
     -> Result<Option<ContentRecord>, MetadataError>;
 
-    /// Records (or replaces) the placement of a content hash.
+    /// Records (or replaces) the placement of a content hash; counts as a use of it (see
+    /// [`touch_content`](Self::touch_content)).
     async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError>;
+
+    /// Marks `hash` as used now (a dedup write is about to reference it) and returns its
+    /// record, or `None` when the store has no such content. The orphan collector deletes a
+    /// record only if it was not used since it decided to, so a dedup write that touched the
+    /// record first can never lose its data.
+    async fn touch_content(
+        &self,
+        hash: &ContentHash,
+    ) -> Result<Option<ContentRecord>, MetadataError>;
+
+    /// Up to `limit` content records after `after`, in an order stable across calls.
+    async fn list_contents(
+        &self,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<ContentRecord>, MetadataError>;
+
+    /// Deletes version `version` of `name` unless it is the latest version of that name.
+    /// `Ok(false)`: there is no such version, or it is the latest.
+    async fn delete_version(&self, name: &ObjectName, version: u64) -> Result<bool, MetadataError>;
+
+    /// Deletes the record of `hash` if no version references it and it was neither written
+    /// nor touched at or after `unused_since_ns`. `Ok(true)` when it was deleted.
+    async fn delete_unused_content(
+        &self,
+        hash: &ContentHash,
+        unused_since_ns: i64,
+    ) -> Result<bool, MetadataError>;
 }

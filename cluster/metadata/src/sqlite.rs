@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord};
+use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord, now_ns};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::listing::{PageBuilder, Step};
@@ -45,9 +45,23 @@ CREATE TABLE IF NOT EXISTS live (
 CREATE TABLE IF NOT EXISTS contents (
     hash      BLOB    NOT NULL PRIMARY KEY,
     size      INTEGER NOT NULL,
-    placement TEXT    NOT NULL
+    placement TEXT    NOT NULL,
+    touched   INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 ";
+
+/// Adds `contents.touched` to a database created before it existed.
+fn migrate(conn: &Connection) -> Result<(), MetadataError> {
+    let has_touched = conn
+        .prepare("SELECT 1 FROM pragma_table_info('contents') WHERE name = 'touched'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(db_err)?;
+    if !has_touched {
+        conn.execute_batch("ALTER TABLE contents ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
 
 fn db_err(e: rusqlite::Error) -> MetadataError {
     MetadataError::Unavailable(format!("sqlite: {e}"))
@@ -73,6 +87,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -292,28 +307,7 @@ impl MetadataStore for SqliteStore {
         hash: &ContentHash,
     ) -> Result<Option<ContentRecord>, MetadataError> {
         let hash = *hash;
-        self.with_conn(move |conn| {
-            let row: Option<(i64, String)> = conn
-                .query_row(
-                    "SELECT size, placement FROM contents WHERE hash = ?1",
-                    [hash.0.to_vec()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(db_err)?;
-            let Some((size, placement)) = row else {
-                return Ok(None);
-            };
-            let placement: Vec<ServerId> = serde_json::from_str(&placement)
-                .map_err(|e| MetadataError::Corrupt(format!("placement of {hash}: {e}")))?;
-            Ok(Some(ContentRecord {
-                hash,
-                size: u64::try_from(size)
-                    .map_err(|_| MetadataError::Corrupt(format!("size of {hash}")))?,
-                placement,
-            }))
-        })
-        .await
+        self.with_conn(move |conn| read_content(conn, &hash)).await
     }
 
     async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError> {
@@ -322,14 +316,145 @@ impl MetadataStore for SqliteStore {
             let placement = serde_json::to_string(&record.placement)
                 .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
             conn.execute(
-                "INSERT OR REPLACE INTO contents (hash, size, placement) VALUES (?1, ?2, ?3)",
-                params![record.hash.0.to_vec(), i64_of(record.size)?, placement],
+                "INSERT OR REPLACE INTO contents (hash, size, placement, touched) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    record.hash.0.to_vec(),
+                    i64_of(record.size)?,
+                    placement,
+                    now_ns()
+                ],
             )
             .map_err(db_err)?;
             Ok(())
         })
         .await
     }
+
+    async fn touch_content(
+        &self,
+        hash: &ContentHash,
+    ) -> Result<Option<ContentRecord>, MetadataError> {
+        let hash = *hash;
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            tx.execute(
+                "UPDATE contents SET touched = ?2 WHERE hash = ?1",
+                params![hash.0.to_vec(), now_ns()],
+            )
+            .map_err(db_err)?;
+            let record = read_content(&tx, &hash)?;
+            tx.commit().map_err(db_err)?;
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn list_contents(
+        &self,
+        after: Option<&ContentHash>,
+        limit: usize,
+    ) -> Result<Vec<ContentRecord>, MetadataError> {
+        let after = after.map_or_else(Vec::new, |h| h.0.to_vec());
+        let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(1000);
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hash, size, placement FROM contents WHERE hash > ?1 \
+                     ORDER BY hash LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hash, size, placement) = row.map_err(db_err)?;
+                let hash = ContentHash(hash.try_into().map_err(|_| {
+                    MetadataError::Corrupt("a content hash is not 32 bytes".into())
+                })?);
+                out.push(content_record(hash, size, &placement)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_version(&self, name: &ObjectName, version: u64) -> Result<bool, MetadataError> {
+        let name = name.clone();
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(false);
+        };
+        self.with_conn(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM versions WHERE name = ?1 AND version = ?2 \
+                     AND version < (SELECT MAX(version) FROM versions WHERE name = ?1)",
+                    params![name.as_str(), version],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_unused_content(
+        &self,
+        hash: &ContentHash,
+        unused_since_ns: i64,
+    ) -> Result<bool, MetadataError> {
+        let hash = hash.0.to_vec();
+        self.with_conn(move |conn| {
+            // One statement: the reference check and the delete are atomic.
+            let n = conn
+                .execute(
+                    "DELETE FROM contents WHERE hash = ?1 AND touched < ?2 \
+                     AND NOT EXISTS (SELECT 1 FROM versions WHERE hash = ?1)",
+                    params![hash, unused_since_ns],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}
+
+fn read_content(
+    conn: &Connection,
+    hash: &ContentHash,
+) -> Result<Option<ContentRecord>, MetadataError> {
+    let row: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT size, placement FROM contents WHERE hash = ?1",
+            [hash.0.to_vec()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    row.map(|(size, placement)| content_record(*hash, size, &placement))
+        .transpose()
+}
+
+fn content_record(
+    hash: ContentHash,
+    size: i64,
+    placement: &str,
+) -> Result<ContentRecord, MetadataError> {
+    let placement: Vec<ServerId> = serde_json::from_str(placement)
+        .map_err(|e| MetadataError::Corrupt(format!("placement of {hash}: {e}")))?;
+    Ok(ContentRecord {
+        hash,
+        size: u64::try_from(size).map_err(|_| MetadataError::Corrupt(format!("size of {hash}")))?,
+        placement,
+    })
 }
 
 /// One listing page over `live` (grouping in [`PageBuilder`]). Common prefixes are skipped

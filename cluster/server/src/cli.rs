@@ -2,9 +2,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use dos_api_server::maintenance::MaintenanceConfig;
 use dos_api_server::{ApiConfig, ApiServer};
 use dos_bus::amqp::{AmqpBus, AmqpConfig};
 use dos_data_server::{DataServer, DataServerConfig};
@@ -40,6 +42,8 @@ enum Command {
         /// Require `Authorization: Bearer TOKEN` on every request.
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        maintenance: MaintenanceArgs,
     },
     /// Run one API server of a cluster: finds data servers over RabbitMQ, keeps metadata in
     /// Elasticsearch (or, without ES_SERVER, in an embedded database: one API server only).
@@ -63,6 +67,8 @@ enum Command {
         /// Require `Authorization: Bearer TOKEN` on every request.
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        maintenance: MaintenanceArgs,
     },
     /// Run one data server of a cluster.
     Data {
@@ -81,6 +87,29 @@ enum Command {
         #[arg(long, env = "DOS_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// Run maintenance jobs now on an API server, showing progress and a summary: retention,
+    /// then orphan collection, then scrub (in that order when several are asked for).
+    /// Exits with status 1 if any job reports errors.
+    Maintain {
+        /// The API server.
+        #[arg(long, env = "DOS_API", default_value = "http://127.0.0.1:23333")]
+        api: String,
+        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Verify every object's SHA-256 and every shard; rebuild missing or corrupt shards.
+        #[arg(long)]
+        scrub: bool,
+        /// Keep only the newest N versions of every name (never deleting the latest).
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "5")]
+        retention: Option<u64>,
+        /// Collect data that no version references.
+        #[arg(long)]
+        orphans: bool,
+        /// With --orphans: leave content written or used more recently than this
+        /// (default: the server's --orphans-grace). `0s` for tests only.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<Duration>,
+    },
     /// Declare the RabbitMQ exchanges and create the Elasticsearch indices (idempotent).
     Setup {
         #[arg(long, env = "RABBITMQ_SERVER", default_value = DEFAULT_AMQP)]
@@ -88,6 +117,54 @@ enum Command {
         #[arg(long, env = "ES_SERVER")]
         es_server: Option<String>,
     },
+}
+
+/// Background maintenance of an API server.
+#[derive(clap::Args, Clone, Debug)]
+struct MaintenanceArgs {
+    /// How often to scrub every object in the background (e.g. 12h, 7d; `off` disables).
+    #[arg(long, env = "DOS_SCRUB_EVERY", default_value = "24h", value_parser = parse_every)]
+    scrub_every: Every,
+    /// How often to collect unreferenced data in the background (`off` disables).
+    #[arg(long, env = "DOS_ORPHANS_EVERY", default_value = "6h", value_parser = parse_every)]
+    orphans_every: Every,
+    /// Content written or used by a dedup write more recently than this is never collected.
+    #[arg(long, env = "DOS_ORPHANS_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    orphans_grace: Duration,
+    /// How often to apply version retention in the background (`off`, the default, keeps
+    /// every version).
+    #[arg(long, env = "DOS_RETENTION_EVERY", default_value = "off", value_parser = parse_every)]
+    retention_every: Every,
+    /// Versions of each name kept by background retention.
+    #[arg(long, env = "DOS_KEEP_VERSIONS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_versions: u64,
+}
+
+impl MaintenanceArgs {
+    fn config(&self) -> MaintenanceConfig {
+        MaintenanceConfig {
+            scrub_every: self.scrub_every.0,
+            orphans_every: self.orphans_every.0,
+            orphans_grace: self.orphans_grace,
+            retention_every: self.retention_every.0,
+            keep_versions: self.keep_versions,
+        }
+    }
+}
+
+/// An interval, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct Every(Option<Duration>);
+
+fn parse_every(s: &str) -> Result<Every, String> {
+    if s == "off" || s == "never" {
+        return Ok(Every(None));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30m, 6h, 7d or off)"))?;
+    if d.is_zero() {
+        return Err("an interval must be longer than zero; use `off` to disable".into());
+    }
+    Ok(Every(Some(d)))
 }
 
 const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -98,9 +175,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root,
             listen,
             token,
+            maintenance,
         } => {
             let mut config = LocalConfig::new(root.clone(), listen);
             config.token = token.filter(|t| !t.is_empty());
+            config.maintenance = maintenance.config();
             let cluster = LocalCluster::start(config)
                 .await
                 .with_context(|| format!("cannot start the local cluster in {}", root.display()))?;
@@ -122,6 +201,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             secret,
             secret_file,
             token,
+            maintenance,
         } => {
             let secret = match secret {
                 Some(hex_secret) => hex::decode(hex_secret.trim())
@@ -153,6 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("connecting to RabbitMQ")?;
             let mut config = ApiConfig::new(secret);
             config.token = token.filter(|t| !t.is_empty());
+            config.maintenance = maintenance.config();
             let api = ApiServer::start(listen, config, meta, Arc::new(bus))
                 .await
                 .context("starting the API server")?;
@@ -195,6 +276,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ds.shutdown().await;
             Ok(())
         }
+        Command::Maintain {
+            api,
+            token,
+            scrub,
+            retention,
+            orphans,
+            grace,
+        } => {
+            if !scrub && retention.is_none() && !orphans {
+                anyhow::bail!("nothing to do: give --scrub, --retention [N] and/or --orphans");
+            }
+            if retention == Some(0) {
+                anyhow::bail!("--retention must keep at least 1 version");
+            }
+            let mut builder = dos_client::Client::builder(api.clone());
+            if let Some(t) = token.filter(|t| !t.is_empty()) {
+                builder = builder.token(t);
+            }
+            let client = builder.build().context("API server address")?;
+            let mut failed = false;
+            if let Some(keep) = retention {
+                failed |= run_job(&client, &api, "retention", Some(keep), None).await?;
+            }
+            if orphans {
+                failed |= run_job(&client, &api, "orphans", None, grace).await?;
+            }
+            if scrub {
+                failed |= run_job(&client, &api, "scrub", None, None).await?;
+            }
+            if failed {
+                anyhow::bail!("maintenance finished with errors (listed above)");
+            }
+            Ok(())
+        }
         Command::Setup {
             rabbitmq,
             es_server,
@@ -215,6 +330,71 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Runs one job, printing its progress on stderr and its summary on stdout. `Ok(true)` when
+/// the job reported errors.
+async fn run_job(
+    client: &dos_client::Client,
+    api: &str,
+    job: &str,
+    keep: Option<u64>,
+    grace: Option<Duration>,
+) -> anyhow::Result<bool> {
+    use futures::TryStreamExt as _;
+    use std::io::IsTerminal as _;
+    let tty = std::io::stderr().is_terminal();
+    let mut reports = client
+        .maintenance(job, keep, grace)
+        .await
+        .with_context(|| format!("starting {job} on {api}"))?;
+    let mut last = None;
+    while let Some(report) = reports
+        .try_next()
+        .await
+        .with_context(|| format!("{job} on {api}: lost the connection (the job goes on)"))?
+    {
+        if report["done"] != serde_json::Value::Bool(true) {
+            let line = format!("{job}: {}", counts_line(&report));
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        last = Some(report);
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    let report = last.context("the API server sent no report")?;
+    let secs = report["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+    println!("{job} finished in {secs:.1} s: {}", counts_line(&report));
+    let errors: Vec<&str> = report["errors"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
+        .unwrap_or_default();
+    for e in &errors {
+        println!("  error: {e}");
+    }
+    Ok(!errors.is_empty())
+}
+
+/// `name value, name value …` of a report's counts.
+fn counts_line(report: &serde_json::Value) -> String {
+    let counts: Vec<String> = report["counts"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{} {v}", k.replace('_', " ")))
+                .collect()
+        })
+        .unwrap_or_default();
+    if counts.is_empty() {
+        "nothing yet".into()
+    } else {
+        counts.join(", ")
     }
 }
 

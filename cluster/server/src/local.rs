@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use dos_api_server::maintenance::MaintenanceConfig;
 use dos_api_server::{ApiConfig, ApiServer, Core};
 use dos_bus::memory::MemoryBus;
 use dos_data_server::{DataServer, DataServerConfig};
@@ -29,6 +30,8 @@ pub struct LocalConfig {
     pub data_servers: usize,
     /// A request body idle for this long is cut off with 408.
     pub body_idle_timeout: std::time::Duration,
+    /// Background scrub, retention and orphan collection.
+    pub maintenance: MaintenanceConfig,
 }
 
 impl LocalConfig {
@@ -39,6 +42,7 @@ impl LocalConfig {
             token: None,
             data_servers: TOTAL_SHARDS,
             body_idle_timeout: std::time::Duration::from_secs(60),
+            maintenance: MaintenanceConfig::default(),
         }
     }
 }
@@ -94,6 +98,7 @@ impl LocalCluster {
         let mut api_config = ApiConfig::new(secret.clone());
         api_config.token = config.token.clone();
         api_config.body_idle_timeout = config.body_idle_timeout;
+        api_config.maintenance = config.maintenance.clone();
         let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus.clone())
             .await
             .map_err(LocalError::Api)?;

@@ -36,8 +36,20 @@ pub enum ShardStoreError {
     OffsetMismatch { offset: u64, length: u64 },
     #[error("shard failed verification and was quarantined: {0}")]
     Corrupt(String),
+    /// A conditional removal found the shard newer than allowed.
+    #[error("{0}")]
+    TooNew(String),
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// One committed shard, as the orphan collector sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShardEntry {
+    pub hash: ContentHash,
+    pub shard: u8,
+    /// Seconds since the shard file was last written.
+    pub age_secs: u64,
 }
 
 impl From<FormatError> for ShardStoreError {
@@ -225,21 +237,124 @@ impl ShardStore {
         }
     }
 
-    /// Moves a shard to `garbage/` (the orphan collector's delete; nothing is unlinked).
-    pub fn remove_shard(&self, hash: &ContentHash, shard: u8) -> Result<(), ShardStoreError> {
+    /// Seconds since the shard file was last written; `None` when there is no such file.
+    fn shard_age(&self, hash: &ContentHash, shard: u8) -> io::Result<Option<u64>> {
+        match fs::metadata(self.shard_path(hash, shard)) {
+            Ok(m) => Ok(Some(m.modified()?.elapsed().map_or(0, |d| d.as_secs()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Up to `limit` committed shards after `after`, in (hash, shard) order, with their ages.
+    pub fn list_shards(
+        &self,
+        after: Option<(ContentHash, u8)>,
+        limit: usize,
+    ) -> Result<Vec<ShardEntry>, ShardStoreError> {
+        let mut all = self.all_shards();
+        all.sort_unstable();
+        let start = match after {
+            Some(a) => all.partition_point(|x| *x <= a),
+            None => 0,
+        };
+        let mut out = Vec::new();
+        for (hash, shard) in all.into_iter().skip(start).take(limit) {
+            if let Some(age_secs) = self.shard_age(&hash, shard)? {
+                out.push(ShardEntry {
+                    hash,
+                    shard,
+                    age_secs,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads every piece of a shard, checking each checksum; a shard that fails is
+    /// quarantined (and `Corrupt` returned). Returns the shard's raw length.
+    pub fn verify_shard(&self, hash: &ContentHash, shard: u8) -> Result<u64, ShardStoreError> {
+        let mut reader = self.open_shard(hash, shard)?;
+        let pieces = reader.len().div_ceil(PIECE_SIZE as u64) as usize;
+        for k in 0..pieces {
+            match reader.piece(k) {
+                Ok(_) => {}
+                Err(FormatError::Corrupt(m)) => {
+                    self.quarantine(hash, shard, &m);
+                    return Err(ShardStoreError::Corrupt(m));
+                }
+                Err(FormatError::Io(e)) => return Err(e.into()),
+            }
+        }
+        Ok(reader.len())
+    }
+
+    /// Moves a shard to `garbage/` (the orphan collector's delete; `garbage/` is emptied
+    /// later by [`expire_garbage`](Self::expire_garbage)). With `min_age`, a shard written
+    /// more recently than that is kept (`TooNew`): an upload may just have committed it.
+    pub fn remove_shard(
+        &self,
+        hash: &ContentHash,
+        shard: u8,
+        min_age: Option<Duration>,
+    ) -> Result<(), ShardStoreError> {
+        if !is_valid_shard(shard) {
+            return Err(ShardStoreError::BadRequest(format!(
+                "no shard index {shard}"
+            )));
+        }
         let path = self.shard_path(hash, shard);
+        if let Some(min_age) = min_age {
+            match self.shard_age(hash, shard)? {
+                None => return Err(ShardStoreError::NotFound(format!("shard {hash}.{shard}"))),
+                Some(age) if age < min_age.as_secs() => {
+                    return Err(ShardStoreError::TooNew(format!(
+                        "shard {hash}.{shard} was written {age} s ago; kept"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         let dest = self
             .root
             .join("garbage")
             .join(format!("{}.{shard}", hash.to_hex()));
         self.index_remove(hash, shard);
-        match fs::rename(&path, dest) {
-            Ok(()) => Ok(()),
+        match fs::rename(&path, &dest) {
+            Ok(()) => {
+                // The garbage clock starts now, not when the shard was written.
+                if let Err(e) = File::options()
+                    .write(true)
+                    .open(&dest)
+                    .and_then(|f| f.set_modified(SystemTime::now()))
+                {
+                    tracing::warn!(error = %e, "could not stamp a removed shard");
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(ShardStoreError::NotFound(format!("shard {hash}.{shard}")))
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Deletes files that have been in `garbage/` for longer than `keep`; returns how many.
+    pub fn expire_garbage(&self, keep: Duration) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.root.join("garbage"))? {
+            let entry = entry?;
+            let old = entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .is_ok_and(|age| age > keep);
+            if old {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Deletes temp uploads untouched for longer than `ttl`; returns how many.

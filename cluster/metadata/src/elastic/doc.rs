@@ -69,8 +69,15 @@ pub(crate) struct HeadDoc {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ContentDoc {
+    /// Base64 SHA-256 (also in the `_id` as hex); the sort key of content enumeration.
+    #[serde(default)]
+    pub hash: String,
     pub size: u64,
     pub placement: Vec<ServerId>,
+    /// When the content was last written or used by a dedup write (ns); the orphan
+    /// collector leaves it alone for a grace period after that.
+    #[serde(default)]
+    pub touched: i64,
 }
 
 fn long(what: &str, v: u64) -> Result<u64, MetadataError> {
@@ -129,8 +136,10 @@ impl VersionDoc {
 impl ContentDoc {
     pub fn from_record(rec: &ContentRecord) -> Result<Self, MetadataError> {
         Ok(Self {
+            hash: rec.hash.to_base64(),
             size: long("size", rec.size)?,
             placement: rec.placement.clone(),
+            touched: dos_protocol::now_ns(),
         })
     }
 
@@ -156,7 +165,12 @@ const VERSION_FIELDS: &[(&str, &str)] = &[
 
 const HEAD_EXTRA_FIELDS: &[(&str, &str)] = &[("live", "boolean")];
 
-const CONTENT_FIELDS: &[(&str, &str)] = &[("size", "long"), ("placement", "keyword")];
+const CONTENT_FIELDS: &[(&str, &str)] = &[
+    ("hash", "keyword"),
+    ("size", "long"),
+    ("placement", "keyword"),
+    ("touched", "long"),
+];
 
 /// Which of the three indices; the expected fields of each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

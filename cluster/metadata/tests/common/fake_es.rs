@@ -378,6 +378,10 @@ async fn handle(
         (&Method::GET, [index, "_doc", id]) => {
             check_params(&params, &[]).and_then(|()| get_doc(&state, index, id))
         }
+        (&Method::DELETE, [index, "_doc", id]) => {
+            check_params(&params, &["refresh", "if_seq_no", "if_primary_term"])
+                .and_then(|()| delete_doc(&mut state, index, id, &params))
+        }
         (&Method::GET | &Method::POST, [index, "_search"]) => {
             check_params(&params, &["allow_partial_search_results"])
                 .and_then(|()| search(&state, index, json_body))
@@ -634,6 +638,85 @@ fn write_doc(
         body["forced_refresh"] = json!(true);
     }
     Ok(reply(status, body))
+}
+
+/// `DELETE /<index>/_doc/<id>`: 200 `deleted`, 404 `not_found`, or 409 when `if_seq_no` /
+/// `if_primary_term` do not match.
+fn delete_doc(
+    state: &mut State_,
+    index_name: &str,
+    id: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<Response, Response> {
+    check_id(id)?;
+    let forced_refresh = refresh_param(params)?;
+    let cond = match (params.get("if_seq_no"), params.get("if_primary_term")) {
+        (None, None) => None,
+        (Some(s), Some(t)) => match (s.parse::<i64>(), t.parse::<i64>()) {
+            (Ok(s), Ok(t)) => Some((s, t)),
+            _ => {
+                return Err(bad_request(
+                    "illegal_argument_exception",
+                    "if_seq_no and if_primary_term must be numbers".into(),
+                ));
+            }
+        },
+        _ => {
+            return Err(bad_request(
+                "action_request_validation_exception",
+                "Validation Failed: if_seq_no and if_primary_term must be set together".into(),
+            ));
+        }
+    };
+    let index = state
+        .indices
+        .get_mut(index_name)
+        .ok_or_else(|| index_not_found(index_name))?;
+    let seq_no = index.next_seq_no;
+    let Some(existing) = index.docs.get(id).cloned() else {
+        if let Some((s, t)) = cond {
+            return Err(conflict(
+                index,
+                index_name,
+                id,
+                format!("required seqNo [{s}], primary term [{t}]. but no document was found"),
+            ));
+        }
+        return Ok(reply(
+            404,
+            json!({ "_index": index_name, "_id": id, "result": "not_found",
+                    "_shards": shards(), "_seq_no": seq_no, "_primary_term": PRIMARY_TERM }),
+        ));
+    };
+    if let Some((s, t)) = cond
+        && (existing.seq_no != s || t != PRIMARY_TERM)
+    {
+        return Err(conflict(
+            index,
+            index_name,
+            id,
+            format!(
+                "required seqNo [{s}], primary term [{t}]. current document has seqNo [{}] and \
+                 primary term [{PRIMARY_TERM}]",
+                existing.seq_no
+            ),
+        ));
+    }
+    index.next_seq_no += 1;
+    index.docs.remove(id);
+    let mut body = json!({
+        "_index": index_name,
+        "_id": id,
+        "_version": existing.version + 1,
+        "result": "deleted",
+        "_shards": shards(),
+        "_seq_no": seq_no,
+        "_primary_term": PRIMARY_TERM,
+    });
+    if forced_refresh {
+        body["forced_refresh"] = json!(true);
+    }
+    Ok(reply(200, body))
 }
 
 fn get_doc(state: &State_, index_name: &str, id: &str) -> Result<Response, Response> {

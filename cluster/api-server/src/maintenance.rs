@@ -1,0 +1,500 @@
+//! Maintenance jobs: scrub, retention and orphan collection. Each runs in the background on a
+//! configurable interval and on demand (`POST /maintenance/JOB`, `dos-server maintain`); a job
+//! never runs twice at once on one API server, and every job is safe to run on several API
+//! servers at once (each step is idempotent and guarded by the metadata engine).
+//!
+//! - **scrub** walks every content record: each data server reads its shard of the object
+//!   whole and checks every checksum (a corrupt shard is quarantined there); missing, corrupt
+//!   and unreachable shards are rebuilt (onto the same server, or a live server holding no
+//!   shard of the object); then the object is decoded and its SHA-256 compared with its name.
+//! - **retention** keeps the newest `keep` versions of every name (delete markers count) and
+//!   never deletes a name's latest version; the data they referenced is left to `orphans`.
+//! - **orphans** deletes content records no version references and nobody wrote or used by
+//!   dedup within the grace period (atomically, in the metadata engine), then their shards;
+//!   then shards no content record names, older than the grace period. Shards go to the data
+//!   server's `garbage/`, which is emptied a day later.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use dos_metadata::VersionsFrom;
+use dos_protocol::{ContentHash, ServerInfo, TOTAL_SHARDS, now_ns, shard_len};
+use serde::Serialize;
+use sha2::Digest as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Core;
+use crate::error::{ApiError, ApiResult};
+use crate::pipeline::read::ShardFault;
+
+/// Which job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Job {
+    Scrub,
+    Retention,
+    Orphans,
+}
+
+impl Job {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "scrub" => Some(Self::Scrub),
+            "retention" => Some(Self::Retention),
+            "orphans" => Some(Self::Orphans),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scrub => "scrub",
+            Self::Retention => "retention",
+            Self::Orphans => "orphans",
+        }
+    }
+}
+
+/// Intervals of the background runs; `None` turns a job's background run off.
+#[derive(Debug, Clone)]
+pub struct MaintenanceConfig {
+    pub scrub_every: Option<Duration>,
+    pub orphans_every: Option<Duration>,
+    /// Content and shards younger than this are never collected.
+    pub orphans_grace: Duration,
+    /// Off by default: deleting history is the owner's decision.
+    pub retention_every: Option<Duration>,
+    pub keep_versions: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            scrub_every: Some(Duration::from_secs(24 * 3600)),
+            orphans_every: Some(Duration::from_secs(6 * 3600)),
+            orphans_grace: Duration::from_secs(3600),
+            retention_every: None,
+            keep_versions: 5,
+        }
+    }
+}
+
+/// What a job has done so far; the last report of a run is its summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub job: Option<Job>,
+    pub done: bool,
+    pub elapsed_ms: u64,
+    /// Named counts (see each job), in name order.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// The first problems met, one line each.
+    pub errors: Vec<String>,
+}
+
+const MAX_ERRORS: usize = 50;
+
+/// A job's live report, shared with whoever watches it.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<Mutex<Report>>);
+
+impl Progress {
+    fn new(job: Job) -> Self {
+        Self(Arc::new(Mutex::new(Report {
+            job: Some(job),
+            ..Report::default()
+        })))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Report)) {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn add(&self, what: &'static str, n: u64) {
+        self.update(|r| *r.counts.entry(what).or_default() += n);
+    }
+
+    fn error(&self, line: String) {
+        tracing::warn!(error = %line, "maintenance");
+        self.update(|r| {
+            *r.counts.entry("errors").or_default() += 1;
+            if r.errors.len() < MAX_ERRORS {
+                r.errors.push(line);
+            }
+        });
+    }
+
+    pub fn snapshot(&self) -> Report {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// At most one run of each job at a time on this server.
+#[derive(Default)]
+pub struct Jobs {
+    running: Mutex<BTreeMap<Job, Progress>>,
+}
+
+/// What a started job gives its watcher.
+pub struct Running {
+    pub progress: Progress,
+    pub finished: tokio::task::JoinHandle<()>,
+}
+
+/// Starts `job` on its own task (it runs to the end even if nobody watches), or 409 when it
+/// is already running here.
+pub fn start(core: &Arc<Core>, job: Job, params: JobParams) -> ApiResult<Running> {
+    let progress = Progress::new(job);
+    {
+        let mut running = core
+            .jobs
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if running.contains_key(&job) {
+            return Err(ApiError::Conflict(format!(
+                "a {} run is already in progress on this API server",
+                job.as_str()
+            )));
+        }
+        running.insert(job, progress.clone());
+    }
+    let (core, p) = (core.clone(), progress.clone());
+    let finished = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = match job {
+            Job::Scrub => scrub(&core, &p).await,
+            Job::Retention => retention(&core, params.keep, &p).await,
+            Job::Orphans => orphans(&core, params.grace, &p).await,
+        };
+        if let Err(e) = result {
+            p.error(format!("stopped: {e}"));
+        }
+        p.update(|r| {
+            r.done = true;
+            r.elapsed_ms = started.elapsed().as_millis() as u64;
+        });
+        let report = p.snapshot();
+        tracing::info!(job = job.as_str(), counts = ?report.counts, "maintenance run finished");
+        core.jobs
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&job);
+    });
+    Ok(Running { progress, finished })
+}
+
+/// Parameters of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct JobParams {
+    pub keep: u64,
+    pub grace: Duration,
+}
+
+/// Runs the jobs whose interval is set, each first one interval after start, until `cancel`.
+pub fn spawn_schedules(core: Weak<Core>, config: &MaintenanceConfig, cancel: CancellationToken) {
+    let params = JobParams {
+        keep: config.keep_versions,
+        grace: config.orphans_grace,
+    };
+    for (job, every) in [
+        (Job::Scrub, config.scrub_every),
+        (Job::Orphans, config.orphans_every),
+        (Job::Retention, config.retention_every),
+    ] {
+        let Some(every) = every else { continue };
+        let (core, cancel) = (core.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let Some(c) = core.upgrade() else { break };
+                match start(&c, job, params) {
+                    Ok(run) => {
+                        drop(c);
+                        tokio::select! {
+                            _ = cancel.cancelled() => break,
+                            _ = run.finished => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(job = job.as_str(), error = %e, "scheduled run skipped")
+                    }
+                }
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// scrub
+
+/// Counts: `objects`, `bytes`, `shards_verified`, `shards_rebuilt`, `shards_postponed` (no
+/// live server could take them now), `hash_mismatches`, `unreadable` (fewer than four good
+/// shards), `errors`.
+async fn scrub(core: &Core, p: &Progress) -> ApiResult<()> {
+    let mut after: Option<ContentHash> = None;
+    loop {
+        let page = core.meta.list_contents(after.as_ref(), 500).await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some(last.hash);
+        for content in page {
+            if let Err(e) = scrub_one(core, &content, p).await {
+                p.error(format!("{}: {e}", content.hash));
+            }
+            p.add("objects", 1);
+        }
+    }
+}
+
+async fn scrub_one(
+    core: &Core,
+    content: &dos_metadata::ContentRecord,
+    p: &Progress,
+) -> ApiResult<()> {
+    let hash = content.hash;
+    let holders = core.holders(content).await;
+    let expected_len = shard_len(content.size);
+    let checks = futures::future::join_all((0..TOTAL_SHARDS).map(|i| {
+        let holders = holders[i].clone();
+        async move {
+            let mut fault = ShardFault::Unreachable;
+            for s in &holders {
+                match core.shards.verify_shard(&s.addr, &hash, i as u8).await {
+                    Ok(len) if len == expected_len => return Ok(s.clone()),
+                    Ok(len) => {
+                        tracing::warn!(%hash, shard = i, len, expected_len, "shard has the wrong length");
+                        fault = ShardFault::Missing(s.clone());
+                    }
+                    Err(e) if e.is_not_found() => fault = ShardFault::Missing(s.clone()),
+                    Err(e) => tracing::info!(%hash, shard = i, error = %e, "shard not verified"),
+                }
+            }
+            Err(fault)
+        }
+    }))
+    .await;
+    let mut holding: Vec<ServerInfo> = Vec::new();
+    let mut bad = Vec::new();
+    for (i, c) in checks.into_iter().enumerate() {
+        match c {
+            Ok(s) => {
+                p.add("shards_verified", 1);
+                holding.push(s);
+            }
+            Err(f) => bad.push((i as u8, f)),
+        }
+    }
+    if !bad.is_empty() {
+        if holding.len() < dos_protocol::DATA_SHARDS {
+            p.add("unreadable", 1);
+            return Err(ApiError::ShardsUnavailable {
+                available: holding.len(),
+            });
+        }
+        let outcome = crate::repair::rebuild(core, content, holders, &bad, &holding).await?;
+        p.add("shards_rebuilt", outcome.rebuilt.len() as u64);
+        p.add(
+            "shards_postponed",
+            (bad.len() - outcome.rebuilt.len()) as u64,
+        );
+    }
+    // The whole object, decoded from the (now complete) shards, against its name.
+    let content = crate::objects::content_of(core, &hash).await?;
+    let mut decoder = crate::objects::open_read(core, &content, None).await?;
+    let mut hasher = sha2::Sha256::new();
+    while let Some(segments) = decoder.next_block().await? {
+        for s in segments {
+            hasher.update(&s);
+        }
+    }
+    if ContentHash(hasher.finalize().into()) != hash {
+        p.add("hash_mismatches", 1);
+        return Err(ApiError::Internal(
+            "decoded bytes do not match the content hash".into(),
+        ));
+    }
+    p.add("bytes", content.size);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// retention
+
+/// Counts: `names`, `versions_deleted`, `errors`.
+async fn retention(core: &Core, keep: u64, p: &Progress) -> ApiResult<()> {
+    if keep == 0 {
+        return Err(ApiError::BadRequest(
+            "retention must keep at least one version".into(),
+        ));
+    }
+    let mut from = VersionsFrom::All(None);
+    let mut current: Option<(dos_protocol::ObjectName, Vec<u64>)> = None;
+    loop {
+        let page = core.meta.list_versions(&from, 1000).await?;
+        let Some(last) = page.last() else { break };
+        from = VersionsFrom::All(Some((last.name.clone(), last.version)));
+        for v in page {
+            match &mut current {
+                Some((name, versions)) if *name == v.name => versions.push(v.version),
+                _ => {
+                    if let Some((name, versions)) = current.take() {
+                        trim(core, &name, versions, keep, p).await;
+                    }
+                    current = Some((v.name, vec![v.version]));
+                }
+            }
+        }
+    }
+    if let Some((name, versions)) = current.take() {
+        trim(core, &name, versions, keep, p).await;
+    }
+    Ok(())
+}
+
+/// Deletes all but the newest `keep` of `versions` (ascending) of `name`.
+async fn trim(
+    core: &Core,
+    name: &dos_protocol::ObjectName,
+    versions: Vec<u64>,
+    keep: u64,
+    p: &Progress,
+) {
+    p.add("names", 1);
+    let excess = versions.len().saturating_sub(keep as usize);
+    for v in &versions[..excess] {
+        match core.meta.delete_version(name, *v).await {
+            Ok(true) => p.add("versions_deleted", 1),
+            Ok(false) => {}
+            Err(e) => p.error(format!("{name} version {v}: {e}")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// orphans
+
+/// Counts: `contents_checked`, `contents_deleted`, `shards_removed`, `shards_scanned`,
+/// `stray_shards_removed` (shards no content record names), `kept_recent` (written within the
+/// grace period), `errors`.
+async fn orphans(core: &Core, grace: Duration, p: &Progress) -> ApiResult<()> {
+    let cutoff = now_ns().saturating_sub(i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX));
+    // 1. Content records nobody references.
+    let mut after: Option<ContentHash> = None;
+    loop {
+        let page = core.meta.list_contents(after.as_ref(), 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.hash);
+        for content in page {
+            p.add("contents_checked", 1);
+            match core.meta.delete_unused_content(&content.hash, cutoff).await {
+                Ok(true) => {
+                    p.add("contents_deleted", 1);
+                    remove_all_shards(core, &content, grace, p).await;
+                }
+                Ok(false) => {}
+                Err(e) => p.error(format!("{}: {e}", content.hash)),
+            }
+        }
+    }
+    // 2. Shards on live data servers that no content record names.
+    for server in core.bus.live_servers() {
+        if let Err(e) = collect_strays(core, &server, grace, p).await {
+            p.error(format!("data server {}: {e}", server.addr));
+        }
+    }
+    Ok(())
+}
+
+/// Removes every copy of every shard of a content whose record was just deleted.
+async fn remove_all_shards(
+    core: &Core,
+    content: &dos_metadata::ContentRecord,
+    grace: Duration,
+    p: &Progress,
+) {
+    let mut holders = core.holders(content).await;
+    core.add_located(&content.hash, &mut holders).await;
+    for (i, servers) in holders.iter().enumerate() {
+        for s in servers {
+            remove_one(core, s, &content.hash, i as u8, grace, p, "shards_removed").await;
+        }
+    }
+}
+
+async fn remove_one(
+    core: &Core,
+    server: &ServerInfo,
+    hash: &ContentHash,
+    shard: u8,
+    grace: Duration,
+    p: &Progress,
+    counter: &'static str,
+) {
+    match core
+        .shards
+        .remove_shard(&server.addr, hash, shard, Some(grace))
+        .await
+    {
+        Ok(()) => p.add(counter, 1),
+        Err(e) if e.is_not_found() => {}
+        Err(crate::shard_client::ShardError::Status { status: 412, .. }) => p.add("kept_recent", 1),
+        Err(e) => p.error(format!("{hash}.{shard}: {e}")),
+    }
+}
+
+async fn collect_strays(
+    core: &Core,
+    server: &ServerInfo,
+    grace: Duration,
+    p: &Progress,
+) -> ApiResult<()> {
+    let mut after = None;
+    let mut known: Option<(ContentHash, bool)> = None;
+    loop {
+        let page = core
+            .shards
+            .list_shards(&server.addr, after, 1000)
+            .await
+            .map_err(ApiError::ShardWrite)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some((last.hash, last.shard));
+        for entry in page {
+            p.add("shards_scanned", 1);
+            if entry.age_secs < grace.as_secs() {
+                p.add("kept_recent", 1);
+                continue;
+            }
+            let recorded = match known {
+                Some((h, r)) if h == entry.hash => r,
+                _ => {
+                    let r = core.meta.get_content(&entry.hash).await?.is_some();
+                    known = Some((entry.hash, r));
+                    r
+                }
+            };
+            if !recorded {
+                remove_one(
+                    core,
+                    server,
+                    &entry.hash,
+                    entry.shard,
+                    grace,
+                    p,
+                    "stray_shards_removed",
+                )
+                .await;
+            }
+        }
+    }
+}
