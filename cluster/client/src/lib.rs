@@ -19,6 +19,7 @@ mod error;
 mod meta;
 mod ndjson;
 mod upload;
+pub mod workload;
 
 pub use bytes::Bytes;
 pub use client::{

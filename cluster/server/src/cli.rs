@@ -44,6 +44,10 @@ enum Command {
         token: Option<String>,
         #[command(flatten)]
         maintenance: MaintenanceArgs,
+        /// Uploads untouched this long are deleted; shards removed by orphan collection stay
+        /// in garbage/ this long.
+        #[arg(long, env = "DOS_TEMP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+        temp_ttl: Duration,
     },
     /// Run one API server of a cluster: finds data servers over RabbitMQ, keeps metadata in
     /// Elasticsearch (or, without ES_SERVER, in an embedded database: one API server only).
@@ -86,6 +90,10 @@ enum Command {
         /// same secret are served.
         #[arg(long, env = "DOS_SECRET", hide_env_values = true)]
         secret: Option<String>,
+        /// Uploads untouched this long are deleted; shards removed by orphan collection stay
+        /// in garbage/ this long.
+        #[arg(long, env = "DOS_TEMP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+        temp_ttl: Duration,
     },
     /// Run maintenance jobs now on an API server, showing progress and a summary: retention,
     /// then orphan collection, then scrub (in that order when several are asked for).
@@ -176,8 +184,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             token,
             maintenance,
+            temp_ttl,
         } => {
             let mut config = LocalConfig::new(root.clone(), listen);
+            config.temp_ttl = temp_ttl;
             config.token = token.filter(|t| !t.is_empty());
             config.maintenance = maintenance.config();
             let cluster = LocalCluster::start(config)
@@ -248,6 +258,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             rabbitmq,
             secret,
+            temp_ttl,
         } => {
             let secret = secret
                 .map(|s| {
@@ -263,6 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = DataServerConfig::new(storage_root, listen);
             config.advertise = advertise.filter(|a| !a.is_empty());
             config.secret = secret;
+            config.temp_ttl = temp_ttl;
             let ds = DataServer::start(config, Arc::new(bus))
                 .await
                 .context("starting the data server")?;

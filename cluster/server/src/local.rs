@@ -32,6 +32,8 @@ pub struct LocalConfig {
     pub body_idle_timeout: std::time::Duration,
     /// Background scrub, retention and orphan collection.
     pub maintenance: MaintenanceConfig,
+    /// Uploads untouched this long are deleted (and removed shards leave garbage/).
+    pub temp_ttl: std::time::Duration,
 }
 
 impl LocalConfig {
@@ -43,6 +45,7 @@ impl LocalConfig {
             data_servers: TOTAL_SHARDS,
             body_idle_timeout: std::time::Duration::from_secs(60),
             maintenance: MaintenanceConfig::default(),
+            temp_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -70,6 +73,7 @@ pub struct LocalCluster {
     bus: Arc<MemoryBus>,
     data: Vec<Option<DataServer>>,
     roots: Vec<PathBuf>,
+    temp_ttl: std::time::Duration,
 }
 
 impl LocalCluster {
@@ -92,7 +96,9 @@ impl LocalCluster {
             .collect();
         let mut data = Vec::new();
         for r in &roots {
-            data.push(Some(start_data(r.clone(), bus.clone(), &secret).await?));
+            data.push(Some(
+                start_data(r.clone(), bus.clone(), &secret, config.temp_ttl).await?,
+            ));
         }
         let api_secret = secret.clone();
         let mut api_config = ApiConfig::new(secret.clone());
@@ -108,6 +114,7 @@ impl LocalCluster {
             bus,
             data,
             roots,
+            temp_ttl: config.temp_ttl,
         })
     }
 
@@ -136,7 +143,15 @@ impl LocalCluster {
         if let Some(slot) = self.data.get_mut(i)
             && slot.is_none()
         {
-            *slot = Some(start_data(self.roots[i].clone(), self.bus.clone(), &self.secret).await?);
+            *slot = Some(
+                start_data(
+                    self.roots[i].clone(),
+                    self.bus.clone(),
+                    &self.secret,
+                    self.temp_ttl,
+                )
+                .await?,
+            );
         }
         Ok(())
     }
@@ -154,9 +169,11 @@ async fn start_data(
     root: PathBuf,
     bus: Arc<MemoryBus>,
     secret: &[u8],
+    temp_ttl: std::time::Duration,
 ) -> Result<DataServer, LocalError> {
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut config = DataServerConfig::new(root, listen);
     config.secret = Some(secret.to_vec());
+    config.temp_ttl = temp_ttl;
     Ok(DataServer::start(config, bus).await?)
 }

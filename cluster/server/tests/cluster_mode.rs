@@ -9,130 +9,17 @@
 #[path = "../../metadata/tests/common/fake_es.rs"]
 #[allow(dead_code, clippy::all)]
 mod fake_es;
+#[path = "common/procs.rs"]
+mod procs;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use procs::*;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dos_client::{Client, PostOutcome, UploadProgress};
 use dos_protocol::{ContentHash, WriteAttributes};
-
-const BIN: &str = env!("CARGO_BIN_EXE_dos-server");
-const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-struct Proc {
-    child: Child,
-    name: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-struct Env {
-    amqp: String,
-    es: String,
-    dir: PathBuf,
-    vhost: String,
-}
-
-impl Env {
-    fn spawn(&self, name: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .env("RABBITMQ_SERVER", &self.amqp)
-            .env("ES_SERVER", &self.es)
-            .env("DOS_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        Proc {
-            child: cmd.spawn().unwrap(),
-            name: name.to_string(),
-        }
-    }
-
-    fn data(&self, i: usize) -> Proc {
-        let root = self.dir.join(format!("data{i}"));
-        self.spawn(
-            &format!("data{i}"),
-            &["data"],
-            &[
-                ("LISTEN_ADDRESS", "127.0.0.1:0".into()),
-                ("STORAGE_ROOT", root.display().to_string()),
-            ],
-        )
-    }
-
-    fn api(&self, name: &str, port: u16) -> Proc {
-        self.spawn(
-            name,
-            &["api"],
-            &[("LISTEN_ADDRESS", format!("127.0.0.1:{port}"))],
-        )
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        rabbitmqctl(&["delete_vhost", &self.vhost]);
-    }
-}
-
-async fn live(url: &str) -> usize {
-    let Ok(resp) = reqwest::get(format!("{url}/health")).await else {
-        return 0;
-    };
-    let Ok(v) = resp.json::<serde_json::Value>().await else {
-        return 0;
-    };
-    v["live_data_servers"].as_u64().unwrap_or(0) as usize
-}
-
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out after {timeout:?} waiting for: {what}");
-}
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -166,30 +53,9 @@ async fn cluster_of_processes() {
         eprintln!("skipped: RABBITMQ_SERVER is not set (no broker to test against)");
         return;
     };
-    // A private vhost, so this cluster hears no other test's servers.
-    let vhost = format!("dos-test-{}", std::process::id());
-    assert!(
-        rabbitmqctl(&["add_vhost", &vhost]),
-        "rabbitmqctl add_vhost failed"
-    );
-    assert!(rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &vhost,
-        "guest",
-        ".*",
-        ".*",
-        ".*"
-    ]));
-    let prefix = base.rsplit_once('/').map_or(base.as_str(), |(p, _)| p);
     let es = fake_es::FakeEs::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let env = Env {
-        amqp: format!("{prefix}/{vhost}"),
-        es: es.url.clone(),
-        dir: dir.path().to_path_buf(),
-        vhost,
-    };
+    let env = Env::private(&base, &es.url, dir.path());
 
     // setup: exchanges and indices, idempotent.
     for _ in 0..2 {

@@ -1,0 +1,153 @@
+//! Real `dos-server` processes for the process-level tests (cluster mode and faults): spawn
+//! with logs in the test folder, kill -9 on drop, a private RabbitMQ vhost per run.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dos-server");
+pub const SECRET: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+pub struct Env {
+    pub amqp: String,
+    pub es: String,
+    pub dir: PathBuf,
+    pub vhost: String,
+}
+
+impl Env {
+    /// An environment on a new private vhost of the broker at `base` (so this run hears no
+    /// other test's servers), with metadata at `es` and logs and data in `dir`.
+    pub fn private(base: &str, es: &str, dir: &Path) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let vhost = format!("dos-test-{}-{n}", std::process::id());
+        assert!(
+            rabbitmqctl(&["add_vhost", &vhost]),
+            "rabbitmqctl add_vhost failed"
+        );
+        assert!(rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &vhost,
+            "guest",
+            ".*",
+            ".*",
+            ".*"
+        ]));
+        let prefix = base.rsplit_once('/').map_or(base, |(p, _)| p);
+        Self {
+            amqp: format!("{prefix}/{vhost}"),
+            es: es.to_string(),
+            dir: dir.to_path_buf(),
+            vhost,
+        }
+    }
+
+    pub fn spawn(&self, name: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("RABBITMQ_SERVER", &self.amqp)
+            .env("ES_SERVER", &self.es)
+            .env("DOS_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Proc {
+            child: cmd.spawn().unwrap(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn data(&self, i: usize) -> Proc {
+        let root = self.dir.join(format!("data{i}"));
+        self.spawn(
+            &format!("data{i}"),
+            &["data"],
+            &[
+                ("LISTEN_ADDRESS", "127.0.0.1:0".into()),
+                ("STORAGE_ROOT", root.display().to_string()),
+            ],
+        )
+    }
+
+    pub fn api(&self, name: &str, port: u16) -> Proc {
+        self.spawn(
+            name,
+            &["api"],
+            &[("LISTEN_ADDRESS", format!("127.0.0.1:{port}"))],
+        )
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_vhost", &self.vhost]);
+    }
+}
+
+pub async fn live(url: &str) -> usize {
+    let Ok(resp) = reqwest::get(format!("{url}/health")).await else {
+        return 0;
+    };
+    let Ok(v) = resp.json::<serde_json::Value>().await else {
+        return 0;
+    };
+    v["live_data_servers"].as_u64().unwrap_or(0) as usize
+}
+
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
