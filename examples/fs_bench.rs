@@ -1,10 +1,13 @@
 //! dosfs benchmark: cp of large files into and out of the mount (cold and cached), next to the
 //! same cp on a local directory and on a passthrough FUSE filesystem (`bindfs -o big_writes`),
-//! plus 10,000 × 4 KiB file creations and `ls -l` of 10,000 entries, in one run.
+//! plus 10,000 × 4 KiB file creations and `ls -l` of 10,000 entries, in one run. For the
+//! targets, it also times a cold REST GET of the object dosfs stored (curl to /dev/null, from
+//! the embedded store the mount started) and prints dosfs's cold reads against it and dosfs's
+//! cached reads against bindfs's.
 //!
 //! ```text
 //! apt-get install bindfs fuse3
-//! cargo build --release -p dosfs -p dos-server
+//! cargo build --release -p dosfs -p dos-server && cargo build --release -p dos-examples --examples
 //! cargo run --release -p dos-examples --example fs_bench -- --sizes-mib 256,1024
 //! ```
 
@@ -83,6 +86,13 @@ fn wait_mounted(p: &Path) -> anyhow::Result<()> {
     bail!("{} did not mount", p.display())
 }
 
+/// A free local port for the embedded store's API server, so curl can reach it.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = Command::new("fusermount3")
@@ -108,6 +118,7 @@ fn main() -> anyhow::Result<()> {
     }
     let d = |s: &str| args.dir.join(s);
     let mnt = d("mnt");
+    let api = format!("127.0.0.1:{}", free_port()?);
     let child = Command::new(&args.dosfs)
         .arg("mount")
         .arg(&mnt)
@@ -116,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         .arg(d("store"))
         .arg("--cache-dir")
         .arg(d("cache"))
-        .args(["--listen", "127.0.0.1:0", "--cache-size", "8G"])
+        .args(["--listen", &api, "--cache-size", "8G"])
         .stdout(Stdio::null())
         .spawn()
         .context("starting dosfs")?;
@@ -144,6 +155,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| size | target | cp in | cp out (cold) | cp out (cached) |");
     println!("|---|---|---|---|---|");
+    let mut ratios = Vec::new();
     for mib in &args.sizes_mib {
         let src = d("src").join(format!("f{mib}"));
         sh(&format!(
@@ -155,10 +167,18 @@ fn main() -> anyhow::Result<()> {
         if bind_ok {
             targets.push(("bindfs -o big_writes", d("bind")));
         }
+        let (mut rest_get, mut dosfs_cold, mut dosfs_warm, mut bind_warm) =
+            (None, None, None, None);
         for (label, dir) in targets {
             let dst = dir.join(format!("f{mib}"));
             drop_caches();
             let t_in = sh(&format!("cp {} {}", src.display(), dst.display()))?;
+            if label == "dosfs" {
+                drop_caches();
+                rest_get = Some(sh(&format!(
+                    "curl -sf -o /dev/null http://{api}/objects/f{mib}"
+                ))?);
+            }
             drop_caches();
             let out = d("out").join("o");
             let t_cold = sh(&format!("cp {} {}", dst.display(), out.display()))?;
@@ -166,6 +186,11 @@ fn main() -> anyhow::Result<()> {
             let t_warm = sh(&format!("cp {} {}", dst.display(), out.display()))?;
             sh(&format!("cmp {} {}", src.display(), out.display()))?;
             let _ = std::fs::remove_file(&out);
+            match label {
+                "dosfs" => (dosfs_cold, dosfs_warm) = (Some(t_cold), Some(t_warm)),
+                "bindfs -o big_writes" => bind_warm = Some(t_warm),
+                _ => {}
+            }
             println!(
                 "| {mib} MiB | {label} | {:.0} MiB/s | {:.0} MiB/s | {:.0} MiB/s |",
                 rate(*mib, t_in),
@@ -173,7 +198,23 @@ fn main() -> anyhow::Result<()> {
                 rate(*mib, t_warm)
             );
         }
+        ratios.push((*mib, rest_get, dosfs_cold, dosfs_warm, bind_warm));
         let _ = std::fs::remove_file(&src);
+    }
+    println!();
+    println!("| size | REST GET (cold) | dosfs cold / REST GET | dosfs cached / bindfs cached |");
+    println!("|---|---|---|---|");
+    for (mib, get, cold, warm, bind) in ratios {
+        let pct = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.0} %", 100.0 * b.as_secs_f64() / a.as_secs_f64()),
+            _ => "-".into(),
+        };
+        println!(
+            "| {mib} MiB | {} | {} | {} |",
+            get.map_or("-".into(), |t| format!("{:.0} MiB/s", rate(mib, t))),
+            pct(cold, get),
+            pct(warm, bind)
+        );
     }
     println!();
     let many = mnt.join("many");
