@@ -36,6 +36,8 @@ pub enum ApiError {
     Overloaded,
     #[error("the request body stalled: nothing arrived for {secs} s")]
     BodyStalled { secs: u64 },
+    #[error("request line and headers exceed {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     /// Temporarily impossible; the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -64,6 +66,7 @@ impl ApiError {
             | ApiError::Unavailable(_)
             | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Metadata(e) => match e {
                 MetadataError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 MetadataError::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -49,6 +49,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(core.clone(), authorize))
+        .layer(middleware::from_fn(check_request_head))
         .layer(middleware::from_fn_with_state(limit, limit_in_flight))
         .with_state(core)
 }
@@ -101,6 +102,36 @@ async fn authorize(State(core): State<Arc<Core>>, req: Request, next: Next) -> R
             drain(&mut req.into_body().into_data_stream()).await;
             return ApiError::Unauthorized.into_response();
         }
+    }
+    next.run(req).await
+}
+
+/// Most bytes of request headers (names and values) accepted; more gets 431.
+const MAX_HEADER_BYTES: usize = 32 << 10;
+
+/// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`] (the HTTP parser
+/// alone accepts hundreds of kilobytes), and query strings that are not percent-encoded
+/// UTF-8 (which form decoding would otherwise repair silently).
+async fn check_request_head(req: Request, next: Next) -> Response {
+    if let Some(q) = req.uri().query()
+        && !q.split(['&', '=']).all(dos_protocol::valid_percent_utf8)
+    {
+        drain(&mut req.into_body().into_data_stream()).await;
+        return ApiError::BadRequest("the query string is not percent-encoded UTF-8".into())
+            .into_response();
+    }
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    if size > MAX_HEADER_BYTES {
+        drain(&mut req.into_body().into_data_stream()).await;
+        return ApiError::HeadersTooLarge {
+            limit: MAX_HEADER_BYTES,
+        }
+        .into_response();
     }
     next.run(req).await
 }

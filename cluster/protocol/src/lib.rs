@@ -17,7 +17,7 @@ pub use layout::{
     BLOCK_SIZE, DATA_SHARDS, PARITY_SHARDS, PIECE_SIZE, TOTAL_SHARDS, block_count, piece_len,
     shard_len,
 };
-pub use name::{MAX_NAME_BYTES, NameError, ObjectName, encode_path};
+pub use name::{MAX_NAME_BYTES, NameError, ObjectName, encode_path, valid_percent_utf8};
 pub use range::{ByteRange, RangeError, parse_range};
 pub use record::{
     EntryKind, ListEntry, ListPage, LocateReply, ServerId, ServerInfo, VersionRecord,

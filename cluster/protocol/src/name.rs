@@ -21,8 +21,14 @@ pub enum NameError {
     NotUtf8,
     #[error("object name contains a NUL byte")]
     Nul,
+    /// Line breaks and other control characters would make names unsafe in logs, headers
+    /// and line-based tools.
+    #[error("object name contains a control character")]
+    Control,
     #[error("object name has an empty, '.' or '..' segment")]
     BadSegment,
+    #[error("object name has a '%' not followed by two hex digits (write '%' as %25)")]
+    BadPercent,
 }
 
 impl ObjectName {
@@ -37,6 +43,9 @@ impl ObjectName {
         if name.contains('\0') {
             return Err(NameError::Nul);
         }
+        if name.chars().any(|c| c.is_ascii_control()) {
+            return Err(NameError::Control);
+        }
         if name
             .split('/')
             .any(|seg| seg.is_empty() || seg == "." || seg == "..")
@@ -50,6 +59,9 @@ impl ObjectName {
     pub fn from_path(encoded: &str) -> Result<Self, NameError> {
         if encoded.len() > MAX_NAME_BYTES * 3 {
             return Err(NameError::TooLong);
+        }
+        if !well_formed_percents(encoded) {
+            return Err(NameError::BadPercent);
         }
         let decoded = percent_encoding::percent_decode_str(encoded)
             .decode_utf8()
@@ -69,6 +81,24 @@ impl ObjectName {
     pub fn into_string(self) -> String {
         self.0
     }
+}
+
+/// True when every `%` in `s` starts a `%XX` escape.
+pub fn well_formed_percents(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'%'
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
+/// True when `s` is well-formed percent-encoding of UTF-8 text.
+pub fn valid_percent_utf8(s: &str) -> bool {
+    well_formed_percents(s)
+        && percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .is_ok()
 }
 
 /// Percent-encodes a string for a URL path, keeping `/` and unreserved characters.
