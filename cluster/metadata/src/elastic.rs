@@ -359,8 +359,12 @@ impl ElasticStore {
         }
     }
 
-    /// GET by id (realtime). `None` only when Elasticsearch says `found: false`.
+    /// GET by id (realtime). `None` only when Elasticsearch says `found: false`. Retried.
     async fn get_doc(&self, index: &str, id: &str) -> Result<Option<GetReply>, MetadataError> {
+        retry_reads(|| self.get_doc_once(index, id)).await
+    }
+
+    async fn get_doc_once(&self, index: &str, id: &str) -> Result<Option<GetReply>, MetadataError> {
         let sent = self.client.get(GetParts::IndexId(index, id)).send().await;
         let reply = Reply::read("get", sent).await?;
         let found = reply.body.get("found").and_then(Value::as_bool);
@@ -468,8 +472,12 @@ impl ElasticStore {
         Ok(Some((doc, (seq_no, primary_term))))
     }
 
-    /// The `_source` of every hit of a search.
+    /// The `_source` of every hit of a search. Retried.
     async fn search(&self, index: &str, body: Value) -> Result<Vec<Value>, MetadataError> {
+        retry_reads(|| self.search_once(index, body.clone())).await
+    }
+
+    async fn search_once(&self, index: &str, body: Value) -> Result<Vec<Value>, MetadataError> {
         let sent = self
             .client
             .search(SearchParts::Index(&[index]))
@@ -640,6 +648,29 @@ impl ElasticStore {
                 head.doc.into_record()
             })
             .collect()
+    }
+}
+
+/// Runs a read (GET by id, search) up to three times while Elasticsearch is unavailable
+/// (connection refused, timeout, 5xx), 100 ms then 300 ms apart. Writes are not retried here:
+/// a create whose answer was lost must not be repeated blindly.
+async fn retry_reads<T, F, Fut>(read: F) -> Result<T, MetadataError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, MetadataError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match read().await {
+            Err(MetadataError::Unavailable(m)) if attempt < 3 => {
+                tracing::debug!(error = %m, attempt, "Elasticsearch read failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+            result => return result,
+        }
     }
 }
 

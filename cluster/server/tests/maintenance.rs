@@ -267,3 +267,83 @@ async fn maintenance_rejects_bad_requests() {
     assert_eq!(resp.status().as_u16(), 405);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_exact_over_flipped_bytes_and_background_scrub_repairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client) = start_with(&dir.path().join("c"), |c| {
+        c.maintenance.scrub_every = Some(Duration::from_secs(2));
+    })
+    .await;
+    let mut objects = Vec::new();
+    for i in 0..6u64 {
+        let bytes = data(700_000 + i as usize * 333_333, 40 + i);
+        let name = format!("bg/{i}");
+        client
+            .put_bytes(&name, bytes.clone(), &attrs())
+            .await
+            .unwrap();
+        objects.push((name, ContentHash::of(&bytes), bytes));
+    }
+    // Two flipped bytes per object, in two different shard files.
+    for (i, (_, hash, _)) in objects.iter().enumerate() {
+        let files = shard_files(&cluster, hash);
+        for k in 0..2 {
+            let path = &files[(i + 3 * k) % 6].2;
+            let len = std::fs::metadata(path).unwrap().len();
+            corrupt_at(path, Some(len / 3 + k as u64 * 17));
+        }
+    }
+    // Reads are exact at once (two bad shards of six still leave four).
+    for (name, _, bytes) in &objects {
+        assert!(client.get(name, None).await.unwrap() == bytes[..], "{name}");
+    }
+    // Nobody asks: the background scrub (and read-triggered repair) restore every shard.
+    let healed = wait_until(Duration::from_secs(60), || async {
+        quarantined(&cluster).len() == 12
+            && objects
+                .iter()
+                .all(|(_, hash, _)| shard_indices(&cluster, hash) == vec![0, 1, 2, 3, 4, 5])
+    })
+    .await;
+    assert!(healed, "every damaged shard was rebuilt in the background");
+    // Damage nobody reads: only the background scrub can find it.
+    for (_, hash, _) in objects.iter().take(3) {
+        let files = shard_files(&cluster, hash);
+        let path = &files[5].2;
+        let len = std::fs::metadata(path).unwrap().len();
+        corrupt_at(path, Some(len / 2));
+    }
+    let scrubbed = wait_until(Duration::from_secs(60), || async {
+        quarantined(&cluster).len() == 15
+            && objects
+                .iter()
+                .all(|(_, hash, _)| shard_indices(&cluster, hash) == vec![0, 1, 2, 3, 4, 5])
+    })
+    .await;
+    assert!(
+        scrubbed,
+        "the background scrub found and rebuilt unread damage"
+    );
+    // And they verify: an explicit scrub finds nothing left to do.
+    let report = loop {
+        // The background run may hold the job for a moment: 409 means try again.
+        match client.maintenance("scrub", None, None).await {
+            Ok(mut reports) => {
+                let mut last = None;
+                while let Some(r) = reports.try_next().await.unwrap() {
+                    last = Some(r);
+                }
+                break last.unwrap();
+            }
+            Err(e) if e.to_string().contains("409") => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_no_errors(&report);
+    assert_eq!(count(&report, "shards_rebuilt"), 0, "{report}");
+    assert_eq!(count(&report, "shards_verified"), 36, "{report}");
+    cluster.shutdown().await;
+}
