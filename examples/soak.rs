@@ -128,7 +128,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = builder.build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.request(reqwest::Method::GET, "/health").send().await.is_err() {
+    while client
+        .request(reqwest::Method::GET, "/health")
+        .send()
+        .await
+        .is_err()
+    {
         if Instant::now() > deadline {
             bail!("{url} does not answer");
         }
@@ -170,7 +175,9 @@ async fn main() -> anyhow::Result<()> {
             "  {:>5.0} s: {} versions acknowledged{}",
             started.elapsed().as_secs_f64(),
             ledger.len(),
-            mem.map_or(String::new(), |(rss, _)| format!(", server RSS {rss:.0} MiB"))
+            mem.map_or(String::new(), |(rss, _)| format!(
+                ", server RSS {rss:.0} MiB"
+            ))
         );
     }
     stop.store(true, Ordering::Relaxed);
