@@ -356,15 +356,20 @@ async fn embedded_process_killed_mid_upload() {
     let root = dir.path().join("root");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
+    // `Proc` kills the server when dropped, also when an assertion fails.
     let start = || {
         let log = std::fs::File::create(dir.path().join("local.log")).unwrap();
-        Command::new(BIN)
+        let child = Command::new(BIN)
             .args(["local", "--root", &root.display().to_string()])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--temp-ttl", "3s"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap()
+            .unwrap();
+        Proc {
+            child,
+            name: "local".into(),
+        }
     };
     let mut server = start();
     let up = || async { reqwest::get(format!("{url}/health")).await.is_ok() };
@@ -393,11 +398,11 @@ async fn embedded_process_killed_mid_upload() {
         .await,
         "the upload reached the data servers"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
     drop(tx);
     assert!(put.await.unwrap().is_err());
-    let mut server = start();
+    let server = start();
     assert!(common::wait_until(Duration::from_secs(30), up).await);
     match client.versions("interrupted").await {
         Ok(v) => assert!(v.is_empty(), "no version for an interrupted upload: {v:?}"),
@@ -417,8 +422,7 @@ async fn embedded_process_killed_mid_upload() {
     )
     .await;
     assert_eq!(t.errors, 0);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
