@@ -34,6 +34,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::store::format::FormatError;
 use crate::store::{ShardEntry, ShardStore, ShardStoreError, TempStatus};
 
+/// A shard upload body that sends nothing for this long is cut off (408).
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Header carrying a shard's total raw length on shard reads.
 pub const SHARD_LENGTH: &str = "x-dos-shard-length";
 
@@ -110,6 +113,8 @@ pub enum DataServerError {
     BadRequest(String),
     #[error("range not satisfiable")]
     RangeNotSatisfiable,
+    #[error("the request body stalled: nothing arrived for {} s", BODY_IDLE_TIMEOUT.as_secs())]
+    BodyStalled,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -130,6 +135,7 @@ impl IntoResponse for DataServerError {
             },
             DataServerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DataServerError::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            DataServerError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             DataServerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -209,7 +215,11 @@ async fn write_temp(
     let mut buf = BytesMut::with_capacity(PIECE_SIZE);
     let mut stream = body.into_data_stream();
     loop {
-        let chunk = stream.next().await;
+        // An API server that stops sending (hung, or its host gone) is cut off; what it sent
+        // stays in the upload, which it can resume or which expires.
+        let chunk = tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next())
+            .await
+            .map_err(|_| DataServerError::BodyStalled)?;
         let done = chunk.is_none();
         if let Some(chunk) = chunk {
             let chunk =
