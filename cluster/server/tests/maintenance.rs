@@ -347,3 +347,50 @@ async fn reads_stay_exact_over_flipped_bytes_and_background_scrub_repairs() {
     assert_eq!(count(&report, "shards_verified"), 36, "{report}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintain_command_runs_jobs_in_order_and_summarises() {
+    let (cluster, client, _dir) = start().await;
+    for i in 0..4u64 {
+        client
+            .put_bytes("cli/doc", data(50_000, 700 + i), &attrs())
+            .await
+            .unwrap();
+    }
+    let api = format!("http://{}", cluster.api_addr());
+    let bin = env!("CARGO_BIN_EXE_dos-server");
+    let out = tokio::process::Command::new(bin)
+        .args(["maintain", "--api", &api, "--retention", "2", "--orphans"])
+        .args(["--grace", "0s", "--scrub"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "one summary per job: {stdout}");
+    assert!(lines[0].starts_with("retention finished") && lines[0].contains("versions deleted 2"));
+    assert!(lines[1].starts_with("orphans finished") && lines[1].contains("contents deleted 2"));
+    assert!(lines[2].starts_with("scrub finished") && lines[2].contains("objects 2"));
+    assert_eq!(client.versions("cli/doc").await.unwrap().len(), 2);
+    // Nothing asked, or an unreachable server: one clear line and a failure status.
+    let none = tokio::process::Command::new(bin)
+        .args(["maintain", "--api", &api])
+        .output()
+        .await
+        .unwrap();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("nothing to do"));
+    let dead = tokio::process::Command::new(bin)
+        .args(["maintain", "--api", "http://127.0.0.1:9", "--scrub"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!dead.status.success());
+    let err = String::from_utf8_lossy(&dead.stderr);
+    assert!(
+        err.contains("starting scrub on http://127.0.0.1:9"),
+        "{err}"
+    );
+    cluster.shutdown().await;
+}
