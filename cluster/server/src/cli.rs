@@ -102,12 +102,13 @@ enum Command {
         /// The API server.
         #[arg(long, env = "DOS_API", default_value = "http://127.0.0.1:23333")]
         api: String,
+        /// Bearer token of the API server, if it requires one.
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Verify every object's SHA-256 and every shard; rebuild missing or corrupt shards.
         #[arg(long)]
         scrub: bool,
-        /// Keep only the newest N versions of every name (never deleting the latest).
+        /// Keep only the newest N (default 5) versions of every name; the latest is never deleted.
         #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "5")]
         retention: Option<u64>,
         /// Collect data that no version references.
