@@ -457,19 +457,34 @@ impl ElasticStore {
         &self,
         hash: &ContentHash,
     ) -> Result<Option<(ContentDoc, (i64, i64))>, MetadataError> {
-        let Some(got) = self.get_doc(&self.contents, &content_id(hash)).await? else {
-            return Ok(None);
-        };
-        let (Some(source), Some(seq_no), Some(primary_term)) =
-            (got.source, got.seq_no, got.primary_term)
+        let Some((source, at)) = self
+            .get_with_seq_no(&self.contents, &content_id(hash))
+            .await?
         else {
-            return Err(MetadataError::Unavailable(
-                "elasticsearch get: response lacks _source, _seq_no or _primary_term".into(),
-            ));
+            return Ok(None);
         };
         let doc: ContentDoc = serde_json::from_value(source)
             .map_err(|e| MetadataError::Corrupt(format!("content document of {hash}: {e}")))?;
-        Ok(Some((doc, (seq_no, primary_term))))
+        Ok(Some((doc, at)))
+    }
+
+    /// GET by id with the document's `(seq_no, primary_term)`, for a conditional write.
+    async fn get_with_seq_no(
+        &self,
+        index: &str,
+        id: &str,
+    ) -> Result<Option<(Value, (i64, i64))>, MetadataError> {
+        let Some(got) = self.get_doc(index, id).await? else {
+            return Ok(None);
+        };
+        match (got.source, got.seq_no, got.primary_term) {
+            (Some(source), Some(seq_no), Some(primary_term)) => {
+                Ok(Some((source, (seq_no, primary_term))))
+            }
+            _ => Err(MetadataError::Unavailable(
+                "elasticsearch get: response lacks _source, _seq_no or _primary_term".into(),
+            )),
+        }
     }
 
     /// The `_source` of every hit of a search. Retried.
@@ -494,15 +509,11 @@ impl ElasticStore {
     }
 
     async fn read_head(&self, name: &ObjectName) -> Result<Option<Head>, MetadataError> {
-        let Some(got) = self.get_doc(&self.heads, &head_id(name.as_str())).await? else {
-            return Ok(None);
-        };
-        let (Some(source), Some(seq_no), Some(primary_term)) =
-            (got.source, got.seq_no, got.primary_term)
+        let Some((source, (seq_no, primary_term))) = self
+            .get_with_seq_no(&self.heads, &head_id(name.as_str()))
+            .await?
         else {
-            return Err(MetadataError::Unavailable(
-                "elasticsearch get: response lacks _source, _seq_no or _primary_term".into(),
-            ));
+            return Ok(None);
         };
         let doc: HeadDoc = serde_json::from_value(source)
             .map_err(|e| MetadataError::Corrupt(format!("head of {name:?}: {e}")))?;
