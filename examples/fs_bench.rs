@@ -200,6 +200,10 @@ fn main() -> anyhow::Result<()> {
         }
         ratios.push((*mib, rest_get, dosfs_cold, dosfs_warm, bind_warm));
         let _ = std::fs::remove_file(&src);
+        // The disk may be small: keep only what the next size needs.
+        for dir in ["local", "bind-backing"] {
+            let _ = std::fs::remove_file(d(dir).join(format!("f{mib}")));
+        }
     }
     println!();
     println!("| size | REST GET (cold) | dosfs cold / REST GET | dosfs cached / bindfs cached |");

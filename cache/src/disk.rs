@@ -6,18 +6,30 @@
 //! renamed into place and not yet evicted", and a reader that finds the file gone can tell a
 //! stale entry (file deleted behind our back) from a block still being written.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
 use crate::block_file::{self, BlockId, ReadError};
+use crate::object_file::{self, ObjectFile};
 use crate::{CacheError, ContentKey};
+
+/// Block index standing for a whole object file in the index (no object has 2^64 - 1 blocks).
+const OBJECT: u64 = u64::MAX;
+
+fn object_id(key: &ContentKey) -> BlockId {
+    BlockId {
+        key: *key,
+        block: OBJECT,
+    }
+}
 
 pub(crate) struct DiskTier {
     /// `<cache dir>/blocks`.
@@ -25,6 +37,11 @@ pub(crate) struct DiskTier {
     block_size: u64,
     min_free_bytes: u64,
     index: Mutex<DiskIndex>,
+    /// `<cache dir>/objects`: whole objects (see `object_file`).
+    objects_dir: PathBuf,
+    /// Object files, complete or filling, by key. Each is in the index as one entry (block
+    /// [`OBJECT`]) sized for the whole object. Lock order: `index`, then `objects`.
+    objects: Mutex<HashMap<ContentKey, Arc<ObjectFile>>>,
     evictions: AtomicU64,
     corruptions: AtomicU64,
     /// Whether the last free-space check found the filesystem below the floor (to log changes
@@ -39,20 +56,35 @@ impl DiskTier {
     /// [`scan`]) and enforcing the budget and the free-space floor.
     pub(crate) fn open(
         root: PathBuf,
+        objects_dir: PathBuf,
         block_size: u64,
         budget: u64,
         min_free_bytes: u64,
     ) -> Result<Self, CacheError> {
-        fs::create_dir_all(&root).map_err(|source| CacheError::Io {
-            path: root.clone(),
-            source,
-        })?;
-        let found = scan(&root, block_size)?;
+        for dir in [&root, &objects_dir] {
+            fs::create_dir_all(dir).map_err(|source| CacheError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let mut found = scan(&root, block_size)?;
+        let mut objects = HashMap::new();
+        for (object, modified) in scan_objects(&objects_dir, block_size)? {
+            found.push(Found {
+                id: object_id(&object.key),
+                size: object.footprint(),
+                modified,
+            });
+            objects.insert(object.key, Arc::new(object));
+        }
+        found.sort_by_key(|block| block.modified);
         let tier = Self {
             root,
             block_size,
             min_free_bytes,
             index: Mutex::new(DiskIndex::new(budget)),
+            objects_dir,
+            objects: Mutex::new(objects),
             evictions: AtomicU64::new(0),
             corruptions: AtomicU64::new(0),
             low_on_space: AtomicBool::new(false),
@@ -74,6 +106,16 @@ impl DiskTier {
     /// Reads a block if it is indexed. A file that fails validation is deleted, counted as a
     /// corruption and reported as a miss.
     pub(crate) fn get(&self, id: &BlockId) -> Option<Bytes> {
+        if let Some(object) = self.object(&id.key).filter(|o| o.has(id.block)) {
+            self.lock().promote(&object_id(&id.key));
+            return match object.read_block(id.block) {
+                Ok(data) => Some(data),
+                Err(err) => {
+                    self.drop_object(&object, &err);
+                    None
+                }
+            };
+        }
         if !self.lock().promote(id) {
             return None;
         }
@@ -106,7 +148,158 @@ impl DiskTier {
 
     /// Marks a block recently used (it was served from memory).
     pub(crate) fn promote(&self, id: &BlockId) {
-        self.lock().promote(id);
+        let mut index = self.lock();
+        if !index.promote(id) {
+            index.promote(&object_id(&id.key));
+        }
+    }
+
+    fn object(&self, key: &ContentKey) -> Option<Arc<ObjectFile>> {
+        self.lock_objects().get(key).cloned()
+    }
+
+    fn lock_objects(&self) -> MutexGuard<'_, HashMap<ContentKey, Arc<ObjectFile>>> {
+        self.objects.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets an object file that failed a read or a check, and deletes it.
+    fn drop_object(&self, object: &Arc<ObjectFile>, err: &ReadError) {
+        let path = object.obj_path();
+        match err {
+            ReadError::Corrupt(why) => {
+                warn!(path = %path.display(), %why, "removing corrupt cached object");
+                self.corruptions.fetch_add(1, Ordering::Relaxed);
+            }
+            ReadError::Missing => warn!(path = %path.display(), "cached object file disappeared"),
+            ReadError::Io(err) => {
+                warn!(path = %path.display(), error = %err, "failed to read cached object");
+                return;
+            }
+        }
+        let mut index = self.lock();
+        let mut objects = self.lock_objects();
+        if objects
+            .get(&object.key)
+            .is_some_and(|o| Arc::ptr_eq(o, object))
+        {
+            objects.remove(&object.key);
+            index.remove(&object_id(&object.key));
+            remove_file(&object.sum_path());
+            remove_file(&path);
+        }
+    }
+
+    /// Stores block `id` of an object of `size` bytes in the object's single content file
+    /// (created on its first block), so that once every block is there the object can be read
+    /// as one file. Objects of one block, or too large for a quarter of the budget, are kept
+    /// as block files ([`Self::put`]) instead. Never fails, like `put`.
+    pub(crate) fn put_in_object(&self, id: BlockId, size: u64, data: &[u8]) {
+        let footprint = object_file::footprint(size, self.block_size);
+        let blocks = size.div_ceil(self.block_size);
+        let large_enough = blocks >= 2 && id.block < blocks;
+        let small_enough = {
+            let index = self.lock();
+            index.fits(footprint.saturating_mul(4))
+        };
+        if !large_enough || !small_enough {
+            return self.put(id, data);
+        }
+        let object = match self.object(&id.key) {
+            Some(object) if object.size == size => object,
+            Some(_) => return self.put(id, data),
+            None => {
+                if !self.check_free_space() {
+                    return;
+                }
+                let created = {
+                    let mut objects = self.lock_objects();
+                    if let Some(object) = objects.get(&id.key) {
+                        Ok((object.clone(), false))
+                    } else {
+                        ObjectFile::create(&self.objects_dir, &id.key, size, self.block_size).map(
+                            |object| {
+                                let object = Arc::new(object);
+                                objects.insert(id.key, object.clone());
+                                (object, true)
+                            },
+                        )
+                    }
+                };
+                match created {
+                    Ok((object, true)) => {
+                        let mut index = self.lock();
+                        let evicted = index.insert(object_id(&id.key), (), footprint);
+                        self.remove_evicted(evicted);
+                        object
+                    }
+                    Ok((object, false)) => object,
+                    Err(err) => {
+                        warn!(
+                            dir = %self.objects_dir.display(),
+                            error = %err,
+                            "failed to create cached object, keeping blocks in memory only"
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        match object.write_block(id.block, data) {
+            Ok(false) => {}
+            Ok(true) => self.complete(&object),
+            Err(err) => warn!(
+                path = %object.obj_path().display(),
+                error = %err,
+                "failed to write cached block, keeping it in memory only"
+            ),
+        }
+    }
+
+    /// Writes the checksum file of an object that just got its last block.
+    fn complete(&self, object: &Arc<ObjectFile>) {
+        let temp = match object.write_sum() {
+            Ok(temp) => temp,
+            Err(err) => {
+                warn!(dir = %self.objects_dir.display(), error = %err, "failed to write object checksums");
+                return;
+            }
+        };
+        let _index = self.lock();
+        let objects = self.lock_objects();
+        // Evicted meanwhile: its content file is gone, so no checksum file either.
+        if !objects
+            .get(&object.key)
+            .is_some_and(|o| Arc::ptr_eq(o, object))
+        {
+            return;
+        }
+        if let Err(err) = temp.persist(object.sum_path()) {
+            warn!(error = %err.error, "failed to store object checksums");
+        }
+    }
+
+    /// The complete content file of object `key` (`size` bytes), opened read-only after every
+    /// block was checked, or `None` if the object is not cached as one file (or failed the
+    /// check, which deletes it). Counts as a use.
+    pub(crate) fn object_file(&self, key: &ContentKey, size: u64) -> Option<fs::File> {
+        let object = self
+            .object(key)
+            .filter(|o| o.size == size && o.is_complete())?;
+        self.lock().promote(&object_id(key));
+        match object.open_verified() {
+            Ok(file) => {
+                if let Err(err) = fs::File::open(object.sum_path())
+                    .and_then(|sum| sum.set_modified(SystemTime::now()))
+                {
+                    debug!(error = %err, "could not update object checksum file mtime");
+                }
+                Some(file)
+            }
+            Err(err) => {
+                self.drop_object(&object, &err);
+                None
+            }
+        }
     }
 
     /// Stores a block, evicting least recently used ones to stay within the budget. Never
@@ -153,6 +346,12 @@ impl DiskTier {
 
     /// Whether every block of an object of `size` bytes is on disk.
     pub(crate) fn contains_all(&self, key: &ContentKey, size: u64) -> bool {
+        if self
+            .object(key)
+            .is_some_and(|o| o.size == size && o.is_complete())
+        {
+            return true;
+        }
         let index = self.lock();
         (0..size.div_ceil(self.block_size)).all(|block| {
             let payload = (size - block * self.block_size).min(self.block_size);
@@ -195,7 +394,14 @@ impl DiskTier {
         self.evictions
             .fetch_add(evicted.len() as u64, Ordering::Relaxed);
         for (id, ()) in evicted {
-            remove_file(&self.path(&id));
+            if id.block == OBJECT {
+                if let Some(object) = self.lock_objects().remove(&id.key) {
+                    remove_file(&object.sum_path());
+                    remove_file(&object.obj_path());
+                }
+            } else {
+                remove_file(&self.path(&id));
+            }
         }
     }
 
@@ -345,6 +551,54 @@ fn scan_shard(dir: &Path, shard: &str, block_size: u64, found: &mut Vec<Found>) 
             }
         }
     }
+}
+
+/// Complete objects under `dir` (a `.sum` that checks out and its `.obj`), with the checksum
+/// file's mtime; everything else there is debris and removed.
+fn scan_objects(dir: &Path, block_size: u64) -> Result<Vec<(ObjectFile, SystemTime)>, CacheError> {
+    let entries = fs::read_dir(dir).map_err(|source| CacheError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut names = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => names.push(entry.path()),
+            Err(err) => warn!(dir = %dir.display(), error = %err, "failed to list cache directory"),
+        }
+    }
+    let mut found = Vec::new();
+    let mut keep = std::collections::HashSet::new();
+    for path in &names {
+        let Some((key, "sum")) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(object_file::parse_name)
+        else {
+            continue;
+        };
+        match ObjectFile::open_complete(dir, &key, block_size) {
+            Ok((object, meta)) => {
+                keep.insert(object.sum_path());
+                keep.insert(object.obj_path());
+                found.push((object, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            }
+            Err(ReadError::Io(err)) => {
+                warn!(path = %path.display(), error = %err, "skipping unreadable cached object");
+            }
+            Err(err) => warn!(path = %path.display(), %err, "removing invalid cached object"),
+        }
+    }
+    for path in names {
+        if !keep.contains(&path) {
+            if path.is_dir() {
+                warn!(dir = %path.display(), "ignoring unexpected directory in the object cache");
+            } else {
+                remove_stray(&path, "not part of a complete cached object");
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn is_shard_name(name: &str) -> bool {

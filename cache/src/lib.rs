@@ -15,6 +15,13 @@
 //! it), removes debris and enforces the budget. Below a free-space floor on the cache's
 //! filesystem nothing is written to disk and disk blocks are evicted to give space back.
 //!
+//! Whole objects: blocks put with [`BlockCache::put_shared`] and the object's size go into
+//! one content file per object (`objects/`, see `object_file`) instead of one file per block,
+//! when the object has at least two blocks and needs at most a quarter of the disk budget. It is
+//! one LRU entry sized for the whole object; its blocks are read and checked like block files;
+//! once complete, [`BlockCache::object_file`] hands it out whole (every block checked first),
+//! which dosfs uses as the backing file of a FUSE passthrough open.
+//!
 //! Files being written through dosfs are staged apart ([`StagingArea`]), outside the LRU, so
 //! they are never counted or evicted.
 //!
@@ -43,6 +50,7 @@ mod disk;
 mod error;
 mod lru_index;
 mod memory;
+mod object_file;
 mod staging;
 
 use std::fmt;
@@ -143,6 +151,7 @@ impl BlockCache {
         }
         let disk = DiskTier::open(
             config.dir.join("blocks"),
+            config.dir.join("objects"),
             config.block_size as u64,
             config.disk_bytes,
             config.min_free_disk_bytes,
@@ -196,6 +205,20 @@ impl BlockCache {
     /// Fails only if `data` is larger than the block size. Failing to write to disk is logged
     /// and leaves the block in memory only.
     pub fn put(&self, key: &ContentKey, block: u64, data: &[u8]) -> Result<(), CacheError> {
+        self.put_shared(key, block, Bytes::copy_from_slice(data), None)
+    }
+
+    /// Like [`Self::put`], without copying: the memory tier keeps `data` itself. With
+    /// `object_size` (the whole object's size), the disk tier keeps the block in the object's
+    /// single content file when the object fits, so that a fully cached object can be read as
+    /// one file ([`Self::object_file`]); otherwise as a block file.
+    pub fn put_shared(
+        &self,
+        key: &ContentKey,
+        block: u64,
+        data: Bytes,
+        object_size: Option<u64>,
+    ) -> Result<(), CacheError> {
         let inner = &*self.inner;
         if data.len() > inner.config.block_size {
             return Err(CacheError::BlockTooLarge {
@@ -205,10 +228,21 @@ impl BlockCache {
         }
         let id = BlockId { key: *key, block };
         if data.len() as u64 <= inner.config.memory_bytes {
-            inner.memory.insert(id, Bytes::copy_from_slice(data));
+            inner.memory.insert(id, data.clone());
         }
-        inner.disk.put(id, data);
+        match object_size {
+            Some(size) => inner.disk.put_in_object(id, size, &data),
+            None => inner.disk.put(id, &data),
+        }
         Ok(())
+    }
+
+    /// The object `key` of `size` bytes as one read-only file holding exactly its content, if
+    /// it is fully cached that way (see [`Self::put_shared`]). Every block of the file is
+    /// checked against its checksum first; a file failing that is deleted and `None` returned.
+    /// Meant for handing the file to the kernel (FUSE passthrough). Counts as a use.
+    pub fn object_file(&self, key: &ContentKey, size: u64) -> Option<std::fs::File> {
+        self.inner.disk.object_file(key, size)
     }
 
     /// Whether every block of the object `key`, `size_bytes` long, is cached on disk with the

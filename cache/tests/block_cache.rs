@@ -597,3 +597,123 @@ proptest! {
         prop_assert_eq!(on_disk, cache.stats().disk_bytes);
     }
 }
+
+/// Blocks put with the object's size go into one content file, which can be handed out whole
+/// once complete, survives a restart, and is checked before it is handed out.
+#[test]
+fn whole_objects_are_one_checked_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig {
+        memory_bytes: 0,
+        ..config(dir.path())
+    };
+    let cache = BlockCache::open(config.clone()).unwrap();
+    let key = key(9);
+    let size = 3 * BLOCK as u64 + 5;
+    let mut whole = Vec::new();
+    // Out of order, as concurrent windows may deliver them.
+    for block in [2u64, 0, 3, 1] {
+        let len = if block == 3 { 5 } else { BLOCK };
+        let data = content(&key, block, len);
+        assert!(cache.object_file(&key, size).is_none());
+        cache
+            .put_shared(&key, block, data.into(), Some(size))
+            .unwrap();
+    }
+    for block in 0..4 {
+        let len = if block == 3 { 5 } else { BLOCK };
+        whole.extend(content(&key, block, len));
+        assert_eq!(
+            cache.get(&key, block).as_deref(),
+            Some(&content(&key, block, len)[..])
+        );
+    }
+    assert!(cache.contains_all(&key, size));
+    assert!(cache.object_file(&key, size + 1).is_none());
+    let read_whole = |cache: &BlockCache| {
+        let mut got = Vec::new();
+        let mut file = cache.object_file(&key, size)?;
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_to_end(&mut got).unwrap();
+        Some(got)
+    };
+    assert_eq!(read_whole(&cache).as_deref(), Some(&whole[..]));
+    // Content plus a checksum file (56-byte header, 4 bytes per block); no block files.
+    let stats = cache.stats();
+    assert_eq!(stats.disk_bytes, size + 56 + 4 * 4);
+    assert_eq!(block_files(dir.path()), vec![]);
+    drop(cache);
+
+    let cache = BlockCache::open(config.clone()).unwrap();
+    assert_eq!(read_whole(&cache).as_deref(), Some(&whole[..]));
+    assert_eq!(
+        cache.get(&key, 1).as_deref(),
+        Some(&content(&key, 1, BLOCK)[..])
+    );
+
+    // A flipped bit: the whole file is refused and removed.
+    let path = dir
+        .path()
+        .join("objects")
+        .join(format!("{}.obj", hex::encode(key)));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[BLOCK + 3] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert!(cache.object_file(&key, size).is_none());
+    assert!(!path.exists());
+    assert_eq!(cache.stats().corruptions, 1);
+    assert_eq!(cache.stats().disk_bytes, 0);
+    assert!(!cache.contains_all(&key, size));
+
+    // An incomplete object does not survive a restart.
+    cache
+        .put_shared(&key, 0, content(&key, 0, BLOCK).into(), Some(size))
+        .unwrap();
+    drop(cache);
+    let cache = BlockCache::open(config).unwrap();
+    assert_eq!(cache.get(&key, 0), None);
+    assert_eq!(cache.stats().disk_bytes, 0);
+    assert_eq!(fs::read_dir(dir.path().join("objects")).unwrap().count(), 0);
+}
+
+/// Objects count against the disk budget like blocks, and too large ones stay blocks.
+#[test]
+fn whole_objects_respect_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 40 * BLOCK as u64;
+    let cache = BlockCache::open(CacheConfig {
+        memory_bytes: 0,
+        disk_bytes: budget,
+        ..config(dir.path())
+    })
+    .unwrap();
+    // 8 blocks: a fifth of the budget, kept as one file; five of them do not fit.
+    let size = 8 * BLOCK as u64;
+    for n in 0..6u8 {
+        let key = key(n);
+        for block in 0..8 {
+            cache
+                .put_shared(&key, block, content(&key, block, BLOCK).into(), Some(size))
+                .unwrap();
+        }
+        assert!(cache.object_file(&key, size).is_some());
+        assert!(cache.stats().disk_bytes <= budget);
+    }
+    assert!(cache.object_file(&key(0), size).is_none());
+    assert!(cache.stats().evictions >= 1);
+    // 16 blocks: over a quarter of the budget, kept as block files.
+    let big = key(7);
+    for block in 0..16 {
+        cache
+            .put_shared(
+                &big,
+                block,
+                content(&big, block, BLOCK).into(),
+                Some(16 * BLOCK as u64),
+            )
+            .unwrap();
+    }
+    assert!(cache.object_file(&big, 16 * BLOCK as u64).is_none());
+    assert!(cache.contains_all(&big, 16 * BLOCK as u64));
+    assert!(cache.stats().disk_bytes <= budget);
+}

@@ -26,6 +26,8 @@ pub enum FsError {
     NotPermitted(&'static str),
     #[error("no such attribute")]
     NoAttr,
+    #[error("busy: {0}")]
+    Busy(&'static str),
     #[error("buffer too small")]
     Range,
     #[error("bad file handle")]
@@ -52,6 +54,7 @@ impl FsError {
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::NoAttr => libc::ENODATA,
+            FsError::Busy(_) => libc::ETXTBSY,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,
             FsError::Local(e) => match e.raw_os_error() {

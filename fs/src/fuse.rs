@@ -2,19 +2,20 @@
 //! callback runs the matching [`FsCore`] operation on the tokio runtime and replies, turning
 //! an [`FsError`] into its errno.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{ATTR_TTL, Attr, FsCore, Kind};
+use crate::core::{ATTR_TTL, Attr, FsCore, Kind, Opened, PassthroughFile};
 use crate::error::FsError;
 
 pub struct DosFs {
@@ -22,11 +23,49 @@ pub struct DosFs {
     rt: tokio::runtime::Handle,
     uid: u32,
     gid: u32,
+    backing: Mutex<Backing>,
+}
+
+/// Backing files registered with the kernel for passthrough opens: one per inode and content
+/// at a time (the kernel wants every passthrough open of an inode on the same backing file),
+/// each kept alive by the handles that use it.
+#[derive(Default)]
+struct Backing {
+    by_content: HashMap<(u64, [u8; 32]), Weak<BackingId>>,
+    by_handle: HashMap<u64, Arc<BackingId>>,
 }
 
 impl DosFs {
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
-        Self { core, rt, uid, gid }
+        Self {
+            core,
+            rt,
+            uid,
+            gid,
+            backing: Mutex::default(),
+        }
+    }
+
+    fn backing(&self) -> std::sync::MutexGuard<'_, Backing> {
+        self.backing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The backing id for a passthrough open, shared with the other open handles of the same
+    /// inode and content, or registered now.
+    fn backing_for(
+        &self,
+        reply: &ReplyOpen,
+        p: &PassthroughFile,
+    ) -> std::io::Result<Arc<BackingId>> {
+        let mut backing = self.backing();
+        let key = (p.ino, p.hash.0);
+        if let Some(id) = backing.by_content.get(&key).and_then(Weak::upgrade) {
+            return Ok(id);
+        }
+        let id = Arc::new(reply.open_backing(&p.file)?);
+        backing.by_content.retain(|_, w| w.strong_count() > 0);
+        backing.by_content.insert(key, Arc::downgrade(&id));
+        Ok(id)
     }
 
     fn run<T>(&self, f: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
@@ -104,6 +143,20 @@ impl Filesystem for DosFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Registering a backing file needs CAP_SYS_ADMIN, so only root mounts ask for
+        // passthrough. Stack depth 1: backing files on a plain filesystem, and dosfs itself
+        // may still be a lower layer of overlayfs.
+        if rustix::process::geteuid().is_root() {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) if config.set_max_stack_depth(1).is_ok() => {
+                    self.core.enable_passthrough();
+                    tracing::info!("FUSE passthrough available for fully cached files");
+                }
+                _ => {
+                    tracing::info!("the kernel offers no FUSE passthrough; reads go through dosfs")
+                }
+            }
+        }
         Ok(())
     }
 
@@ -255,7 +308,21 @@ impl Filesystem for DosFs {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
         match self.run(self.core.open(ino.0, write, truncate)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(Opened {
+                fh,
+                passthrough: Some(p),
+            }) => match self.backing_for(&reply, &p) {
+                Ok(id) => {
+                    self.backing().by_handle.insert(fh, id.clone());
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "FUSE passthrough refused; reading through dosfs from now on");
+                    self.core.passthrough_failed(fh);
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+            },
+            Ok(Opened { fh, .. }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -319,7 +386,9 @@ impl Filesystem for DosFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run(self.core.release(fh.0)) {
+        let result = self.run(self.core.release(fh.0));
+        self.backing().by_handle.remove(&fh.0);
+        match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

@@ -446,3 +446,64 @@ fn empty_file_is_durable_when_close_returns() {
         missing.len()
     );
 }
+
+/// A large file whose content is fully cached is read through FUSE passthrough (when the
+/// kernel and our privileges allow it): the bytes are the same, and a write open while such a
+/// reader is open fails with ETXTBSY after a short wait instead of the kernel's EIO; once the
+/// reader is closed, writing works again.
+#[test]
+fn passthrough_reads_of_fully_cached_files() {
+    let m = Mount::new();
+    let rest = m.rest();
+    let body = pseudo_random(78, 12 * 1024 * 1024 + 123);
+    rest.put("big.bin", &body);
+    assert!(read(&m.path("big.bin")) == body, "cold read");
+    let objects = m.root.join("cache/blocks/objects");
+    let complete = wait_until(std::time::Duration::from_secs(10), || {
+        std::fs::read_dir(&objects).is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sum")))
+        })
+    });
+    assert!(complete.is_some(), "object never complete in the cache");
+    assert!(read(&m.path("big.bin")) == body, "cached read");
+    let reader = std::fs::File::open(m.path("big.bin")).unwrap();
+    for off in [0usize, 1_048_575, 5_000_001, body.len() - 10] {
+        let mut buf = vec![0u8; 70_000.min(body.len() - off)];
+        reader.read_exact_at(&mut buf, off as u64).unwrap();
+        assert!(buf == body[off..off + buf.len()], "read at {off}");
+    }
+    // Passthrough needs root (to register a backing file) and Linux 6.9 or later.
+    let release = sh(&m.mp, "uname -r");
+    let mut version = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let kernel = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+    let passthrough = is_root() && kernel >= (6, 9);
+    eprintln!("passthrough available: {passthrough}");
+    let t = std::time::Instant::now();
+    let opened = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("big.bin"));
+    if passthrough {
+        let err = opened.expect_err("write open while a passthrough reader is open");
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY));
+        assert!(t.elapsed() >= std::time::Duration::from_secs(1));
+    } else {
+        drop(opened.unwrap());
+    }
+    drop(reader);
+    let mut w = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("big.bin"))
+        .unwrap();
+    w.write_all(b"tail").unwrap();
+    drop(w);
+    let mut want = body.clone();
+    want.extend_from_slice(b"tail");
+    assert!(read(&m.path("big.bin")) == want, "after the append");
+    assert!(rest.get("big.bin").unwrap() == want);
+}
+
+fn is_root() -> bool {
+    sh(Path::new("/"), "id -u").trim() == "0"
+}

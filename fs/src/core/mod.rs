@@ -7,10 +7,12 @@
 
 mod history;
 mod inodes;
+mod passthrough;
 mod read;
 mod write;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ use crate::error::{FsError, FsResult};
 pub use history::version_file_name;
 use inodes::Inodes;
 pub use inodes::{NodeKey, ROOT_INO};
+pub use passthrough::{Opened, PASSTHROUGH_MIN_BYTES, PASSTHROUGH_WAIT, PassthroughFile};
 use write::Staged;
 
 /// How long attributes and listings fetched from the store are trusted (close-to-open, and
@@ -94,6 +97,12 @@ pub struct FsCore {
     handles: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Handle>>>>,
     next_fh: Mutex<u64>,
     started_ns: i64,
+    /// Open modes by inode and handle (FUSE passthrough rules, see `passthrough`).
+    io: Mutex<passthrough::IoModes>,
+    /// Signalled whenever an open mode is given back.
+    io_changed: tokio::sync::Notify,
+    /// Whether passthrough opens may be offered (the adapter enables it at init).
+    passthrough: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -133,6 +142,9 @@ impl FsCore {
             handles: Mutex::default(),
             next_fh: Mutex::new(1),
             started_ns: now_ns(),
+            io: Mutex::default(),
+            io_changed: tokio::sync::Notify::new(),
+            passthrough: AtomicBool::new(false),
         }
     }
 

@@ -13,6 +13,7 @@ use dos_cache::BlockCache;
 use dos_client::Client;
 use dos_protocol::ContentHash;
 
+use super::passthrough::{Opened, PassthroughFile};
 use super::{FsCore, Handle, NodeKey, lock};
 use crate::error::{FsError, FsResult};
 
@@ -40,7 +41,7 @@ pub struct ReadHandle {
 
 impl FsCore {
     /// Opens `ino` for reading (a file of the namespace or a history version).
-    pub(crate) async fn open_read(&self, ino: u64) -> FsResult<u64> {
+    pub(crate) async fn open_read(&self, ino: u64) -> FsResult<Opened> {
         let (name, pinned) = match self.node(ino)? {
             NodeKey::Path(p) => (p, None),
             NodeKey::HistoryVersion(p, v) => (p, Some(v)),
@@ -49,10 +50,15 @@ impl FsCore {
         if name.is_empty() {
             return Err(FsError::IsDir);
         }
-        if pinned.is_none()
-            && let Some(fh) = self.open_staged_for_read(&name)
-        {
-            return Ok(fh);
+        if pinned.is_none() && self.staged_of(&name).is_some() {
+            let reserved = self.reserve_normal(ino).await?;
+            if let Some(fh) = self.open_staged_for_read(&name) {
+                reserved.bind(fh);
+                return Ok(Opened {
+                    fh,
+                    passthrough: None,
+                });
+            }
         }
         // Close-to-open: every open asks the store which version is current.
         let meta = self.client.head(&name, pinned).await?;
@@ -62,14 +68,35 @@ impl FsCore {
         if pinned.is_none() {
             self.remember(&name, super::Entry::Object(meta.to_record()));
         }
-        Ok(self.new_handle(Handle::Read(ReadHandle {
+        let handle = Handle::Read(ReadHandle {
             name,
             version: meta.version,
             hash: meta.hash,
             size: meta.size,
             last_end: 0,
             windows: Vec::new(),
-        })))
+        });
+        if let Some(file) = self.passthrough_file(meta.hash, meta.size).await
+            && let Some(reserved) = self.reserve_passthrough(ino, meta.hash)
+        {
+            let fh = self.new_handle(handle);
+            reserved.bind(fh);
+            return Ok(Opened {
+                fh,
+                passthrough: Some(PassthroughFile {
+                    ino,
+                    hash: meta.hash,
+                    file,
+                }),
+            });
+        }
+        let reserved = self.reserve_normal(ino).await?;
+        let fh = self.new_handle(handle);
+        reserved.bind(fh);
+        Ok(Opened {
+            fh,
+            passthrough: None,
+        })
     }
 
     pub async fn read(&self, fh: u64, offset: u64, len: u32) -> FsResult<Bytes> {
@@ -226,6 +253,7 @@ async fn stream_window(
     let bs = cache.block_size() as u64;
     let start = w.first * bs;
     let end = (w.end * bs).min(size);
+    // One window streams while the cache is written behind it on blocking threads.
     let range = format!("bytes={start}-{}", end - 1);
     let mut stream = client.get_stream(name, Some(version), Some(&range)).await?;
     if stream.meta.hash != hash {
@@ -233,24 +261,38 @@ async fn stream_window(
             format!("{name} version {version} changed its content"),
         )));
     }
-    let mut buf = BytesMut::with_capacity(bs as usize);
+    let bs = bs as usize;
+    let mut buf = BytesMut::with_capacity(bs);
     let mut block = w.first;
     let put = |block: u64, data: Bytes| {
         lock(&w.blocks).insert(block, data.clone());
         w.notify.notify_waiters();
         let (cache, w) = (cache.clone(), w.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = cache.put(&hash.0, block, &data) {
+            if let Err(e) = cache.put_shared(&hash.0, block, data, Some(size)) {
                 tracing::warn!(error = %e, "cache put failed");
             }
             lock(&w.blocks).remove(&block);
         });
     };
+    // Each block gets its own buffer of exactly one block (the memory tier keeps it as is).
     while let Some(chunk) = stream.next_chunk().await {
-        buf.extend_from_slice(&chunk?);
-        while buf.len() as u64 >= bs {
-            put(block, buf.split_to(bs as usize).freeze());
-            block += 1;
+        let mut chunk = chunk?;
+        while !chunk.is_empty() {
+            if buf.is_empty() && chunk.len() >= bs {
+                put(block, chunk.split_to(bs));
+                block += 1;
+                continue;
+            }
+            let take = (bs - buf.len()).min(chunk.len());
+            buf.extend_from_slice(&chunk.split_to(take));
+            if buf.len() == bs {
+                put(
+                    block,
+                    std::mem::replace(&mut buf, BytesMut::with_capacity(bs)).freeze(),
+                );
+                block += 1;
+            }
         }
     }
     if !buf.is_empty() {

@@ -13,6 +13,7 @@ use dos_client::PostOutcome;
 use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_ns};
 use sha2::{Digest, Sha256};
 
+use super::passthrough::Opened;
 use super::{Attr, Entry, FsCore, Handle, Kind, NodeKey, lock};
 use crate::error::{FsError, FsResult};
 
@@ -168,7 +169,7 @@ impl FsCore {
         Ok(())
     }
 
-    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<u64> {
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<Opened> {
         if !write {
             return self.open_read(ino).await;
         }
@@ -177,9 +178,15 @@ impl FsCore {
             NodeKey::Path(_) => return Err(FsError::IsDir),
             _ => return Err(FsError::ReadOnly("file history cannot be changed")),
         };
+        let reserved = self.reserve_normal(ino).await?;
         let staged = self.stage(&path, truncate).await?;
         lock(&staged).opens += 1;
-        Ok(self.new_handle(Handle::Write { staged }))
+        let fh = self.new_handle(Handle::Write { staged });
+        reserved.bind(fh);
+        Ok(Opened {
+            fh,
+            passthrough: None,
+        })
     }
 
     /// A read-only open of a file that is being written here reads the staged bytes.
@@ -191,15 +198,17 @@ impl FsCore {
 
     pub async fn create(&self, parent: u64, name: &str, mode: u32) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
+        let ino = self.ino_of(NodeKey::Path(path.clone()));
+        let reserved = self.reserve_normal(ino).await?;
         let staged = self.stage(&path, true).await?;
         {
             let mut s = lock(&staged);
             s.mode = mode & 0o7777;
             s.opens += 1;
         }
-        let ino = self.ino_of(NodeKey::Path(path.clone()));
         let attr = staged_attr(ino, &staged)?;
         let fh = self.new_handle(Handle::Write { staged });
+        reserved.bind(fh);
         Ok((attr, fh))
     }
 
@@ -228,6 +237,7 @@ impl FsCore {
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
+        self.forget_io(fh);
         let Some(h) = self.take_handle(fh) else {
             return Ok(());
         };
