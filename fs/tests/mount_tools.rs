@@ -1324,14 +1324,12 @@ fn tree_bytes(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
     };
-    rd.map(|e| e.unwrap())
-        .map(|e| {
-            let md = e.metadata().unwrap();
-            if md.is_dir() {
-                tree_bytes(&e.path())
-            } else {
-                md.len()
-            }
+    // The cache evicts while we look: a file gone between listing and stat counts as 0.
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(md) if md.is_dir() => tree_bytes(&e.path()),
+            Ok(md) => md.len(),
+            Err(_) => 0,
         })
         .sum()
 }
