@@ -28,6 +28,9 @@ struct Args {
     dosfs: PathBuf,
     #[arg(long, default_value_t = 10_000)]
     files: usize,
+    /// Where `cp out` writes (default: `DIR/out`); e.g. /dev/shm when the disk is short of space.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -143,7 +146,7 @@ fn main() -> anyhow::Result<()> {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    let _bind = Mount {
+    let bind = Mount {
         path: d("bind"),
         child: None,
     };
@@ -180,12 +183,15 @@ fn main() -> anyhow::Result<()> {
                 ))?);
             }
             drop_caches();
-            let out = d("out").join("o");
+            let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
             let t_cold = sh(&format!("cp {} {}", dst.display(), out.display()))?;
             let _ = std::fs::remove_file(&out);
             let t_warm = sh(&format!("cp {} {}", dst.display(), out.display()))?;
             sh(&format!("cmp {} {}", src.display(), out.display()))?;
             let _ = std::fs::remove_file(&out);
+            if label != "dosfs" {
+                let _ = std::fs::remove_file(&dst);
+            }
             match label {
                 "dosfs" => (dosfs_cold, dosfs_warm) = (Some(t_cold), Some(t_warm)),
                 "bindfs -o big_writes" => bind_warm = Some(t_warm),
@@ -200,10 +206,6 @@ fn main() -> anyhow::Result<()> {
         }
         ratios.push((*mib, rest_get, dosfs_cold, dosfs_warm, bind_warm));
         let _ = std::fs::remove_file(&src);
-        // The disk may be small: keep only what the next size needs.
-        for dir in ["local", "bind-backing"] {
-            let _ = std::fs::remove_file(d(dir).join(format!("f{mib}")));
-        }
     }
     println!();
     println!("| size | REST GET (cold) | dosfs cold / REST GET | dosfs cached / bindfs cached |");
@@ -256,6 +258,7 @@ fn main() -> anyhow::Result<()> {
         t.as_secs_f64()
     );
     drop(dos);
+    drop(bind);
     let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())
 }
