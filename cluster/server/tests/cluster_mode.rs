@@ -15,7 +15,6 @@ mod procs;
 use procs::*;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dos_client::{Client, PostOutcome, UploadProgress};
@@ -59,12 +58,7 @@ async fn cluster_of_processes() {
 
     // setup: exchanges and indices, idempotent.
     for _ in 0..2 {
-        let out = Command::new(BIN)
-            .arg("setup")
-            .env("RABBITMQ_SERVER", &env.amqp)
-            .env("ES_SERVER", &env.es)
-            .output()
-            .unwrap();
+        let out = env.setup();
         assert!(
             out.status.success(),
             "setup: {}",

@@ -164,12 +164,7 @@ async fn faults_in_cluster_mode() {
     let es = fake_es::FakeEs::start().await;
     let dir = tempfile::tempdir().unwrap();
     let env = Env::private(&base, &es.url, dir.path());
-    let out = Command::new(BIN)
-        .arg("setup")
-        .env("RABBITMQ_SERVER", &env.amqp)
-        .env("ES_SERVER", &env.es)
-        .output()
-        .unwrap();
+    let out = env.setup();
     assert!(out.status.success(), "{out:?}");
 
     const N: usize = 8;

@@ -116,6 +116,16 @@ impl Env {
         )
     }
 
+    /// Runs `dos-server setup` (exchanges and indices) for this environment.
+    pub fn setup(&self) -> std::process::Output {
+        Command::new(BIN)
+            .arg("setup")
+            .env("RABBITMQ_SERVER", &self.amqp)
+            .env("ES_SERVER", &self.es)
+            .output()
+            .unwrap()
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
