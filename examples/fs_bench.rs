@@ -3,7 +3,8 @@
 //! plus 10,000 × 4 KiB file creations and `ls -l` of 10,000 entries, in one run. For the
 //! targets, it also times a cold REST GET of the object dosfs stored (curl to /dev/null, from
 //! the embedded store the mount started) and prints dosfs's cold reads against it and dosfs's
-//! cached reads against bindfs's.
+//! cached reads against bindfs's. Each size is measured `--rounds` times (a new file each
+//! round, so every dosfs read is cold again); the tables give the median and the range.
 //!
 //! ```text
 //! apt-get install bindfs fuse3
@@ -28,6 +29,9 @@ struct Args {
     dosfs: PathBuf,
     #[arg(long, default_value_t = 10_000)]
     files: usize,
+    /// Rounds per size (the tables give the median and the range).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Where `cp out` writes (default: `DIR/out`); e.g. /dev/shm when the disk is short of space.
     #[arg(long)]
     out_dir: Option<PathBuf>,
@@ -51,6 +55,19 @@ fn sh(cmd: &str) -> anyhow::Result<Duration> {
 
 fn rate(mib: u64, d: Duration) -> f64 {
     (mib as f64 * MIB) / MIB / d.as_secs_f64()
+}
+
+/// `median unit (min–max)` of `values`, or `-` if there are none.
+fn spread(values: &[f64], unit: &str) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) if v.len() > 1 => {
+            format!("{:.0} {unit} ({lo:.0}–{hi:.0})", v[v.len() / 2])
+        }
+        (Some(x), _) => format!("{x:.0} {unit}"),
+        _ => "-".into(),
+    }
 }
 
 fn is_mounted(p: &Path) -> bool {
@@ -159,67 +176,80 @@ fn main() -> anyhow::Result<()> {
     println!("| size | target | cp in | cp out (cold) | cp out (cached) |");
     println!("|---|---|---|---|---|");
     let mut ratios = Vec::new();
+    let rounds = args.rounds.max(1);
     for mib in &args.sizes_mib {
-        let src = d("src").join(format!("f{mib}"));
-        sh(&format!(
-            "head -c {}M /dev/urandom > {}",
-            mib,
-            src.display()
-        ))?;
         let mut targets = vec![("local dir", d("local")), ("dosfs", mnt.clone())];
         if bind_ok {
             targets.push(("bindfs -o big_writes", d("bind")));
         }
-        let (mut rest_get, mut dosfs_cold, mut dosfs_warm, mut bind_warm) =
-            (None, None, None, None);
-        for (label, dir) in targets {
-            let dst = dir.join(format!("f{mib}"));
-            drop_caches();
-            let t_in = sh(&format!("cp {} {}", src.display(), dst.display()))?;
-            if label == "dosfs" {
+        // Per target: (cp in, cold, cached) rates of every round.
+        let mut rates: Vec<Vec<[f64; 3]>> = vec![Vec::new(); targets.len()];
+        let (mut rest_get, mut cold_vs_get, mut cached_vs_bind) = (vec![], vec![], vec![]);
+        for round in 0..rounds {
+            let src = d("src").join(format!("f{mib}"));
+            sh(&format!(
+                "head -c {}M /dev/urandom > {}",
+                mib,
+                src.display()
+            ))?;
+            let (mut get, mut dosfs_cold, mut dosfs_warm, mut bind_warm) = (None, None, None, None);
+            for (t, (label, dir)) in targets.iter().enumerate() {
+                let name = format!("f{mib}-{round}");
+                let dst = dir.join(&name);
                 drop_caches();
-                rest_get = Some(sh(&format!(
-                    "curl -sf -o /dev/null http://{api}/objects/f{mib}"
-                ))?);
-            }
-            drop_caches();
-            let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
-            let t_cold = sh(&format!("cp {} {}", dst.display(), out.display()))?;
-            let _ = std::fs::remove_file(&out);
-            let t_warm = sh(&format!("cp {} {}", dst.display(), out.display()))?;
-            sh(&format!("cmp {} {}", src.display(), out.display()))?;
-            let _ = std::fs::remove_file(&out);
-            if label != "dosfs" {
+                let t_in = sh(&format!("cp {} {}", src.display(), dst.display()))?;
+                if *label == "dosfs" {
+                    drop_caches();
+                    get = Some(sh(&format!(
+                        "curl -sf -o /dev/null http://{api}/objects/{name}"
+                    ))?);
+                }
+                drop_caches();
+                let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
+                let t_cold = sh(&format!("cp {} {}", dst.display(), out.display()))?;
+                let _ = std::fs::remove_file(&out);
+                let t_warm = sh(&format!("cp {} {}", dst.display(), out.display()))?;
+                sh(&format!("cmp {} {}", src.display(), out.display()))?;
+                let _ = std::fs::remove_file(&out);
                 let _ = std::fs::remove_file(&dst);
+                match *label {
+                    "dosfs" => (dosfs_cold, dosfs_warm) = (Some(t_cold), Some(t_warm)),
+                    "bindfs -o big_writes" => bind_warm = Some(t_warm),
+                    _ => {}
+                }
+                rates[t].push([rate(*mib, t_in), rate(*mib, t_cold), rate(*mib, t_warm)]);
             }
-            match label {
-                "dosfs" => (dosfs_cold, dosfs_warm) = (Some(t_cold), Some(t_warm)),
-                "bindfs -o big_writes" => bind_warm = Some(t_warm),
-                _ => {}
+            let pct = |a: Duration, b: Duration| 100.0 * b.as_secs_f64() / a.as_secs_f64();
+            if let (Some(get), Some(cold)) = (get, dosfs_cold) {
+                rest_get.push(rate(*mib, get));
+                cold_vs_get.push(pct(cold, get));
             }
+            if let (Some(warm), Some(bind)) = (dosfs_warm, bind_warm) {
+                cached_vs_bind.push(pct(warm, bind));
+            }
+            let _ = std::fs::remove_file(&src);
+        }
+        for (t, (label, _)) in targets.iter().enumerate() {
+            let col =
+                |i: usize| spread(&rates[t].iter().map(|r| r[i]).collect::<Vec<_>>(), "MiB/s");
             println!(
-                "| {mib} MiB | {label} | {:.0} MiB/s | {:.0} MiB/s | {:.0} MiB/s |",
-                rate(*mib, t_in),
-                rate(*mib, t_cold),
-                rate(*mib, t_warm)
+                "| {mib} MiB | {label} | {} | {} | {} |",
+                col(0),
+                col(1),
+                col(2)
             );
         }
-        ratios.push((*mib, rest_get, dosfs_cold, dosfs_warm, bind_warm));
-        let _ = std::fs::remove_file(&src);
+        ratios.push((*mib, rest_get, cold_vs_get, cached_vs_bind));
     }
     println!();
     println!("| size | REST GET (cold) | dosfs cold / REST GET | dosfs cached / bindfs cached |");
     println!("|---|---|---|---|");
-    for (mib, get, cold, warm, bind) in ratios {
-        let pct = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
-            (Some(a), Some(b)) => format!("{:.0} %", 100.0 * b.as_secs_f64() / a.as_secs_f64()),
-            _ => "-".into(),
-        };
+    for (mib, get, cold, cached) in ratios {
         println!(
             "| {mib} MiB | {} | {} | {} |",
-            get.map_or("-".into(), |t| format!("{:.0} MiB/s", rate(mib, t))),
-            pct(cold, get),
-            pct(warm, bind)
+            spread(&get, "MiB/s"),
+            spread(&cold, "%"),
+            spread(&cached, "%")
         );
     }
     println!();

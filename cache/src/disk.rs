@@ -193,7 +193,7 @@ impl DiskTier {
     /// (created on its first block), so that once every block is there the object can be read
     /// as one file. Objects of one block, or too large for a quarter of the budget, are kept
     /// as block files ([`Self::put`]) instead. Never fails, like `put`.
-    pub(crate) fn put_in_object(&self, id: BlockId, size: u64, data: &[u8]) {
+    pub(crate) fn put_in_object(&self, id: BlockId, size: u64, data: &[u8]) -> bool {
         let footprint = object_file::footprint(size, self.block_size);
         let blocks = size.div_ceil(self.block_size);
         let large_enough = blocks >= 2 && id.block < blocks;
@@ -202,14 +202,18 @@ impl DiskTier {
             index.fits(footprint.saturating_mul(4))
         };
         if !large_enough || !small_enough {
-            return self.put(id, data);
+            self.put(id, data);
+            return false;
         }
         let object = match self.object(&id.key) {
             Some(object) if object.size == size => object,
-            Some(_) => return self.put(id, data),
+            Some(_) => {
+                self.put(id, data);
+                return false;
+            }
             None => {
                 if !self.check_free_space() {
-                    return;
+                    return false;
                 }
                 let created = {
                     let mut objects = self.lock_objects();
@@ -239,19 +243,26 @@ impl DiskTier {
                             error = %err,
                             "failed to create cached object, keeping blocks in memory only"
                         );
-                        return;
+                        return false;
                     }
                 }
             }
         };
         match object.write_block(id.block, data) {
-            Ok(false) => {}
-            Ok(true) => self.complete(&object),
-            Err(err) => warn!(
-                path = %object.obj_path().display(),
-                error = %err,
-                "failed to write cached block, keeping it in memory only"
-            ),
+            Ok(complete) => {
+                if complete {
+                    self.complete(&object);
+                }
+                true
+            }
+            Err(err) => {
+                warn!(
+                    path = %object.obj_path().display(),
+                    error = %err,
+                    "failed to write cached block, keeping it in memory only"
+                );
+                false
+            }
         }
     }
 
@@ -345,6 +356,12 @@ impl DiskTier {
     }
 
     /// Whether every block of an object of `size` bytes is on disk.
+    /// Whether block `id` is on disk (as a block file or in its object's file), without
+    /// reading or checking it and without touching the LRU order.
+    pub(crate) fn contains(&self, id: &BlockId) -> bool {
+        self.object(&id.key).is_some_and(|o| o.has(id.block)) || self.lock().peek_size(id).is_some()
+    }
+
     pub(crate) fn contains_all(&self, key: &ContentKey, size: u64) -> bool {
         if self
             .object(key)

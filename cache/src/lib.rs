@@ -211,7 +211,8 @@ impl BlockCache {
     /// Like [`Self::put`], without copying: the memory tier keeps `data` itself. With
     /// `object_size` (the whole object's size), the disk tier keeps the block in the object's
     /// single content file when the object fits, so that a fully cached object can be read as
-    /// one file ([`Self::object_file`]); otherwise as a block file.
+    /// one file ([`Self::object_file`]), and then the memory tier does not keep it (the OS page
+    /// cache holds what was just written); otherwise as a block file, and in memory.
     pub fn put_shared(
         &self,
         key: &ContentKey,
@@ -227,12 +228,18 @@ impl BlockCache {
             });
         }
         let id = BlockId { key: *key, block };
-        if data.len() as u64 <= inner.config.memory_bytes {
-            inner.memory.insert(id, data.clone());
-        }
-        match object_size {
+        let in_object_file = match object_size {
             Some(size) => inner.disk.put_in_object(id, size, &data),
-            None => inner.disk.put(id, &data),
+            None => {
+                inner.disk.put(id, &data);
+                false
+            }
+        };
+        // A block just written to an object file sits in the OS page cache already (and a
+        // complete file is read by the kernel directly): a second copy in memory would only
+        // cost fresh pages for every block streamed through and push out smaller blocks.
+        if !in_object_file && data.len() as u64 <= inner.config.memory_bytes {
+            inner.memory.insert(id, data);
         }
         Ok(())
     }
@@ -243,6 +250,14 @@ impl BlockCache {
     /// Meant for handing the file to the kernel (FUSE passthrough). Counts as a use.
     pub fn object_file(&self, key: &ContentKey, size: u64) -> Option<std::fs::File> {
         self.inner.disk.object_file(key, size)
+    }
+
+    /// Whether block `block` of the object `key` is cached, in memory or on disk, without
+    /// reading it: a cheap test (a later `get` may still miss, if the block is evicted or fails
+    /// its check meanwhile). Does not count as a use.
+    pub fn contains(&self, key: &ContentKey, block: u64) -> bool {
+        let id = BlockId { key: *key, block };
+        self.inner.memory.contains(&id) || self.inner.disk.contains(&id)
     }
 
     /// Whether every block of the object `key`, `size_bytes` long, is cached on disk with the

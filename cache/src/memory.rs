@@ -25,6 +25,11 @@ impl MemoryTier {
         self.lock().get(id).cloned()
     }
 
+    /// Whether the block is held, without touching the LRU order.
+    pub(crate) fn contains(&self, id: &BlockId) -> bool {
+        self.lock().peek_size(id).is_some()
+    }
+
     /// Inserts the block, evicting least recently used ones to stay within the budget. A block
     /// larger than the whole budget is simply not kept.
     pub(crate) fn insert(&self, id: BlockId, data: Bytes) {

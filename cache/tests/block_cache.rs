@@ -717,3 +717,31 @@ fn whole_objects_respect_the_budget() {
     assert!(cache.contains_all(&big, 16 * BLOCK as u64));
     assert!(cache.stats().disk_bytes <= budget);
 }
+
+/// A block that lands in an object file is not kept in memory as well (the OS page cache has
+/// it); a block kept as a block file is. `contains` sees both without counting a use.
+#[test]
+fn object_file_blocks_skip_the_memory_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlockCache::open(config(dir.path())).unwrap();
+    let (big, small) = (key(21), key(22));
+    let size = 2 * BLOCK as u64;
+    cache
+        .put_shared(&big, 0, content(&big, 0, BLOCK).into(), Some(size))
+        .unwrap();
+    cache
+        .put_shared(&small, 0, content(&small, 0, 10).into(), Some(10))
+        .unwrap();
+    let stats = cache.stats();
+    assert_eq!((stats.memory_blocks, stats.memory_bytes), (1, 10));
+    assert!(cache.contains(&big, 0));
+    assert!(cache.contains(&small, 0));
+    assert!(!cache.contains(&big, 1));
+    assert!(!cache.contains(&key(23), 0));
+    assert_eq!((cache.stats().hits, cache.stats().misses), (0, 0));
+    // Still readable, from the object file.
+    assert_eq!(
+        cache.get(&big, 0).as_deref(),
+        Some(&content(&big, 0, BLOCK)[..])
+    );
+}

@@ -143,6 +143,9 @@ impl Filesystem for DosFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Large files streamed from the store are opened with direct I/O; this keeps shared
+        // read-only mmap of them working (kernel 6.6+; private mmap, e.g. exec, works anyway).
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         // Registering a backing file needs CAP_SYS_ADMIN, so only root mounts ask for
         // passthrough. Stack depth 1: backing files on a plain filesystem, and dosfs itself
         // may still be a lower layer of overlayfs.
@@ -311,6 +314,7 @@ impl Filesystem for DosFs {
             Ok(Opened {
                 fh,
                 passthrough: Some(p),
+                ..
             }) => match self.backing_for(&reply, &p) {
                 Ok(id) => {
                     self.backing().by_handle.insert(fh, id.clone());
@@ -322,7 +326,14 @@ impl Filesystem for DosFs {
                     reply.opened(FileHandle(fh), FopenFlags::empty());
                 }
             },
-            Ok(Opened { fh, .. }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(Opened { fh, direct_io, .. }) => {
+                let flags = if direct_io {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -4,6 +4,11 @@ mod cli;
 
 use clap::Parser;
 
+/// jemalloc reuses freed block buffers instead of handing them back to the kernel and faulting
+/// fresh zeroed pages in for the next one (see BENCHMARKS.md, dosfs cold reads).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()

@@ -740,7 +740,7 @@ impl FsCore {
             && size != rec.size
         {
             // Truncate a file nobody has open: stage it, cut it, upload it.
-            let staged = self.stage(&path, false).await?;
+            let staged = self.stage(&path, false, false).await?;
             write::set_staged(&staged, mode, Some(size), mtime_ns)?;
             self.settle(&staged).await?;
             return self.getattr(ino).await;

@@ -33,11 +33,22 @@ pub const PASSTHROUGH_MIN_BYTES: u64 = 8 << 20;
 /// How long a normal open waits for passthrough opens of the same inode to be released.
 pub const PASSTHROUGH_WAIT: Duration = Duration::from_secs(2);
 
+/// Files at least this large that are not fully cached are read with the kernel's page cache
+/// bypassed (see [`Opened::direct_io`]).
+pub const DIRECT_IO_MIN_BYTES: u64 = PASSTHROUGH_MIN_BYTES;
+
 /// What [`FsCore::open`] and [`FsCore::create`] hand the adapter.
 pub struct Opened {
     pub fh: u64,
     /// Set when the open is to be answered in passthrough mode with this file.
     pub passthrough: Option<PassthroughFile>,
+    /// Answer with direct I/O (no kernel page cache): set for read-only opens of large
+    /// objects that are not fully cached, which are streamed from the store. Each read then
+    /// goes from dosfs straight into the reader's buffer, instead of dosfs filling the page
+    /// cache and the reader copying out of it: one copy less per byte, on the path that is
+    /// CPU-bound. Smaller files keep the page cache (small reads are batched by the kernel's
+    /// read-ahead); fully cached ones are read by the kernel itself (passthrough).
+    pub direct_io: bool,
 }
 
 pub struct PassthroughFile {

@@ -2,8 +2,9 @@
 //! server. A miss starts one streaming range request for a window of blocks (16 MiB for a
 //! sequential reader, one block otherwise); the reader waits only for the block it needs,
 //! the rest arrive in the background, and a sequential reader starts the next window while
-//! half of the current one is still ahead of it. Blocks go into the cache (memory and disk)
-//! on a blocking thread, and are kept in the window's own map until they are there.
+//! half of the current one is still ahead of it. Each block goes into the cache on a blocking
+//! thread and stays in its window until the reader takes it, so a reader never reads back
+//! from the disk cache what it just received.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,15 +18,25 @@ use super::passthrough::{Opened, PassthroughFile};
 use super::{FsCore, Handle, NodeKey, lock};
 use crate::error::{FsError, FsResult};
 
+/// Windows a handle keeps at most; older ones are dropped (their blocks are in the cache).
+const MAX_WINDOWS: usize = 4;
+
 /// One streaming fetch of blocks `[first, end)`.
 struct Window {
     first: u64,
     end: u64,
-    /// Blocks received and not yet known to be in the cache.
-    blocks: Mutex<HashMap<u64, Bytes>>,
+    received: Mutex<Received>,
     /// Set when the stream ended (with the error, if it failed).
     done: Mutex<Option<Result<(), String>>>,
     notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Received {
+    /// Blocks received and not yet taken by the reader.
+    blocks: HashMap<u64, Bytes>,
+    /// Blocks before this one have arrived (in order: the answer is one stream).
+    next: u64,
 }
 
 pub struct ReadHandle {
@@ -36,6 +47,10 @@ pub struct ReadHandle {
     pub size: u64,
     /// End of the last read, to spot sequential access.
     pub last_end: u64,
+    /// The last two blocks reads were served from, newest first: a kernel read is 128 or
+    /// 256 KiB, so the next few come from them without a lookup, and a read the kernel issued
+    /// out of order still finds its block without reading it back from the disk cache.
+    recent: [Option<(u64, Bytes)>; 2],
     windows: Vec<Arc<Window>>,
 }
 
@@ -57,6 +72,7 @@ impl FsCore {
                 return Ok(Opened {
                     fh,
                     passthrough: None,
+                    direct_io: false,
                 });
             }
         }
@@ -74,6 +90,7 @@ impl FsCore {
             hash: meta.hash,
             size: meta.size,
             last_end: 0,
+            recent: [None, None],
             windows: Vec::new(),
         });
         if let Some(file) = self.passthrough_file(meta.hash, meta.size).await
@@ -88,6 +105,7 @@ impl FsCore {
                     hash: meta.hash,
                     file,
                 }),
+                direct_io: false,
             });
         }
         let reserved = self.reserve_normal(ino).await?;
@@ -96,6 +114,7 @@ impl FsCore {
         Ok(Opened {
             fh,
             passthrough: None,
+            direct_io: meta.size >= super::passthrough::DIRECT_IO_MIN_BYTES,
         })
     }
 
@@ -149,20 +168,37 @@ impl FsCore {
         Ok(out.freeze())
     }
 
-    /// Block `b` of the handle's version: cached, arriving in a window, or fetched now.
+    /// Block `b` of the handle's version: the current one, cached, arriving in a window, or
+    /// fetched now.
     async fn block(&self, r: &mut ReadHandle, b: u64, sequential: bool) -> FsResult<Bytes> {
+        if let Some((_, block)) = r.recent.iter().flatten().find(|(i, _)| *i == b) {
+            return Ok(block.clone());
+        }
+        let block = self.find_block(r, b, sequential).await?;
+        r.recent.rotate_right(1);
+        r.recent[0] = Some((b, block.clone()));
+        Ok(block)
+    }
+
+    async fn find_block(&self, r: &mut ReadHandle, b: u64, sequential: bool) -> FsResult<Bytes> {
         loop {
-            if let Some(block) = self.cache.get(&r.hash.0, b) {
-                return Ok(block);
+            r.windows.retain(|w| {
+                let behind = sequential && w.end <= b;
+                let exhausted = lock(&w.done).is_some() && lock(&w.received).blocks.is_empty();
+                !behind && !exhausted
+            });
+            if r.windows.len() > MAX_WINDOWS {
+                r.windows.drain(..r.windows.len() - MAX_WINDOWS);
             }
-            r.windows
-                .retain(|w| lock(&w.done).is_none() || !lock(&w.blocks).is_empty());
             let window = r
                 .windows
                 .iter()
                 .find(|w| w.first <= b && b < w.end)
                 .cloned();
             let Some(w) = window else {
+                if let Some(block) = self.cache.get(&r.hash.0, b) {
+                    return Ok(block);
+                }
                 let count = if sequential {
                     self.config.read_ahead_blocks.max(1)
                 } else {
@@ -174,20 +210,34 @@ impl FsCore {
             let notified = w.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(block) = lock(&w.blocks).get(&b).cloned() {
-                return Ok(block);
-            }
-            if let Some(done) = lock(&w.done).clone() {
-                if self.cache.get(&r.hash.0, b).is_some() {
-                    continue;
+            let arrived = {
+                let mut received = lock(&w.received);
+                if let Some(block) = received.blocks.remove(&b) {
+                    // A reader moving forward will not come back for the ones well before.
+                    received.blocks.retain(|&k, _| k + 1 >= b);
+                    return Ok(block);
                 }
+                b < received.next
+            };
+            let done = lock(&w.done).clone();
+            if arrived || done.is_some() {
+                // Taken earlier (and so in the cache, or about to be), or never coming.
                 r.windows.retain(|x| !Arc::ptr_eq(x, &w));
-                return Err(FsError::Store(dos_client::ClientError::InvalidInput(
-                    match done {
-                        Err(e) => e,
-                        Ok(()) => format!("{}: block {b} missing from the answer", r.name),
-                    },
-                )));
+                if let Some(block) = self.cache.get(&r.hash.0, b) {
+                    return Ok(block);
+                }
+                match done {
+                    Some(Err(e)) => {
+                        return Err(FsError::Store(dos_client::ClientError::InvalidInput(e)));
+                    }
+                    Some(Ok(())) if !arrived => {
+                        return Err(FsError::Store(dos_client::ClientError::InvalidInput(
+                            format!("{}: block {b} missing from the answer", r.name),
+                        )));
+                    }
+                    // Fetch it again.
+                    _ => continue,
+                }
             }
             notified.await;
         }
@@ -207,7 +257,7 @@ impl FsCore {
             .unwrap_or(last_read + 1);
         if furthest < blocks && furthest.saturating_sub(last_read) <= window / 2 {
             let from = furthest.max(last_read + 1);
-            if self.cache.get(&r.hash.0, from).is_none() {
+            if !self.cache.contains(&r.hash.0, from) {
                 self.start_window(r, from, window);
             }
         }
@@ -220,7 +270,10 @@ impl FsCore {
         let w = Arc::new(Window {
             first,
             end,
-            blocks: Mutex::default(),
+            received: Mutex::new(Received {
+                blocks: HashMap::new(),
+                next: first,
+            }),
             done: Mutex::new(None),
             notify: tokio::sync::Notify::new(),
         });
@@ -238,7 +291,7 @@ impl FsCore {
     }
 }
 
-/// Streams a window's blocks into `w.blocks` (waking readers at each block) and on into the
+/// Streams a window's blocks into `w.received` (waking readers at each block) and on into the
 /// cache, on a blocking thread.
 #[allow(clippy::too_many_arguments)]
 async fn stream_window(
@@ -265,14 +318,17 @@ async fn stream_window(
     let mut buf = BytesMut::with_capacity(bs);
     let mut block = w.first;
     let put = |block: u64, data: Bytes| {
-        lock(&w.blocks).insert(block, data.clone());
+        {
+            let mut received = lock(&w.received);
+            received.blocks.insert(block, data.clone());
+            received.next = block + 1;
+        }
         w.notify.notify_waiters();
-        let (cache, w) = (cache.clone(), w.clone());
+        let cache = cache.clone();
         tokio::task::spawn_blocking(move || {
             if let Err(e) = cache.put_shared(&hash.0, block, data, Some(size)) {
                 tracing::warn!(error = %e, "cache put failed");
             }
-            lock(&w.blocks).remove(&block);
         });
     };
     // Each block gets its own buffer of exactly one block (the memory tier keeps it as is).

@@ -109,14 +109,39 @@ fn hash_file(file: &File) -> std::io::Result<(ContentHash, u64)> {
     Ok((ContentHash(hasher.finalize().into()), size))
 }
 
+/// When [`FsCore::upload_if`] uploads a dirty staged file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    Always,
+    /// Only if no handle has it open (a last release racing with a new open).
+    UnlessOpen,
+}
+
 impl FsCore {
     pub(crate) fn staged_of(&self, path: &str) -> Option<Arc<Mutex<Staged>>> {
         lock(&self.staged).get(path).cloned()
     }
 
     /// The staging file of `path`, creating it (with the current content unless `truncate`).
-    pub(crate) async fn stage(&self, path: &str, truncate: bool) -> FsResult<Arc<Mutex<Staged>>> {
-        if let Some(s) = self.staged_of(path) {
+    /// With `open`, counts an open handle on it, in the same step as finding it: a last
+    /// release running meanwhile then sees the file reopened and leaves it (and its upload)
+    /// to the new handle, instead of uploading a state nobody closed, such as the empty file
+    /// an `O_TRUNC` open leaves before its writes.
+    pub(crate) async fn stage(
+        &self,
+        path: &str,
+        truncate: bool,
+        open: bool,
+    ) -> FsResult<Arc<Mutex<Staged>>> {
+        let found = {
+            let map = lock(&self.staged);
+            map.get(path).cloned().inspect(|s| {
+                if open {
+                    lock(s).opens += 1;
+                }
+            })
+        };
+        if let Some(s) = found {
             if truncate {
                 set_staged(&s, None, Some(0), None)?;
             }
@@ -152,7 +177,11 @@ impl FsCore {
         }));
         let mut map = lock(&self.staged);
         // Another opener may have staged it meanwhile: share theirs.
-        Ok(map.entry(path.to_string()).or_insert(staged).clone())
+        let staged = map.entry(path.to_string()).or_insert(staged).clone();
+        if open {
+            lock(&staged).opens += 1;
+        }
+        Ok(staged)
     }
 
     /// Copies a version's bytes into a staging file (editing an existing file).
@@ -179,20 +208,24 @@ impl FsCore {
             _ => return Err(FsError::ReadOnly("file history cannot be changed")),
         };
         let reserved = self.reserve_normal(ino).await?;
-        let staged = self.stage(&path, truncate).await?;
-        lock(&staged).opens += 1;
+        let staged = self.stage(&path, truncate, true).await?;
         let fh = self.new_handle(Handle::Write { staged });
         reserved.bind(fh);
         Ok(Opened {
             fh,
             passthrough: None,
+            direct_io: false,
         })
     }
 
     /// A read-only open of a file that is being written here reads the staged bytes.
     pub(crate) fn open_staged_for_read(&self, path: &str) -> Option<u64> {
-        let staged = self.staged_of(path)?;
-        lock(&staged).opens += 1;
+        let staged = {
+            let map = lock(&self.staged);
+            let staged = map.get(path)?.clone();
+            lock(&staged).opens += 1;
+            staged
+        };
         Some(self.new_handle(Handle::Write { staged }))
     }
 
@@ -200,12 +233,8 @@ impl FsCore {
         let path = self.child_path(parent, name)?;
         let ino = self.ino_of(NodeKey::Path(path.clone()));
         let reserved = self.reserve_normal(ino).await?;
-        let staged = self.stage(&path, true).await?;
-        {
-            let mut s = lock(&staged);
-            s.mode = mode & 0o7777;
-            s.opens += 1;
-        }
+        let staged = self.stage(&path, true, true).await?;
+        lock(&staged).mode = mode & 0o7777;
         let attr = staged_attr(ino, &staged)?;
         let fh = self.new_handle(Handle::Write { staged });
         reserved.bind(fh);
@@ -260,22 +289,25 @@ impl FsCore {
         result
     }
 
-    /// Uploads until nothing changed during the upload (a chmod or utimens may arrive while
-    /// the last close uploads), then drops the staging file if nobody has it open.
+    /// After the last close: uploads until nothing changed during the upload (a chmod or
+    /// utimens may arrive while the last close uploads), then drops the staging file. If the
+    /// file is opened again meanwhile, it is left to the new handle, whose close uploads it.
     pub(crate) async fn settle(&self, staged: &Arc<Mutex<Staged>>) -> FsResult<()> {
         loop {
-            self.upload(staged).await?;
+            self.upload_if(staged, Upload::UnlessOpen).await?;
             let uploading = lock(staged).uploading.clone();
             let _guard = uploading.lock().await;
+            // The map before the file, as everywhere both are held.
+            let mut map = lock(&self.staged);
             let s = lock(staged);
+            if s.opens > 0 {
+                return Ok(());
+            }
             if s.dirty && !s.unlinked {
                 continue;
             }
-            if s.opens == 0 {
-                let mut map = lock(&self.staged);
-                if map.get(&s.path).is_some_and(|m| Arc::ptr_eq(m, staged)) {
-                    map.remove(&s.path);
-                }
+            if map.get(&s.path).is_some_and(|m| Arc::ptr_eq(m, staged)) {
+                map.remove(&s.path);
             }
             return Ok(());
         }
@@ -301,11 +333,15 @@ impl FsCore {
 
     /// Uploads a staged file if dirty; returns once the version is durable.
     pub(crate) async fn upload(&self, staged: &Arc<Mutex<Staged>>) -> FsResult<()> {
+        self.upload_if(staged, Upload::Always).await
+    }
+
+    async fn upload_if(&self, staged: &Arc<Mutex<Staged>>, when: Upload) -> FsResult<()> {
         let uploading = lock(staged).uploading.clone();
         let _in_flight = uploading.lock().await;
         let (path, file, mode, mtime_ns, generation) = {
             let s = lock(staged);
-            if !s.dirty || s.unlinked {
+            if !s.dirty || s.unlinked || (when == Upload::UnlessOpen && s.opens > 0) {
                 return Ok(());
             }
             (

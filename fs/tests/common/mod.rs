@@ -620,3 +620,12 @@ impl Rest {
 pub fn sha256_b64(bytes: &[u8]) -> String {
     ContentHash::of(bytes).to_base64()
 }
+
+/// The SHA-256 of `bytes` in lowercase hex (what `sha256sum` prints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ContentHash::of(bytes)
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
