@@ -185,6 +185,7 @@ fn main() -> anyhow::Result<()> {
         // Per target: (cp in, cold, cached) rates of every round.
         let mut rates: Vec<Vec<[f64; 3]>> = vec![Vec::new(); targets.len()];
         let (mut rest_get, mut cold_vs_get, mut cached_vs_bind) = (vec![], vec![], vec![]);
+        let (mut rest_get_out, mut cold_vs_get_out) = (vec![], vec![]);
         for round in 0..rounds {
             let src = d("src").join(format!("f{mib}"));
             sh(&format!(
@@ -192,7 +193,8 @@ fn main() -> anyhow::Result<()> {
                 mib,
                 src.display()
             ))?;
-            let (mut get, mut dosfs_cold, mut dosfs_warm, mut bind_warm) = (None, None, None, None);
+            let (mut get, mut get_out) = (None, None);
+            let (mut dosfs_cold, mut dosfs_warm, mut bind_warm) = (None, None, None);
             for (t, (label, dir)) in targets.iter().enumerate() {
                 let name = format!("f{mib}-{round}");
                 let dst = dir.join(&name);
@@ -203,6 +205,14 @@ fn main() -> anyhow::Result<()> {
                     get = Some(sh(&format!(
                         "curl -sf -o /dev/null http://{api}/objects/{name}"
                     ))?);
+                    // The same GET saving the object where `cp out` writes it.
+                    drop_caches();
+                    let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
+                    get_out = Some(sh(&format!(
+                        "curl -sf -o {} http://{api}/objects/{name}",
+                        out.display()
+                    ))?);
+                    let _ = std::fs::remove_file(&out);
                 }
                 drop_caches();
                 let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
@@ -223,6 +233,10 @@ fn main() -> anyhow::Result<()> {
             if let (Some(get), Some(cold)) = (get, dosfs_cold) {
                 rest_get.push(rate(*mib, get));
                 cold_vs_get.push(pct(cold, get));
+                if let Some(get_out) = get_out {
+                    rest_get_out.push(rate(*mib, get_out));
+                    cold_vs_get_out.push(pct(cold, get_out));
+                }
             }
             if let (Some(warm), Some(bind)) = (dosfs_warm, bind_warm) {
                 cached_vs_bind.push(pct(warm, bind));
@@ -239,16 +253,31 @@ fn main() -> anyhow::Result<()> {
                 col(2)
             );
         }
-        ratios.push((*mib, rest_get, cold_vs_get, cached_vs_bind));
+        ratios.push((
+            *mib,
+            [
+                rest_get,
+                rest_get_out,
+                cold_vs_get,
+                cold_vs_get_out,
+                cached_vs_bind,
+            ],
+        ));
     }
     println!();
-    println!("| size | REST GET (cold) | dosfs cold / REST GET | dosfs cached / bindfs cached |");
-    println!("|---|---|---|---|");
-    for (mib, get, cold, cached) in ratios {
+    println!(
+        "| size | REST GET (cold) to /dev/null | REST GET (cold) to the `cp out` directory | \
+         dosfs cold / GET to /dev/null | dosfs cold / GET to the same directory | \
+         dosfs cached / bindfs cached |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (mib, [get, get_out, cold, cold_out, cached]) in ratios {
         println!(
-            "| {mib} MiB | {} | {} | {} |",
+            "| {mib} MiB | {} | {} | {} | {} | {} |",
             spread(&get, "MiB/s"),
+            spread(&get_out, "MiB/s"),
             spread(&cold, "%"),
+            spread(&cold_out, "%"),
             spread(&cached, "%")
         );
     }
