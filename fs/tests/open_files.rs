@@ -295,7 +295,8 @@ fn mmap_shared_write() {
 #[test]
 fn mmap_and_small_reads_of_a_large_uncached_file() {
     // Large files that are not cached are opened with direct I/O (no page cache): shared and
-    // private read-only mmap, and small unaligned reads, must still see exactly the content.
+    // private read-only mmap, small unaligned reads and reads of several MiB at once must
+    // still see exactly the content.
     require_tool("python3");
     let m = Mount::new();
     let data = pseudo_random(91, 12 * 1024 * 1024 + 777);
@@ -310,6 +311,8 @@ for flags in (mmap.MAP_SHARED, mmap.MAP_PRIVATE):
 fd = os.open("big.bin", os.O_RDONLY)
 parts = [os.pread(fd, 4093, off) for off in range(0, os.fstat(fd).st_size, 4093)]
 print(hashlib.sha256(b"".join(parts)).hexdigest())
+big = [os.pread(fd, 5_000_000, off) for off in range(0, os.fstat(fd).st_size, 5_000_000)]
+print(hashlib.sha256(b"".join(big)).hexdigest())
 PY"#;
     let out = sh(&m.mp, script);
     let want = sha256_hex(&data);
@@ -322,6 +325,7 @@ PY"#;
         [
             format!("{want} {mid}").as_str(),
             format!("{want} {mid}").as_str(),
+            want.as_str(),
             want.as_str()
         ]
     );
