@@ -31,7 +31,6 @@ struct Window {
     notify: tokio::sync::Notify,
 }
 
-#[derive(Default)]
 struct Received {
     /// Blocks received and not yet taken by the reader.
     blocks: HashMap<u64, Bytes>,
@@ -168,8 +167,8 @@ impl FsCore {
         Ok(out.freeze())
     }
 
-    /// Block `b` of the handle's version: the current one, cached, arriving in a window, or
-    /// fetched now.
+    /// Block `b` of the handle's version: one of the last two served, arriving in a window,
+    /// cached, or fetched now.
     async fn block(&self, r: &mut ReadHandle, b: u64, sequential: bool) -> FsResult<Bytes> {
         if let Some((_, block)) = r.recent.iter().flatten().find(|(i, _)| *i == b) {
             return Ok(block.clone());
