@@ -370,19 +370,10 @@ mod tests {
             name: ObjectName::new("a").unwrap(),
             hash: ContentHash::of(b"x"),
             size: 5,
-            kind: EntryKind::File,
             mode: None,
             mtime_ns: None,
-            shards: (0..6)
-                .map(|i| {
-                    (
-                        ServerId(format!("s{i}")),
-                        format!("h:{i}"),
-                        format!("{i:032x}"),
-                    )
-                })
-                .collect(),
             expires: unix_now() + 60,
+            ..sample()
         };
         let s = sign(&t, b"secret").unwrap();
         assert_eq!(verify(&s, b"secret").unwrap(), t);

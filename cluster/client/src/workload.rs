@@ -183,27 +183,22 @@ pub async fn worker(
         } else {
             (next(&mut rng) % (64 << 10).min(config.max_size as u64 + 1)) as usize
         };
-        if roll < config.puts {
-            match client.put_bytes(&name, pattern(len, seed), &attrs).await {
+        if roll < config.puts + config.resumable {
+            let written = if roll < config.puts {
+                client.put_bytes(&name, pattern(len, seed), &attrs).await
+            } else {
+                let source = UploadSource::Bytes(pattern(len, seed).into());
+                client
+                    .resumable_upload(&name, source, 1 << 20, &attrs)
+                    .await
+            };
+            match written {
                 Ok(rec) => {
-                    tally.puts += 1;
-                    ledger.push(Acked {
-                        name,
-                        version: rec.version,
-                        len,
-                        seed,
-                    });
-                }
-                Err(e) => tally.failed(&e),
-            }
-        } else if roll < config.puts + config.resumable {
-            let source = UploadSource::Bytes(pattern(len, seed).into());
-            match client
-                .resumable_upload(&name, source, 1 << 20, &attrs)
-                .await
-            {
-                Ok(rec) => {
-                    tally.resumable_puts += 1;
+                    if roll < config.puts {
+                        tally.puts += 1;
+                    } else {
+                        tally.resumable_puts += 1;
+                    }
                     ledger.push(Acked {
                         name,
                         version: rec.version,

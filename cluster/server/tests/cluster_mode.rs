@@ -48,13 +48,9 @@ fn shard_ids_in(root: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_of_processes() {
-    let Ok(base) = std::env::var("RABBITMQ_SERVER") else {
-        eprintln!("skipped: RABBITMQ_SERVER is not set (no broker to test against)");
+    let Some((es, _dir, env)) = cluster_env().await else {
         return;
     };
-    let es = fake_es::FakeEs::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::private(&base, &es.url, dir.path());
 
     // setup: exchanges and indices, idempotent.
     for _ in 0..2 {

@@ -157,13 +157,9 @@ fn stalled_put(client: &Client, name: &str, first: usize) -> (BodySender, JoinHa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_in_cluster_mode() {
-    let Ok(base) = std::env::var("RABBITMQ_SERVER") else {
-        eprintln!("skipped: RABBITMQ_SERVER is not set (no broker to test against)");
+    let Some((_es, _dir, env)) = cluster_env().await else {
         return;
     };
-    let es = fake_es::FakeEs::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = Env::private(&base, &es.url, dir.path());
     let out = env.setup();
     assert!(out.status.success(), "{out:?}");
 

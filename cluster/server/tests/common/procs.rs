@@ -41,6 +41,20 @@ pub fn rabbitmqctl(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
+/// A private broker vhost, an in-test Elasticsearch and a scratch directory for a cluster of
+/// processes; `None` (the test says it is skipped) when `RABBITMQ_SERVER` is not set. Keep the
+/// fake server and the directory alive as long as the processes.
+pub async fn cluster_env() -> Option<(super::fake_es::FakeEs, tempfile::TempDir, Env)> {
+    let Ok(base) = std::env::var("RABBITMQ_SERVER") else {
+        eprintln!("skipped: RABBITMQ_SERVER is not set (no broker to test against)");
+        return None;
+    };
+    let es = super::fake_es::FakeEs::start().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let env = Env::private(&base, &es.url, dir.path());
+    Some((es, dir, env))
+}
+
 pub struct Env {
     pub amqp: String,
     pub es: String,
