@@ -143,9 +143,14 @@ impl Filesystem for DosFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        // Large files streamed from the store are opened with direct I/O; this keeps shared
-        // read-only mmap of them working (kernel 6.6+; private mmap, e.g. exec, works anyway).
-        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // Large files streamed from the store are opened with direct I/O only if the kernel
+        // keeps shared mmap of them working (6.6+); otherwise they keep the page cache.
+        if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok()
+        {
+            self.core.enable_direct_io();
+        }
         // Registering a backing file needs CAP_SYS_ADMIN, so only root mounts ask for
         // passthrough. Stack depth 1: backing files on a plain filesystem, and dosfs itself
         // may still be a lower layer of overlayfs.

@@ -103,6 +103,9 @@ pub struct FsCore {
     io_changed: tokio::sync::Notify,
     /// Whether passthrough opens may be offered (the adapter enables it at init).
     passthrough: AtomicBool,
+    /// Whether large uncached files may be opened with direct I/O (the adapter enables it at
+    /// init when the kernel keeps shared mmap of such files working).
+    direct_io: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,6 +148,7 @@ impl FsCore {
             io: Mutex::default(),
             io_changed: tokio::sync::Notify::new(),
             passthrough: AtomicBool::new(false),
+            direct_io: AtomicBool::new(false),
         }
     }
 

@@ -43,7 +43,8 @@ pub struct Opened {
     /// Set when the open is to be answered in passthrough mode with this file.
     pub passthrough: Option<PassthroughFile>,
     /// Answer with direct I/O (no kernel page cache): set for read-only opens of large
-    /// objects that are not fully cached, which are streamed from the store. Each read then
+    /// objects that are not fully cached, which are streamed from the store (when the
+    /// kernel allows mmap of such files, see [`FsCore::enable_direct_io`]). Each read then
     /// goes from dosfs straight into the reader's buffer, instead of dosfs filling the page
     /// cache and the reader copying out of it: one copy less per byte, on the path that is
     /// CPU-bound. Smaller files keep the page cache (small reads are batched by the kernel's
@@ -152,6 +153,13 @@ impl FsCore {
 
     pub fn passthrough_enabled(&self) -> bool {
         self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Called by the adapter once the kernel agreed to mmap of direct-I/O files
+    /// (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6+): only then are large uncached files opened
+    /// with direct I/O, since without it a shared mmap of them would fail with ENODEV.
+    pub fn enable_direct_io(&self) {
+        self.direct_io.store(true, Ordering::Relaxed);
     }
 
     /// Reserves a normal open of `ino`, waiting a little for passthrough opens of it to close.

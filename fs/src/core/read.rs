@@ -113,7 +113,8 @@ impl FsCore {
         Ok(Opened {
             fh,
             passthrough: None,
-            direct_io: meta.size >= super::passthrough::DIRECT_IO_MIN_BYTES,
+            direct_io: meta.size >= super::passthrough::DIRECT_IO_MIN_BYTES
+                && self.direct_io.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
