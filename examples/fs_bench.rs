@@ -1,9 +1,10 @@
 //! dosfs benchmark: cp of large files into and out of the mount (cold and cached), next to the
 //! same cp on a local directory and on a passthrough FUSE filesystem (`bindfs -o big_writes`),
 //! plus 10,000 × 4 KiB file creations and `ls -l` of 10,000 entries, in one run. For the
-//! targets, it also times a cold REST GET of the object dosfs stored (curl to /dev/null, from
-//! the embedded store the mount started) and prints dosfs's cold reads against it and dosfs's
-//! cached reads against bindfs's. Each size is measured `--rounds` times (a new file each
+//! targets it compares cold reads through the mount with cold REST GETs (curl, from the
+//! embedded store the mount started) of the same object and to the same sink: `cat` and a GET
+//! to /dev/null (the store's raw throughput), `cp out` and a GET into the out directory; and
+//! dosfs's cached reads with bindfs's. Each size is measured `--rounds` times (a new file each
 //! round, so every dosfs read is cold again); the tables give the median and the range.
 //!
 //! ```text
@@ -68,6 +69,32 @@ fn spread(values: &[f64], unit: &str) -> String {
         (Some(x), _) => format!("{x:.0} {unit}"),
         _ => "-".into(),
     }
+}
+
+/// Cold reads of one new object thrown away, through REST and through the mount: writes
+/// `mib` MiB of new random content as `NAME-null` in the mount `dir`, then times a REST GET to
+/// /dev/null and `cat` to /dev/null, caches dropped before each. Returns (GET, cat).
+fn null_sink_pair(
+    src_dir: &Path,
+    dir: &Path,
+    api: &str,
+    mib: u64,
+    name: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let src = src_dir.join("null-src");
+    let name = format!("{name}-null");
+    let dst = dir.join(&name);
+    sh(&format!("head -c {mib}M /dev/urandom > {}", src.display()))?;
+    sh(&format!("cp {} {}", src.display(), dst.display()))?;
+    drop_caches();
+    let get = sh(&format!(
+        "curl -sf -o /dev/null http://{api}/objects/{name}"
+    ))?;
+    drop_caches();
+    let cat = sh(&format!("cat {} > /dev/null", dst.display()))?;
+    let _ = std::fs::remove_file(&dst);
+    let _ = std::fs::remove_file(&src);
+    Ok((get, cat))
 }
 
 fn is_mounted(p: &Path) -> bool {
@@ -184,8 +211,11 @@ fn main() -> anyhow::Result<()> {
         }
         // Per target: (cp in, cold, cached) rates of every round.
         let mut rates: Vec<Vec<[f64; 3]>> = vec![Vec::new(); targets.len()];
-        let (mut rest_get, mut cold_vs_get, mut cached_vs_bind) = (vec![], vec![], vec![]);
-        let (mut rest_get_out, mut cold_vs_get_out) = (vec![], vec![]);
+        // Rates: REST GET and dosfs cold `cat` to /dev/null (of one object), REST GET and
+        // dosfs cold `cp` into the out directory (of another); then the ratios.
+        let (mut get_null, mut cat_null, mut get_out, mut cp_out) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut cold_vs_get, mut cold_vs_get_out, mut cached_vs_bind) = (vec![], vec![], vec![]);
         for round in 0..rounds {
             let src = d("src").join(format!("f{mib}"));
             sh(&format!(
@@ -193,7 +223,7 @@ fn main() -> anyhow::Result<()> {
                 mib,
                 src.display()
             ))?;
-            let (mut get, mut get_out) = (None, None);
+            let mut rest_out = None;
             let (mut dosfs_cold, mut dosfs_warm, mut bind_warm) = (None, None, None);
             for (t, (label, dir)) in targets.iter().enumerate() {
                 let name = format!("f{mib}-{round}");
@@ -201,18 +231,20 @@ fn main() -> anyhow::Result<()> {
                 drop_caches();
                 let t_in = sh(&format!("cp {} {}", src.display(), dst.display()))?;
                 if *label == "dosfs" {
-                    drop_caches();
-                    get = Some(sh(&format!(
-                        "curl -sf -o /dev/null http://{api}/objects/{name}"
-                    ))?);
-                    // The same GET saving the object where `cp out` writes it.
+                    // A REST GET saving the object where `cp out` will write it.
                     drop_caches();
                     let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
-                    get_out = Some(sh(&format!(
+                    rest_out = Some(sh(&format!(
                         "curl -sf -o {} http://{api}/objects/{name}",
                         out.display()
                     ))?);
                     let _ = std::fs::remove_file(&out);
+                    // Another object (other content, so its blocks are not cached), read cold
+                    // to /dev/null through REST and through the mount.
+                    let (g, c) = null_sink_pair(&d("src"), dir, &api, *mib, &name)?;
+                    get_null.push(rate(*mib, g));
+                    cat_null.push(rate(*mib, c));
+                    cold_vs_get.push(100.0 * g.as_secs_f64() / c.as_secs_f64());
                 }
                 drop_caches();
                 let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
@@ -230,13 +262,10 @@ fn main() -> anyhow::Result<()> {
                 rates[t].push([rate(*mib, t_in), rate(*mib, t_cold), rate(*mib, t_warm)]);
             }
             let pct = |a: Duration, b: Duration| 100.0 * b.as_secs_f64() / a.as_secs_f64();
-            if let (Some(get), Some(cold)) = (get, dosfs_cold) {
-                rest_get.push(rate(*mib, get));
-                cold_vs_get.push(pct(cold, get));
-                if let Some(get_out) = get_out {
-                    rest_get_out.push(rate(*mib, get_out));
-                    cold_vs_get_out.push(pct(cold, get_out));
-                }
+            if let (Some(get), Some(cold)) = (rest_out, dosfs_cold) {
+                get_out.push(rate(*mib, get));
+                cp_out.push(rate(*mib, cold));
+                cold_vs_get_out.push(pct(cold, get));
             }
             if let (Some(warm), Some(bind)) = (dosfs_warm, bind_warm) {
                 cached_vs_bind.push(pct(warm, bind));
@@ -256,9 +285,11 @@ fn main() -> anyhow::Result<()> {
         ratios.push((
             *mib,
             [
-                rest_get,
-                rest_get_out,
+                get_null,
+                cat_null,
                 cold_vs_get,
+                get_out,
+                cp_out,
                 cold_vs_get_out,
                 cached_vs_bind,
             ],
@@ -266,18 +297,19 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| size | REST GET (cold) to /dev/null | REST GET (cold) to the `cp out` directory | \
-         dosfs cold / GET to /dev/null | dosfs cold / GET to the same directory | \
-         dosfs cached / bindfs cached |"
+        "| size | REST GET → /dev/null | dosfs `cat` → /dev/null | ratio | \
+         REST GET → out dir | dosfs `cp` → out dir | ratio | dosfs cached / bindfs cached |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (mib, [get, get_out, cold, cold_out, cached]) in ratios {
+    println!("|---|---|---|---|---|---|---|---|");
+    for (mib, [get_null, cat_null, r_null, get_out, cp_out, r_out, cached]) in ratios {
         println!(
-            "| {mib} MiB | {} | {} | {} | {} | {} |",
-            spread(&get, "MiB/s"),
+            "| {mib} MiB | {} | {} | {} | {} | {} | {} | {} |",
+            spread(&get_null, "MiB/s"),
+            spread(&cat_null, "MiB/s"),
+            spread(&r_null, "%"),
             spread(&get_out, "MiB/s"),
-            spread(&cold, "%"),
-            spread(&cold_out, "%"),
+            spread(&cp_out, "MiB/s"),
+            spread(&r_out, "%"),
             spread(&cached, "%")
         );
     }
