@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::block_file::{self, BlockId, ReadError};
 use crate::object_file::{self, ObjectFile};
-use crate::{CacheError, ContentKey};
+use crate::{BlockBytes, CacheError, ContentKey};
 
 /// Block index standing for a whole object file in the index (no object has 2^64 - 1 blocks).
 const OBJECT: u64 = u64::MAX;
@@ -50,6 +50,17 @@ pub(crate) struct DiskTier {
 }
 
 type DiskIndex = crate::lru_index::SizedLru<BlockId, ()>;
+
+/// What [`DiskTier::put_in_object`] did with a block.
+pub(crate) enum ObjectPut {
+    /// Written to the object's content file.
+    Written,
+    /// Not an object kept as one file (one block, or too large for the budget): keep the
+    /// block as a block file.
+    Declined,
+    /// Could not be written (logged): keep it in memory only.
+    Failed,
+}
 
 impl DiskTier {
     /// Opens the tier rooted at `root`, indexing the block files a previous run left there (see
@@ -191,9 +202,10 @@ impl DiskTier {
 
     /// Stores block `id` of an object of `size` bytes in the object's single content file
     /// (created on its first block), so that once every block is there the object can be read
-    /// as one file. Objects of one block, or too large for a quarter of the budget, are kept
-    /// as block files ([`Self::put`]) instead. Never fails, like `put`.
-    pub(crate) fn put_in_object(&self, id: BlockId, size: u64, data: &[u8]) -> bool {
+    /// as one file. Objects of one block, or too large for a quarter of the budget, are left
+    /// to the caller to keep as block files ([`Self::put`]). Never fails, like `put`: trouble
+    /// is logged and reported as [`ObjectPut::Failed`].
+    pub(crate) fn put_in_object(&self, id: BlockId, size: u64, data: &BlockBytes) -> ObjectPut {
         let footprint = object_file::footprint(size, self.block_size);
         let blocks = size.div_ceil(self.block_size);
         let large_enough = blocks >= 2 && id.block < blocks;
@@ -202,18 +214,14 @@ impl DiskTier {
             index.fits(footprint.saturating_mul(4))
         };
         if !large_enough || !small_enough {
-            self.put(id, data);
-            return false;
+            return ObjectPut::Declined;
         }
         let object = match self.object(&id.key) {
             Some(object) if object.size == size => object,
-            Some(_) => {
-                self.put(id, data);
-                return false;
-            }
+            Some(_) => return ObjectPut::Declined,
             None => {
                 if !self.check_free_space() {
-                    return false;
+                    return ObjectPut::Failed;
                 }
                 let created = {
                     let mut objects = self.lock_objects();
@@ -243,7 +251,7 @@ impl DiskTier {
                             error = %err,
                             "failed to create cached object, keeping blocks in memory only"
                         );
-                        return false;
+                        return ObjectPut::Failed;
                     }
                 }
             }
@@ -253,7 +261,7 @@ impl DiskTier {
                 if complete {
                     self.complete(&object);
                 }
-                true
+                ObjectPut::Written
             }
             Err(err) => {
                 warn!(
@@ -261,7 +269,7 @@ impl DiskTier {
                     error = %err,
                     "failed to write cached block, keeping it in memory only"
                 );
-                false
+                ObjectPut::Failed
             }
         }
     }

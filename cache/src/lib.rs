@@ -45,6 +45,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod block_bytes;
 mod block_file;
 mod disk;
 mod error;
@@ -60,8 +61,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use bytes::Bytes;
 
+pub use crate::block_bytes::BlockBytes;
 use crate::block_file::BlockId;
-use crate::disk::DiskTier;
+use crate::disk::{DiskTier, ObjectPut};
 pub use crate::error::CacheError;
 use crate::memory::MemoryTier;
 pub use crate::staging::{StagingArea, StagingFile};
@@ -205,19 +207,20 @@ impl BlockCache {
     /// Fails only if `data` is larger than the block size. Failing to write to disk is logged
     /// and leaves the block in memory only.
     pub fn put(&self, key: &ContentKey, block: u64, data: &[u8]) -> Result<(), CacheError> {
-        self.put_shared(key, block, Bytes::copy_from_slice(data), None)
+        self.put_shared(key, block, Bytes::copy_from_slice(data).into(), None)
     }
 
-    /// Like [`Self::put`], without copying: the memory tier keeps `data` itself. With
-    /// `object_size` (the whole object's size), the disk tier keeps the block in the object's
-    /// single content file when the object fits, so that a fully cached object can be read as
-    /// one file ([`Self::object_file`]), and then the memory tier does not keep it (the OS page
-    /// cache holds what was just written); otherwise as a block file, and in memory.
+    /// Like [`Self::put`], without copying: the memory tier keeps `data` itself (or, for a
+    /// block in several pieces, one copy of it). With `object_size` (the whole object's
+    /// size), the disk tier keeps the block in the object's single content file when the
+    /// object fits, so that a fully cached object can be read as one file
+    /// ([`Self::object_file`]), and then the memory tier does not keep it (the OS page cache
+    /// holds what was just written); otherwise as a block file, and in memory.
     pub fn put_shared(
         &self,
         key: &ContentKey,
         block: u64,
-        data: Bytes,
+        data: BlockBytes,
         object_size: Option<u64>,
     ) -> Result<(), CacheError> {
         let inner = &*self.inner;
@@ -228,17 +231,21 @@ impl BlockCache {
             });
         }
         let id = BlockId { key: *key, block };
-        let in_object_file = match object_size {
+        let placed = match object_size {
             Some(size) => inner.disk.put_in_object(id, size, &data),
-            None => {
-                inner.disk.put(id, &data);
-                false
-            }
+            None => ObjectPut::Declined,
         };
         // A block just written to an object file sits in the OS page cache already (and a
         // complete file is read by the kernel directly): a second copy in memory would only
         // cost fresh pages for every block streamed through and push out smaller blocks.
-        if !in_object_file && data.len() as u64 <= inner.config.memory_bytes {
+        if matches!(placed, ObjectPut::Written) {
+            return Ok(());
+        }
+        let data = data.to_contiguous();
+        if matches!(placed, ObjectPut::Declined) {
+            inner.disk.put(id, &data);
+        }
+        if data.len() as u64 <= inner.config.memory_bytes {
             inner.memory.insert(id, data);
         }
         Ok(())

@@ -31,8 +31,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tempfile::NamedTempFile;
 
-use crate::ContentKey;
 use crate::block_file::{Corruption, ReadError};
+use crate::{BlockBytes, ContentKey};
 
 pub(crate) const SUM_HEADER_LEN: usize = 56;
 const MAGIC: [u8; 4] = *b"DOSO";
@@ -209,9 +209,9 @@ impl ObjectFile {
             .and_then(|b| state.crcs.get(b).copied().flatten())
     }
 
-    /// Writes block `block` in place. Returns whether this completed the object. Data of the
-    /// wrong length for that block is refused (`InvalidInput`).
-    pub(crate) fn write_block(&self, block: u64, data: &[u8]) -> io::Result<bool> {
+    /// Writes block `block` in place, piece by piece. Returns whether this completed the
+    /// object. Data of the wrong length for that block is refused (`InvalidInput`).
+    pub(crate) fn write_block(&self, block: u64, data: &BlockBytes) -> io::Result<bool> {
         if block >= self.size.div_ceil(self.block_size)
             || data.len() as u64 != self.block_len(block)
         {
@@ -223,8 +223,13 @@ impl ObjectFile {
         if self.has(block) {
             return Ok(false);
         }
-        self.file.write_all_at(data, block * self.block_size)?;
-        let crc = crc32c::crc32c(data);
+        let mut at = block * self.block_size;
+        let mut crc = 0;
+        for part in data.parts() {
+            self.file.write_all_at(part, at)?;
+            crc = crc32c::crc32c_append(crc, part);
+            at += part.len() as u64;
+        }
         let mut state = self.lock();
         let slot = &mut state.crcs[block as usize];
         if slot.is_some() {

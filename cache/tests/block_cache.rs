@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use dos_cache::{BlockCache, CacheConfig, CacheError, ContentKey, StagingArea};
+use dos_cache::{BlockBytes, BlockCache, Bytes, CacheConfig, CacheError, ContentKey, StagingArea};
 use proptest::prelude::*;
 
 const BLOCK: usize = 64;
@@ -674,6 +674,68 @@ fn whole_objects_are_one_checked_file() {
     assert_eq!(cache.get(&key, 0), None);
     assert_eq!(cache.stats().disk_bytes, 0);
     assert_eq!(fs::read_dir(dir.path().join("objects")).unwrap().count(), 0);
+}
+
+/// `data` as the uneven pieces a network stream delivers.
+fn in_pieces(data: &[u8]) -> BlockBytes {
+    let mut block = BlockBytes::new();
+    let mut at = 0;
+    for cut in [1, data.len() / 3, data.len() / 3 + 7, data.len()] {
+        let cut = cut.clamp(at, data.len());
+        block.push(Bytes::copy_from_slice(&data[at..cut]));
+        at = cut;
+    }
+    block
+}
+
+/// Blocks handed over in pieces are stored and checked as one block, in an object's content
+/// file and as block files alike.
+#[test]
+fn blocks_in_pieces_are_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig {
+        memory_bytes: 0,
+        ..config(dir.path())
+    };
+    let cache = BlockCache::open(config.clone()).unwrap();
+    let (object, single) = (key(11), key(12));
+    let size = 2 * BLOCK as u64 + 9;
+    let lens = [BLOCK, BLOCK, 9];
+    for (block, len) in lens.iter().enumerate() {
+        let data = in_pieces(&content(&object, block as u64, *len));
+        assert!(data.parts().len() > 1);
+        cache
+            .put_shared(&object, block as u64, data, Some(size))
+            .unwrap();
+    }
+    cache
+        .put_shared(&single, 0, in_pieces(&content(&single, 0, 40)), None)
+        .unwrap();
+    drop(cache);
+
+    // After a restart everything comes from disk, every checksum checked.
+    let cache = BlockCache::open(config).unwrap();
+    let mut whole = Vec::new();
+    for (block, len) in lens.iter().enumerate() {
+        let expected = content(&object, block as u64, *len);
+        assert_eq!(
+            cache.get(&object, block as u64).as_deref(),
+            Some(&expected[..])
+        );
+        whole.extend(expected);
+    }
+    let mut got = Vec::new();
+    let mut file = cache
+        .object_file(&object, size)
+        .expect("complete object file");
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.read_to_end(&mut got).unwrap();
+    assert_eq!(got, whole);
+    assert_eq!(
+        cache.get(&single, 0).as_deref(),
+        Some(&content(&single, 0, 40)[..])
+    );
+    assert_eq!(cache.stats().corruptions, 0);
 }
 
 /// Objects count against the disk budget like blocks, and too large ones stay blocks.

@@ -2,15 +2,16 @@
 //! server. A miss starts one streaming range request for a window of blocks (16 MiB for a
 //! sequential reader, one block otherwise); the reader waits only for the block it needs,
 //! the rest arrive in the background, and a sequential reader starts the next window while
-//! half of the current one is still ahead of it. Each block goes into the cache on a blocking
-//! thread and stays in its window until the reader takes it, so a reader never reads back
-//! from the disk cache what it just received.
+//! half of the current one is still ahead of it. A block is kept as the pieces the socket
+//! reads produced (no copy to assemble it); it goes into the cache in order on one blocking
+//! thread per window and stays in its window until the reader takes it, so a reader never
+//! reads back from the disk cache what it just received.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use dos_cache::BlockCache;
+use dos_cache::{BlockBytes, BlockCache};
 use dos_client::Client;
 use dos_protocol::ContentHash;
 
@@ -33,7 +34,7 @@ struct Window {
 
 struct Received {
     /// Blocks received and not yet taken by the reader.
-    blocks: HashMap<u64, Bytes>,
+    blocks: HashMap<u64, BlockBytes>,
     /// Blocks before this one have arrived (in order: the answer is one stream).
     next: u64,
 }
@@ -49,7 +50,7 @@ pub struct ReadHandle {
     /// The last two blocks reads were served from, newest first: a kernel read is 128 or
     /// 256 KiB, so the next few come from them without a lookup, and a read the kernel issued
     /// out of order still finds its block without reading it back from the disk cache.
-    recent: [Option<(u64, Bytes)>; 2],
+    recent: [Option<(u64, BlockBytes)>; 2],
     windows: Vec<Arc<Window>>,
 }
 
@@ -142,25 +143,19 @@ impl FsCore {
             // The usual case (kernel reads of 128 KiB inside a 1 MiB block): no copy.
             let block = self.block(r, first, sequential).await?;
             let from = (offset - first * bs) as usize;
-            let to = ((end - first * bs) as usize).min(block.len());
+            let to = (end - first * bs) as usize;
             if sequential {
                 self.read_ahead(r, last);
             }
-            return Ok(if from < to {
-                block.slice(from..to)
-            } else {
-                Bytes::new()
-            });
+            return Ok(block.slice(from, to));
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for b in first..=last {
             let block = self.block(r, b, sequential).await?;
             let block_start = b * bs;
             let from = offset.saturating_sub(block_start) as usize;
-            let to = ((end - block_start) as usize).min(block.len());
-            if from < to {
-                out.extend_from_slice(&block[from..to]);
-            }
+            let to = (end - block_start) as usize;
+            out.extend_from_slice(&block.slice(from, to));
         }
         if sequential {
             self.read_ahead(r, last);
@@ -170,7 +165,7 @@ impl FsCore {
 
     /// Block `b` of the handle's version: one of the last two served, arriving in a window,
     /// cached, or fetched now.
-    async fn block(&self, r: &mut ReadHandle, b: u64, sequential: bool) -> FsResult<Bytes> {
+    async fn block(&self, r: &mut ReadHandle, b: u64, sequential: bool) -> FsResult<BlockBytes> {
         if let Some((_, block)) = r.recent.iter().flatten().find(|(i, _)| *i == b) {
             return Ok(block.clone());
         }
@@ -180,7 +175,12 @@ impl FsCore {
         Ok(block)
     }
 
-    async fn find_block(&self, r: &mut ReadHandle, b: u64, sequential: bool) -> FsResult<Bytes> {
+    async fn find_block(
+        &self,
+        r: &mut ReadHandle,
+        b: u64,
+        sequential: bool,
+    ) -> FsResult<BlockBytes> {
         loop {
             r.windows.retain(|w| {
                 let behind = sequential && w.end <= b;
@@ -197,7 +197,7 @@ impl FsCore {
                 .cloned();
             let Some(w) = window else {
                 if let Some(block) = self.cache.get(&r.hash.0, b) {
-                    return Ok(block);
+                    return Ok(block.into());
                 }
                 let count = if sequential {
                     self.config.read_ahead_blocks.max(1)
@@ -224,7 +224,7 @@ impl FsCore {
                 // Taken earlier (and so in the cache, or about to be), or never coming.
                 r.windows.retain(|x| !Arc::ptr_eq(x, &w));
                 if let Some(block) = self.cache.get(&r.hash.0, b) {
-                    return Ok(block);
+                    return Ok(block.into());
                 }
                 match done {
                     Some(Err(e)) => {
@@ -292,7 +292,8 @@ impl FsCore {
 }
 
 /// Streams a window's blocks into `w.received` (waking readers at each block) and on into the
-/// cache, on a blocking thread.
+/// cache, in order, on one blocking thread per window (writers of one cache file would only
+/// contend for its lock). Blocks keep the pieces the socket reads produced: no copy.
 #[allow(clippy::too_many_arguments)]
 async fn stream_window(
     client: &Client,
@@ -306,7 +307,6 @@ async fn stream_window(
     let bs = cache.block_size() as u64;
     let start = w.first * bs;
     let end = (w.end * bs).min(size);
-    // One window streams while the cache is written behind it on blocking threads.
     let range = format!("bytes={start}-{}", end - 1);
     let mut stream = client.get_stream(name, Some(version), Some(&range)).await?;
     if stream.meta.hash != hash {
@@ -314,45 +314,41 @@ async fn stream_window(
             format!("{name} version {version} changed its content"),
         )));
     }
-    let bs = bs as usize;
-    let mut buf = BytesMut::with_capacity(bs);
-    let mut block = w.first;
-    let put = |block: u64, data: Bytes| {
+    let (to_cache, queued) = std::sync::mpsc::channel::<(u64, BlockBytes)>();
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        for (block, data) in queued {
+            if let Err(e) = cache.put_shared(&hash.0, block, data, Some(size)) {
+                tracing::warn!(error = %e, "cache put failed");
+            }
+        }
+    });
+    let put = |block: u64, data: BlockBytes| {
         {
             let mut received = lock(&w.received);
             received.blocks.insert(block, data.clone());
             received.next = block + 1;
         }
         w.notify.notify_waiters();
-        let cache = cache.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = cache.put_shared(&hash.0, block, data, Some(size)) {
-                tracing::warn!(error = %e, "cache put failed");
-            }
-        });
+        // The writer only stops when this sender is dropped.
+        let _ = to_cache.send((block, data));
     };
-    // Each block gets its own buffer of exactly one block (the memory tier keeps it as is).
+    let bs = bs as usize;
+    let mut pending = BlockBytes::new();
+    let mut block = w.first;
     while let Some(chunk) = stream.next_chunk().await {
         let mut chunk = chunk?;
         while !chunk.is_empty() {
-            if buf.is_empty() && chunk.len() >= bs {
-                put(block, chunk.split_to(bs));
-                block += 1;
-                continue;
-            }
-            let take = (bs - buf.len()).min(chunk.len());
-            buf.extend_from_slice(&chunk.split_to(take));
-            if buf.len() == bs {
-                put(
-                    block,
-                    std::mem::replace(&mut buf, BytesMut::with_capacity(bs)).freeze(),
-                );
+            let take = (bs - pending.len()).min(chunk.len());
+            pending.push(chunk.split_to(take));
+            if pending.len() == bs {
+                put(block, std::mem::take(&mut pending));
                 block += 1;
             }
         }
     }
-    if !buf.is_empty() {
-        put(block, buf.freeze());
+    if !pending.is_empty() {
+        put(block, pending);
     }
     Ok(())
 }
