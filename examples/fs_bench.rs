@@ -1,10 +1,11 @@
 //! dosfs benchmark: cp of large files into and out of the mount (cold and cached), next to the
 //! same cp on a local directory and on a passthrough FUSE filesystem (`bindfs -o big_writes`),
 //! plus 10,000 × 4 KiB file creations and `ls -l` of 10,000 entries, in one run. For the
-//! targets it compares cold reads through the mount with cold REST GETs (curl, from the
-//! embedded store the mount started) of the same object and to the same sink: `cat` and a GET
-//! to /dev/null (the store's raw throughput), `cp out` and a GET into the out directory; and
-//! dosfs's cached reads with bindfs's. Each size is measured `--rounds` times (a new file each
+//! targets it compares, against the embedded store the mount started (curl): `cp in` with a
+//! REST PUT of a file as large (other random content, its SHA-256 computed before the clock
+//! starts); cold reads through the mount with cold REST GETs of the same object and to the
+//! same sink: `cat` and a GET to /dev/null (the store's raw throughput), `cp out` and a GET
+//! into the out directory; and dosfs's cached reads with bindfs's. Each size is measured `--rounds` times (a new file each
 //! round, so every dosfs read is cold again); the tables give the median and the range.
 //!
 //! ```text
@@ -19,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use dos_protocol::ContentHash;
+use sha2::Digest;
 
 #[derive(Parser)]
 struct Args {
@@ -134,6 +137,25 @@ fn wait_mounted(p: &Path) -> anyhow::Result<()> {
 }
 
 /// A free local port for the embedded store's API server, so curl can reach it.
+/// A REST PUT of `mib` MiB of new random content as `NAME-put` (the store has never seen it,
+/// so every byte is stored), the `Digest` header computed before the clock starts. Returns the
+/// PUT's time.
+fn rest_put(src_dir: &Path, api: &str, mib: u64, name: &str) -> anyhow::Result<Duration> {
+    let src = src_dir.join("put-src");
+    sh(&format!("head -c {mib}M /dev/urandom > {}", src.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(&src)?, &mut hasher)?;
+    let hash = ContentHash(hasher.finalize().into());
+    drop_caches();
+    let put = sh(&format!(
+        "curl -sf -o /dev/null -T {} -H 'Digest: {}' http://{api}/objects/{name}-put",
+        src.display(),
+        hash.digest_header()
+    ))?;
+    let _ = std::fs::remove_file(&src);
+    Ok(put)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -216,6 +238,8 @@ fn main() -> anyhow::Result<()> {
         let (mut get_null, mut cat_null, mut get_out, mut cp_out) =
             (vec![], vec![], vec![], vec![]);
         let (mut cold_vs_get, mut cold_vs_get_out, mut cached_vs_bind) = (vec![], vec![], vec![]);
+        // Rates: REST PUT and dosfs `cp in`; then the ratio.
+        let (mut put, mut cp_in, mut in_vs_put) = (vec![], vec![], vec![]);
         for round in 0..rounds {
             let src = d("src").join(format!("f{mib}"));
             sh(&format!(
@@ -231,6 +255,10 @@ fn main() -> anyhow::Result<()> {
                 drop_caches();
                 let t_in = sh(&format!("cp {} {}", src.display(), dst.display()))?;
                 if *label == "dosfs" {
+                    let p = rest_put(&d("src"), &api, *mib, &name)?;
+                    put.push(rate(*mib, p));
+                    cp_in.push(rate(*mib, t_in));
+                    in_vs_put.push(100.0 * p.as_secs_f64() / t_in.as_secs_f64());
                     // A REST GET saving the object where `cp out` will write it.
                     drop_caches();
                     let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
@@ -285,6 +313,9 @@ fn main() -> anyhow::Result<()> {
         ratios.push((
             *mib,
             [
+                put,
+                cp_in,
+                in_vs_put,
                 get_null,
                 cat_null,
                 cold_vs_get,
@@ -297,13 +328,32 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| size | REST GET → /dev/null | dosfs `cat` → /dev/null | ratio | \
+        "| size | REST PUT | dosfs `cp` in | ratio | \
+         REST GET → /dev/null | dosfs `cat` → /dev/null | ratio | \
          REST GET → out dir | dosfs `cp` → out dir | ratio | dosfs cached / bindfs cached |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (mib, [get_null, cat_null, r_null, get_out, cp_out, r_out, cached]) in ratios {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (
+        mib,
+        [
+            put,
+            cp_in,
+            r_in,
+            get_null,
+            cat_null,
+            r_null,
+            get_out,
+            cp_out,
+            r_out,
+            cached,
+        ],
+    ) in ratios
+    {
         println!(
-            "| {mib} MiB | {} | {} | {} | {} | {} | {} | {} |",
+            "| {mib} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            spread(&put, "MiB/s"),
+            spread(&cp_in, "MiB/s"),
+            spread(&r_in, "%"),
             spread(&get_null, "MiB/s"),
             spread(&cat_null, "MiB/s"),
             spread(&r_null, "%"),
