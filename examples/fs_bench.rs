@@ -156,6 +156,29 @@ fn rest_put(src_dir: &Path, api: &str, mib: u64, name: &str) -> anyhow::Result<D
     Ok(put)
 }
 
+/// Bytes free on the filesystem holding `dir` (`df`).
+fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir)
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("df {} gave no free space figure", dir.display()))
+}
+
+/// Removes the benchmark's directory when the run ends, however it ends (declared before the
+/// mounts, so it is dropped after they are unmounted).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -184,6 +207,24 @@ fn main() -> anyhow::Result<()> {
         "cache",
     ] {
         std::fs::create_dir_all(args.dir.join(d))?;
+    }
+    let _cleanup = RemoveOnDrop(args.dir.clone());
+    // The store keeps every version, so nothing written is freed before the end: per round
+    // and size three new objects (`cp in`, the PUT, the /dev/null one) at 1.5× for 4+2
+    // shards, the read cache (at most 8 GiB), and the working copies of one file.
+    let total_mib: u64 = args.sizes_mib.iter().sum();
+    let largest_mib = args.sizes_mib.iter().copied().max().unwrap_or(0);
+    let rounds_mib = total_mib * args.rounds.max(1) as u64;
+    let need = (rounds_mib * 9 / 2 + (rounds_mib * 2).min(8 << 10) + 4 * largest_mib) << 20;
+    let free = free_bytes(&args.dir)?;
+    if free < need {
+        bail!(
+            "{} has {} MiB free; this run needs about {} MiB (fewer --rounds or --sizes-mib, \
+             or another --dir)",
+            args.dir.display(),
+            free >> 20,
+            need >> 20
+        );
     }
     let d = |s: &str| args.dir.join(s);
     let mnt = d("mnt");
@@ -400,6 +441,5 @@ fn main() -> anyhow::Result<()> {
     );
     drop(dos);
     drop(bind);
-    let _ = std::fs::remove_dir_all(&args.dir);
     Ok(())
 }
