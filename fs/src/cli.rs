@@ -51,7 +51,8 @@ enum Command {
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
-    /// Make version N of a file its latest version again (moves no data).
+    /// Make version N of a file its latest version again (moves no data); returns once the
+    /// mount shows it.
     Restore {
         path: PathBuf,
         #[arg(long)]
@@ -230,6 +231,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         path.display(),
                         r.version
                     );
+                    // The mount sees changes made through REST within a second: return once
+                    // it shows this one, so that the next command reads the restored file.
+                    if !mount_shows(&path, r.version, r.size, Duration::from_secs(3)) {
+                        eprintln!(
+                            "dosfs: the mount does not show version {} of {} yet (is it open for writing?)",
+                            r.version,
+                            path.display()
+                        );
+                    }
                     Ok(())
                 }
                 dos_client::PostOutcome::Upload(_) => {
@@ -238,6 +248,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Waits until `path`, seen through the mount, is version `version` of `size` bytes (its
+/// `user.dosfs.version` xattr, and its size, so that the kernel's attributes are fresh too).
+fn mount_shows(path: &Path, version: u64, size: u64, timeout: Duration) -> bool {
+    let shows = || {
+        let mut buf = [0u8; 24];
+        let current = rustix::fs::getxattr(path, "user.dosfs.version", &mut buf[..])
+            .ok()
+            .and_then(|n| std::str::from_utf8(&buf[..n]).ok()?.parse::<u64>().ok());
+        current == Some(version) && std::fs::metadata(path).is_ok_and(|m| m.len() == size)
+    };
+    let start = Instant::now();
+    while !shows() {
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
 }
 
 /// The API client and object name of a path inside a dosfs mount.
