@@ -5,8 +5,9 @@
 //! REST PUT of a file as large (other random content, its SHA-256 computed before the clock
 //! starts); cold reads through the mount with cold REST GETs of the same object and to the
 //! same sink: `cat` and a GET to /dev/null (the store's raw throughput), `cp out` and a GET
-//! into the out directory; and dosfs's cached reads with bindfs's. Each size is measured `--rounds` times (a new file each
-//! round, so every dosfs read is cold again); the tables give the median and the range.
+//! into the out directory; and dosfs's cached reads with bindfs's. Each size is measured
+//! `--rounds` times (a new file each round, so every dosfs read is cold again); the tables
+//! give the median and the range.
 //!
 //! ```text
 //! apt-get install bindfs fuse3
@@ -41,8 +42,6 @@ struct Args {
     out_dir: Option<PathBuf>,
 }
 
-const MIB: f64 = 1024.0 * 1024.0;
-
 fn drop_caches() {
     let _ = Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3\n");
@@ -58,7 +57,12 @@ fn sh(cmd: &str) -> anyhow::Result<Duration> {
 }
 
 fn rate(mib: u64, d: Duration) -> f64 {
-    (mib as f64 * MIB) / MIB / d.as_secs_f64()
+    mib as f64 / d.as_secs_f64()
+}
+
+/// The speed of a dosfs run taking `ours` in % of a reference run taking `reference`.
+fn pct(reference: Duration, ours: Duration) -> f64 {
+    100.0 * reference.as_secs_f64() / ours.as_secs_f64()
 }
 
 /// `median unit (min–max)` of `values`, or `-` if there are none.
@@ -299,7 +303,7 @@ fn main() -> anyhow::Result<()> {
                     let p = rest_put(&d("src"), &api, *mib, &name)?;
                     put.push(rate(*mib, p));
                     cp_in.push(rate(*mib, t_in));
-                    in_vs_put.push(100.0 * p.as_secs_f64() / t_in.as_secs_f64());
+                    in_vs_put.push(pct(p, t_in));
                     // A REST GET saving the object where `cp out` will write it.
                     drop_caches();
                     let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
@@ -313,7 +317,7 @@ fn main() -> anyhow::Result<()> {
                     let (g, c) = null_sink_pair(&d("src"), dir, &api, *mib, &name)?;
                     get_null.push(rate(*mib, g));
                     cat_null.push(rate(*mib, c));
-                    cold_vs_get.push(100.0 * g.as_secs_f64() / c.as_secs_f64());
+                    cold_vs_get.push(pct(g, c));
                 }
                 drop_caches();
                 let out = args.out_dir.clone().unwrap_or_else(|| d("out")).join("o");
@@ -330,14 +334,13 @@ fn main() -> anyhow::Result<()> {
                 }
                 rates[t].push([rate(*mib, t_in), rate(*mib, t_cold), rate(*mib, t_warm)]);
             }
-            let pct = |a: Duration, b: Duration| 100.0 * b.as_secs_f64() / a.as_secs_f64();
             if let (Some(get), Some(cold)) = (rest_out, dosfs_cold) {
                 get_out.push(rate(*mib, get));
                 cp_out.push(rate(*mib, cold));
-                cold_vs_get_out.push(pct(cold, get));
+                cold_vs_get_out.push(pct(get, cold));
             }
             if let (Some(warm), Some(bind)) = (dosfs_warm, bind_warm) {
-                cached_vs_bind.push(pct(warm, bind));
+                cached_vs_bind.push(pct(bind, warm));
             }
             let _ = std::fs::remove_file(&src);
         }

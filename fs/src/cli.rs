@@ -175,10 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(pid) = pid {
                 // Wait for the daemon to finish its uploads and stop its store.
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while process_alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                wait_for(Duration::from_secs(120), || !process_alive(pid));
             }
             eprintln!("dosfs: unmounted {}", mp.display());
             Ok(())
@@ -253,21 +250,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Waits until `path`, seen through the mount, is version `version` of `size` bytes (its
 /// `user.dosfs.version` xattr, and its size, so that the kernel's attributes are fresh too).
 fn mount_shows(path: &Path, version: u64, size: u64, timeout: Duration) -> bool {
-    let shows = || {
+    wait_for(timeout, || {
         let mut buf = [0u8; 24];
         let current = rustix::fs::getxattr(path, "user.dosfs.version", &mut buf[..])
             .ok()
             .and_then(|n| std::str::from_utf8(&buf[..n]).ok()?.parse::<u64>().ok());
         current == Some(version) && std::fs::metadata(path).is_ok_and(|m| m.len() == size)
-    };
-    let start = Instant::now();
-    while !shows() {
-        if start.elapsed() > timeout {
+    })
+}
+
+/// Polls `done` every 50 ms until it holds (true) or `timeout` passes (false).
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    true
 }
 
 /// The API client and object name of a path inside a dosfs mount.
