@@ -1,21 +1,19 @@
-//! The state every request shares, and placement: choosing servers for new shards and finding
-//! the live holders of existing ones.
+//! The context every request and job shares: the three engines (metadata, bus, shard
+//! transport), the codec, the configuration and the handle of the repair queue. It is plain
+//! data: no background work lives in it (the workers belong to the server's supervisor).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dos_bus::Bus;
 use dos_erasure::Codec;
-use dos_metadata::{ContentRecord, MetadataStore};
-use dos_protocol::{ContentHash, ServerId, ServerInfo, TOTAL_SHARDS};
-use rand::seq::SliceRandom;
+use dos_metadata::MetadataStore;
+use dos_transport::ShardTransport;
 
-use crate::error::{ApiError, ApiResult};
-use crate::maintenance::{Jobs, MaintenanceConfig};
+use crate::maintenance::MaintenanceConfig;
 use crate::repair::RepairQueue;
-use crate::shard_client::ShardClient;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// Key that signs resumable-upload tokens; every API server of a cluster shares it.
     pub secret: Vec<u8>,
@@ -25,13 +23,31 @@ pub struct ApiConfig {
     pub upload_ttl: Duration,
     /// How long a locate broadcast waits for answers.
     pub locate_timeout: Duration,
-    /// Requests served at once before new ones get 503.
+    /// Requests served at once (their bodies included) before new ones get 503.
     pub max_in_flight: usize,
     /// A request body that sends nothing for this long is cut off (408); what it had sent
     /// stays in temp uploads, which expire.
     pub body_idle_timeout: Duration,
+    /// A shard stream that delivers nothing for this long is given up and replaced by
+    /// another shard (a data server that hangs cannot stall a read for longer).
+    pub shard_stall_timeout: Duration,
     /// Background scrub, retention and orphan collection.
     pub maintenance: MaintenanceConfig,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("secret", &"<set>")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("upload_ttl", &self.upload_ttl)
+            .field("locate_timeout", &self.locate_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("shard_stall_timeout", &self.shard_stall_timeout)
+            .field("maintenance", &self.maintenance)
+            .finish()
+    }
 }
 
 impl ApiConfig {
@@ -43,6 +59,7 @@ impl ApiConfig {
             locate_timeout: Duration::from_millis(500),
             max_in_flight: 1024,
             body_idle_timeout: Duration::from_secs(60),
+            shard_stall_timeout: Duration::from_secs(10),
             maintenance: MaintenanceConfig::default(),
         }
     }
@@ -51,61 +68,9 @@ impl ApiConfig {
 pub struct Core {
     pub meta: Arc<dyn MetadataStore>,
     pub bus: Arc<dyn Bus>,
-    pub shards: ShardClient,
+    pub shards: Arc<dyn ShardTransport>,
     pub codec: Codec,
     pub config: ApiConfig,
-    pub repair: RepairQueue,
-    pub jobs: Jobs,
-}
-
-impl Core {
-    /// Six distinct live servers in random order, or 503.
-    pub fn choose_servers(&self) -> ApiResult<Vec<ServerInfo>> {
-        let mut live = self.bus.live_servers();
-        if live.len() < TOTAL_SHARDS {
-            return Err(ApiError::NotEnoughServers { live: live.len() });
-        }
-        live.shuffle(&mut rand::rng());
-        live.truncate(TOTAL_SHARDS);
-        Ok(live)
-    }
-
-    /// For each shard index, the live servers believed to hold it: the recorded placement
-    /// first, then (only if some shard has no live holder) whatever a locate broadcast finds.
-    pub async fn holders(&self, content: &ContentRecord) -> Vec<Vec<ServerInfo>> {
-        let live = self.bus.live_servers();
-        let find = |id: &ServerId| live.iter().find(|s| &s.id == id).cloned();
-        let mut holders: Vec<Vec<ServerInfo>> = (0..TOTAL_SHARDS)
-            .map(|i| {
-                content
-                    .placement
-                    .get(i)
-                    .and_then(find)
-                    .into_iter()
-                    .collect()
-            })
-            .collect();
-        if holders.iter().any(Vec::is_empty) {
-            self.add_located(&content.hash, &mut holders).await;
-        }
-        holders
-    }
-
-    /// Adds the answers of a locate broadcast to `holders`.
-    pub async fn add_located(&self, hash: &ContentHash, holders: &mut [Vec<ServerInfo>]) {
-        match self.bus.locate(hash, self.config.locate_timeout).await {
-            Ok(replies) => {
-                for r in replies {
-                    for s in r.shards {
-                        if let Some(h) = holders.get_mut(usize::from(s))
-                            && !h.contains(&r.server)
-                        {
-                            h.push(r.server.clone());
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(%hash, error = %e, "locate failed"),
-        }
-    }
+    /// Where reads that met a bad shard ask for a repair.
+    pub repairs: RepairQueue,
 }

@@ -1,13 +1,13 @@
-//! The REST interface: a thin axum adapter. Handlers parse the request, call `objects` or
-//! `resumable`, and format the answer; errors become statuses in `error`.
+//! The REST interface: a thin axum adapter. Handlers parse the request, call `objects`,
+//! `resumable`, `stream` or `maintenance`, and format the answer; an [`ApiError`] becomes its
+//! status ([`ApiError::status`]) and one-line public message here, and only here.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRef, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,19 +15,41 @@ use axum::routing::{any, get, put};
 use bytes::Bytes;
 use dos_metadata::{ListQuery, VersionsFrom};
 use dos_protocol::{
-    BLOCK_SIZE, ByteRange, ContentHash, EntryKind, ObjectName, VersionRecord, WriteAttributes,
-    format_rfc3339_ns, headers as h, parse_digest_header, parse_range, parse_rfc3339_ns,
+    ContentHash, EntryKind, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns,
+    headers as h, parse_digest_header, parse_range, parse_rfc3339_ns,
 };
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::{objects, resumable};
+use crate::maintenance::Maintenance;
+use crate::{objects, placement, resumable, stream};
 
-pub fn router(core: Arc<Core>) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Arc<Core>,
+    pub maintenance: Arc<Maintenance>,
+}
+
+impl FromRef<AppState> for Arc<Core> {
+    fn from_ref(s: &AppState) -> Self {
+        s.core.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Maintenance> {
+    fn from_ref(s: &AppState) -> Self {
+        s.maintenance.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let core = state.core.clone();
     let limit = Arc::new(Semaphore::new(core.config.max_in_flight));
     Router::new()
         .route(
@@ -48,10 +70,52 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/maintenance/{job}", axum::routing::post(run_maintenance))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(core.clone(), authorize))
+        .layer(middleware::from_fn_with_state(core, authorize))
         .layer(middleware::from_fn(check_request_head))
         .layer(middleware::from_fn_with_state(limit, limit_in_flight))
-        .with_state(core)
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `cancel`, then lets requests in flight finish. Small
+/// answers must not wait for delayed ACKs, so every connection gets TCP_NODELAY.
+pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    let serve = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned());
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, "API listener failed");
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request rejected");
+        }
+        let mut resp = (status, format!("{}\n", self.public_message())).into_response();
+        resp.headers_mut()
+            .insert(h::ERROR, HeaderValue::from_static(self.kind()));
+        if let ApiError::OffsetMismatch { accepted, .. } = &self {
+            resp.headers_mut()
+                .insert(h::ACCEPTED, HeaderValue::from(*accepted));
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::RangeNotSatisfiable { size } = self
+            && let Ok(v) = format!("bytes */{size}").parse()
+        {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        resp
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -141,6 +205,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Past `max_in_flight` requests at once, new ones get a 503 at once instead of queueing.
+/// A request holds its permit until its response body has been sent (or dropped), so long
+/// streamed GETs count too.
 async fn limit_in_flight(
     State(limit): State<Arc<Semaphore>>,
     req: Request,
@@ -149,11 +215,44 @@ async fn limit_in_flight(
     match limit.clone().try_acquire_owned() {
         Ok(permit) => {
             let resp = next.run(req).await;
-            // The permit is held until the response head is produced; streamed bodies run on.
-            drop(permit);
-            resp
+            resp.map(|body| hold_until_sent(body, permit))
         }
         Err(_) => ApiError::Overloaded.into_response(),
+    }
+}
+
+/// `body`, keeping `permit` until the body is finished or dropped.
+fn hold_until_sent(body: Body, permit: OwnedSemaphorePermit) -> Body {
+    Body::new(PermitBody {
+        inner: body,
+        _permit: permit,
+    })
+}
+
+/// A response body that holds a request slot; everything else is the inner body's (its size
+/// too, so a fixed-length answer keeps its `Content-Length`).
+struct PermitBody {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -172,28 +271,29 @@ struct MaintenanceQuery {
 /// streams its report as NDJSON, one line a second and a last one with `"done": true`. The
 /// job runs to its end even if the client goes away.
 async fn run_maintenance(
-    State(core): State<Arc<Core>>,
+    State(maintenance): State<Arc<Maintenance>>,
     axum::extract::Path(job): axum::extract::Path<String>,
     Query(q): Query<MaintenanceQuery>,
 ) -> ApiResult<Response> {
-    use crate::maintenance::{self, Job, JobParams};
+    use crate::maintenance::{Job, JobParams};
     let job = Job::parse(&job).ok_or_else(|| {
         ApiError::NotFound(format!(
             "no maintenance job {job:?}; there are scrub, retention and orphans"
         ))
     })?;
+    let config = maintenance.config();
     let params = JobParams {
-        keep: q.keep.unwrap_or(core.config.maintenance.keep_versions),
+        keep: q.keep.unwrap_or(config.keep_versions),
         grace: q
             .grace_secs
-            .map_or(core.config.maintenance.orphans_grace, Duration::from_secs),
+            .map_or(config.orphans_grace, Duration::from_secs),
     };
     if params.keep == 0 {
         return Err(ApiError::BadRequest(
             "keep must be at least 1: the latest version is always kept".into(),
         ));
     }
-    let run = maintenance::start(&core, job, params)?;
+    let run = maintenance.start(job, params)?;
     let lines = futures::stream::unfold(Some(run), |state| async move {
         let mut run = state?;
         let finished = tokio::select! {
@@ -484,103 +584,14 @@ async fn get_object(
     }
     let content = objects::content_of(&core, &hash).await?;
     let decoder = objects::open_read(&core, &content, range).await?;
-    let body = stream_object(core.clone(), decoder, range, record.size);
+    let bytes = stream::object_bytes(&core, decoder, range, record.size)
+        .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.public_message())));
     *resp.body_mut() = if gzip {
-        Body::from_stream(ReceiverStream::new(gzip_stream(body)))
+        Body::from_stream(stream::gzip(bytes))
     } else {
-        Body::from_stream(ReceiverStream::new(body))
+        Body::from_stream(bytes)
     };
     Ok(resp)
-}
-
-type ByteChunks = mpsc::Receiver<std::io::Result<Bytes>>;
-
-/// Runs the decoder in its own task, sending exactly the requested bytes. A failure after the
-/// head was sent aborts the body, so the client sees a truncated transfer, never wrong bytes.
-fn stream_object(
-    core: Arc<Core>,
-    mut decoder: crate::pipeline::read::Decoder,
-    range: Option<ByteRange>,
-    size: u64,
-) -> ByteChunks {
-    let (tx, rx) = mpsc::channel(16);
-    let (start, end) = range.map_or((0, size), |r| (r.start, r.end + 1));
-    tokio::spawn(async move {
-        let mut block_start = start / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
-        loop {
-            match decoder.next_block().await {
-                Ok(Some(segments)) => {
-                    let mut stop = false;
-                    for seg in segments {
-                        let seg_end = block_start + seg.len() as u64;
-                        let from = start.saturating_sub(block_start).min(seg.len() as u64) as usize;
-                        let to =
-                            (end.min(seg_end).saturating_sub(block_start) as usize).min(seg.len());
-                        block_start = seg_end;
-                        if from < to && tx.send(Ok(seg.slice(from..to))).await.is_err() {
-                            stop = true;
-                            break;
-                        }
-                        if seg_end >= end {
-                            stop = true;
-                            break;
-                        }
-                    }
-                    if stop {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(hash = %content_hash(&decoder), error = %e, "read failed mid-stream");
-                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                    break;
-                }
-            }
-        }
-        if !decoder.faults().is_empty() {
-            core.repair.request(content_hash(&decoder));
-        }
-    });
-    rx
-}
-
-fn content_hash(d: &crate::pipeline::read::Decoder) -> ContentHash {
-    d.hash()
-}
-
-/// Gzips a byte stream on a blocking thread.
-fn gzip_stream(mut input: ByteChunks) -> ByteChunks {
-    let (tx, rx) = mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        while let Some(chunk) = input.blocking_recv() {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            if let Err(e) = gz.write_all(&chunk) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            let out = std::mem::take(gz.get_mut());
-            if !out.is_empty() && tx.blocking_send(Ok(Bytes::from(out))).is_err() {
-                return;
-            }
-        }
-        match gz.finish() {
-            Ok(rest) => {
-                let _ = tx.blocking_send(Ok(Bytes::from(rest)));
-            }
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-            }
-        }
-    });
-    rx
 }
 
 async fn versions(State(core): State<Arc<Core>>, uri: Uri) -> ApiResult<Response> {
@@ -590,39 +601,17 @@ async fn versions(State(core): State<Arc<Core>>, uri: Uri) -> ApiResult<Response
     } else {
         VersionsFrom::Name(name_from(&uri, "/versions/")?, 0)
     };
-    // The first page is read before answering, so a metadata failure is a clean 503.
-    const PAGE: usize = 1000;
-    let first = core.meta.list_versions(&from, PAGE).await?;
-    let stream =
-        futures::stream::unfold((core, from, Some(first)), |(core, from, page)| async move {
-            let page = match page {
-                Some(p) => p,
-                None => match core.meta.list_versions(&from, PAGE).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        return Some((
-                            Err(std::io::Error::other(e.to_string())),
-                            (core, from, Some(Vec::new())),
-                        ));
-                    }
-                },
-            };
-            let last = page.last()?;
-            let next = match &from {
-                VersionsFrom::Name(n, _) => VersionsFrom::Name(n.clone(), last.version),
-                VersionsFrom::All(_) => VersionsFrom::All(Some((last.name.clone(), last.version))),
-            };
-            let mut out = Vec::new();
-            for v in &page {
-                if serde_json::to_writer(&mut out, v).is_ok() {
-                    out.push(b'\n');
-                }
-            }
-            let more = page.len() == PAGE;
-            let state_page = if more { None } else { Some(Vec::new()) };
-            Some((Ok(Bytes::from(out)), (core, next, state_page)))
-        });
-    let mut resp = Response::new(Body::from_stream(stream.boxed()));
+    let pages = stream::version_pages(&core, from).await?;
+    let lines = pages.map(|page| {
+        let page = page.map_err(|e| std::io::Error::other(e.public_message()))?;
+        let mut out = Vec::new();
+        for v in &page {
+            serde_json::to_writer(&mut out, v).map_err(std::io::Error::other)?;
+            out.push(b'\n');
+        }
+        Ok::<_, std::io::Error>(Bytes::from(out))
+    });
+    let mut resp = Response::new(Body::from_stream(lines));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
@@ -638,7 +627,7 @@ async fn locate(
     let name = name_from(&uri, "/locate/")?;
     let (_, hash) = objects::resolve(&core, &name, version_of(&q)?).await?;
     let content = objects::content_of(&core, &hash).await?;
-    let holders = core.holders(&content).await;
+    let holders = placement::holders(&core, &content).await;
     let map: std::collections::BTreeMap<String, String> = holders
         .iter()
         .enumerate()

@@ -1,20 +1,29 @@
 //! An API server: stateless, faces clients over REST, stores each object as Reed-Solomon 4+2
-//! shards on six data servers, keeps metadata in a [`dos_metadata::MetadataStore`] and finds
-//! data servers over a [`dos_bus::Bus`].
+//! shards on six data servers, keeps metadata in a [`dos_metadata::MetadataStore`], finds
+//! data servers over a [`dos_bus::Bus`] and talks to them through a
+//! [`dos_transport::ShardTransport`].
 //!
-//! `http` is the axum adapter; `objects` and `resumable` decide what requests do; `pipeline`
-//! streams bytes between clients and shards; `repair` rebuilds lost shards in the background;
-//! `maintenance` runs scrub, retention and orphan collection.
+//! - [`core`]: the shared context (engines, codec, configuration); plain data.
+//! - [`objects`], [`resumable`]: what requests do. [`placement`]: where shards go and who
+//!   holds them. [`probe`]: asking every shard's holders, with a quorum result.
+//! - [`pipeline`]: bytes between a body and six shard streams. [`stream`]: bodies going out.
+//! - [`repair`] and [`maintenance`]: the background work, run by a supervisor.
+//! - `http`: the thin axum adapter (the only module that knows HTTP); [`in_process`]: the same
+//!   operations as an [`dos_store::ObjectStore`] for a client in this process.
+//! - [`error`]: every failure, and its status, in one table.
 
-mod core;
+pub mod core;
 pub mod error;
 mod http;
+pub mod in_process;
 pub mod maintenance;
 pub mod objects;
 pub mod pipeline;
+pub mod placement;
+pub mod probe;
 pub mod repair;
 pub mod resumable;
-pub mod shard_client;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,19 +31,26 @@ use std::time::Duration;
 
 use dos_bus::Bus;
 use dos_metadata::MetadataStore;
+use dos_transport::ShardTransport;
+use dos_worker::Supervisor;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub use crate::core::{ApiConfig, Core};
-pub use crate::http::accepts_gzip;
+pub use crate::in_process::InProcessStore;
+pub use crate::maintenance::Maintenance;
 
-/// A running API server.
+/// Hashes that may wait for repair at once.
+const REPAIR_QUEUE: usize = 10_000;
+/// How long shutdown waits for requests in flight and background work.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running API server: its listener and its workers (repair, maintenance schedules and
+/// runs), all owned by one supervisor.
 pub struct ApiServer {
     pub addr: SocketAddr,
     core: Arc<Core>,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
+    maintenance: Arc<Maintenance>,
+    workers: Arc<Supervisor>,
 }
 
 impl ApiServer {
@@ -44,48 +60,39 @@ impl ApiServer {
         config: ApiConfig,
         meta: Arc<dyn MetadataStore>,
         bus: Arc<dyn Bus>,
+        shards: Arc<dyn ShardTransport>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
         })?;
         let addr = listener.local_addr()?;
+        let (repairs, inbox) = repair::queue(REPAIR_QUEUE);
         let core = Arc::new(Core {
             meta,
             bus,
-            shards: shard_client::ShardClient::new(Duration::from_secs(5), Some(&config.secret)),
+            shards,
             codec: dos_erasure::Codec::new(),
             config,
-            repair: repair::RepairQueue::default(),
-            jobs: maintenance::Jobs::default(),
+            repairs,
         });
-        let cancel = CancellationToken::new();
-        core.repair
-            .spawn_worker(Arc::downgrade(&core), cancel.child_token());
-        maintenance::spawn_schedules(
+        let workers = Arc::new(Supervisor::new());
+        workers.spawn(Arc::new(repair::RepairWorker::new(
+            inbox,
             Arc::downgrade(&core),
-            &core.config.maintenance,
-            cancel.child_token(),
-        );
-        let app = http::router(core.clone());
-        let c = cancel.clone();
-        let task = tokio::spawn(async move {
-            // Small answers must not wait for delayed ACKs (Nagle).
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-            let serve = axum::serve(listener, app).with_graceful_shutdown(c.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "API listener failed");
-            }
+        )));
+        let maintenance = Maintenance::new(core.clone(), workers.clone());
+        maintenance.schedule();
+        let app = http::router(http::AppState {
+            core: core.clone(),
+            maintenance: maintenance.clone(),
         });
+        workers.spawn_once("http listener", |cancel| http::serve(listener, app, cancel));
         tracing::info!(%addr, "API server started");
         Ok(Self {
             addr,
             core,
-            cancel,
-            task,
+            maintenance,
+            workers,
         })
     }
 
@@ -93,11 +100,21 @@ impl ApiServer {
         self.core.clone()
     }
 
-    /// Stops accepting requests, lets those in flight finish, and stops the workers.
+    pub fn maintenance(&self) -> Arc<Maintenance> {
+        self.maintenance.clone()
+    }
+
+    /// An [`dos_store::ObjectStore`] over this server's core, for a client in this process.
+    pub fn in_process_store(&self) -> InProcessStore {
+        InProcessStore::new(self.core.clone())
+    }
+
+    /// Stops accepting requests, lets those in flight finish, and stops the workers (up to
+    /// 10 s; what is still running then is aborted and logged).
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        if let Err(e) = self.task.await {
-            tracing::warn!(error = %e, "API server task ended abnormally");
+        let report = self.workers.shutdown(SHUTDOWN_DEADLINE).await;
+        if !report.aborted.is_empty() {
+            tracing::warn!(aborted = ?report.aborted, "API server work did not stop in time");
         }
     }
 }

@@ -15,18 +15,22 @@
 //!   server's `garbage/`, which is emptied a day later.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dos_metadata::VersionsFrom;
 use dos_protocol::{ContentHash, ServerInfo, TOTAL_SHARDS, now_ns, shard_len};
+use dos_transport::ShardError;
+use dos_worker::Supervisor;
 use serde::Serialize;
 use sha2::Digest as _;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::pipeline::read::ShardFault;
+use crate::placement;
+use crate::probe::probe;
 
 /// Which job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -132,60 +136,19 @@ impl Progress {
     }
 }
 
-/// At most one run of each job at a time on this server.
-#[derive(Default)]
-pub struct Jobs {
+/// The maintenance jobs of one API server: at most one run of each job at a time here; runs
+/// belong to the server's supervisor (shutdown stops them between two objects).
+pub struct Maintenance {
+    core: Arc<Core>,
+    workers: Arc<Supervisor>,
     running: Mutex<BTreeMap<Job, Progress>>,
 }
 
 /// What a started job gives its watcher.
 pub struct Running {
     pub progress: Progress,
-    pub finished: tokio::task::JoinHandle<()>,
-}
-
-/// Starts `job` on its own task (it runs to the end even if nobody watches), or 409 when it
-/// is already running here.
-pub fn start(core: &Arc<Core>, job: Job, params: JobParams) -> ApiResult<Running> {
-    let progress = Progress::new(job);
-    {
-        let mut running = core
-            .jobs
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if running.contains_key(&job) {
-            return Err(ApiError::Conflict(format!(
-                "a {} run is already in progress on this API server",
-                job.as_str()
-            )));
-        }
-        running.insert(job, progress.clone());
-    }
-    let (core, p) = (core.clone(), progress.clone());
-    let finished = tokio::spawn(async move {
-        let started = Instant::now();
-        let result = match job {
-            Job::Scrub => scrub(&core, &p).await,
-            Job::Retention => retention(&core, params.keep, &p).await,
-            Job::Orphans => orphans(&core, params.grace, &p).await,
-        };
-        if let Err(e) = result {
-            p.error(format!("stopped: {e}"));
-        }
-        p.update(|r| {
-            r.done = true;
-            r.elapsed_ms = started.elapsed().as_millis() as u64;
-        });
-        let report = p.snapshot();
-        tracing::info!(job = job.as_str(), counts = ?report.counts, "maintenance run finished");
-        core.jobs
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&job);
-    });
-    Ok(Running { progress, finished })
+    /// Resolves when the run is over (also if it was stopped by shutdown).
+    pub finished: oneshot::Receiver<()>,
 }
 
 /// Parameters of one run.
@@ -195,40 +158,97 @@ pub struct JobParams {
     pub grace: Duration,
 }
 
-/// Runs the jobs whose interval is set, each first one interval after start, until `cancel`.
-pub fn spawn_schedules(core: Weak<Core>, config: &MaintenanceConfig, cancel: CancellationToken) {
-    let params = JobParams {
-        keep: config.keep_versions,
-        grace: config.orphans_grace,
-    };
-    for (job, every) in [
-        (Job::Scrub, config.scrub_every),
-        (Job::Orphans, config.orphans_every),
-        (Job::Retention, config.retention_every),
-    ] {
-        let Some(every) = every else { continue };
-        let (core, cancel) = (core.clone(), cancel.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(every) => {}
+impl Maintenance {
+    pub fn new(core: Arc<Core>, workers: Arc<Supervisor>) -> Arc<Self> {
+        Arc::new(Self {
+            core,
+            workers,
+            running: Mutex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &MaintenanceConfig {
+        &self.core.config.maintenance
+    }
+
+    /// Starts `job` (it runs to the end even if nobody watches), or 409 when it is already
+    /// running here.
+    pub fn start(self: &Arc<Self>, job: Job, params: JobParams) -> ApiResult<Running> {
+        let progress = Progress::new(job);
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            if running.contains_key(&job) {
+                return Err(ApiError::Conflict(format!(
+                    "a {} run is already in progress on this API server",
+                    job.as_str()
+                )));
+            }
+            running.insert(job, progress.clone());
+        }
+        let (done_tx, finished) = oneshot::channel();
+        let (this, p) = (self.clone(), progress.clone());
+        self.workers
+            .spawn_once(format!("{} run", job.as_str()), move |cancel| async move {
+                let core = &this.core;
+                let started = Instant::now();
+                let result = match job {
+                    Job::Scrub => scrub(core, &p, &cancel).await,
+                    Job::Retention => retention(core, params.keep, &p, &cancel).await,
+                    Job::Orphans => orphans(core, params.grace, &p, &cancel).await,
+                };
+                if let Err(e) = result {
+                    p.error(format!("stopped: {}", e.public_message()));
                 }
-                let Some(c) = core.upgrade() else { break };
-                match start(&c, job, params) {
-                    Ok(run) => {
-                        drop(c);
-                        tokio::select! {
-                            _ = cancel.cancelled() => break,
-                            _ = run.finished => {}
+                if cancel.is_cancelled() {
+                    p.error("stopped: the server is shutting down".into());
+                }
+                p.update(|r| {
+                    r.done = true;
+                    r.elapsed_ms = started.elapsed().as_millis() as u64;
+                });
+                let report = p.snapshot();
+                tracing::info!(job = job.as_str(), counts = ?report.counts, "maintenance run finished");
+                this.running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&job);
+                // Nobody may be waiting.
+                let _ = done_tx.send(());
+            });
+        Ok(Running { progress, finished })
+    }
+
+    /// Starts the background runs of the jobs whose interval is set, each first one interval
+    /// after start.
+    pub fn schedule(self: &Arc<Self>) {
+        let config = self.config().clone();
+        let params = JobParams {
+            keep: config.keep_versions,
+            grace: config.orphans_grace,
+        };
+        for (job, every) in [
+            (Job::Scrub, config.scrub_every),
+            (Job::Orphans, config.orphans_every),
+            (Job::Retention, config.retention_every),
+        ] {
+            let Some(every) = every else { continue };
+            let this = self.clone();
+            let name = format!("{} schedule", job.as_str());
+            self.workers.spawn(dos_worker::every(name, every, move || {
+                let this = this.clone();
+                async move {
+                    match this.start(job, params) {
+                        Ok(run) => {
+                            // Ends with the run, or when shutdown drops it.
+                            let _ = run.finished.await;
+                        }
+                        Err(e) => {
+                            tracing::info!(job = job.as_str(), error = %e, "scheduled run skipped")
                         }
                     }
-                    Err(e) => {
-                        tracing::info!(job = job.as_str(), error = %e, "scheduled run skipped")
-                    }
                 }
-            }
-        });
+            }));
+        }
     }
 }
 
@@ -238,7 +258,7 @@ pub fn spawn_schedules(core: Weak<Core>, config: &MaintenanceConfig, cancel: Can
 /// Counts: `objects`, `bytes`, `shards_verified`, `shards_rebuilt`, `shards_postponed` (no
 /// live server could take them now), `hash_mismatches`, `unreadable` (fewer than four good
 /// shards), `errors`.
-async fn scrub(core: &Core, p: &Progress) -> ApiResult<()> {
+async fn scrub(core: &Core, p: &Progress, cancel: &CancellationToken) -> ApiResult<()> {
     let mut after: Option<ContentHash> = None;
     loop {
         let page = core.meta.list_contents(after.as_ref(), 500).await?;
@@ -247,8 +267,11 @@ async fn scrub(core: &Core, p: &Progress) -> ApiResult<()> {
         };
         after = Some(last.hash);
         for content in page {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
             if let Err(e) = scrub_one(core, &content, p).await {
-                p.error(format!("{}: {e}", content.hash));
+                p.error(format!("{}: {}", content.hash, e.public_message()));
             }
             p.add("objects", 1);
         }
@@ -261,60 +284,52 @@ async fn scrub_one(
     p: &Progress,
 ) -> ApiResult<()> {
     let hash = content.hash;
-    let holders = core.holders(content).await;
+    let holders = placement::holders(core, content).await;
     let expected_len = shard_len(content.size);
-    let checks = futures::future::join_all((0..TOTAL_SHARDS).map(|i| {
-        let holders = holders[i].clone();
-        async move {
-            let mut fault = ShardFault::Unreachable;
-            for s in &holders {
-                match core.shards.verify_shard(&s.addr, &hash, i as u8).await {
-                    Ok(len) if len == expected_len => return Ok(s.clone()),
-                    Ok(len) => {
-                        tracing::warn!(%hash, shard = i, len, expected_len, "shard has the wrong length");
-                        fault = ShardFault::Missing(s.clone());
-                    }
-                    Err(e) if e.is_not_found() => fault = ShardFault::Missing(s.clone()),
-                    Err(e) => tracing::info!(%hash, shard = i, error = %e, "shard not verified"),
-                }
+    let all: Vec<u8> = (0..TOTAL_SHARDS as u8).collect();
+    let shards = &core.shards;
+    let checked = probe(&holders, &all, |shard, server| async move {
+        match shards.verify_shard(&server, &hash, shard).await {
+            Ok(len) if len == expected_len => Ok(()),
+            Ok(len) => {
+                tracing::warn!(%hash, shard, len, expected_len, "shard has the wrong length");
+                Err(ShardError::Corrupt)
             }
-            Err(fault)
+            Err(e) => Err(e),
         }
-    }))
+    })
     .await;
-    let mut holding: Vec<ServerInfo> = Vec::new();
-    let mut bad = Vec::new();
-    for (i, c) in checks.into_iter().enumerate() {
-        match c {
-            Ok(s) => {
-                p.add("shards_verified", 1);
-                holding.push(s);
-            }
-            Err(f) => bad.push((i as u8, f)),
-        }
-    }
-    if !bad.is_empty() {
-        if holding.len() < dos_protocol::DATA_SHARDS {
+    p.add("shards_verified", checked.good.len() as u64);
+    if !checked.bad.is_empty() {
+        if !checked.has_quorum() {
             p.add("unreadable", 1);
             return Err(ApiError::ShardsUnavailable {
-                available: holding.len(),
+                available: checked.good.len(),
             });
         }
-        let outcome = crate::repair::rebuild(core, content, holders, &bad, &holding).await?;
+        let outcome =
+            crate::repair::rebuild(core, content, holders, &checked.bad, &checked.holding())
+                .await?;
         p.add("shards_rebuilt", outcome.rebuilt.len() as u64);
         p.add(
             "shards_postponed",
-            (bad.len() - outcome.rebuilt.len()) as u64,
+            (checked.bad.len() - outcome.rebuilt.len()) as u64,
         );
     }
-    // The whole object, decoded from the (now complete) shards, against its name.
+    // The whole object, decoded from the (now complete) shards, against its name; hashed on
+    // a blocking thread.
     let content = crate::objects::content_of(core, &hash).await?;
     let mut decoder = crate::objects::open_read(core, &content, None).await?;
     let mut hasher = sha2::Sha256::new();
     while let Some(segments) = decoder.next_block().await? {
-        for s in segments {
-            hasher.update(&s);
-        }
+        hasher = tokio::task::spawn_blocking(move || {
+            for s in segments {
+                hasher.update(&s);
+            }
+            hasher
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))?;
     }
     if ContentHash(hasher.finalize().into()) != hash {
         p.add("hash_mismatches", 1);
@@ -330,7 +345,12 @@ async fn scrub_one(
 // retention
 
 /// Counts: `names`, `versions_deleted`, `errors`.
-async fn retention(core: &Core, keep: u64, p: &Progress) -> ApiResult<()> {
+async fn retention(
+    core: &Core,
+    keep: u64,
+    p: &Progress,
+    cancel: &CancellationToken,
+) -> ApiResult<()> {
     if keep == 0 {
         return Err(ApiError::BadRequest(
             "retention must keep at least one version".into(),
@@ -339,6 +359,9 @@ async fn retention(core: &Core, keep: u64, p: &Progress) -> ApiResult<()> {
     let mut from = VersionsFrom::All(None);
     let mut current: Option<(dos_protocol::ObjectName, Vec<u64>)> = None;
     loop {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
         let page = core.meta.list_versions(&from, 1000).await?;
         let Some(last) = page.last() else { break };
         from = VersionsFrom::All(Some((last.name.clone(), last.version)));
@@ -385,7 +408,12 @@ async fn trim(
 /// Counts: `contents_checked`, `contents_deleted`, `shards_removed`, `shards_scanned`,
 /// `stray_shards_removed` (shards no content record names), `kept_recent` (written within the
 /// grace period), `errors`.
-async fn orphans(core: &Core, grace: Duration, p: &Progress) -> ApiResult<()> {
+async fn orphans(
+    core: &Core,
+    grace: Duration,
+    p: &Progress,
+    cancel: &CancellationToken,
+) -> ApiResult<()> {
     let cutoff = now_ns().saturating_sub(i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX));
     // 1. Content records nobody references.
     let mut after: Option<ContentHash> = None;
@@ -394,6 +422,9 @@ async fn orphans(core: &Core, grace: Duration, p: &Progress) -> ApiResult<()> {
         let Some(last) = page.last() else { break };
         after = Some(last.hash);
         for content in page {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
             p.add("contents_checked", 1);
             match core.meta.delete_unused_content(&content.hash, cutoff).await {
                 Ok(true) => {
@@ -401,14 +432,21 @@ async fn orphans(core: &Core, grace: Duration, p: &Progress) -> ApiResult<()> {
                     remove_all_shards(core, &content, grace, p).await;
                 }
                 Ok(false) => {}
-                Err(e) => p.error(format!("{}: {e}", content.hash)),
+                Err(e) => p.error(format!(
+                    "{}: {}",
+                    content.hash,
+                    ApiError::from(e).public_message()
+                )),
             }
         }
     }
     // 2. Shards on live data servers that no content record names.
     for server in core.bus.live_servers() {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
         if let Err(e) = collect_strays(core, &server, grace, p).await {
-            p.error(format!("data server {}: {e}", server.addr));
+            p.error(format!("data server {}: {}", server.id, e.public_message()));
         }
     }
     Ok(())
@@ -421,8 +459,8 @@ async fn remove_all_shards(
     grace: Duration,
     p: &Progress,
 ) {
-    let mut holders = core.holders(content).await;
-    core.add_located(&content.hash, &mut holders).await;
+    let mut holders = placement::holders(core, content).await;
+    placement::add_located(core, &content.hash, &mut holders).await;
     for (i, servers) in holders.iter().enumerate() {
         for s in servers {
             remove_one(core, s, &content.hash, i as u8, grace, p, "shards_removed").await;
@@ -441,13 +479,13 @@ async fn remove_one(
 ) {
     match core
         .shards
-        .remove_shard(&server.addr, hash, shard, Some(grace))
+        .remove_shard(server, hash, shard, Some(grace))
         .await
     {
         Ok(()) => p.add(counter, 1),
-        Err(e) if e.is_not_found() => {}
-        Err(crate::shard_client::ShardError::Status { status: 412, .. }) => p.add("kept_recent", 1),
-        Err(e) => p.error(format!("{hash}.{shard}: {e}")),
+        Err(ShardError::NotFound) => {}
+        Err(ShardError::TooNew) => p.add("kept_recent", 1),
+        Err(e) => p.error(format!("{hash}.{shard} on {}: {e}", server.id)),
     }
 }
 
@@ -462,7 +500,7 @@ async fn collect_strays(
     loop {
         let page = core
             .shards
-            .list_shards(&server.addr, after, 1000)
+            .list_shards(server, after, 1000)
             .await
             .map_err(ApiError::ShardWrite)?;
         let Some(last) = page.last() else {

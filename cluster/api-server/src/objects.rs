@@ -1,21 +1,20 @@
-//! What each object request does, apart from HTTP: the handlers in `http` parse and format,
-//! these functions decide.
+//! What each object request does, apart from how it arrived: the HTTP handlers and the
+//! in-process store both parse their input and call these.
 
 use bytes::Bytes;
 use dos_metadata::{ContentRecord, NewVersion};
 use dos_protocol::{
-    BLOCK_SIZE, ByteRange, ContentHash, ObjectName, VersionRecord, WriteAttributes, block_count,
-    now_ns, shard_len,
+    BLOCK_SIZE, ByteRange, ContentHash, ObjectName, ServerInfo, VersionRecord, WriteAttributes,
+    block_count, now_ns, shard_len,
 };
 use futures::Stream;
 use sha2::Digest as _;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::pipeline::read::Decoder;
-use crate::pipeline::write::{
-    ShardWriters, abort_uploads, commit_uploads, create_uploads, encode_stream, hash_stream,
-};
+use crate::pipeline::read::{Decoder, ReadPlan};
+use crate::pipeline::write::{encode_stream, hash_stream, store_content};
+use crate::placement;
 
 pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> NewVersion {
     NewVersion {
@@ -45,7 +44,7 @@ where
         // shard is written.
         let (hash, size) = hash_stream(body, core.config.body_idle_timeout).await?;
         if hash != digest || size != existing.size {
-            return Err(digest_mismatch());
+            return Err(ApiError::DigestMismatch);
         }
         // Touched again now that the body is in, so that the orphan collector's grace period
         // need not cover a slow upload.
@@ -54,69 +53,61 @@ where
                 "the stored content was collected while the body arrived; retry".into(),
             ));
         }
-        return Ok(core
-            .meta
-            .add_version(name, new_version(hash, size, &attrs))
-            .await?);
+        return add_known_version(core, name, digest, size, &attrs).await;
     }
-    let servers = core.choose_servers()?;
-    let numbered: Vec<_> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u8, s.clone()))
-        .collect();
-    let uploads = create_uploads(
+    let servers = placement::choose_servers(core)?;
+    let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
+    let (uploads, size) = store_content(
         &core.shards,
         &digest,
-        &numbered,
+        &servers,
         content_length.map(shard_len),
+        |writers| async move {
+            let (encoded, writers) = encode_stream(
+                codec,
+                body,
+                writers,
+                sha2::Sha256::new(),
+                0,
+                content_length,
+                idle,
+            )
+            .await?;
+            if ContentHash(encoded.hasher.finalize().into()) != digest {
+                return Err(ApiError::DigestMismatch);
+            }
+            let size = encoded.accepted;
+            Ok(((size, shard_len(size)), writers))
+        },
     )
     .await?;
-    let stored = async {
-        let writers = ShardWriters::open(&core.shards, &uploads, 0);
-        let (encoded, writers) = encode_stream(
-            &core.codec,
-            body,
-            writers,
-            sha2::Sha256::new(),
-            0,
-            content_length,
-            core.config.body_idle_timeout,
-        )
-        .await?;
-        writers.finish().await?;
-        let hash = ContentHash(encoded.hasher.finalize().into());
-        if hash != digest {
-            return Err(digest_mismatch());
-        }
-        commit_uploads(&core.shards, &uploads, shard_len(encoded.accepted)).await?;
-        Ok(encoded.accepted)
-    }
-    .await;
-    let size = match stored {
-        Ok(size) => size,
-        Err(e) => {
-            abort_uploads(&core.shards, &uploads).await;
-            return Err(e);
-        }
-    };
-    record_content(core, digest, size, &servers).await?;
+    record_new_content(core, name, digest, size, &uploads.servers(), &attrs).await
+}
+
+/// A version of content that is stored already; the caller has just touched its record (so
+/// the orphan collector keeps it).
+pub async fn add_known_version(
+    core: &Core,
+    name: &ObjectName,
+    hash: ContentHash,
+    size: u64,
+    attrs: &WriteAttributes,
+) -> ApiResult<VersionRecord> {
     Ok(core
         .meta
-        .add_version(name, new_version(digest, size, &attrs))
+        .add_version(name, new_version(hash, size, attrs))
         .await?)
 }
 
-pub fn digest_mismatch() -> ApiError {
-    ApiError::BadRequest("the body does not match its Digest; nothing was stored".into())
-}
-
-pub async fn record_content(
+/// Records where new content's shards went, then the version that refers to it.
+pub async fn record_new_content(
     core: &Core,
+    name: &ObjectName,
     hash: ContentHash,
     size: u64,
-    servers: &[dos_protocol::ServerInfo],
-) -> ApiResult<()> {
+    servers: &[ServerInfo],
+    attrs: &WriteAttributes,
+) -> ApiResult<VersionRecord> {
     core.meta
         .put_content(&ContentRecord {
             hash,
@@ -124,7 +115,10 @@ pub async fn record_content(
             placement: servers.iter().map(|s| s.id.clone()).collect(),
         })
         .await?;
-    Ok(())
+    Ok(core
+        .meta
+        .add_version(name, new_version(hash, size, attrs))
+        .await?)
 }
 
 /// Resolves `name` at `version` (latest when `None`) to a live version, or 404.
@@ -159,36 +153,34 @@ pub async fn content_of(core: &Core, hash: &ContentHash) -> ApiResult<ContentRec
 }
 
 /// Opens a decoder for `range` of the content (all of it when `None`). Fails before any byte
-/// when four shards cannot be opened.
+/// when four shards cannot be opened. Shards found bad are queued for repair.
 pub async fn open_read(
     core: &Core,
     content: &ContentRecord,
     range: Option<ByteRange>,
 ) -> ApiResult<Decoder> {
-    let (first, end) = match range {
+    let (first_block, end_block) = match range {
         Some(r) => (r.start / BLOCK_SIZE as u64, r.end / BLOCK_SIZE as u64 + 1),
         None => (0, block_count(content.size)),
     };
-    let holders = core.holders(content).await;
-    let decoder = Decoder::open(
-        core.shards.clone(),
-        core.codec.clone(),
-        content.hash,
-        content.size,
-        holders,
-        first,
-        end,
-    )
-    .await;
+    let plan = ReadPlan {
+        hash: content.hash,
+        size: content.size,
+        holders: placement::holders(core, content).await,
+        first_block,
+        end_block,
+        stall_timeout: core.config.shard_stall_timeout,
+    };
+    let decoder = Decoder::open(core.shards.clone(), core.codec.clone(), plan).await;
     match decoder {
         Ok(d) => {
             if !d.faults().is_empty() {
-                core.repair.request(content.hash);
+                core.repairs.request(content.hash);
             }
             Ok(d)
         }
         Err(e) => {
-            core.repair.request(content.hash);
+            core.repairs.request(content.hash);
             Err(e)
         }
     }
@@ -207,4 +199,21 @@ pub async fn delete(core: &Core, name: &ObjectName) -> ApiResult<VersionRecord> 
         .meta
         .add_version(name, NewVersion::delete_marker(now_ns()))
         .await?)
+}
+
+/// Makes version `version` of `name` its latest again: a new version with that content and
+/// mode, dated now. No bytes move.
+pub async fn restore(core: &Core, name: &ObjectName, version: u64) -> ApiResult<VersionRecord> {
+    let (old, hash) = resolve(core, name, Some(version)).await?;
+    let attrs = WriteAttributes {
+        kind: old.kind,
+        mode: Some(old.mode),
+        mtime_ns: Some(now_ns()),
+    };
+    match core.meta.touch_content(&hash).await? {
+        Some(_) => add_known_version(core, name, hash, old.size, &attrs).await,
+        None => Err(ApiError::NotFound(format!(
+            "the content of {name} version {version} is no longer stored"
+        ))),
+    }
 }

@@ -1,44 +1,50 @@
-//! Real-time repair: reads that find a missing or corrupt shard hand the content hash to this
-//! queue and carry on; a background worker rebuilds the shard from four good ones and writes
-//! it back (to the server that lost it, or to a live server holding no shard of the object),
-//! then records the new placement. The reader is never slowed or blocked by it.
+//! Real-time repair: reads that find a missing or corrupt shard hand the content hash to the
+//! [`RepairQueue`] and carry on; the [`RepairWorker`] rebuilds the shard from four good ones
+//! and writes it back (to the server that lost it, or to a live server holding no shard of
+//! the object), then records the new placement with a conditional update that never
+//! overwrites a concurrent change. The reader is never slowed or blocked by it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use dos_metadata::ContentRecord;
+use async_trait::async_trait;
+use dos_metadata::{ContentRecord, PlacementMove};
 use dos_protocol::{ContentHash, ServerInfo, TOTAL_SHARDS, block_count, shard_len};
+use dos_worker::{Worker, WorkerError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::pipeline::read::{Decoder, ShardFault};
-use crate::pipeline::write::{ShardWriters, abort_uploads, commit_uploads, create_uploads};
+use crate::pipeline::read::{Decoder, ReadPlan};
+use crate::pipeline::write::store_content;
+use crate::placement::{self, Holders, ShardFault};
+use crate::probe::probe;
 
 /// Hashes waiting for repair; a hash already queued or in progress is not queued twice.
 #[derive(Clone)]
 pub struct RepairQueue {
     tx: mpsc::Sender<ContentHash>,
     pending: Arc<Mutex<HashSet<ContentHash>>>,
-    rx: Arc<Mutex<Option<mpsc::Receiver<ContentHash>>>>,
 }
 
-impl Default for RepairQueue {
-    fn default() -> Self {
-        let (tx, rx) = mpsc::channel(10_000);
-        Self {
+/// The receiving end of the queue, handed to the worker.
+pub struct RepairInbox {
+    rx: mpsc::Receiver<ContentHash>,
+    pending: Arc<Mutex<HashSet<ContentHash>>>,
+}
+
+/// A queue and its inbox; at most `capacity` hashes wait.
+pub fn queue(capacity: usize) -> (RepairQueue, RepairInbox) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let pending = Arc::<Mutex<HashSet<ContentHash>>>::default();
+    (
+        RepairQueue {
             tx,
-            pending: Arc::default(),
-            rx: Arc::new(Mutex::new(Some(rx))),
-        }
-    }
-}
-
-/// What one repair did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RepairOutcome {
-    pub rebuilt: Vec<u8>,
+            pending: pending.clone(),
+        },
+        RepairInbox { rx, pending },
+    )
 }
 
 impl RepairQueue {
@@ -51,38 +57,66 @@ impl RepairQueue {
         }
     }
 
-    /// Runs the worker until `cancel`. Holds the core weakly so it never keeps it alive.
-    pub fn spawn_worker(&self, core: Weak<Core>, cancel: CancellationToken) {
-        let Some(mut rx) = self
-            .rx
+    /// Hashes queued or being repaired.
+    pub fn pending(&self) -> usize {
+        self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
-            return;
-        };
-        let pending = self.pending.clone();
-        tokio::spawn(async move {
-            loop {
-                let hash = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    h = rx.recv() => match h { Some(h) => h, None => break },
-                };
-                let Some(core) = core.upgrade() else { break };
-                match repair(&core, &hash).await {
-                    Ok(o) if !o.rebuilt.is_empty() => {
-                        tracing::info!(%hash, shards = ?o.rebuilt, "shards rebuilt")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(%hash, error = %e, "repair failed"),
-                }
-                pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&hash);
-            }
-        });
+            .len()
     }
+}
+
+/// Works through the repair queue. Holds the core weakly so it never keeps it alive.
+pub struct RepairWorker {
+    inbox: tokio::sync::Mutex<RepairInbox>,
+    core: Weak<Core>,
+}
+
+impl RepairWorker {
+    pub fn new(inbox: RepairInbox, core: Weak<Core>) -> Self {
+        Self {
+            inbox: tokio::sync::Mutex::new(inbox),
+            core,
+        }
+    }
+}
+
+#[async_trait]
+impl Worker for RepairWorker {
+    fn name(&self) -> &str {
+        "repair"
+    }
+
+    async fn run(&self, cancel: CancellationToken) -> Result<(), WorkerError> {
+        let mut inbox = self.inbox.lock().await;
+        loop {
+            let hash = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                h = inbox.rx.recv() => match h { Some(h) => h, None => return Ok(()) },
+            };
+            let Some(core) = self.core.upgrade() else {
+                return Ok(());
+            };
+            match repair(&core, &hash).await {
+                Ok(o) if !o.rebuilt.is_empty() => {
+                    tracing::info!(%hash, shards = ?o.rebuilt, "shards rebuilt")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%hash, error = %e, "repair failed"),
+            }
+            inbox
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&hash);
+        }
+    }
+}
+
+/// What one repair did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RepairOutcome {
+    pub rebuilt: Vec<u8>,
 }
 
 /// Checks every shard of `hash` and rebuilds the ones that are missing or corrupt.
@@ -90,112 +124,90 @@ pub async fn repair(core: &Core, hash: &ContentHash) -> ApiResult<RepairOutcome>
     let Some(content) = core.meta.get_content(hash).await? else {
         return Ok(RepairOutcome::default());
     };
-    let holders = core.holders(&content).await;
-    // Probe every shard: a data server verifies a shard's header, index and first piece
-    // before it answers.
-    let probes = futures::future::join_all((0..TOTAL_SHARDS).map(|i| {
-        let holders = holders[i].clone();
-        async move {
-            for s in &holders {
-                match core.shards.read_shard(&s.addr, hash, i as u8, 0, 1).await {
-                    Ok(_) => return Ok(s.clone()),
-                    Err(e) if e.is_not_found() => return Err(ShardFault::Missing(s.clone())),
-                    Err(_) => {}
-                }
-            }
-            Err(ShardFault::Unreachable)
-        }
-    }))
-    .await;
-    let size_zero = content.size == 0;
-    let mut bad = Vec::new();
-    let mut holding: Vec<ServerInfo> = Vec::new();
-    for (i, p) in probes.iter().enumerate() {
-        match p {
-            // An empty shard cannot be probed by a ranged read; trust the holder.
-            Ok(s) => holding.push(s.clone()),
-            Err(_) if size_zero && !holders[i].is_empty() => holding.push(holders[i][0].clone()),
-            Err(f) => bad.push((i as u8, f.clone())),
-        }
-    }
-    if bad.is_empty() {
+    let holders = placement::holders(core, &content).await;
+    if content.size == 0 {
+        // Empty shards cannot be probed by a ranged read; a holder that answers is trusted.
         return Ok(RepairOutcome::default());
     }
-    rebuild(core, &content, holders, &bad, &holding).await
+    // A data server checks a shard's header, index and first piece before it answers.
+    let all: Vec<u8> = (0..TOTAL_SHARDS as u8).collect();
+    let shards = &core.shards;
+    let probed = probe(&holders, &all, |shard, server| async move {
+        shards
+            .read_shard(&server, hash, shard, 0, 1)
+            .await
+            .map(drop)
+    })
+    .await;
+    if probed.bad.is_empty() {
+        return Ok(RepairOutcome::default());
+    }
+    rebuild(core, &content, holders, &probed.bad, &probed.holding()).await
 }
 
-/// Rebuilds `bad` shards of `content` and records where they now live.
+/// Rebuilds `bad` shards of `content` from the good ones and records where they now live.
+/// Shards no live server can take now are left for later (postponed).
 pub async fn rebuild(
     core: &Core,
     content: &ContentRecord,
-    holders: Vec<Vec<ServerInfo>>,
+    holders: Holders,
     bad: &[(u8, ShardFault)],
     holding: &[ServerInfo],
 ) -> ApiResult<RepairOutcome> {
     let hash = content.hash;
-    // Targets: the server that lost the shard if it is alive, else a live server that holds
-    // no shard of this object.
-    let live = core.bus.live_servers();
-    let mut used: Vec<ServerInfo> = holding.to_vec();
-    let mut targets = Vec::new();
-    for (shard, fault) in bad {
-        let target = match fault {
-            ShardFault::Missing(s) if live.contains(s) => Some(s.clone()),
-            _ => live
-                .iter()
-                .find(|s| !used.iter().any(|u| u.id == s.id))
-                .cloned(),
-        };
-        match target {
-            Some(t) => {
-                used.push(t.clone());
-                targets.push((*shard, t));
-            }
-            None => {
-                tracing::info!(%hash, shard, "no live server can take this shard now; repair postponed")
-            }
+    let targets = placement::repair_targets(&core.bus.live_servers(), holding, bad);
+    for (shard, _) in bad {
+        if !targets.iter().any(|(s, _)| s == shard) {
+            tracing::info!(%hash, shard, "no live server can take this shard now; repair postponed");
         }
     }
     if targets.is_empty() {
         return Ok(RepairOutcome::default());
     }
-    let len = shard_len(content.size);
-    let uploads = create_uploads(&core.shards, &hash, &targets, Some(len)).await?;
-    let want: Vec<u8> = uploads.iter().map(|u| u.shard).collect();
-    let result = async {
-        let mut decoder = Decoder::open(
-            core.shards.clone(),
-            core.codec.clone(),
-            hash,
-            content.size,
-            holders,
-            0,
-            block_count(content.size),
-        )
-        .await?;
-        let mut writers = ShardWriters::open(&core.shards, &uploads, 0);
-        while let Some(pieces) = decoder.next_pieces(&want).await? {
-            writers.send(pieces).await?;
+    let want: Vec<u8> = targets.iter().map(|(s, _)| *s).collect();
+    let plan = ReadPlan {
+        hash,
+        size: content.size,
+        holders,
+        first_block: 0,
+        end_block: block_count(content.size),
+        stall_timeout: core.config.shard_stall_timeout,
+    };
+    let length = shard_len(content.size);
+    let (shards, codec, w) = (&core.shards, &core.codec, &want);
+    store_content(
+        shards,
+        &hash,
+        &targets,
+        Some(length),
+        |mut writers| async move {
+            let mut decoder = Decoder::open(shards.clone(), codec.clone(), plan).await?;
+            while let Some(pieces) = decoder.next_pieces(w).await? {
+                writers.send(pieces).await?;
+            }
+            Ok((((), length), writers))
+        },
+    )
+    .await?;
+    // The placement records the new homes only where it still names what this repair read.
+    let moves: Vec<PlacementMove> = targets
+        .iter()
+        .filter_map(|(shard, server)| {
+            let from = content.placement.get(usize::from(*shard))?.clone();
+            Some(PlacementMove {
+                shard: *shard,
+                from,
+                to: server.id.clone(),
+            })
+        })
+        .collect();
+    if !core.meta.update_placement(&hash, &moves).await? {
+        if core.meta.get_content(&hash).await?.is_none() {
+            return Err(ApiError::Internal(
+                "the content record vanished during repair".into(),
+            ));
         }
-        writers.finish().await?;
-        commit_uploads(&core.shards, &uploads, len).await
+        tracing::info!(%hash, "placement changed during repair; the other change is kept (locate finds these shards)");
     }
-    .await;
-    if let Err(e) = result {
-        abort_uploads(&core.shards, &uploads).await;
-        return Err(e);
-    }
-    // Record the new placement (re-read, so a concurrent change is not lost).
-    let mut record = core
-        .meta
-        .get_content(&hash)
-        .await?
-        .ok_or_else(|| ApiError::Internal("content record vanished during repair".into()))?;
-    for u in &uploads {
-        if let Some(slot) = record.placement.get_mut(usize::from(u.shard)) {
-            *slot = u.server.id.clone();
-        }
-    }
-    core.meta.put_content(&record).await?;
     Ok(RepairOutcome { rebuilt: want })
 }

@@ -18,11 +18,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{digest_mismatch, new_version, record_content};
-use crate::pipeline::write::{
-    ShardTarget, ShardWriters, abort_uploads, commit_uploads, create_uploads, encode_stream,
-};
-use crate::shard_client::PieceReader;
+use crate::objects::{add_known_version, record_new_content};
+use crate::pipeline::read::PieceReader;
+use crate::pipeline::write::{ShardTarget, Uploads, encode_stream};
+use crate::placement;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UploadToken {
@@ -133,19 +132,11 @@ pub async fn post(
                 existing.size
             )));
         }
-        let v = core
-            .meta
-            .add_version(name, new_version(hash, size, &attrs))
-            .await?;
+        let v = add_known_version(core, name, hash, size, &attrs).await?;
         return Ok(PostOutcome::Stored(v));
     }
-    let servers = core.choose_servers()?;
-    let numbered: Vec<_> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u8, s.clone()))
-        .collect();
-    let uploads = create_uploads(&core.shards, &hash, &numbered, Some(shard_len(size))).await?;
+    let servers = placement::choose_servers(core)?;
+    let uploads = Uploads::create(&core.shards, &hash, &servers, Some(shard_len(size))).await?;
     let token = UploadToken {
         name: name.clone(),
         hash,
@@ -154,6 +145,7 @@ pub async fn post(
         mode: attrs.mode,
         mtime_ns: attrs.mtime_ns,
         shards: uploads
+            .targets
             .iter()
             .map(|u| {
                 (
@@ -174,14 +166,14 @@ pub async fn accepted(core: &Core, token: &UploadToken) -> ApiResult<u64> {
         token
             .targets(&core.bus.live_servers())
             .into_iter()
-            .map(|t| async move { core.shards.temp_status(&t.server.addr, &t.temp_id).await }),
+            .map(|t| async move { core.shards.temp_status(&t.server, &t.temp_id).await }),
     )
     .await;
     let mut min = u64::MAX;
     for s in statuses {
         match s {
             Ok(s) => min = min.min(s.received),
-            Err(e) if e.is_not_found() => {
+            Err(e) if e.is_missing() => {
                 return Err(ApiError::NotFound(
                     "this upload is finished, expired or abandoned".into(),
                 ));
@@ -225,26 +217,20 @@ where
             token.size
         )));
     }
-    let targets = token.targets(&core.bus.live_servers());
+    let uploads = Uploads::resume(&core.shards, token.targets(&core.bus.live_servers()));
     let mut hasher = Sha256::new();
     if offset > 0 {
-        hasher = prime_hasher(core, &targets, offset, hasher).await?;
+        hasher = prime_hasher(core, &uploads.targets, offset, hasher).await?;
     }
     let mut accepted_now = offset;
     if offset < token.size {
         let piece_offset = offset / BLOCK_SIZE as u64 * PIECE_SIZE as u64;
-        let writers = ShardWriters::open(&core.shards, &targets, piece_offset);
-        let (encoded, writers) = encode_stream(
-            &core.codec,
-            body,
-            writers,
-            hasher,
-            offset,
-            Some(token.size),
-            core.config.body_idle_timeout,
-        )
-        .await?;
-        writers.finish().await?;
+        let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
+        let encoded = uploads
+            .write(piece_offset, |writers| {
+                encode_stream(codec, body, writers, hasher, offset, Some(token.size), idle)
+            })
+            .await?;
         hasher = encoded.hasher;
         accepted_now += encoded.accepted;
     }
@@ -255,22 +241,26 @@ where
     }
     let hash = ContentHash(hasher.finalize().into());
     if hash != token.hash {
-        abort_uploads(&core.shards, &targets).await;
-        return Err(digest_mismatch());
+        uploads.abort().await;
+        return Err(ApiError::DigestMismatch);
     }
     let attrs = token.attrs();
-    if core.meta.touch_content(&hash).await?.is_some() {
+    let v = if core.meta.touch_content(&hash).await?.is_some() {
         // Someone stored the same content meanwhile: keep theirs.
-        abort_uploads(&core.shards, &targets).await;
+        uploads.abort().await;
+        add_known_version(core, &token.name, hash, token.size, &attrs).await?
     } else {
-        commit_uploads(&core.shards, &targets, shard_len(token.size)).await?;
-        let servers: Vec<ServerInfo> = targets.iter().map(|t| t.server.clone()).collect();
-        record_content(core, hash, token.size, &servers).await?;
-    }
-    let v = core
-        .meta
-        .add_version(&token.name, new_version(hash, token.size, &attrs))
-        .await?;
+        uploads.commit(shard_len(token.size)).await?;
+        record_new_content(
+            core,
+            &token.name,
+            hash,
+            token.size,
+            &uploads.servers(),
+            &attrs,
+        )
+        .await?
+    };
     Ok(PutOutcome::Done(v))
 }
 
@@ -292,17 +282,17 @@ async fn prime_hasher(
     for t in targets.iter().take(dos_protocol::DATA_SHARDS) {
         let body = core
             .shards
-            .read_temp(&t.server.addr, &t.temp_id, 0, end)
+            .read_temp(&t.server, &t.temp_id, 0, end)
             .await
             .map_err(ApiError::ShardWrite)?;
-        readers.push((PieceReader::new(body), t.server.addr.clone()));
+        readers.push(PieceReader::new(body, core.config.shard_stall_timeout));
     }
     for b in 0..blocks {
         let plen = dos_protocol::piece_len(size, b);
         let pieces = futures::future::join_all(
             readers
                 .iter_mut()
-                .map(|(r, addr)| async move { r.read(plen, addr).await }),
+                .map(|r| async move { r.read(plen).await }),
         )
         .await;
         let mut block = Vec::with_capacity(BLOCK_SIZE);

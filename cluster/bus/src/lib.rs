@@ -6,6 +6,7 @@
 //! its expiry rule ([`LiveSet`]) are shared by engines.
 
 pub mod amqp;
+#[cfg(any(test, feature = "test-util"))]
 pub mod contract;
 mod live;
 pub mod memory;

@@ -249,6 +249,8 @@ fn header_str<'a>(resp: &'a Response, key: &str) -> Option<&'a str> {
 async fn status_error(method: &Method, resp: Response) -> ClientError {
     let status = resp.status();
     let url = resp.url().to_string();
+    let kind = header_str(&resp, headers::ERROR).map(str::to_owned);
+    let accepted = header_str(&resp, headers::ACCEPTED).and_then(|v| v.trim().parse().ok());
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {
@@ -269,6 +271,8 @@ async fn status_error(method: &Method, resp: Response) -> ClientError {
         url,
         status,
         message,
+        kind,
+        accepted,
     }
 }
 
@@ -460,11 +464,40 @@ impl Client {
         offset: u64,
         bytes: impl Into<Bytes>,
     ) -> Result<UploadProgress, ClientError> {
+        let bytes = bytes.into();
+        let len = bytes.len() as u64;
+        self.upload_body(location, offset, len, reqwest::Body::from(bytes))
+            .await
+    }
+
+    /// Like [`upload_chunk`](Self::upload_chunk), with `len` bytes streamed from `body`.
+    pub async fn upload_stream<S>(
+        &self,
+        location: &str,
+        offset: u64,
+        len: u64,
+        body: S,
+    ) -> Result<UploadProgress, ClientError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        self.upload_body(location, offset, len, reqwest::Body::wrap_stream(body))
+            .await
+    }
+
+    async fn upload_body(
+        &self,
+        location: &str,
+        offset: u64,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<UploadProgress, ClientError> {
         let url = self.location_url(location)?;
         let rb = self
             .authorized(self.http.put(&url))
             .header(RANGE, format!("bytes={offset}-"))
-            .body(bytes.into());
+            .header(CONTENT_LENGTH, len)
+            .body(body);
         let resp = self.send(Method::PUT, rb).await?;
         let body = resp.bytes().await?;
         let value: serde_json::Value = serde_json::from_slice(&body)

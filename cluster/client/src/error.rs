@@ -14,6 +14,10 @@ pub enum ClientError {
         url: String,
         status: StatusCode,
         message: String,
+        /// The kind of failure the server named (`x-dos-error`), if it did.
+        kind: Option<String>,
+        /// For a 416 to an upload: the bytes the upload had accepted (`x-dos-accepted`).
+        accepted: Option<u64>,
     },
     /// The request never got an answer: connection refused or reset, timeout, broken body.
     #[error("transport error: {0}")]
@@ -56,6 +60,14 @@ impl ClientError {
     pub fn server_message(&self) -> Option<&str> {
         match self {
             ClientError::Status { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The kind of failure the server named in its `x-dos-error` header.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            ClientError::Status { kind, .. } => kind.as_deref(),
             _ => None,
         }
     }

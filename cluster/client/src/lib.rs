@@ -18,7 +18,9 @@ mod client;
 mod error;
 mod meta;
 mod ndjson;
+mod store;
 mod upload;
+#[cfg(feature = "test-util")]
 pub mod workload;
 
 pub use bytes::Bytes;
@@ -30,6 +32,7 @@ pub use dos_protocol::{
 };
 pub use error::ClientError;
 pub use meta::ObjectMeta;
+pub use store::store_error;
 pub use upload::hash_file;
 /// The protocol vocabulary and the HTTP client this crate builds on, for raw requests.
 pub use {dos_protocol, reqwest};

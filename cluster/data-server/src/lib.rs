@@ -1,10 +1,15 @@
-//! A data server: keeps shards on its disk and serves them over HTTP to API servers.
+//! A data server: keeps shards on its disk and serves them to API servers.
 //!
-//! [`store`] owns the disk (no HTTP); [`http`] is the thin axum adapter; [`server`] wires the
-//! store, the HTTP listener and the bus workers (heartbeat, locate responder, temp expiry).
+//! [`store`] owns the disk (no HTTP); [`shards`] is what the server does for a request,
+//! however it arrived; [`http`] is the thin axum adapter (cluster mode) and [`local`] the
+//! in-process transport of the embedded cluster; [`server`] wires the store, the interface
+//! and the workers (heartbeat, locate responder, temp expiry).
 
 pub mod http;
+pub mod local;
 pub mod server;
+pub mod shards;
 pub mod store;
 
-pub use server::{DataServer, DataServerConfig, StartError};
+pub use local::LocalShards;
+pub use server::{DataServer, DataServerConfig, Interface, StartError};

@@ -1,39 +1,60 @@
-//! Wiring of one data server: storage, HTTP listener, heartbeat and locate on the bus, and
-//! expiry of abandoned uploads, all stopped by one cancellation token.
+//! Wiring of one data server: storage, its interface (an HTTP listener, or registration with
+//! the in-process transport of the embedded cluster), and its workers (heartbeat, locate
+//! responder, expiry of abandoned uploads and of removed shards), owned by one supervisor.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dos_bus::{Bus, HEARTBEAT_INTERVAL, LocateResponder};
+use dos_bus::{Bus, HEARTBEAT_INTERVAL, LocateResponder, Subscription};
 use dos_protocol::{ContentHash, ServerId, ServerInfo};
+use dos_worker::Supervisor;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::http::{AppState, router};
+use crate::local::LocalShards;
 use crate::store::{ShardStore, ShardStoreError};
 
-#[derive(Debug, Clone)]
+/// How the API servers reach this data server.
+#[derive(Clone)]
+pub enum Interface {
+    /// HTTP on this address (port 0 picks a free port): cluster mode.
+    Http(SocketAddr),
+    /// Called in process through this registry: the embedded cluster.
+    InProcess(Arc<LocalShards>),
+}
+
+#[derive(Clone)]
 pub struct DataServerConfig {
     /// Folder holding this server's shards (`STORAGE_ROOT`).
     pub root: PathBuf,
-    /// Address to bind (`LISTEN_ADDRESS`); port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// Address announced to API servers (`ADVERTISE_ADDRESS`); defaults to the bound address.
+    pub interface: Interface,
+    /// Address announced to API servers (`ADVERTISE_ADDRESS`); defaults to the bound address
+    /// (or, in process, to `local:<folder name>`).
     pub advertise: Option<String>,
     /// Uploads untouched for this long are deleted.
     pub temp_ttl: Duration,
-    /// Cluster secret: when set, only requests signed with it are served.
+    /// Cluster secret: when set, only requests signed with it are served (HTTP).
     pub secret: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for DataServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataServerConfig")
+            .field("root", &self.root)
+            .field("advertise", &self.advertise)
+            .field("temp_ttl", &self.temp_ttl)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl DataServerConfig {
-    pub fn new(root: PathBuf, listen: SocketAddr) -> Self {
+    pub fn new(root: PathBuf, interface: Interface) -> Self {
         Self {
             root,
-            listen,
+            interface,
             advertise: None,
             temp_ttl: Duration::from_secs(24 * 3600),
             secret: None,
@@ -61,8 +82,9 @@ pub enum StartError {
 pub struct DataServer {
     pub info: ServerInfo,
     pub store: Arc<ShardStore>,
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    workers: Supervisor,
+    _locate: Subscription,
+    local: Option<Arc<LocalShards>>,
 }
 
 struct Responder(Arc<ShardStore>);
@@ -113,116 +135,112 @@ impl DataServer {
         .map_err(|e| storage_err(ShardStoreError::Io(std::io::Error::other(e))))?
         .map_err(storage_err)?;
         let store = Arc::new(store);
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: config.listen,
+        let workers = Supervisor::new();
+        let (addr, local) = match &config.interface {
+            Interface::Http(listen) => {
+                let listener =
+                    TcpListener::bind(listen)
+                        .await
+                        .map_err(|source| StartError::Listen {
+                            addr: *listen,
+                            source,
+                        })?;
+                let bound = listener.local_addr().map_err(|source| StartError::Listen {
+                    addr: *listen,
                     source,
                 })?;
-        let bound = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+                if config.secret.is_none() {
+                    tracing::warn!("no cluster secret: this data server accepts unsigned requests");
+                }
+                let app = router(AppState {
+                    store: store.clone(),
+                    id: id.0.clone(),
+                    secret: config.secret.as_deref().map(Arc::from),
+                });
+                workers.spawn_once("http listener", |cancel| {
+                    crate::http::serve(listener, app, cancel)
+                });
+                (bound.to_string(), None)
+            }
+            Interface::InProcess(local) => {
+                local.register(id.clone(), store.clone());
+                let name = config
+                    .root
+                    .file_name()
+                    .map_or_else(|| id.0.clone(), |n| n.to_string_lossy().into_owned());
+                (format!("local:{name}"), Some(local.clone()))
+            }
+        };
         let info = ServerInfo {
             id,
-            addr: config
-                .advertise
-                .clone()
-                .unwrap_or_else(|| bound.to_string()),
+            addr: config.advertise.clone().unwrap_or(addr),
         };
-        let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
 
-        if config.secret.is_none() {
-            tracing::warn!("no cluster secret: this data server accepts unsigned requests");
-        }
-        let app = router(AppState {
-            store: store.clone(),
-            id: info.id.0.clone(),
-            secret: config.secret.as_deref().map(Arc::from),
-        });
-        let c = cancel.clone();
-        tasks.push(tokio::spawn(async move {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY not set");
-                }
-            });
-            let serve = axum::serve(listener, app).with_graceful_shutdown(c.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "data server HTTP listener failed");
-            }
-        }));
-
-        let subscription = bus
+        let locate = bus
             .serve_locate(info.clone(), Arc::new(Responder(store.clone())))
             .await?;
         bus.heartbeat(&info).await?;
-        let (c, b, i) = (cancel.clone(), bus.clone(), info.clone());
-        tasks.push(tokio::spawn(async move {
-            let _subscription = subscription;
-            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = c.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = b.heartbeat(&i).await {
-                            tracing::warn!(error = %e, "heartbeat not sent");
-                        }
+        let (b, i) = (bus.clone(), info.clone());
+        workers.spawn(dos_worker::every(
+            "heartbeat",
+            HEARTBEAT_INTERVAL,
+            move || {
+                let (b, i) = (b.clone(), i.clone());
+                async move {
+                    if let Err(e) = b.heartbeat(&i).await {
+                        tracing::warn!(error = %e, "heartbeat not sent");
                     }
                 }
-            }
-        }));
-
-        let (c, s, ttl) = (cancel.clone(), store.clone(), config.temp_ttl);
-        tasks.push(tokio::spawn(async move {
-            let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tokio::select! {
-                    _ = c.cancelled() => break,
-                    _ = tick.tick() => {
-                        let s = s.clone();
-                        let swept = tokio::task::spawn_blocking(move || {
-                            (s.expire_temps(ttl), s.expire_garbage(ttl))
-                        })
-                        .await;
-                        match swept {
-                            Ok((temps, garbage)) => {
-                                match temps {
-                                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired temp uploads"),
-                                    Err(e) => tracing::warn!(error = %e, "temp expiry failed"),
-                                    _ => {}
-                                }
-                                match garbage {
-                                    Ok(n) if n > 0 => tracing::info!(removed = n, "emptied removed shards from garbage/"),
-                                    Err(e) => tracing::warn!(error = %e, "garbage expiry failed"),
-                                    _ => {}
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "expiry task failed"),
-                        }
-                    }
-                }
-            }
+            },
+        ));
+        let (s, ttl) = (store.clone(), config.temp_ttl);
+        let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        workers.spawn(dos_worker::every("temp expiry", period, move || {
+            let s = s.clone();
+            async move { expire(s, ttl).await }
         }));
         tracing::info!(id = %info.id, addr = %info.addr, root = %config.root.display(), "data server started");
         Ok(Self {
             info,
             store,
-            cancel,
-            tasks,
+            workers,
+            _locate: locate,
+            local,
         })
     }
 
-    /// Stops serving and waits for the listener and workers to finish.
+    /// Stops serving and waits (up to 10 s) for the listener and workers to finish.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        for t in self.tasks {
-            if let Err(e) = t.await {
-                tracing::warn!(error = %e, "data server task ended abnormally");
+        if let Some(local) = &self.local {
+            local.unregister(&self.info.id);
+        }
+        let report = self.workers.shutdown(Duration::from_secs(10)).await;
+        if !report.aborted.is_empty() {
+            tracing::warn!(aborted = ?report.aborted, "data server workers did not stop in time");
+        }
+    }
+}
+
+/// One round of expiry: uploads untouched for `ttl`, and shards in `garbage/` for longer.
+async fn expire(store: Arc<ShardStore>, ttl: Duration) {
+    let swept =
+        tokio::task::spawn_blocking(move || (store.expire_temps(ttl), store.expire_garbage(ttl)))
+            .await;
+    match swept {
+        Ok((temps, garbage)) => {
+            match temps {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "expired temp uploads"),
+                Err(e) => tracing::warn!(error = %e, "temp expiry failed"),
+                _ => {}
+            }
+            match garbage {
+                Ok(n) if n > 0 => {
+                    tracing::info!(removed = n, "emptied removed shards from garbage/")
+                }
+                Err(e) => tracing::warn!(error = %e, "garbage expiry failed"),
+                _ => {}
             }
         }
+        Err(e) => tracing::warn!(error = %e, "expiry task failed"),
     }
 }

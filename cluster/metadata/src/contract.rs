@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dos_protocol::{ContentHash, EntryKind, ObjectName, ServerId};
 
-use crate::{ContentRecord, ListQuery, MetadataStore, NewVersion, VersionsFrom};
+use crate::{ContentRecord, ListQuery, MetadataStore, NewVersion, PlacementMove, VersionsFrom};
 
 fn name(s: &str) -> ObjectName {
     ObjectName::new(s).unwrap()
@@ -52,6 +52,7 @@ where
     versions_listing_pages(&factory().await).await;
     listing_groups_and_pages(&factory().await).await;
     contents_round_trip(&factory().await).await;
+    placement_moves_are_conditional(&factory().await).await;
     contents_are_enumerated(&factory().await).await;
     old_versions_can_be_deleted_never_the_latest(&factory().await).await;
     only_unused_untouched_contents_are_deleted(&factory().await).await;
@@ -239,6 +240,53 @@ pub async fn contents_round_trip<S: MetadataStore>(store: &S) {
     };
     store.put_content(&moved).await.unwrap();
     assert_eq!(store.get_content(&h).await.unwrap(), Some(moved));
+}
+
+pub async fn placement_moves_are_conditional<S: MetadataStore>(store: &S) {
+    let h = ContentHash::of(b"placed");
+    let s = |i: &str| ServerId(i.to_string());
+    let mv = |shard, from: &str, to: &str| PlacementMove {
+        shard,
+        from: s(from),
+        to: s(to),
+    };
+    assert!(
+        !store
+            .update_placement(&h, &[mv(0, "a", "b")])
+            .await
+            .unwrap(),
+        "no record"
+    );
+    let rec = ContentRecord {
+        hash: h,
+        size: 7,
+        placement: ["a", "b", "c", "d", "e", "f"].map(s).to_vec(),
+    };
+    store.put_content(&rec).await.unwrap();
+    assert!(
+        store
+            .update_placement(&h, &[mv(1, "b", "x"), mv(5, "f", "y")])
+            .await
+            .unwrap()
+    );
+    let placement = store.get_content(&h).await.unwrap().unwrap().placement;
+    assert_eq!(placement, ["a", "x", "c", "d", "e", "y"].map(s).to_vec());
+    // A move from a server the slot no longer names changes nothing, not even the others.
+    assert!(
+        !store
+            .update_placement(&h, &[mv(0, "a", "z"), mv(1, "b", "z")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .update_placement(&h, &[mv(9, "a", "z")])
+            .await
+            .unwrap(),
+        "no such slot"
+    );
+    let again = store.get_content(&h).await.unwrap().unwrap().placement;
+    assert_eq!(again, placement);
 }
 
 pub async fn concurrent_writers_get_unique_versions<S: MetadataStore>(store: Arc<S>) {

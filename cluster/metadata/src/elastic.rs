@@ -87,7 +87,10 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use crate::listing::{PageBuilder, Step};
-use crate::{ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, VersionsFrom};
+use crate::{
+    ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, PlacementMove,
+    VersionsFrom, apply_moves,
+};
 use doc::{ContentDoc, HeadDoc, IndexKind, VersionDoc, content_id, head_id, version_id};
 use reply::{GetReply, Reply, SearchReply};
 
@@ -817,6 +820,34 @@ impl MetadataStore for ElasticStore {
         self.index_doc(&self.contents, &content_id(&record.hash), body, None, None)
             .await
             .map(|_| ())
+    }
+
+    async fn update_placement(
+        &self,
+        hash: &ContentHash,
+        moves: &[PlacementMove],
+    ) -> Result<bool, MetadataError> {
+        self.ready().await?;
+        for _ in 0..MAX_HEAD_ATTEMPTS {
+            let Some((mut doc, at)) = self.read_content(hash).await? else {
+                return Ok(false);
+            };
+            if !apply_moves(&mut doc.placement, moves) {
+                return Ok(false);
+            }
+            let body =
+                serde_json::to_value(&doc).map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+            // Written only if nobody changed the document since it was read; else read again.
+            if self
+                .index_doc(&self.contents, &content_id(hash), body, Some(at), None)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
+        Err(MetadataError::Unavailable(format!(
+            "content {hash} kept changing; gave up after {MAX_HEAD_ATTEMPTS} attempts"
+        )))
     }
 
     async fn touch_content(

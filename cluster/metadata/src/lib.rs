@@ -6,12 +6,14 @@
 //! [`elastic::ElasticStore`] is the Elasticsearch engine of a cluster. Every engine passes the
 //! same contract tests ([`contract`]).
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod contract;
 pub mod elastic;
 mod listing;
 pub mod sqlite;
 
 use async_trait::async_trait;
+pub use dos_protocol::ListQuery;
 use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,17 +59,13 @@ pub struct ContentRecord {
     pub placement: Vec<ServerId>,
 }
 
-/// A page request over the latest live version of every name.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ListQuery {
-    /// Only names starting with this string.
-    pub prefix: String,
-    /// Group names by the first occurrence of this character after the prefix (normally '/').
-    pub delimiter: Option<char>,
-    /// Resume after this key (the `next_cursor` of the previous page).
-    pub cursor: Option<String>,
-    /// Entries plus prefixes per page, 1..=10,000.
-    pub limit: usize,
+/// One change to a content's placement: shard `shard` now lives on `to`, if its slot still
+/// names `from` (what the caller read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementMove {
+    pub shard: u8,
+    pub from: ServerId,
+    pub to: ServerId,
 }
 
 /// Where a `/versions` page starts.
@@ -116,6 +114,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// [`touch_content`](Self::touch_content)).
     async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError>;
 
+    /// Moves shards of `hash` in its recorded placement, atomically and conditionally: every
+    /// move applies only if its slot still names its `from` server, and either all apply or
+    /// none. `Ok(false)`: the record is gone, or a slot was changed meanwhile (a concurrent
+    /// change won and is kept). Unlike [`put_content`](Self::put_content), this never
+    /// overwrites a placement it did not read.
+    async fn update_placement(
+        &self,
+        hash: &ContentHash,
+        moves: &[PlacementMove],
+    ) -> Result<bool, MetadataError>;
+
     /// Marks `hash` as used now (a dedup write is about to reference it) and returns its
     /// record, or `None` when the store has no such content. The orphan collector deletes a
     /// record only if it was not used since it decided to, so a dedup write that touched the
@@ -143,4 +152,20 @@ pub trait MetadataStore: Send + Sync + 'static {
         hash: &ContentHash,
         unused_since_ns: i64,
     ) -> Result<bool, MetadataError>;
+}
+
+/// Applies `moves` to `placement` if every slot still names its `from` server; `false` (and
+/// nothing changed) otherwise. The engines' shared rule.
+pub(crate) fn apply_moves(placement: &mut [ServerId], moves: &[PlacementMove]) -> bool {
+    let fits = moves.iter().all(|m| {
+        placement
+            .get(usize::from(m.shard))
+            .is_some_and(|s| *s == m.from)
+    });
+    if fits {
+        for m in moves {
+            placement[usize::from(m.shard)] = m.to.clone();
+        }
+    }
+    fits
 }

@@ -14,7 +14,10 @@ use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, Versi
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::listing::{PageBuilder, Step};
-use crate::{ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, VersionsFrom};
+use crate::{
+    ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, PlacementMove,
+    VersionsFrom, apply_moves,
+};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -327,6 +330,35 @@ impl MetadataStore for SqliteStore {
             )
             .map_err(db_err)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn update_placement(
+        &self,
+        hash: &ContentHash,
+        moves: &[PlacementMove],
+    ) -> Result<bool, MetadataError> {
+        let (hash, moves) = (*hash, moves.to_vec());
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let Some(mut record) = read_content(&tx, &hash)? else {
+                return Ok(false);
+            };
+            if !apply_moves(&mut record.placement, &moves) {
+                return Ok(false);
+            }
+            let placement = serde_json::to_string(&record.placement)
+                .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE contents SET placement = ?2 WHERE hash = ?1",
+                params![hash.0.to_vec(), placement],
+            )
+            .map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            Ok(true)
         })
         .await
     }

@@ -9,6 +9,7 @@ mod layout;
 mod name;
 mod range;
 mod record;
+pub mod shard;
 pub mod signature;
 mod time;
 
@@ -20,7 +21,7 @@ pub use layout::{
 pub use name::{MAX_NAME_BYTES, NameError, ObjectName, encode_path, valid_percent_utf8};
 pub use range::{ByteRange, RangeError, parse_range};
 pub use record::{
-    EntryKind, ListEntry, ListPage, LocateReply, ServerId, ServerInfo, VersionRecord,
+    EntryKind, ListEntry, ListPage, ListQuery, LocateReply, ServerId, ServerInfo, VersionRecord,
     WriteAttributes,
 };
 pub use time::{format_rfc3339_ns, now_ns, parse_rfc3339_ns};
@@ -41,4 +42,24 @@ pub mod headers {
     pub const VERSION: &str = "x-dos-version";
     /// Signature of an internal request (API server to data server).
     pub const SIGNATURE: &str = "x-dos-signature";
+    /// On an error answer: what kind of failure it is, one of [`crate::error_kind`]'s names,
+    /// so that clients branch on a kind instead of parsing the message.
+    pub const ERROR: &str = "x-dos-error";
+    /// On a 416 answer to an upload: the bytes the upload has accepted.
+    pub const ACCEPTED: &str = "x-dos-accepted";
+}
+
+/// The kinds of failure an API server names in the [`headers::ERROR`] header.
+pub mod error_kind {
+    pub const NOT_FOUND: &str = "not-found";
+    pub const INVALID: &str = "invalid";
+    pub const DIGEST_MISMATCH: &str = "digest-mismatch";
+    pub const OFFSET_MISMATCH: &str = "offset-mismatch";
+    pub const EXPIRED: &str = "expired";
+    pub const DENIED: &str = "denied";
+    pub const CONFLICT: &str = "conflict";
+    pub const BUSY: &str = "busy";
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const TIMEOUT: &str = "timeout";
+    pub const INTERNAL: &str = "internal";
 }

@@ -14,6 +14,22 @@ impl ByteRange {
         false
     }
 
+    /// This range applied to an object of `size` bytes: cut at the end, `Ok(None)` when it
+    /// covers the whole object, [`RangeError::Unsatisfiable`] when it starts at or past the end.
+    pub fn within(self, size: u64) -> Result<Option<ByteRange>, RangeError> {
+        if self.start >= size || self.start > self.end {
+            return Err(RangeError::Unsatisfiable);
+        }
+        let end = self.end.min(size - 1);
+        if self.start == 0 && end == size - 1 {
+            return Ok(None);
+        }
+        Ok(Some(ByteRange {
+            start: self.start,
+            end,
+        }))
+    }
+
     /// `Content-Range` header value for an object of `size` bytes.
     pub fn content_range(&self, size: u64) -> String {
         format!("bytes {}-{}/{}", self.start, self.end, size)
@@ -138,6 +154,17 @@ mod tests {
         ] {
             assert_eq!(parse_range(Some(h), 100), Ok(None), "{h}");
         }
+    }
+
+    #[test]
+    fn within() {
+        let r = |start, end| ByteRange { start, end };
+        assert_eq!(r(10, 19).within(100), Ok(Some(r(10, 19))));
+        assert_eq!(r(90, 1000).within(100), Ok(Some(r(90, 99))));
+        assert_eq!(r(0, 99).within(100), Ok(None));
+        assert_eq!(r(0, 500).within(100), Ok(None));
+        assert_eq!(r(100, 200).within(100), Err(RangeError::Unsatisfiable));
+        assert_eq!(r(0, 0).within(0), Err(RangeError::Unsatisfiable));
     }
 
     proptest! {

@@ -85,6 +85,20 @@ pub struct ListPage {
     pub next_cursor: Option<String>,
 }
 
+/// A request for one page of `GET /list`: the latest live version of every name under a
+/// prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListQuery {
+    /// Only names starting with this string.
+    pub prefix: String,
+    /// Group names by the first occurrence of this character after the prefix (normally '/').
+    pub delimiter: Option<char>,
+    /// Resume after this key (the `next_cursor` of the previous page).
+    pub cursor: Option<String>,
+    /// Entries plus prefixes per page, 1..=10,000.
+    pub limit: usize,
+}
+
 /// A data server's stable identity, kept in its storage folder; placement records it, so a
 /// server that comes back on another address still owns its shards.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -9,11 +9,12 @@ use clap::{Parser, Subcommand};
 use dos_api_server::maintenance::MaintenanceConfig;
 use dos_api_server::{ApiConfig, ApiServer};
 use dos_bus::amqp::{AmqpBus, AmqpConfig};
-use dos_data_server::{DataServer, DataServerConfig};
+use dos_data_server::{DataServer, DataServerConfig, Interface};
 use dos_metadata::MetadataStore;
 use dos_metadata::elastic::ElasticStore;
 use dos_metadata::sqlite::SqliteStore;
-use dos_server::local::{LocalCluster, LocalConfig};
+use dos_server::local::{LocalCluster, LocalConfig, ShardPath};
+use dos_transport::http::HttpTransport;
 
 /// dos: an erasure-coded, versioned, deduplicating object store.
 #[derive(Parser)]
@@ -48,6 +49,10 @@ enum Command {
         /// in garbage/ this long.
         #[arg(long, env = "DOS_TEMP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
         temp_ttl: Duration,
+        /// How the API server reaches its six data servers: function calls in this process
+        /// (`in-process`), or HTTP on loopback ports, as a cluster of processes does (`http`).
+        #[arg(long, env = "DOS_SHARD_PATH", value_enum, default_value_t = ShardPathArg::InProcess)]
+        shard_path: ShardPathArg,
     },
     /// Run one API server of a cluster: finds data servers over RabbitMQ, keeps metadata in
     /// Elasticsearch (or, without ES_SERVER, in an embedded database: one API server only).
@@ -176,6 +181,21 @@ fn parse_every(s: &str) -> Result<Every, String> {
     Ok(Every(Some(d)))
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ShardPathArg {
+    InProcess,
+    Http,
+}
+
+impl From<ShardPathArg> for ShardPath {
+    fn from(a: ShardPathArg) -> Self {
+        match a {
+            ShardPathArg::InProcess => ShardPath::InProcess,
+            ShardPathArg::Http => ShardPath::Http,
+        }
+    }
+}
+
 const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -186,23 +206,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             maintenance,
             temp_ttl,
+            shard_path,
         } => {
-            let mut config = LocalConfig::new(root.clone(), listen);
+            let mut config = LocalConfig::new(root, listen);
             config.temp_ttl = temp_ttl;
             config.token = token.filter(|t| !t.is_empty());
             config.maintenance = maintenance.config();
-            let cluster = LocalCluster::start(config)
-                .await
-                .with_context(|| format!("cannot start the local cluster in {}", root.display()))?;
-            eprintln!(
-                "dos-server: serving http://{} (data in {}); Ctrl-C stops",
-                cluster.api_addr(),
-                root.display()
-            );
-            shutdown_signal().await;
-            eprintln!("dos-server: shutting down");
-            cluster.shutdown().await;
-            Ok(())
+            config.shard_path = shard_path.into();
+            run_local(config).await
         }
         Command::Api {
             listen,
@@ -215,43 +226,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             maintenance,
         } => {
             let secret = match secret {
-                Some(hex_secret) => hex::decode(hex_secret.trim())
-                    .ok()
-                    .filter(|s| s.len() >= 16)
-                    .context("DOS_SECRET must be at least 16 bytes of hex")?,
+                Some(hex_secret) => parse_secret(&hex_secret)?,
                 None => dos_server::secret::load_or_create(&secret_file)
                     .with_context(|| format!("secret file {}", secret_file.display()))?,
             };
-            let meta: Arc<dyn MetadataStore> = match es_server.filter(|s| !s.is_empty()) {
-                Some(url) => Arc::new(
-                    ElasticStore::connect(&url)
-                        .with_context(|| format!("Elasticsearch at {url}"))?,
-                ),
-                None => {
-                    eprintln!(
-                        "dos-server: no ES_SERVER: metadata in {} (run only ONE API server this way)",
-                        metadata_db.display()
-                    );
-                    Arc::new(
-                        SqliteStore::open(&metadata_db).with_context(|| {
-                            format!("metadata database {}", metadata_db.display())
-                        })?,
-                    )
-                }
-            };
-            let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.clone()))
-                .await
-                .context("connecting to RabbitMQ")?;
+            let meta = metadata_engine(es_server, &metadata_db)?;
             let mut config = ApiConfig::new(secret);
             config.token = token.filter(|t| !t.is_empty());
             config.maintenance = maintenance.config();
-            let api = ApiServer::start(listen, config, meta, Arc::new(bus))
-                .await
-                .context("starting the API server")?;
-            eprintln!("dos-server: API server on http://{}", api.addr);
-            shutdown_signal().await;
-            api.shutdown().await;
-            Ok(())
+            run_api(listen, config, meta, &rabbitmq).await
         }
         Command::Data {
             listen,
@@ -261,33 +244,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             secret,
             temp_ttl,
         } => {
-            let secret = secret
-                .map(|s| {
-                    hex::decode(s.trim())
-                        .ok()
-                        .filter(|s| s.len() >= 16)
-                        .context("DOS_SECRET must be at least 16 bytes of hex")
-                })
-                .transpose()?;
-            let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.clone()))
-                .await
-                .context("connecting to RabbitMQ")?;
-            let mut config = DataServerConfig::new(storage_root, listen);
+            let mut config = DataServerConfig::new(storage_root, Interface::Http(listen));
             config.advertise = advertise.filter(|a| !a.is_empty());
-            config.secret = secret;
+            config.secret = secret.as_deref().map(parse_secret).transpose()?;
             config.temp_ttl = temp_ttl;
-            let ds = DataServer::start(config, Arc::new(bus))
-                .await
-                .context("starting the data server")?;
-            eprintln!(
-                "dos-server: data server {} on {} ({})",
-                ds.info.id,
-                ds.info.addr,
-                ds.store.root().display()
-            );
-            shutdown_signal().await;
-            ds.shutdown().await;
-            Ok(())
+            run_data(config, &rabbitmq).await
         }
         Command::Maintain {
             api,
@@ -296,54 +257,148 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             retention,
             orphans,
             grace,
-        } => {
-            if !scrub && retention.is_none() && !orphans {
-                anyhow::bail!("nothing to do: give --scrub, --retention [N] and/or --orphans");
-            }
-            if retention == Some(0) {
-                anyhow::bail!("--retention must keep at least 1 version");
-            }
-            let mut builder = dos_client::Client::builder(api.clone());
-            if let Some(t) = token.filter(|t| !t.is_empty()) {
-                builder = builder.token(t);
-            }
-            let client = builder.build().context("API server address")?;
-            let mut failed = false;
-            if let Some(keep) = retention {
-                failed |= run_job(&client, &api, "retention", Some(keep), None).await?;
-            }
-            if orphans {
-                failed |= run_job(&client, &api, "orphans", None, grace).await?;
-            }
-            if scrub {
-                failed |= run_job(&client, &api, "scrub", None, None).await?;
-            }
-            if failed {
-                anyhow::bail!("maintenance finished with errors (listed above)");
-            }
-            Ok(())
-        }
+        } => run_maintain(&api, token, scrub, retention, orphans, grace).await,
         Command::Setup {
             rabbitmq,
             es_server,
-        } => {
-            dos_bus::amqp::declare_topology(&rabbitmq)
-                .await
-                .context("connecting to RabbitMQ")?;
-            println!("RabbitMQ: exchanges apiServers and dataServers (fanout, durable) declared");
-            match es_server.filter(|s| !s.is_empty()) {
-                Some(url) => {
-                    let es = ElasticStore::connect(&url)
-                        .with_context(|| format!("Elasticsearch at {url}"))?;
-                    for line in es.create_indices().await.context("creating indices")? {
-                        println!("Elasticsearch: {line}");
-                    }
-                }
-                None => println!("Elasticsearch: ES_SERVER not set, nothing to create"),
-            }
-            Ok(())
+        } => run_setup(&rabbitmq, es_server).await,
+    }
+}
+
+/// The cluster secret given as hex: at least 16 bytes.
+fn parse_secret(hex_secret: &str) -> anyhow::Result<Vec<u8>> {
+    hex::decode(hex_secret.trim())
+        .ok()
+        .filter(|s| s.len() >= 16)
+        .context("DOS_SECRET must be at least 16 bytes of hex")
+}
+
+/// Elasticsearch when a URL is given, else the embedded SQLite database (one API server).
+fn metadata_engine(
+    es_server: Option<String>,
+    metadata_db: &std::path::Path,
+) -> anyhow::Result<Arc<dyn MetadataStore>> {
+    match es_server.filter(|s| !s.is_empty()) {
+        Some(url) => Ok(Arc::new(
+            ElasticStore::connect(&url).with_context(|| format!("Elasticsearch at {url}"))?,
+        )),
+        None => {
+            eprintln!(
+                "dos-server: no ES_SERVER: metadata in {} (run only ONE API server this way)",
+                metadata_db.display()
+            );
+            Ok(Arc::new(SqliteStore::open(metadata_db).with_context(
+                || format!("metadata database {}", metadata_db.display()),
+            )?))
         }
     }
+}
+
+async fn run_local(config: LocalConfig) -> anyhow::Result<()> {
+    let root = config.root.clone();
+    let cluster = LocalCluster::start(config)
+        .await
+        .with_context(|| format!("cannot start the local cluster in {}", root.display()))?;
+    eprintln!(
+        "dos-server: serving http://{} (data in {}); Ctrl-C stops",
+        cluster.api_addr(),
+        root.display()
+    );
+    shutdown_signal().await;
+    eprintln!("dos-server: shutting down");
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn run_api(
+    listen: SocketAddr,
+    config: ApiConfig,
+    meta: Arc<dyn MetadataStore>,
+    rabbitmq: &str,
+) -> anyhow::Result<()> {
+    let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.to_string()))
+        .await
+        .context("connecting to RabbitMQ")?;
+    let shards = HttpTransport::new(Duration::from_secs(5), Some(&config.secret))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = ApiServer::start(listen, config, meta, Arc::new(bus), Arc::new(shards))
+        .await
+        .context("starting the API server")?;
+    eprintln!("dos-server: API server on http://{}", api.addr);
+    shutdown_signal().await;
+    api.shutdown().await;
+    Ok(())
+}
+
+async fn run_data(config: DataServerConfig, rabbitmq: &str) -> anyhow::Result<()> {
+    let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.to_string()))
+        .await
+        .context("connecting to RabbitMQ")?;
+    let ds = DataServer::start(config, Arc::new(bus))
+        .await
+        .context("starting the data server")?;
+    eprintln!(
+        "dos-server: data server {} on {} ({})",
+        ds.info.id,
+        ds.info.addr,
+        ds.store.root().display()
+    );
+    shutdown_signal().await;
+    ds.shutdown().await;
+    Ok(())
+}
+
+async fn run_maintain(
+    api: &str,
+    token: Option<String>,
+    scrub: bool,
+    retention: Option<u64>,
+    orphans: bool,
+    grace: Option<Duration>,
+) -> anyhow::Result<()> {
+    if !scrub && retention.is_none() && !orphans {
+        anyhow::bail!("nothing to do: give --scrub, --retention [N] and/or --orphans");
+    }
+    if retention == Some(0) {
+        anyhow::bail!("--retention must keep at least 1 version");
+    }
+    let mut builder = dos_client::Client::builder(api.to_string());
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        builder = builder.token(t);
+    }
+    let client = builder.build().context("API server address")?;
+    let mut failed = false;
+    if let Some(keep) = retention {
+        failed |= run_job(&client, api, "retention", Some(keep), None).await?;
+    }
+    if orphans {
+        failed |= run_job(&client, api, "orphans", None, grace).await?;
+    }
+    if scrub {
+        failed |= run_job(&client, api, "scrub", None, None).await?;
+    }
+    if failed {
+        anyhow::bail!("maintenance finished with errors (listed above)");
+    }
+    Ok(())
+}
+
+async fn run_setup(rabbitmq: &str, es_server: Option<String>) -> anyhow::Result<()> {
+    dos_bus::amqp::declare_topology(rabbitmq)
+        .await
+        .context("connecting to RabbitMQ")?;
+    println!("RabbitMQ: exchanges apiServers and dataServers (fanout, durable) declared");
+    match es_server.filter(|s| !s.is_empty()) {
+        Some(url) => {
+            let es =
+                ElasticStore::connect(&url).with_context(|| format!("Elasticsearch at {url}"))?;
+            for line in es.create_indices().await.context("creating indices")? {
+                println!("Elasticsearch: {line}");
+            }
+        }
+        None => println!("Elasticsearch: ES_SERVER not set, nothing to create"),
+    }
+    Ok(())
 }
 
 /// Runs one job, printing its progress on stderr and its summary on stdout. `Ok(true)` when

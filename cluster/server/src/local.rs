@@ -1,6 +1,9 @@
 //! The embedded single-machine cluster: one API server and six data servers in one process,
-//! each data server with its own folder and HTTP listener, metadata in SQLite and the
-//! in-process bus. No service to install.
+//! each data server with its own folder and identity, metadata in SQLite and the in-process
+//! bus. No service to install. The API server calls its data servers in process (shard bytes
+//! move as `Bytes`); with [`ShardPath::Http`] each data server listens on loopback instead,
+//! as in a cluster of processes. The REST listener serves clients either way, and
+//! [`LocalCluster::store`] hands a client in this process (dosfs) the same store without HTTP.
 //!
 //! ```text
 //! ROOT/metadata.sqlite   versions, listings, placement
@@ -13,13 +16,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dos_api_server::maintenance::MaintenanceConfig;
-use dos_api_server::{ApiConfig, ApiServer, Core};
+use dos_api_server::{ApiConfig, ApiServer, Core, InProcessStore};
 use dos_bus::memory::MemoryBus;
-use dos_data_server::{DataServer, DataServerConfig};
+use dos_data_server::{DataServer, DataServerConfig, Interface, LocalShards};
 use dos_metadata::sqlite::SqliteStore;
 use dos_protocol::TOTAL_SHARDS;
+use dos_transport::ShardTransport;
+use dos_transport::http::HttpTransport;
 
-#[derive(Debug, Clone)]
+/// How the API server reaches the embedded data servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShardPath {
+    /// Function calls (the default).
+    #[default]
+    InProcess,
+    /// HTTP on loopback, each data server on its own port (as in a cluster of processes).
+    Http,
+}
+
+/// Wraps the transport the cluster built (tests inject faults with it).
+pub type TransportLayer =
+    Arc<dyn Fn(Arc<dyn ShardTransport>) -> Arc<dyn ShardTransport> + Send + Sync>;
+
+#[derive(Clone)]
 pub struct LocalConfig {
     pub root: PathBuf,
     /// Address of the API server.
@@ -34,6 +53,24 @@ pub struct LocalConfig {
     pub maintenance: MaintenanceConfig,
     /// Uploads untouched this long are deleted (and removed shards leave garbage/).
     pub temp_ttl: std::time::Duration,
+    /// In process (default) or HTTP on loopback.
+    pub shard_path: ShardPath,
+    /// A shard stream silent for this long is replaced by another shard.
+    pub shard_stall_timeout: std::time::Duration,
+    /// Applied to the shard transport before the API server uses it (fault injection).
+    pub transport_layer: Option<TransportLayer>,
+}
+
+impl std::fmt::Debug for LocalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalConfig")
+            .field("root", &self.root)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("data_servers", &self.data_servers)
+            .field("shard_path", &self.shard_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalConfig {
@@ -46,6 +83,9 @@ impl LocalConfig {
             body_idle_timeout: std::time::Duration::from_secs(60),
             maintenance: MaintenanceConfig::default(),
             temp_ttl: std::time::Duration::from_secs(24 * 3600),
+            shard_path: ShardPath::default(),
+            shard_stall_timeout: std::time::Duration::from_secs(10),
+            transport_layer: None,
         }
     }
 }
@@ -63,17 +103,39 @@ pub enum LocalError {
     DataServer(#[from] dos_data_server::StartError),
     #[error("API server: {0}")]
     Api(std::io::Error),
+    #[error("shard transport: {0}")]
+    Transport(dos_transport::ShardError),
     #[error("a cluster needs at least {TOTAL_SHARDS} data servers, not {0}")]
     TooFewDataServers(usize),
 }
 
 pub struct LocalCluster {
     api: ApiServer,
-    secret: Vec<u8>,
-    bus: Arc<MemoryBus>,
     data: Vec<Option<DataServer>>,
+    start: DataStart,
+}
+
+/// What starting (or restarting) a data server of the cluster needs.
+struct DataStart {
     roots: Vec<PathBuf>,
+    bus: Arc<MemoryBus>,
+    secret: Vec<u8>,
     temp_ttl: std::time::Duration,
+    /// The in-process registry, or `None` for HTTP.
+    local: Option<Arc<LocalShards>>,
+}
+
+impl DataStart {
+    async fn start(&self, i: usize) -> Result<DataServer, LocalError> {
+        let interface = match &self.local {
+            Some(local) => Interface::InProcess(local.clone()),
+            None => Interface::Http(([127, 0, 0, 1], 0).into()),
+        };
+        let mut config = DataServerConfig::new(self.roots[i].clone(), interface);
+        config.secret = Some(self.secret.clone());
+        config.temp_ttl = self.temp_ttl;
+        Ok(DataServer::start(config, self.bus.clone()).await?)
+    }
 }
 
 impl LocalCluster {
@@ -91,31 +153,45 @@ impl LocalCluster {
             crate::secret::load_or_create(&config.root.join("secret")).map_err(root_err)?;
         let meta = SqliteStore::open(&config.root.join("metadata.sqlite"))?;
         let bus = Arc::new(MemoryBus::default());
-        let roots: Vec<PathBuf> = (1..=config.data_servers)
-            .map(|i| config.root.join(format!("data{i}")))
-            .collect();
+        let (local, transport): (_, Arc<dyn ShardTransport>) = match config.shard_path {
+            ShardPath::InProcess => {
+                let local = LocalShards::new();
+                (Some(local.clone()), local)
+            }
+            ShardPath::Http => (
+                None,
+                Arc::new(
+                    HttpTransport::new(std::time::Duration::from_secs(5), Some(&secret))
+                        .map_err(LocalError::Transport)?,
+                ),
+            ),
+        };
+        let transport = match &config.transport_layer {
+            Some(layer) => layer(transport),
+            None => transport,
+        };
+        let start = DataStart {
+            roots: (1..=config.data_servers)
+                .map(|i| config.root.join(format!("data{i}")))
+                .collect(),
+            bus: bus.clone(),
+            secret: secret.clone(),
+            temp_ttl: config.temp_ttl,
+            local,
+        };
         let mut data = Vec::new();
-        for r in &roots {
-            data.push(Some(
-                start_data(r.clone(), bus.clone(), &secret, config.temp_ttl).await?,
-            ));
+        for i in 0..config.data_servers {
+            data.push(Some(start.start(i).await?));
         }
-        let api_secret = secret.clone();
-        let mut api_config = ApiConfig::new(secret.clone());
+        let mut api_config = ApiConfig::new(secret);
         api_config.token = config.token.clone();
         api_config.body_idle_timeout = config.body_idle_timeout;
         api_config.maintenance = config.maintenance.clone();
-        let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus.clone())
+        api_config.shard_stall_timeout = config.shard_stall_timeout;
+        let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus, transport)
             .await
             .map_err(LocalError::Api)?;
-        Ok(Self {
-            api,
-            secret: api_secret,
-            bus,
-            data,
-            roots,
-            temp_ttl: config.temp_ttl,
-        })
+        Ok(Self { api, data, start })
     }
 
     pub fn api_addr(&self) -> SocketAddr {
@@ -126,9 +202,22 @@ impl LocalCluster {
         self.api.core()
     }
 
+    /// The store, for a client in this process: the API server's core called directly.
+    pub fn store(&self) -> InProcessStore {
+        self.api.in_process_store()
+    }
+
     /// The data servers' storage folders, in order.
     pub fn data_roots(&self) -> Vec<PathBuf> {
-        self.roots.clone()
+        self.start.roots.clone()
+    }
+
+    /// The data servers' identities and addresses, in order (`None` for a stopped one).
+    pub fn data_servers(&self) -> Vec<Option<dos_protocol::ServerInfo>> {
+        self.data
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.info.clone()))
+            .collect()
     }
 
     /// Stops data server `i` (it stops answering and leaves the live set at once).
@@ -140,18 +229,9 @@ impl LocalCluster {
 
     /// Starts data server `i` again on its folder.
     pub async fn start_data_server(&mut self, i: usize) -> Result<(), LocalError> {
-        if let Some(slot) = self.data.get_mut(i)
-            && slot.is_none()
-        {
-            *slot = Some(
-                start_data(
-                    self.roots[i].clone(),
-                    self.bus.clone(),
-                    &self.secret,
-                    self.temp_ttl,
-                )
-                .await?,
-            );
+        if self.data.get(i).is_some_and(Option::is_none) {
+            let ds = self.start.start(i).await?;
+            self.data[i] = Some(ds);
         }
         Ok(())
     }
@@ -163,17 +243,4 @@ impl LocalCluster {
             ds.shutdown().await;
         }
     }
-}
-
-async fn start_data(
-    root: PathBuf,
-    bus: Arc<MemoryBus>,
-    secret: &[u8],
-    temp_ttl: std::time::Duration,
-) -> Result<DataServer, LocalError> {
-    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mut config = DataServerConfig::new(root, listen);
-    config.secret = Some(secret.to_vec());
-    config.temp_ttl = temp_ttl;
-    Ok(DataServer::start(config, bus).await?)
 }

@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use dos_api_server::shard_client::ShardClient;
 use dos_client::{Client, ContentHash};
 use futures::TryStreamExt as _;
 
@@ -202,29 +201,26 @@ async fn retention_then_orphans_free_only_unreferenced_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_collect_stray_shards_after_the_grace_period() {
-    let (cluster, client, dir) = start().await;
+    let (cluster, client, _dir) = start().await;
     client
         .put_bytes("kept", data(100_000, 1), &attrs())
         .await
         .unwrap();
     // A shard committed with no content record: what an API server that died between
     // committing shards and recording them leaves behind.
-    let secret =
-        dos_server::secret::load_or_create(&dir.path().join("cluster.root.v1").join("secret"))
-            .unwrap();
-    let shards = ShardClient::new(Duration::from_secs(5), Some(&secret));
+    let shards = cluster.api_core().shards.clone();
     let server = cluster.api_core().bus.live_servers()[0].clone();
     let stray = ContentHash::of(b"never recorded");
     let id = shards
         .create_temp(&server, &stray, 2, Some(100))
         .await
         .unwrap();
-    let body = futures::stream::iter([Ok::<_, std::io::Error>(dos_client::Bytes::from(vec![
-        7u8;
-        100
-    ]))]);
-    shards.write_temp(&server.addr, &id, 0, body).await.unwrap();
-    shards.commit(&server.addr, &id, 100).await.unwrap();
+    let body = futures::stream::iter([dos_client::Bytes::from(vec![7u8; 100])]);
+    shards
+        .write_temp(&server, &id, 0, Box::pin(body))
+        .await
+        .unwrap();
+    shards.commit(&server, &id, 100).await.unwrap();
     assert_eq!(shard_indices(&cluster, &stray), vec![2]);
 
     let kept = run(&client, "orphans", None, Some(Duration::from_secs(3600))).await;

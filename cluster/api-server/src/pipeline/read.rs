@@ -1,71 +1,75 @@
 //! The read side: any four good shards give the object back, block by block, starting at the
-//! block that holds the first byte asked for. A shard that fails (missing, corrupt, its server
-//! gone) is replaced by another one mid-stream and reported for repair.
+//! block that holds the first byte asked for. A shard that fails (missing, corrupt, its
+//! server gone, or silent for longer than the stall deadline) is replaced by another one
+//! mid-stream and reported for repair.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use dos_erasure::Codec;
 use dos_protocol::{BLOCK_SIZE, ContentHash, DATA_SHARDS, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
 use dos_protocol::{piece_len, shard_len};
-use futures::future;
+use dos_transport::{ShardBody, ShardError, ShardTransport};
+use futures::{StreamExt, future};
 
 use crate::error::{ApiError, ApiResult};
-use crate::shard_client::{PieceReader, Segments, ShardClient, ShardError};
+use crate::placement::{Holders, ShardFault};
+use crate::probe::probe;
 
-/// Why a shard could not be read: decides whether repair writes it back to the same server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ShardFault {
-    /// Its server answered but has no good copy (missing or corrupt): rebuild there.
-    Missing(ServerInfo),
-    /// No live server could be reached for it: rebuild elsewhere if a spare server exists.
-    Unreachable,
+/// What a decoder reads: which object, its holders, and how long a shard stream may stay
+/// silent.
+pub struct ReadPlan {
+    pub hash: ContentHash,
+    pub size: u64,
+    pub holders: Holders,
+    /// Blocks `[first, end)`.
+    pub first_block: u64,
+    pub end_block: u64,
+    pub stall_timeout: Duration,
 }
 
 struct Active {
     reader: PieceReader,
-    addr: String,
+    server: ServerInfo,
 }
 
 /// Decodes blocks `[first_block, end_block)` of one object.
 pub struct Decoder {
-    client: ShardClient,
+    shards: Arc<dyn ShardTransport>,
     codec: Codec,
-    hash: ContentHash,
-    size: u64,
-    /// Live holders of each shard, tried in order.
-    holders: Vec<Vec<ServerInfo>>,
+    plan: ReadPlan,
     active: Vec<Option<Active>>,
     /// Shards given up on.
     failed: Vec<Option<ShardFault>>,
     next_block: u64,
-    end_block: u64,
 }
 
 impl Decoder {
-    /// Opens enough shard streams to decode blocks `[first_block, end_block)`: the four data
-    /// shards when they are healthy (no decoding needed then), parity for any that is not.
-    /// Fails before any byte is produced when fewer than four shards can be opened.
+    /// Opens enough shard streams to decode the plan's blocks: the four data shards when
+    /// they are healthy (no decoding needed then), parity for any that is not. Fails before
+    /// any byte is produced when fewer than four shards can be opened.
     pub async fn open(
-        client: ShardClient,
+        shards: Arc<dyn ShardTransport>,
         codec: Codec,
-        hash: ContentHash,
-        size: u64,
-        holders: Vec<Vec<ServerInfo>>,
-        first_block: u64,
-        end_block: u64,
+        plan: ReadPlan,
     ) -> ApiResult<Self> {
+        let first = plan.first_block;
         let mut d = Self {
-            client,
+            shards,
             codec,
-            hash,
-            size,
-            holders,
             active: (0..TOTAL_SHARDS).map(|_| None).collect(),
             failed: vec![None; TOTAL_SHARDS],
-            next_block: first_block,
-            end_block,
+            next_block: first,
+            plan,
         };
-        d.fill(first_block).await?;
+        d.fill(first).await?;
         Ok(d)
+    }
+
+    pub fn hash(&self) -> ContentHash {
+        self.plan.hash
     }
 
     /// Shards found bad so far, for repair.
@@ -84,33 +88,43 @@ impl Decoder {
     /// Opens streams (from block `block` on) until four are active.
     async fn fill(&mut self, block: u64) -> ApiResult<()> {
         let start = block * PIECE_SIZE as u64;
-        let end = shard_len(self.size).min(self.end_block * PIECE_SIZE as u64);
+        let end = shard_len(self.plan.size).min(self.plan.end_block * PIECE_SIZE as u64);
         loop {
             let need = DATA_SHARDS.saturating_sub(self.active_count());
             if need == 0 {
                 return Ok(());
             }
-            let candidates: Vec<usize> = (0..TOTAL_SHARDS)
+            let candidates: Vec<u8> = (0..TOTAL_SHARDS)
                 .filter(|i| self.active[*i].is_none() && self.failed[*i].is_none())
                 .take(need)
+                .map(|i| i as u8)
                 .collect();
             if candidates.is_empty() {
                 return Err(ApiError::ShardsUnavailable {
                     available: self.active_count(),
                 });
             }
-            let opened = future::join_all(candidates.iter().map(|&i| {
-                let holders = self.holders[i].clone();
-                let client = self.client.clone();
-                let hash = self.hash;
-                async move { open_any(&client, &hash, i as u8, &holders, start, end).await }
-            }))
+            let (shards, hash, stall) = (&self.shards, self.plan.hash, self.plan.stall_timeout);
+            let opened = probe(
+                &self.plan.holders,
+                &candidates,
+                |shard, server| async move {
+                    let open = shards.read_shard(&server, &hash, shard, start, end);
+                    match tokio::time::timeout(stall, open).await {
+                        Ok(body) => body,
+                        Err(_) => Err(ShardError::Timeout(stall)),
+                    }
+                },
+            )
             .await;
-            for (i, r) in candidates.into_iter().zip(opened) {
-                match r {
-                    Ok(a) => self.active[i] = Some(a),
-                    Err(fault) => self.failed[i] = Some(fault),
-                }
+            for (i, server, body) in opened.good {
+                self.active[usize::from(i)] = Some(Active {
+                    reader: PieceReader::new(body, stall),
+                    server,
+                });
+            }
+            for (i, fault) in opened.bad {
+                self.failed[usize::from(i)] = Some(fault);
             }
         }
     }
@@ -118,13 +132,13 @@ impl Decoder {
     /// Reads the pieces of `block` from the active streams, replacing any stream that fails
     /// by another shard opened at this block, until four pieces are in hand.
     async fn read_pieces(&mut self, block: u64) -> ApiResult<Vec<Option<Segments>>> {
-        let plen = piece_len(self.size, block);
+        let plen = piece_len(self.plan.size, block);
         let mut pieces: Vec<Option<Segments>> = vec![None; TOTAL_SHARDS];
         loop {
             let reads = future::join_all(self.active.iter_mut().zip(pieces.iter()).map(
                 |(slot, have)| async move {
                     match (slot, have) {
-                        (Some(a), None) => Some(a.reader.read_segments(plen, &a.addr).await),
+                        (Some(a), None) => Some(a.reader.read_segments(plen).await),
                         _ => None,
                     }
                 },
@@ -135,9 +149,9 @@ impl Decoder {
                 match r {
                     Some(Ok(p)) => pieces[i] = Some(p),
                     Some(Err(e)) => {
-                        tracing::warn!(hash = %self.hash, shard = i, error = %e, "shard read failed mid-stream");
-                        let addr = self.active[i].take().map(|a| a.addr);
-                        self.failed[i] = Some(fault_of(&e, addr.as_deref(), &self.holders[i]));
+                        let server = self.active[i].take().map(|a| a.server);
+                        tracing::warn!(hash = %self.plan.hash, shard = i, server = ?server.as_ref().map(|s| &s.id), error = %e, "shard read failed mid-stream");
+                        self.failed[i] = Some(fault_of(&e, server));
                         lost = true;
                     }
                     None => {}
@@ -153,20 +167,20 @@ impl Decoder {
 
     /// The object bytes of the next block, as consecutive segments, or `None` after the last.
     pub async fn next_block(&mut self) -> ApiResult<Option<Vec<Bytes>>> {
-        if self.next_block >= self.end_block {
+        if self.next_block >= self.plan.end_block {
             return Ok(None);
         }
         let block = self.next_block;
         let pieces = self.read_pieces(block).await?;
         self.next_block += 1;
-        let len = (self.size - block * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize;
+        let len = (self.plan.size - block * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize;
         assemble(self.codec.clone(), pieces, len).await.map(Some)
     }
 
     /// Pieces of every shard for the next block, rebuilding the ones in `want` that are not
     /// read: what repair writes back. Returns `None` after the last block.
     pub async fn next_pieces(&mut self, want: &[u8]) -> ApiResult<Option<Vec<Bytes>>> {
-        if self.next_block >= self.end_block {
+        if self.next_block >= self.plan.end_block {
             return Ok(None);
         }
         let block = self.next_block;
@@ -230,52 +244,94 @@ async fn assemble(
     .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))?
 }
 
-fn fault_of(e: &ShardError, addr: Option<&str>, holders: &[ServerInfo]) -> ShardFault {
-    let server = addr.and_then(|a| holders.iter().find(|s| s.addr == a));
-    match (e, server) {
-        (ShardError::Status { status, .. }, Some(s)) if *status == 404 => {
-            ShardFault::Missing(s.clone())
-        }
-        // A stream cut mid-body: the data server found a corrupt piece (and quarantined the
-        // shard) or went away. Repair probes again before writing anything.
-        (ShardError::Transport { .. } | ShardError::Malformed { .. }, Some(s)) => {
-            ShardFault::Missing(s.clone())
-        }
+/// Where repair should rebuild a shard whose stream failed mid-way: a stream cut mid-body
+/// means the data server found a corrupt piece (and quarantined the shard), went away, or
+/// hung; repair probes again before writing anything.
+fn fault_of(e: &ShardError, server: Option<ServerInfo>) -> ShardFault {
+    match server {
+        Some(s) if !matches!(e, ShardError::Denied) => ShardFault::Missing(s),
         _ => ShardFault::Unreachable,
     }
 }
 
-/// Opens shard `shard` on the first holder that serves it.
-async fn open_any(
-    client: &ShardClient,
-    hash: &ContentHash,
-    shard: u8,
-    holders: &[ServerInfo],
-    start: u64,
-    end: u64,
-) -> Result<Active, ShardFault> {
-    let mut fault = ShardFault::Unreachable;
-    for s in holders {
-        match client.read_shard(&s.addr, hash, shard, start, end).await {
-            Ok(body) => {
-                return Ok(Active {
-                    reader: PieceReader::new(body),
-                    addr: s.addr.clone(),
-                });
-            }
-            Err(e) => {
-                tracing::warn!(%hash, shard, server = %s.addr, error = %e, "shard unavailable");
-                if e.is_not_found() {
-                    fault = ShardFault::Missing(s.clone());
+/// A piece as the transport delivered it: consecutive segments, not copied together.
+#[derive(Debug, Clone, Default)]
+pub struct Segments(pub Vec<Bytes>);
+
+impl Segments {
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One contiguous buffer (no copy when there is a single segment).
+    pub fn contiguous(self) -> Bytes {
+        if self.0.len() == 1 {
+            return self.0.into_iter().next().unwrap_or_default();
+        }
+        let mut out = bytes::BytesMut::with_capacity(self.len());
+        for s in &self.0 {
+            out.extend_from_slice(s);
+        }
+        out.freeze()
+    }
+}
+
+/// Reads exact-length pieces out of a shard byte stream; a stream that delivers nothing for
+/// the stall deadline fails the read.
+pub struct PieceReader {
+    body: ShardBody,
+    pending: VecDeque<Bytes>,
+    stall: Duration,
+}
+
+impl PieceReader {
+    pub fn new(body: ShardBody, stall: Duration) -> Self {
+        Self {
+            body,
+            pending: VecDeque::new(),
+            stall,
+        }
+    }
+
+    /// The next `n` bytes as received (no copy), or an error if the stream fails, stalls or
+    /// ends early.
+    pub async fn read_segments(&mut self, n: usize) -> Result<Segments, ShardError> {
+        let mut out = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let chunk = match self.pending.pop_front() {
+                Some(c) => c,
+                None => match tokio::time::timeout(self.stall, self.body.next()).await {
+                    Err(_) => return Err(ShardError::Timeout(self.stall)),
+                    Ok(Some(Ok(c))) => c,
+                    Ok(Some(Err(e))) => return Err(e),
+                    Ok(None) => {
+                        return Err(ShardError::Malformed("the shard stream ended early".into()));
+                    }
+                },
+            };
+            if chunk.len() > need {
+                let mut chunk = chunk;
+                let rest = chunk.split_off(need);
+                self.pending.push_front(rest);
+                out.push(chunk);
+                need = 0;
+            } else {
+                need -= chunk.len();
+                if !chunk.is_empty() {
+                    out.push(chunk);
                 }
             }
         }
+        Ok(Segments(out))
     }
-    Err(fault)
-}
 
-impl Decoder {
-    pub fn hash(&self) -> ContentHash {
-        self.hash
+    /// The next `n` bytes in one buffer.
+    pub async fn read(&mut self, n: usize) -> Result<Bytes, ShardError> {
+        Ok(self.read_segments(n).await?.contiguous())
     }
 }

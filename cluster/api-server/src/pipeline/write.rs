@@ -1,11 +1,19 @@
-//! The write side: streaming a body through SHA-256 and the Reed-Solomon encoder into six
-//! concurrent shard uploads, then committing them.
+//! The write side: shard uploads on six (or, for repair, fewer) data servers, fed by a body
+//! streamed through SHA-256 and the Reed-Solomon encoder, or by a decoder rebuilding lost
+//! shards; then committed, every one durably, or abandoned.
+//!
+//! [`store_content`] is the one path from "pieces to write" to "shards committed" that a PUT
+//! and a repair take; a resumable upload takes the same steps ([`Uploads::write`] for each
+//! part, [`Uploads::commit`] at the end), spread over several requests.
 
-use std::io;
+use std::future::Future;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use dos_erasure::Codec;
+use dos_protocol::shard::TempStatus;
 use dos_protocol::{BLOCK_SIZE, ContentHash, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
+use dos_transport::{ShardError, ShardTransport};
 use futures::{Stream, StreamExt, future};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -13,7 +21,6 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, ApiResult};
-use crate::shard_client::{ShardClient, ShardError, TempStatus};
 
 /// One shard upload: which shard, where, and the data server's upload id.
 #[derive(Debug, Clone)]
@@ -23,87 +30,152 @@ pub struct ShardTarget {
     pub temp_id: String,
 }
 
-/// Creates an upload on each target server, all at once; on any failure the ones created are
-/// abandoned and the error is returned.
-pub async fn create_uploads(
-    client: &ShardClient,
+/// A set of shard uploads of one content.
+pub struct Uploads {
+    shards: Arc<dyn ShardTransport>,
+    pub targets: Vec<ShardTarget>,
+}
+
+impl Uploads {
+    /// Creates an upload of each `(shard, server)`, all at once; on any failure the ones
+    /// created are abandoned and the error is returned.
+    pub async fn create(
+        shards: &Arc<dyn ShardTransport>,
+        hash: &ContentHash,
+        servers: &[(u8, ServerInfo)],
+        shard_length: Option<u64>,
+    ) -> ApiResult<Self> {
+        let results = future::join_all(servers.iter().map(|(shard, server)| async move {
+            shards
+                .create_temp(server, hash, *shard, shard_length)
+                .await
+                .map(|temp_id| ShardTarget {
+                    shard: *shard,
+                    server: server.clone(),
+                    temp_id,
+                })
+                .inspect_err(|e| tracing::warn!(%hash, shard, server = %server.id, error = %e, "upload not created"))
+        }))
+        .await;
+        let mut uploads = Self::resume(shards, Vec::new());
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(t) => uploads.targets.push(t),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            uploads.abort().await;
+            return Err(ApiError::ShardWrite(e));
+        }
+        Ok(uploads)
+    }
+
+    /// Uploads created earlier (a resumable upload's token names them).
+    pub fn resume(shards: &Arc<dyn ShardTransport>, targets: Vec<ShardTarget>) -> Self {
+        Self {
+            shards: shards.clone(),
+            targets,
+        }
+    }
+
+    /// Streams what `feed` sends into the uploads, from raw shard offset `offset`, and waits
+    /// until every data server has written it.
+    pub async fn write<T, F, Fut>(&self, offset: u64, feed: F) -> ApiResult<T>
+    where
+        F: FnOnce(ShardWriters) -> Fut,
+        Fut: Future<Output = ApiResult<(T, ShardWriters)>>,
+    {
+        let writers = ShardWriters::open(&self.shards, &self.targets, offset);
+        let (value, writers) = feed(writers).await?;
+        writers.finish().await?;
+        Ok(value)
+    }
+
+    /// Commits every upload durably; all must succeed.
+    pub async fn commit(&self, shard_length: u64) -> ApiResult<()> {
+        let results = future::join_all(self.targets.iter().map(|t| async move {
+            self.shards
+                .commit(&t.server, &t.temp_id, shard_length)
+                .await
+                .inspect_err(|e| tracing::warn!(shard = t.shard, server = %t.server.id, error = %e, "commit failed"))
+        }))
+        .await;
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => Err(ApiError::ShardWrite(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Abandons every upload; failures only mean the temp files expire later.
+    pub async fn abort(&self) {
+        future::join_all(self.targets.iter().map(|t| async move {
+            if let Err(e) = self.shards.abort(&t.server, &t.temp_id).await {
+                tracing::debug!(server = %t.server.id, error = %e, "abandoning an upload failed; it will expire");
+            }
+        }))
+        .await;
+    }
+
+    /// The servers, in shard order.
+    pub fn servers(&self) -> Vec<ServerInfo> {
+        self.targets.iter().map(|t| t.server.clone()).collect()
+    }
+}
+
+/// Stores shards `servers` of content `hash`: creates the uploads, streams what `feed` sends
+/// (it returns its result and the raw length every shard ends up with), commits every one
+/// durably; on any failure abandons them all. The path of a PUT and of a repair.
+pub async fn store_content<T, F, Fut>(
+    shards: &Arc<dyn ShardTransport>,
     hash: &ContentHash,
     servers: &[(u8, ServerInfo)],
     shard_length: Option<u64>,
-) -> ApiResult<Vec<ShardTarget>> {
-    let results = future::join_all(servers.iter().map(|(shard, server)| async move {
-        client
-            .create_temp(server, hash, *shard, shard_length)
-            .await
-            .map(|temp_id| ShardTarget {
-                shard: *shard,
-                server: server.clone(),
-                temp_id,
-            })
-    }))
-    .await;
-    let mut targets = Vec::new();
-    let mut failure = None;
-    for r in results {
-        match r {
-            Ok(t) => targets.push(t),
-            Err(e) => failure = Some(e),
-        }
+    feed: F,
+) -> ApiResult<(Uploads, T)>
+where
+    F: FnOnce(ShardWriters) -> Fut,
+    Fut: Future<Output = ApiResult<((T, u64), ShardWriters)>>,
+{
+    let uploads = Uploads::create(shards, hash, servers, shard_length).await?;
+    let stored = async {
+        let (value, length) = uploads.write(0, feed).await?;
+        uploads.commit(length).await?;
+        Ok(value)
     }
-    if let Some(e) = failure {
-        abort_uploads(client, &targets).await;
-        return Err(ApiError::ShardWrite(e));
-    }
-    Ok(targets)
-}
-
-/// Abandons uploads; failures only mean the temp files expire later.
-pub async fn abort_uploads(client: &ShardClient, targets: &[ShardTarget]) {
-    future::join_all(targets.iter().map(|t| async move {
-        if let Err(e) = client.abort(&t.server.addr, &t.temp_id).await {
-            tracing::debug!(error = %e, "abandoning an upload failed; it will expire");
+    .await;
+    match stored {
+        Ok(value) => Ok((uploads, value)),
+        Err(e) => {
+            uploads.abort().await;
+            Err(e)
         }
-    }))
-    .await;
-}
-
-/// Commits every upload durably; all must succeed.
-pub async fn commit_uploads(
-    client: &ShardClient,
-    targets: &[ShardTarget],
-    shard_length: u64,
-) -> ApiResult<()> {
-    let results = future::join_all(
-        targets
-            .iter()
-            .map(|t| client.commit(&t.server.addr, &t.temp_id, shard_length)),
-    )
-    .await;
-    match results.into_iter().find_map(Result::err) {
-        Some(e) => Err(ApiError::ShardWrite(e)),
-        None => Ok(()),
     }
 }
 
 /// Streams pieces into a set of uploads, one long request per upload.
 pub struct ShardWriters {
-    senders: Vec<mpsc::Sender<io::Result<Bytes>>>,
+    senders: Vec<mpsc::Sender<Bytes>>,
     tasks: Vec<JoinHandle<Result<TempStatus, ShardError>>>,
 }
 
 impl ShardWriters {
     /// Starts one streaming request per target, writing from raw shard offset `offset`.
-    pub fn open(client: &ShardClient, targets: &[ShardTarget], offset: u64) -> Self {
+    fn open(shards: &Arc<dyn ShardTransport>, targets: &[ShardTarget], offset: u64) -> Self {
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for t in targets {
             let (tx, rx) = mpsc::channel(2);
-            let client = client.clone();
-            let (addr, id) = (t.server.addr.clone(), t.temp_id.clone());
+            let shards = shards.clone();
+            let (server, id) = (t.server.clone(), t.temp_id.clone());
             tasks.push(tokio::spawn(async move {
-                client
-                    .write_temp(&addr, &id, offset, ReceiverStream::new(rx))
+                shards
+                    .write_temp(&server, &id, offset, Box::pin(ReceiverStream::new(rx)))
                     .await
+                    .inspect_err(
+                        |e| tracing::warn!(server = %server.id, error = %e, "shard upload failed"),
+                    )
             }));
             senders.push(tx);
         }
@@ -112,11 +184,7 @@ impl ShardWriters {
 
     /// Sends one piece to each upload (`pieces[i]` to the i-th target).
     pub async fn send(&mut self, pieces: Vec<Bytes>) -> ApiResult<()> {
-        let sends = self
-            .senders
-            .iter()
-            .zip(pieces)
-            .map(|(tx, p)| tx.send(Ok(p)));
+        let sends = self.senders.iter().zip(pieces).map(|(tx, p)| tx.send(p));
         let failed = future::join_all(sends).await.iter().any(Result::is_err);
         if failed {
             // A request ended early; its task holds the reason.
@@ -138,7 +206,7 @@ impl ShardWriters {
     }
 
     /// Ends the streams and waits until every data server has written what it received.
-    pub async fn finish(mut self) -> ApiResult<Vec<TempStatus>> {
+    async fn finish(mut self) -> ApiResult<Vec<TempStatus>> {
         self.senders.clear();
         let mut out = Vec::new();
         for t in self.tasks.drain(..) {
@@ -240,10 +308,11 @@ where
             }
         };
         received += frame.len() as u64;
-        if total.is_some_and(|t| received > t) {
+        if let Some(t) = total
+            && received > t
+        {
             read_error = Some(ApiError::BadRequest(format!(
-                "body goes past the declared size of {} bytes",
-                total.unwrap_or_default()
+                "body goes past the declared size of {t} bytes"
             )));
             break;
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use dos_protocol::{ContentHash, PIECE_SIZE, TOTAL_SHARDS};
 use format::{FormatError, ShardIndex};
 
-pub use temp::TempStatus;
+pub use dos_protocol::shard::{ShardEntry, TempStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardStoreError {
@@ -41,15 +41,6 @@ pub enum ShardStoreError {
     TooNew(String),
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
-}
-
-/// One committed shard, as the orphan collector sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ShardEntry {
-    pub hash: ContentHash,
-    pub shard: u8,
-    /// Seconds since the shard file was last written.
-    pub age_secs: u64,
 }
 
 impl From<FormatError> for ShardStoreError {

@@ -37,16 +37,7 @@ pub(super) struct TempUpload {
     policy: CompressionPolicy,
 }
 
-/// Progress of an upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TempStatus {
-    pub received: u64,
-    pub length: Option<u64>,
-}
-
-fn valid_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
-}
+use dos_protocol::shard::{TempStatus, valid_temp_id as valid_id};
 
 impl ShardStore {
     fn temp_path(&self, id: &str, ext: &str) -> PathBuf {

@@ -11,9 +11,56 @@ use std::time::{Duration, Instant};
 
 use dos_client::reqwest::{Method, Response, StatusCode};
 use dos_client::{Client, ContentHash, WriteAttributes};
-use dos_server::local::{LocalCluster, LocalConfig};
+use dos_server::local::{LocalCluster, LocalConfig, ShardPath};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+tokio::task_local! {
+    /// The shard path the clusters a test starts use (see [`on_both_shard_paths!`]).
+    static SHARD_PATH: ShardPath;
+}
+
+/// Runs `test` with every cluster it starts on shard path `path`.
+pub async fn with_shard_path<F: Future>(path: ShardPath, test: F) -> F::Output {
+    SHARD_PATH.scope(path, test).await
+}
+
+/// The shard path of the test running now (in process unless the test says otherwise).
+pub fn shard_path() -> ShardPath {
+    SHARD_PATH.try_with(|p| *p).unwrap_or_default()
+}
+
+/// Runs each listed test body (an `async fn` of the test file) twice: once on a cluster whose
+/// API server calls its data servers in process, once over HTTP on loopback, as two test
+/// functions `in_process::NAME` and `http::NAME`.
+#[macro_export]
+macro_rules! on_both_shard_paths {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        mod in_process {
+            $(
+                $(#[$attr])*
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    $crate::common::with_shard_path(
+                        dos_server::local::ShardPath::InProcess,
+                        super::$name(),
+                    )
+                    .await
+                }
+            )*
+        }
+        mod http {
+            $(
+                $(#[$attr])*
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    $crate::common::with_shard_path(dos_server::local::ShardPath::Http, super::$name())
+                        .await
+                }
+            )*
+        }
+    };
+}
 
 /// Starts an embedded cluster in a fresh temporary folder. The cluster root's name contains
 /// dots on purpose (a `.` in STORAGE_ROOT must not break shard verification).
@@ -36,6 +83,7 @@ pub async fn start_with(
     change: impl FnOnce(&mut LocalConfig),
 ) -> (LocalCluster, Client) {
     let mut config = LocalConfig::new(root.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.shard_path = shard_path();
     change(&mut config);
     let token = config.token.clone();
     let cluster = LocalCluster::start(config)

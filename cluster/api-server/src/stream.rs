@@ -1,0 +1,144 @@
+//! Bodies that flow out of the API server, apart from HTTP: an object's bytes (a decoder run
+//! on its own task, trimmed to the range asked for), the same gzipped, and version records
+//! page by page.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dos_metadata::VersionsFrom;
+use dos_protocol::{BLOCK_SIZE, ByteRange, VersionRecord};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::core::Core;
+use crate::error::{ApiError, ApiResult};
+use crate::pipeline::read::Decoder;
+
+/// Chunks of a body; an error ends it (the client sees a truncated transfer, never wrong
+/// bytes).
+pub type Chunks<E> = ReceiverStream<Result<Bytes, E>>;
+
+/// Runs the decoder on its own task, sending exactly the bytes of `range` (all of a `size`
+/// byte object when `None`). Shards found bad on the way are queued for repair at the end.
+/// The task stops as soon as the receiver is dropped.
+pub fn object_bytes(
+    core: &Arc<Core>,
+    mut decoder: Decoder,
+    range: Option<ByteRange>,
+    size: u64,
+) -> Chunks<ApiError> {
+    let (tx, rx) = mpsc::channel(16);
+    let (start, end) = range.map_or((0, size), |r| (r.start, r.end + 1));
+    let repairs = core.repairs.clone();
+    tokio::spawn(async move {
+        let mut block_start = start / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
+        'blocks: loop {
+            match decoder.next_block().await {
+                Ok(Some(segments)) => {
+                    for seg in segments {
+                        let seg_end = block_start + seg.len() as u64;
+                        let from = start.saturating_sub(block_start).min(seg.len() as u64) as usize;
+                        let to =
+                            (end.min(seg_end).saturating_sub(block_start) as usize).min(seg.len());
+                        block_start = seg_end;
+                        if from < to && tx.send(Ok(seg.slice(from..to))).await.is_err() {
+                            break 'blocks;
+                        }
+                        if seg_end >= end {
+                            break 'blocks;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(hash = %decoder.hash(), error = %e, "read failed mid-stream");
+                    // The receiver may be gone already; the body ends either way.
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+        if !decoder.faults().is_empty() {
+            repairs.request(decoder.hash());
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Gzips a byte stream on a blocking thread.
+pub fn gzip<S>(input: S) -> Chunks<std::io::Error>
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        // Every send below may find the receiver gone (the client left): then stop quietly.
+        let mut input = input;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        while let Some(chunk) = runtime.block_on(input.next()) {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if let Err(e) = gz.write_all(&chunk) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            let out = std::mem::take(gz.get_mut());
+            if !out.is_empty() && tx.blocking_send(Ok(Bytes::from(out))).is_err() {
+                return;
+            }
+        }
+        match gz.finish() {
+            Ok(rest) => {
+                let _ = tx.blocking_send(Ok(Bytes::from(rest)));
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Versions per metadata request.
+const PAGE: usize = 1000;
+
+/// The versions `from` designates, as pages of records read one after the other (never all
+/// at once). The first page is read before this returns, so a metadata failure is an error
+/// here rather than a broken body.
+pub async fn version_pages(
+    core: &Arc<Core>,
+    from: VersionsFrom,
+) -> ApiResult<impl Stream<Item = ApiResult<Vec<VersionRecord>>> + Send + 'static> {
+    let first = core.meta.list_versions(&from, PAGE).await?;
+    let state = (core.clone(), from, Some(first), false);
+    Ok(futures::stream::unfold(
+        state,
+        |(core, from, page, done)| async move {
+            if done {
+                return None;
+            }
+            let page = match page {
+                Some(p) => p,
+                None => match core.meta.list_versions(&from, PAGE).await {
+                    Ok(p) => p,
+                    Err(e) => return Some((Err(e.into()), (core, from, None, true))),
+                },
+            };
+            let last = page.last()?.clone();
+            let next = match &from {
+                VersionsFrom::Name(n, _) => VersionsFrom::Name(n.clone(), last.version),
+                VersionsFrom::All(_) => VersionsFrom::All(Some((last.name.clone(), last.version))),
+            };
+            let more = page.len() == PAGE;
+            Some((Ok(page), (core, next, None, !more)))
+        },
+    ))
+}

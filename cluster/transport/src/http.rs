@@ -1,0 +1,332 @@
+//! [`ShardTransport`] over HTTP: one pooled client, signed requests, bounded timeouts, typed
+//! errors. Shard bytes move in long streamed requests, never one request per piece.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dos_protocol::shard::{ShardEntry, TempCreated, TempStatus, Verified, paths};
+use dos_protocol::{ContentHash, ServerInfo};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::{PieceStream, ShardBody, ShardError, ShardTransport};
+
+/// Header of a 409 answer to a write: the raw bytes the upload holds.
+pub const RECEIVED_HEADER: &str = "x-dos-received";
+
+/// Tries per inter-server call (see [`HttpTransport::send`]).
+const ATTEMPTS: u32 = 3;
+const SHORT: Duration = Duration::from_secs(30);
+const COMMIT: Duration = Duration::from_secs(120);
+const LONG: Duration = Duration::from_secs(3600);
+
+/// Whether a call may be repeated after a failure whose effect is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Only when the request surely never arrived (connection refused or reset on connect).
+    IfNotSent,
+    /// Also after a timeout or a 502/503/504: repeating it changes nothing.
+    Idempotent,
+}
+
+/// HTTP to data servers.
+#[derive(Clone)]
+pub struct HttpTransport {
+    http: reqwest::Client,
+    /// Signs every request (data servers of a secured cluster refuse unsigned ones).
+    secret: Option<Arc<[u8]>>,
+}
+
+impl HttpTransport {
+    /// A transport whose connections time out after `connect_timeout`, signing with
+    /// `secret` when given. Redirects are never followed (they would carry the signature
+    /// elsewhere).
+    pub fn new(connect_timeout: Duration, secret: Option<&[u8]>) -> Result<Self, ShardError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ShardError::Failed(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            secret: secret.map(Arc::from),
+        })
+    }
+
+    /// A request to `http://{addr}{path_and_query}`, signed when a secret is set.
+    fn req(
+        &self,
+        method: reqwest::Method,
+        server: &ServerInfo,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
+        let rb = self.http.request(
+            method.clone(),
+            format!("http://{}{path_and_query}", server.addr),
+        );
+        match &self.secret {
+            Some(secret) => rb.header(
+                dos_protocol::headers::SIGNATURE,
+                dos_protocol::signature::sign(
+                    secret,
+                    method.as_str(),
+                    path_and_query,
+                    dos_protocol::signature::unix_secs(),
+                ),
+            ),
+            None => rb,
+        }
+    }
+
+    /// Sends the request `build` makes, retrying transient failures: a connection that could
+    /// not be made (the request never reached the server) always, and for `Retry::Idempotent`
+    /// calls also a timeout or a 502/503/504. At most [`ATTEMPTS`] tries, backing off.
+    async fn send(
+        &self,
+        server: &ServerInfo,
+        retry: Retry,
+        timeout: Duration,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ShardError> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= ATTEMPTS;
+            match build().timeout(timeout).send().await {
+                Ok(resp)
+                    if !last
+                        && retry == Retry::Idempotent
+                        && matches!(resp.status().as_u16(), 502..=504) =>
+                {
+                    tracing::debug!(server = %server.id, status = %resp.status(), attempt, "data server busy; retrying");
+                }
+                Ok(resp) => return check(resp).await,
+                Err(e)
+                    if !last
+                        && ((e.is_connect() && !e.is_timeout())
+                            || (retry == Retry::Idempotent && e.is_timeout())) =>
+                {
+                    tracing::debug!(server = %server.id, error = %e, attempt, "data server call failed; retrying");
+                }
+                Err(e) => return Err(transport_error(e, timeout)),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 3;
+            attempt += 1;
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        server: &ServerInfo,
+        retry: Retry,
+        timeout: Duration,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T, ShardError> {
+        let resp = self.send(server, retry, timeout, build).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, timeout))?;
+        serde_json::from_slice(&body).map_err(|e| ShardError::Malformed(e.to_string()))
+    }
+
+    async fn read_range(
+        &self,
+        server: &ServerInfo,
+        path: String,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        if start >= end {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let range = format!("bytes={start}-{}", end - 1);
+        let resp = self
+            .send(server, Retry::IfNotSent, LONG, || {
+                self.req(reqwest::Method::GET, server, &path)
+                    .header("range", &range)
+            })
+            .await?;
+        Ok(Box::pin(
+            resp.bytes_stream()
+                .map(|r| r.map_err(|e| transport_error(e, LONG))),
+        ))
+    }
+}
+
+fn transport_error(e: reqwest::Error, timeout: Duration) -> ShardError {
+    if e.is_timeout() {
+        ShardError::Timeout(timeout)
+    } else if e.is_decode() {
+        ShardError::Malformed(e.to_string())
+    } else {
+        ShardError::Unreachable(e.to_string())
+    }
+}
+
+/// A success answer, or the error its status stands for.
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ShardError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let received = resp
+        .headers()
+        .get(RECEIVED_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let message = resp.text().await.unwrap_or_default().trim().to_string();
+    Err(match status.as_u16() {
+        404 => ShardError::NotFound,
+        403 => ShardError::Denied,
+        409 => match received {
+            Some(received) => ShardError::OffsetMismatch { received },
+            None => ShardError::Malformed(format!("409 without {RECEIVED_HEADER}: {message}")),
+        },
+        412 => ShardError::TooNew,
+        507 => ShardError::Full,
+        400..=499 => ShardError::Refused(format!("{status}: {message}")),
+        _ => ShardError::Failed(format!("{status}: {message}")),
+    })
+}
+
+#[async_trait]
+impl ShardTransport for HttpTransport {
+    async fn create_temp(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        length: Option<u64>,
+    ) -> Result<String, ShardError> {
+        let path = paths::create_temp(hash, shard, length);
+        let created: TempCreated = self
+            .json(server, Retry::IfNotSent, SHORT, || {
+                self.req(reqwest::Method::POST, server, &path)
+            })
+            .await?;
+        Ok(created.id)
+    }
+
+    async fn write_temp(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        offset: u64,
+        body: PieceStream,
+    ) -> Result<TempStatus, ShardError> {
+        let path = paths::write_temp(id, offset);
+        let body = body.map(Ok::<_, std::io::Error>);
+        // A streamed body cannot be replayed: one try. The data server cuts off an upload
+        // that stalls.
+        let resp = self
+            .req(reqwest::Method::PATCH, server, &path)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await
+            .map_err(|e| transport_error(e, LONG))?;
+        let body = check(resp)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, LONG))?;
+        serde_json::from_slice(&body).map_err(|e| ShardError::Malformed(e.to_string()))
+    }
+
+    async fn temp_status(&self, server: &ServerInfo, id: &str) -> Result<TempStatus, ShardError> {
+        let path = paths::temp(id);
+        self.json(server, Retry::Idempotent, SHORT, || {
+            self.req(reqwest::Method::GET, server, &path)
+        })
+        .await
+    }
+
+    async fn commit(&self, server: &ServerInfo, id: &str, length: u64) -> Result<(), ShardError> {
+        let path = paths::commit_temp(id, length);
+        self.send(server, Retry::IfNotSent, COMMIT, || {
+            self.req(reqwest::Method::PUT, server, &path)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn abort(&self, server: &ServerInfo, id: &str) -> Result<(), ShardError> {
+        let path = paths::temp(id);
+        self.send(server, Retry::IfNotSent, SHORT, || {
+            self.req(reqwest::Method::DELETE, server, &path)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn read_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        self.read_range(server, paths::shard(hash, shard), start, end)
+            .await
+    }
+
+    async fn read_temp(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        self.read_range(server, paths::temp_data(id), start, end)
+            .await
+    }
+
+    async fn remove_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        min_age: Option<Duration>,
+    ) -> Result<(), ShardError> {
+        let path = paths::remove_shard(hash, shard, min_age);
+        self.send(server, Retry::IfNotSent, SHORT, || {
+            self.req(reqwest::Method::DELETE, server, &path)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn verify_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+    ) -> Result<u64, ShardError> {
+        let path = paths::verify_shard(hash, shard);
+        let v: Verified = self
+            .json(server, Retry::Idempotent, LONG, || {
+                self.req(reqwest::Method::POST, server, &path)
+            })
+            .await?;
+        Ok(v.length)
+    }
+
+    async fn list_shards(
+        &self,
+        server: &ServerInfo,
+        after: Option<(ContentHash, u8)>,
+        limit: usize,
+    ) -> Result<Vec<ShardEntry>, ShardError> {
+        let path = paths::list_shards(after, limit);
+        self.json(server, Retry::Idempotent, Duration::from_secs(60), || {
+            self.req(reqwest::Method::GET, server, &path)
+        })
+        .await
+    }
+}
