@@ -132,18 +132,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cache_size,
             foreground,
         } => {
-            let opts = MountOptions {
-                mountpoint: mountpoint.clone(),
+            let opts = MountArgs {
+                mount: MountOptions {
+                    mountpoint: mountpoint.clone(),
+                    cache_dir: cache_dir.unwrap_or_else(|| home_dir("XDG_CACHE_HOME", ".cache")),
+                    cache_size,
+                },
                 api,
                 token,
                 data_dir: data_dir.unwrap_or_else(|| home_dir("XDG_DATA_HOME", ".local/share")),
                 listen,
-                cache_dir: cache_dir.unwrap_or_else(|| home_dir("XDG_CACHE_HOME", ".cache")),
-                cache_size,
             };
             if foreground {
                 let run_dir = runtime_dir();
-                let result = dosfs::mount::run(opts, |mp| {
+                let connect = connect(&opts);
+                let result = dosfs::mount::run(opts.mount, connect, |mp| {
                     let _ = std::fs::create_dir_all(&run_dir);
                     let _ = std::fs::write(pid_file(&run_dir, mp), std::process::id().to_string());
                     eprintln!("dosfs: mounted at {}", mp.display());
@@ -315,13 +318,81 @@ fn locate_in_mount(
     Ok((b.build()?, name))
 }
 
+/// What `dosfs mount` was asked for.
+struct MountArgs {
+    mount: MountOptions,
+    /// Remote API server; `None` starts the embedded cluster.
+    api: Option<String>,
+    token: Option<String>,
+    /// Where the embedded cluster keeps its data.
+    data_dir: PathBuf,
+    /// REST address of the embedded cluster.
+    listen: SocketAddr,
+}
+
+/// How the mount reaches its store: the composition root of `dosfs`. With `--api`, over
+/// HTTP to that API server; without, an embedded cluster started in this process, which
+/// the mount calls directly while its REST listener serves other clients.
+fn connect(args: &MountArgs) -> dosfs::mount::Connect {
+    let (api, token, data_dir, listen) = (
+        args.api.clone(),
+        args.token.clone(),
+        args.data_dir.clone(),
+        args.listen,
+    );
+    Box::new(move || {
+        Box::pin(async move {
+            match api {
+                Some(url) => {
+                    let url = url.trim_end_matches('/').to_string();
+                    let mut builder = dos_client::Client::builder(url.clone());
+                    if let Some(t) = &token {
+                        builder = builder.token(t.clone());
+                    }
+                    let client = builder.build().context("building the HTTP client")?;
+                    client
+                        .request(dos_client::reqwest::Method::GET, "/health")
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await
+                        .and_then(|r| r.error_for_status())
+                        .map_err(|e| anyhow!("cannot reach the API server at {url}: {e}"))?;
+                    Ok(dosfs::mount::Backend {
+                        store: std::sync::Arc::new(client),
+                        url,
+                        stop: None,
+                    })
+                }
+                None => {
+                    let mut config = dos_server::local::LocalConfig::new(data_dir.clone(), listen);
+                    config.token = token;
+                    let cluster = dos_server::local::LocalCluster::start(config)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "cannot start the embedded store in {} on {listen}",
+                                data_dir.display()
+                            )
+                        })?;
+                    Ok(dosfs::mount::Backend {
+                        store: std::sync::Arc::new(cluster.store()),
+                        url: format!("http://{}", cluster.api_addr()),
+                        stop: Some(Box::pin(cluster.shutdown())),
+                    })
+                }
+            }
+        })
+    })
+}
+
 /// Starts `dosfs mount --foreground` in the background and returns once the mount is live.
-fn daemonize(opts: &MountOptions) -> anyhow::Result<()> {
+fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
+    let opts = &args.mount;
     let mp = dosfs::mount::preflight(&opts.mountpoint)?;
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let log_path = opts.data_dir.join("dosfs.log");
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let log_path = args.data_dir.join("dosfs.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -333,17 +404,17 @@ fn daemonize(opts: &MountOptions) -> anyhow::Result<()> {
         .arg(&mp)
         .arg("--foreground")
         .arg("--data-dir")
-        .arg(&opts.data_dir)
+        .arg(&args.data_dir)
         .arg("--listen")
-        .arg(opts.listen.to_string())
+        .arg(args.listen.to_string())
         .arg("--cache-dir")
         .arg(&opts.cache_dir)
         .arg("--cache-size")
         .arg(opts.cache_size.to_string());
-    if let Some(api) = &opts.api {
+    if let Some(api) = &args.api {
         cmd.arg("--api").arg(api);
     }
-    if let Some(t) = &opts.token {
+    if let Some(t) = &args.token {
         cmd.env("DOS_TOKEN", t);
     }
     let mut child = cmd

@@ -1,6 +1,7 @@
 //! Filesystem errors and their errno, decided in one exhaustive match.
 
-use dos_client::ClientError;
+use dos_cache::CacheError;
+use dos_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -36,8 +37,10 @@ pub enum FsError {
     Local(#[from] std::io::Error),
     #[error("no space left for local staging")]
     NoSpace,
+    #[error("local cache: {0}")]
+    Cache(#[from] CacheError),
     #[error("store: {0}")]
-    Store(#[from] ClientError),
+    Store(#[from] StoreError),
 }
 
 impl FsError {
@@ -62,13 +65,32 @@ impl FsError {
                 _ => libc::EIO,
             },
             FsError::NoSpace => libc::ENOSPC,
-            FsError::Store(e) => {
-                if e.is_not_found() {
-                    libc::ENOENT
-                } else {
-                    libc::EIO
+            FsError::Cache(e) => match e {
+                CacheError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                    libc::ENOSPC
                 }
-            }
+                _ => libc::EIO,
+            },
+            FsError::Store(e) => match e {
+                StoreError::NotFound(_) => libc::ENOENT,
+                StoreError::Invalid(_) => libc::EINVAL,
+                StoreError::Denied(_) => libc::EACCES,
+                StoreError::Conflict(_) => libc::EBUSY,
+                // The file changed underneath: what was read no longer names these bytes.
+                StoreError::Changed(_) => libc::ESTALE,
+                // Overloaded for a moment: the same call may succeed right after.
+                StoreError::Busy(_) => libc::EAGAIN,
+                StoreError::Timeout(_) => libc::ETIMEDOUT,
+                // The store cannot keep or give the data now (too few data servers, the
+                // network to it lost, wrong bytes): an I/O error, never a silent success.
+                StoreError::Unavailable(_)
+                | StoreError::Transport(_)
+                | StoreError::Integrity(_)
+                | StoreError::DigestMismatch
+                | StoreError::OffsetMismatch { .. }
+                | StoreError::Expired
+                | StoreError::Internal(_) => libc::EIO,
+            },
         }
     }
 

@@ -1,14 +1,15 @@
-//! Mount lifecycle: start (or reach) the store, open the cache, mount, serve until unmounted
-//! or signalled, upload anything pending, stop.
+//! Mount lifecycle: reach the store (the caller says how: the binary's composition root
+//! starts the embedded cluster or connects to a remote one), open the cache, mount, serve
+//! until unmounted or signalled, upload anything pending, stop.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use dos_cache::{BlockCache, CacheConfig, StagingArea};
-use dos_client::Client;
+use dos_store::ObjectStore;
+use futures::future::BoxFuture;
 
 use crate::core::{FsConfig, FsCore};
 use crate::fuse::DosFs;
@@ -16,16 +17,22 @@ use crate::fuse::DosFs;
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     pub mountpoint: PathBuf,
-    /// Remote API server; `None` starts the embedded cluster.
-    pub api: Option<String>,
-    pub token: Option<String>,
-    /// Where the embedded cluster keeps its data.
-    pub data_dir: PathBuf,
-    /// API address of the embedded cluster.
-    pub listen: SocketAddr,
     pub cache_dir: PathBuf,
     pub cache_size: u64,
 }
+
+/// The store a mount talks to.
+pub struct Backend {
+    pub store: Arc<dyn ObjectStore>,
+    /// Where REST clients reach the same store (shown as the mount's source, `dosfs:URL`,
+    /// which `dosfs versions` and `dosfs restore` read).
+    pub url: String,
+    /// Run after the unmount, once everything is uploaded (stops an embedded cluster).
+    pub stop: Option<BoxFuture<'static, ()>>,
+}
+
+/// Makes the [`Backend`] on the mount's runtime.
+pub type Connect = Box<dyn FnOnce() -> BoxFuture<'static, anyhow::Result<Backend>> + Send>;
 
 /// Mount points currently mounted on this machine (from /proc/self/mountinfo).
 pub fn mounted_at(path: &Path) -> Option<String> {
@@ -68,65 +75,27 @@ pub fn preflight(mountpoint: &Path) -> anyhow::Result<PathBuf> {
     if !Path::new("/dev/fuse").exists() {
         bail!("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3");
     }
-    if which("fusermount3").is_none() && !rustix::process::getuid().is_root() {
+    let fusermount = std::process::Command::new("fusermount3")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if fusermount.is_err() && !rustix::process::getuid().is_root() {
         bail!("fusermount3 not found: install fuse3 (apt-get install fuse3)");
     }
     Ok(mp)
 }
 
-pub fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(cmd))
-            .find(|p| p.is_file())
-    })
-}
-
 /// Mounts and serves until the filesystem is unmounted or SIGINT/SIGTERM arrives.
 /// `ready` is called once the mount is live.
-pub fn run(opts: MountOptions, ready: impl FnOnce(&Path)) -> anyhow::Result<()> {
+pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> anyhow::Result<()> {
     let mountpoint = preflight(&opts.mountpoint)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (cluster, url) = runtime.block_on(async {
-        match &opts.api {
-            Some(url) => Ok::<_, anyhow::Error>((None, url.trim_end_matches('/').to_string())),
-            None => {
-                let mut config =
-                    dos_server::local::LocalConfig::new(opts.data_dir.clone(), opts.listen);
-                config.token = opts.token.clone();
-                let cluster = dos_server::local::LocalCluster::start(config)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot start the embedded store in {} on {}",
-                            opts.data_dir.display(),
-                            opts.listen
-                        )
-                    })?;
-                let url = format!("http://{}", cluster.api_addr());
-                Ok((Some(cluster), url))
-            }
-        }
-    })?;
-    let mut builder = Client::builder(url.clone());
-    if let Some(t) = &opts.token {
-        builder = builder.token(t.clone());
-    }
-    let client = builder.build().context("building the HTTP client")?;
-    runtime
-        .block_on(async {
-            client
-                .request(reqwest::Method::GET, "/health")
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-        })
-        .map_err(|e| anyhow!("cannot reach the API server at {url}: {e}"))?;
-
+    let backend = runtime.block_on(connect())?;
+    let url = backend.url.clone();
     let cache = BlockCache::open(CacheConfig {
         memory_bytes: (opts.cache_size / 4).min(512 << 20),
         disk_bytes: opts.cache_size,
@@ -138,14 +107,10 @@ pub fn run(opts: MountOptions, ready: impl FnOnce(&Path)) -> anyhow::Result<()> 
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
     let core = Arc::new(FsCore::new(
-        client,
+        backend.store,
         cache,
         staging,
-        FsConfig {
-            read_ahead_blocks: 16,
-            uid,
-            gid,
-        },
+        FsConfig::new(uid, gid),
     ));
     let fs = DosFs::new(core.clone(), runtime.handle().clone(), uid, gid);
     let mut config = fuser::Config::default();
@@ -176,7 +141,10 @@ pub fn run(opts: MountOptions, ready: impl FnOnce(&Path)) -> anyhow::Result<()> 
     runtime.spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received: unmounting");
-        unmount(&mp);
+        // fusermount3 is a process to wait for: off the async workers.
+        if let Err(e) = tokio::task::spawn_blocking(move || unmount(&mp)).await {
+            tracing::warn!(error = %e, "unmount task failed");
+        }
     });
     let ended = done_rx.recv().unwrap_or(Ok(()));
     if let Err(e) = ended {
@@ -186,8 +154,8 @@ pub fn run(opts: MountOptions, ready: impl FnOnce(&Path)) -> anyhow::Result<()> 
     for (path, e) in &failures {
         eprintln!("dosfs: could not upload {path}: {e}");
     }
-    if let Some(c) = cluster {
-        runtime.block_on(c.shutdown());
+    if let Some(stop) = backend.stop {
+        runtime.block_on(stop);
     }
     runtime.shutdown_timeout(Duration::from_secs(5));
     if failures.is_empty() {

@@ -31,6 +31,9 @@ pub struct ApiConfig {
     /// A shard stream that delivers nothing for this long is given up and replaced by
     /// another shard (a data server that hangs cannot stall a read for longer).
     pub shard_stall_timeout: Duration,
+    /// Creating, committing or abandoning a shard upload that takes longer fails (the
+    /// commit of a large shard fsyncs it, so this is generous).
+    pub shard_call_timeout: Duration,
     /// Background scrub, retention and orphan collection.
     pub maintenance: MaintenanceConfig,
 }
@@ -45,6 +48,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("body_idle_timeout", &self.body_idle_timeout)
             .field("shard_stall_timeout", &self.shard_stall_timeout)
+            .field("shard_call_timeout", &self.shard_call_timeout)
             .field("maintenance", &self.maintenance)
             .finish()
     }
@@ -60,6 +64,7 @@ impl ApiConfig {
             max_in_flight: 1024,
             body_idle_timeout: Duration::from_secs(60),
             shard_stall_timeout: Duration::from_secs(10),
+            shard_call_timeout: Duration::from_secs(120),
             maintenance: MaintenanceConfig::default(),
         }
     }

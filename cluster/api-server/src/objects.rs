@@ -13,7 +13,7 @@ use sha2::Digest as _;
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::pipeline::read::{Decoder, ReadPlan};
-use crate::pipeline::write::{encode_stream, hash_stream, store_content};
+use crate::pipeline::write::{Deadlines, encode_stream, hash_stream, store_content};
 use crate::placement;
 
 pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> NewVersion {
@@ -59,6 +59,7 @@ where
     let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
     let (uploads, size) = store_content(
         &core.shards,
+        Deadlines::of(core),
         &digest,
         &servers,
         content_length.map(shard_len),

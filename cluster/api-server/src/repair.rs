@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::pipeline::read::{Decoder, ReadPlan};
-use crate::pipeline::write::store_content;
+use crate::pipeline::write::{Deadlines, store_content};
 use crate::placement::{self, Holders, ShardFault};
 use crate::probe::probe;
 
@@ -177,6 +177,7 @@ pub async fn rebuild(
     let (shards, codec, w) = (&core.shards, &core.codec, &want);
     store_content(
         shards,
+        Deadlines::of(core),
         &hash,
         &targets,
         Some(length),

@@ -20,7 +20,7 @@ use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{add_known_version, record_new_content};
 use crate::pipeline::read::PieceReader;
-use crate::pipeline::write::{ShardTarget, Uploads, encode_stream};
+use crate::pipeline::write::{Deadlines, ShardTarget, Uploads, encode_stream};
 use crate::placement;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -136,7 +136,14 @@ pub async fn post(
         return Ok(PostOutcome::Stored(v));
     }
     let servers = placement::choose_servers(core)?;
-    let uploads = Uploads::create(&core.shards, &hash, &servers, Some(shard_len(size))).await?;
+    let uploads = Uploads::create(
+        &core.shards,
+        Deadlines::of(core),
+        &hash,
+        &servers,
+        Some(shard_len(size)),
+    )
+    .await?;
     let token = UploadToken {
         name: name.clone(),
         hash,
@@ -217,7 +224,8 @@ where
             token.size
         )));
     }
-    let uploads = Uploads::resume(&core.shards, token.targets(&core.bus.live_servers()));
+    let targets = token.targets(&core.bus.live_servers());
+    let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
     let mut hasher = Sha256::new();
     if offset > 0 {
         hasher = prime_hasher(core, &uploads.targets, offset, hasher).await?;

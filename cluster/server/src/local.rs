@@ -57,6 +57,8 @@ pub struct LocalConfig {
     pub shard_path: ShardPath,
     /// A shard stream silent for this long is replaced by another shard.
     pub shard_stall_timeout: std::time::Duration,
+    /// A shard upload's create, commit or abort taking longer fails.
+    pub shard_call_timeout: std::time::Duration,
     /// Applied to the shard transport before the API server uses it (fault injection).
     pub transport_layer: Option<TransportLayer>,
 }
@@ -85,6 +87,7 @@ impl LocalConfig {
             temp_ttl: std::time::Duration::from_secs(24 * 3600),
             shard_path: ShardPath::default(),
             shard_stall_timeout: std::time::Duration::from_secs(10),
+            shard_call_timeout: std::time::Duration::from_secs(120),
             transport_layer: None,
         }
     }
@@ -188,6 +191,7 @@ impl LocalCluster {
         api_config.body_idle_timeout = config.body_idle_timeout;
         api_config.maintenance = config.maintenance.clone();
         api_config.shard_stall_timeout = config.shard_stall_timeout;
+        api_config.shard_call_timeout = config.shard_call_timeout;
         let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus, transport)
             .await
             .map_err(LocalError::Api)?;

@@ -161,3 +161,89 @@ pub trait ShardTransport: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ShardEntry>, ShardError>;
 }
+
+/// A shared transport is a transport (so wrappers such as the fault injector take
+/// `Arc<dyn …>`).
+#[async_trait]
+impl<T: ShardTransport + ?Sized> ShardTransport for std::sync::Arc<T> {
+    async fn create_temp(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        length: Option<u64>,
+    ) -> Result<String, ShardError> {
+        (**self).create_temp(server, hash, shard, length).await
+    }
+
+    async fn write_temp(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        offset: u64,
+        body: PieceStream,
+    ) -> Result<TempStatus, ShardError> {
+        (**self).write_temp(server, id, offset, body).await
+    }
+
+    async fn temp_status(&self, server: &ServerInfo, id: &str) -> Result<TempStatus, ShardError> {
+        (**self).temp_status(server, id).await
+    }
+
+    async fn commit(&self, server: &ServerInfo, id: &str, length: u64) -> Result<(), ShardError> {
+        (**self).commit(server, id, length).await
+    }
+
+    async fn abort(&self, server: &ServerInfo, id: &str) -> Result<(), ShardError> {
+        (**self).abort(server, id).await
+    }
+
+    async fn read_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        (**self).read_shard(server, hash, shard, start, end).await
+    }
+
+    async fn read_temp(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<ShardBody, ShardError> {
+        (**self).read_temp(server, id, start, end).await
+    }
+
+    async fn remove_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        min_age: Option<Duration>,
+    ) -> Result<(), ShardError> {
+        (**self).remove_shard(server, hash, shard, min_age).await
+    }
+
+    async fn verify_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+    ) -> Result<u64, ShardError> {
+        (**self).verify_shard(server, hash, shard).await
+    }
+
+    async fn list_shards(
+        &self,
+        server: &ServerInfo,
+        after: Option<(ContentHash, u8)>,
+        limit: usize,
+    ) -> Result<Vec<ShardEntry>, ShardError> {
+        (**self).list_shards(server, after, limit).await
+    }
+}

@@ -58,7 +58,7 @@ async fn file_versions(core: &FsCore, path: &str) -> FsResult<Vec<VersionRecord>
     if path.is_empty() {
         return Ok(Vec::new());
     }
-    let all = core.client.versions(path).await?;
+    let all = core.store.all_versions(&super::object_name(path)?).await?;
     Ok(all
         .into_iter()
         .filter(|v| v.hash.is_some() && v.kind != EntryKind::Dir)
@@ -87,7 +87,10 @@ pub async fn getattr(core: &FsCore, key: NodeKey) -> FsResult<Attr> {
     match &key {
         NodeKey::Control | NodeKey::History(_) => Ok(control_attr(core, key)),
         NodeKey::HistoryVersion(path, v) => {
-            let rec = core.client.head(path, Some(*v)).await?.to_record();
+            let rec = core
+                .store
+                .head(&super::object_name(path)?, Some(*v))
+                .await?;
             Ok(version_attr(core, path, &rec))
         }
         NodeKey::Path(_) => Err(FsError::Invalid("not a history node".into())),

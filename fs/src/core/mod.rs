@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dos_cache::{BlockCache, StagingArea};
-use dos_client::Client;
-use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_ns};
+use dos_protocol::{
+    ContentHash, EntryKind, ListQuery, ObjectName, VersionRecord, WriteAttributes, now_ns,
+};
+use dos_store::{ObjectStore, PostOutcome, StoreError};
 
 use crate::error::{FsError, FsResult};
 pub use history::version_file_name;
@@ -76,6 +78,20 @@ pub struct FsConfig {
     pub read_ahead_blocks: u64,
     pub uid: u32,
     pub gid: u32,
+    /// How long attributes and listings fetched from the store are trusted ([`ATTR_TTL`] in
+    /// a mount; tests that change the store behind the core's back set zero).
+    pub attr_ttl: Duration,
+}
+
+impl FsConfig {
+    pub fn new(uid: u32, gid: u32) -> Self {
+        Self {
+            read_ahead_blocks: 16,
+            uid,
+            gid,
+            attr_ttl: ATTR_TTL,
+        }
+    }
 }
 
 pub(crate) enum Handle {
@@ -85,7 +101,7 @@ pub(crate) enum Handle {
 }
 
 pub struct FsCore {
-    pub(crate) client: Client,
+    pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) cache: BlockCache,
     pub(crate) staging: StagingArea,
     pub(crate) config: FsConfig,
@@ -121,6 +137,21 @@ pub fn join(parent: &str, name: &str) -> String {
     }
 }
 
+/// The object name of a namespace path.
+pub(crate) fn object_name(path: &str) -> FsResult<ObjectName> {
+    ObjectName::new(path).map_err(|e| FsError::Invalid(format!("{path:?}: {e}")))
+}
+
+/// A listing of at most one child of directory `path` (is it empty? does it exist?).
+fn first_child(path: &str) -> ListQuery {
+    ListQuery {
+        prefix: format!("{path}/"),
+        delimiter: Some('/'),
+        cursor: None,
+        limit: 1,
+    }
+}
+
 fn check_name(name: &str) -> FsResult<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return Err(FsError::Invalid(format!("bad name {name:?}")));
@@ -132,9 +163,14 @@ fn check_name(name: &str) -> FsResult<()> {
 }
 
 impl FsCore {
-    pub fn new(client: Client, cache: BlockCache, staging: StagingArea, config: FsConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        cache: BlockCache,
+        staging: StagingArea,
+        config: FsConfig,
+    ) -> Self {
         Self {
-            client,
+            store,
             cache,
             staging,
             config,
@@ -197,7 +233,7 @@ impl FsCore {
         let entries = lock(&self.entries);
         entries
             .get(path)
-            .filter(|(at, _)| at.elapsed() < ATTR_TTL)
+            .filter(|(at, _)| at.elapsed() < self.config.attr_ttl)
             .map(|(_, e)| e.clone())
     }
 
@@ -209,19 +245,16 @@ impl FsCore {
         if let Some(e) = self.fresh_entry(path) {
             return Ok(e);
         }
-        match self.client.head(path, None).await {
-            Ok(meta) => {
-                let e = Entry::Object(meta.to_record());
+        match self.store.head(&object_name(path)?, None).await {
+            Ok(rec) => {
+                let e = Entry::Object(rec);
                 self.remember(path, e.clone());
                 return Ok(e);
             }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
-        let page = self
-            .client
-            .list(&format!("{path}/"), Some("/"), None, Some(1))
-            .await?;
+        let page = self.store.list(&first_child(path)).await?;
         if page.entries.is_empty() && page.prefixes.is_empty() {
             self.forget_entry(path);
             return Err(FsError::NotFound);
@@ -294,8 +327,11 @@ impl FsCore {
             match &*h.lock().await {
                 Handle::Write { staged, .. } => return write::staged_attr(ino, staged),
                 Handle::Read(r) => {
-                    if let Ok(meta) = self.client.head(&r.name, Some(r.version)).await {
-                        let rec = meta.to_record();
+                    if let Ok(rec) = self
+                        .store
+                        .head(&object_name(&r.name)?, Some(r.version))
+                        .await
+                    {
                         return Ok(self.attr_of(ino, &Entry::Object(rec)));
                     }
                 }
@@ -343,8 +379,13 @@ impl FsCore {
         let mut cursor: Option<String> = None;
         loop {
             let page = self
-                .client
-                .list(&prefix, Some("/"), cursor.as_deref(), Some(1000))
+                .store
+                .list(&ListQuery {
+                    prefix: prefix.clone(),
+                    delimiter: Some('/'),
+                    cursor: cursor.clone(),
+                    limit: 1000,
+                })
                 .await?;
             for rec in page.entries {
                 let name = rec.name.as_str()[prefix.len()..].to_string();
@@ -500,7 +541,10 @@ impl FsCore {
             mode: Some(mode),
             mtime_ns: Some(now_ns()),
         };
-        let rec = self.client.put_bytes(&path, content, &attrs).await?;
+        let rec = self
+            .store
+            .put_bytes(&object_name(&path)?, &attrs, content)
+            .await?;
         let ino = self.ino_of(NodeKey::Path(path.clone()));
         let entry = Entry::Object(rec);
         self.remember(&path, entry.clone());
@@ -509,10 +553,7 @@ impl FsCore {
 
     /// True when nothing lives under directory `path`.
     async fn is_empty_dir(&self, path: &str) -> FsResult<bool> {
-        let page = self
-            .client
-            .list(&format!("{path}/"), Some("/"), None, Some(1))
-            .await?;
+        let page = self.store.list(&first_child(path)).await?;
         let staged_child = lock(&self.staged)
             .keys()
             .any(|p| p.starts_with(&format!("{path}/")));
@@ -530,11 +571,7 @@ impl FsCore {
             return Err(FsError::NotEmpty);
         }
         if let Entry::Object(_) = entry {
-            match self.client.delete(&path).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_quiet(&path).await?;
         }
         self.forget_entry(&path);
         Ok(())
@@ -563,7 +600,7 @@ impl FsCore {
             }
             Err(e) => return Err(e),
         }
-        match self.client.delete(&path).await {
+        match self.store.delete(&object_name(&path)?).await {
             Ok(_) => {}
             Err(e) if e.is_not_found() => return Err(FsError::NotFound),
             Err(e) => return Err(e.into()),
@@ -582,7 +619,11 @@ impl FsCore {
         let path = self.writable_path(ino)?;
         match self.entry(&path).await? {
             Entry::Object(r) if r.kind == EntryKind::Symlink => {
-                Ok(self.client.get(&path, Some(r.version)).await?.to_vec())
+                let read = self
+                    .store
+                    .get(&object_name(&path)?, Some(r.version), None)
+                    .await?;
+                Ok(read.bytes().await?.to_vec())
             }
             _ => Err(FsError::Invalid("not a symlink".into())),
         }
@@ -641,7 +682,7 @@ impl FsCore {
         }
         if is_dir {
             // Every name under the directory, then the directory marker itself.
-            let (names, _) = self.client.list_all(&format!("{from}/"), None).await?;
+            let (names, _) = self.store.list_all(&format!("{from}/"), None).await?;
             for rec in &names {
                 let rest = &rec.name.as_str()[from.len()..];
                 self.copy_version(rec, &format!("{to}{rest}")).await?;
@@ -678,21 +719,24 @@ impl FsCore {
             mode: Some(rec.mode),
             mtime_ns: Some(rec.mtime_ns),
         };
-        match self.client.post(to, hash, rec.size, &attrs).await? {
-            dos_client::PostOutcome::Created(v) => {
+        match self
+            .store
+            .post(&object_name(to)?, hash, rec.size, &attrs)
+            .await?
+        {
+            PostOutcome::Stored(v) => {
                 self.remember(to, Entry::Object(v.clone()));
                 Ok(v)
             }
-            dos_client::PostOutcome::Upload(_) => {
-                Err(FsError::Store(dos_client::ClientError::InvalidInput(
-                    format!("content of {} is no longer stored", rec.name),
-                )))
-            }
+            PostOutcome::Upload(_) => Err(FsError::Store(StoreError::Changed(format!(
+                "the content of {} is no longer stored",
+                rec.name
+            )))),
         }
     }
 
     async fn delete_quiet(&self, path: &str) -> FsResult<()> {
-        match self.client.delete(path).await {
+        match self.store.delete(&object_name(path)?).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
@@ -724,15 +768,15 @@ impl FsCore {
             // An implied directory has nothing to keep attributes in; make it a marker.
             if mode.is_some() || mtime_ns.is_some() {
                 let rec = self
-                    .client
+                    .store
                     .put_bytes(
-                        &path,
-                        bytes::Bytes::new(),
+                        &object_name(&path)?,
                         &WriteAttributes {
                             kind: EntryKind::Dir,
                             mode: mode.map(|m| m & 0o7777),
                             mtime_ns,
                         },
+                        bytes::Bytes::new(),
                     )
                     .await?;
                 self.remember(&path, Entry::Object(rec));

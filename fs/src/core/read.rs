@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use dos_cache::{BlockBytes, BlockCache};
-use dos_client::Client;
-use dos_protocol::ContentHash;
+use dos_protocol::{ByteRange, ContentHash, ObjectName};
+use dos_store::{ObjectStore, StoreError};
 
 use super::passthrough::{Opened, PassthroughFile};
 use super::{FsCore, Handle, NodeKey, lock};
@@ -28,7 +28,7 @@ struct Window {
     end: u64,
     received: Mutex<Received>,
     /// Set when the stream ended (with the error, if it failed).
-    done: Mutex<Option<Result<(), String>>>,
+    done: Mutex<Option<Result<(), StoreError>>>,
     notify: tokio::sync::Notify,
 }
 
@@ -77,34 +77,31 @@ impl FsCore {
             }
         }
         // Close-to-open: every open asks the store which version is current.
-        let meta = self.client.head(&name, pinned).await?;
+        let meta = self.store.head(&super::object_name(&name)?, pinned).await?;
         if meta.kind == dos_protocol::EntryKind::Dir {
             return Err(FsError::IsDir);
         }
+        let hash = meta.hash.ok_or(FsError::NotFound)?;
         if pinned.is_none() {
-            self.remember(&name, super::Entry::Object(meta.to_record()));
+            self.remember(&name, super::Entry::Object(meta.clone()));
         }
         let handle = Handle::Read(ReadHandle {
             name,
             version: meta.version,
-            hash: meta.hash,
+            hash,
             size: meta.size,
             last_end: 0,
             recent: [None, None],
             windows: Vec::new(),
         });
-        if let Some(file) = self.passthrough_file(meta.hash, meta.size).await
-            && let Some(reserved) = self.reserve_passthrough(ino, meta.hash)
+        if let Some(file) = self.passthrough_file(hash, meta.size).await
+            && let Some(reserved) = self.reserve_passthrough(ino, hash)
         {
             let fh = self.new_handle(handle);
             reserved.bind(fh);
             return Ok(Opened {
                 fh,
-                passthrough: Some(PassthroughFile {
-                    ino,
-                    hash: meta.hash,
-                    file,
-                }),
+                passthrough: Some(PassthroughFile { ino, hash, file }),
                 direct_io: false,
             });
         }
@@ -227,13 +224,12 @@ impl FsCore {
                     return Ok(block.into());
                 }
                 match done {
-                    Some(Err(e)) => {
-                        return Err(FsError::Store(dos_client::ClientError::InvalidInput(e)));
-                    }
+                    Some(Err(e)) => return Err(FsError::Store(e)),
                     Some(Ok(())) if !arrived => {
-                        return Err(FsError::Store(dos_client::ClientError::InvalidInput(
-                            format!("{}: block {b} missing from the answer", r.name),
-                        )));
+                        return Err(FsError::Store(StoreError::Integrity(format!(
+                            "{}: block {b} missing from the answer",
+                            r.name
+                        ))));
                     }
                     // Fetch it again.
                     _ => continue,
@@ -278,14 +274,14 @@ impl FsCore {
             notify: tokio::sync::Notify::new(),
         });
         r.windows.push(w.clone());
-        let (client, cache) = (self.client.clone(), self.cache.clone());
+        let (store, cache) = (self.store.clone(), self.cache.clone());
         let (name, version, hash, size) = (r.name.clone(), r.version, r.hash, r.size);
         tokio::spawn(async move {
-            let result = stream_window(&client, &cache, &w, &name, version, hash, size).await;
+            let result = stream_window(&*store, &cache, &w, &name, version, hash, size).await;
             if let Err(e) = &result {
                 tracing::warn!(%name, error = %e, "reading from the store failed");
             }
-            *lock(&w.done) = Some(result.map_err(|e| e.to_string()));
+            *lock(&w.done) = Some(result);
             w.notify.notify_waiters();
         });
     }
@@ -296,22 +292,36 @@ impl FsCore {
 /// contend for its lock). Blocks keep the pieces the socket reads produced: no copy.
 #[allow(clippy::too_many_arguments)]
 async fn stream_window(
-    client: &Client,
+    store: &dyn ObjectStore,
     cache: &BlockCache,
     w: &Arc<Window>,
     name: &str,
     version: u64,
     hash: ContentHash,
     size: u64,
-) -> FsResult<()> {
+) -> Result<(), StoreError> {
     let bs = cache.block_size() as u64;
     let start = w.first * bs;
     let end = (w.end * bs).min(size);
-    let range = format!("bytes={start}-{}", end - 1);
-    let mut stream = client.get_stream(name, Some(version), Some(&range)).await?;
-    if stream.meta.hash != hash {
-        return Err(FsError::Store(dos_client::ClientError::InvalidInput(
-            format!("{name} version {version} changed its content"),
+    let object = ObjectName::new(name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let range = ByteRange {
+        start,
+        end: end - 1,
+    };
+    let mut stream = store.get(&object, Some(version), Some(range)).await?;
+    if stream.record.hash != Some(hash) {
+        return Err(StoreError::Changed(format!(
+            "{name} version {version} changed its content"
+        )));
+    }
+    let expected = if stream.range.is_some() {
+        end - start
+    } else {
+        size
+    };
+    if stream.range.map_or(start != 0, |r| r.start != start) || stream.len() != expected {
+        return Err(StoreError::Integrity(format!(
+            "{name}: the store answered other bytes than asked"
         )));
     }
     let (to_cache, queued) = std::sync::mpsc::channel::<(u64, BlockBytes)>();
@@ -336,7 +346,7 @@ async fn stream_window(
     let bs = bs as usize;
     let mut pending = BlockBytes::new();
     let mut block = w.first;
-    while let Some(chunk) = stream.next_chunk().await {
+    while let Some(chunk) = futures::StreamExt::next(&mut stream.body).await {
         let mut chunk = chunk?;
         while !chunk.is_empty() {
             let take = (bs - pending.len()).min(chunk.len());

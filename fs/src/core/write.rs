@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dos_cache::StagingFile;
-use dos_client::PostOutcome;
 use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_ns};
+use dos_store::{PostOutcome, StoreError, UploadId, UploadProgress};
 use sha2::{Digest, Sha256};
 
 use super::passthrough::Opened;
@@ -147,10 +147,7 @@ impl FsCore {
             }
             return Ok(s);
         }
-        let mut file = self.staging.create().map_err(|e| match e {
-            dos_cache::CacheError::Io { source, .. } => FsError::Local(source),
-            other => FsError::Local(std::io::Error::other(other.to_string())),
-        })?;
+        let mut file = self.staging.create()?;
         let mut mode = 0o644;
         let mut dirty = truncate;
         match self.entry(path).await {
@@ -186,13 +183,12 @@ impl FsCore {
 
     /// Copies a version's bytes into a staging file (editing an existing file).
     async fn download_into(&self, rec: &VersionRecord, file: &mut File) -> FsResult<()> {
-        let mut stream = self
-            .client
-            .get_stream(rec.name.as_str(), Some(rec.version), None)
-            .await?;
+        let mut read = self.store.get(&rec.name, Some(rec.version), None).await?;
         let mut f = file.try_clone()?;
         f.seek(SeekFrom::Start(0))?;
-        while let Some(chunk) = stream.next_chunk().await {
+        while let Some(chunk) = futures::StreamExt::next(&mut read.body).await {
+            // Blocking writes of staged bytes; the staging file is local and small writes
+            // go to the page cache.
             f.write_all(&chunk?)?;
         }
         Ok(())
@@ -362,9 +358,10 @@ impl FsCore {
             mode: Some(mode),
             mtime_ns: Some(mtime_ns.unwrap_or_else(now_ns)),
         };
-        let rec = match self.client.post(path, hash, size, &attrs).await? {
-            PostOutcome::Created(rec) => rec,
-            PostOutcome::Upload(location) => self.send_bytes(&location, file, size).await?,
+        let name = super::object_name(path)?;
+        let rec = match self.store.post(&name, hash, size, &attrs).await? {
+            PostOutcome::Stored(rec) => rec,
+            PostOutcome::Upload(upload) => self.send_bytes(&upload, file, size).await?,
         };
         {
             let mut s = lock(staged);
@@ -377,38 +374,28 @@ impl FsCore {
         Ok(())
     }
 
-    /// Streams a staged file to the resumable upload `location` in one request.
-    async fn send_bytes(&self, location: &str, file: File, size: u64) -> FsResult<VersionRecord> {
-        let file = tokio::fs::File::from_std(file);
-        let mut file = file;
+    /// Streams a staged file to a resumable upload in one request.
+    async fn send_bytes(
+        &self,
+        upload: &UploadId,
+        file: File,
+        size: u64,
+    ) -> FsResult<VersionRecord> {
+        let mut file = tokio::fs::File::from_std(file);
         tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(0)).await?;
         let body = tokio_util::io::ReaderStream::with_capacity(
             tokio::io::AsyncReadExt::take(file, size),
             1 << 20,
         );
-        let resp = self
-            .client
-            .request(reqwest::Method::PUT, location)
-            .header("range", "bytes=0-")
-            .header("content-length", size)
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map_err(dos_client::ClientError::from)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(dos_client::ClientError::from)?;
-        if !status.is_success() {
-            return Err(FsError::Store(dos_client::ClientError::InvalidInput(
-                format!(
-                    "upload failed: {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ),
-            )));
+        match self.store.upload(upload, 0, size, Box::pin(body)).await? {
+            UploadProgress::Done(rec) => Ok(rec),
+            // The file shrank while it was sent (a writer truncated it): the next close
+            // uploads it again.
+            UploadProgress::Partial { accepted } => {
+                Err(FsError::Store(StoreError::Changed(format!(
+                    "the staged file changed during its upload ({accepted} of {size} bytes taken)"
+                ))))
+            }
         }
-        serde_json::from_slice::<VersionRecord>(&body).map_err(|e| {
-            FsError::Store(dos_client::ClientError::InvalidInput(format!(
-                "upload answer: {e}"
-            )))
-        })
     }
 }

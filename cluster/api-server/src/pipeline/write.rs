@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dos_erasure::Codec;
@@ -33,7 +34,37 @@ pub struct ShardTarget {
 /// A set of shard uploads of one content.
 pub struct Uploads {
     shards: Arc<dyn ShardTransport>,
+    /// Bound on each create, commit and abort call, and on a piece waiting for its upload.
+    deadlines: Deadlines,
     pub targets: Vec<ShardTarget>,
+}
+
+/// How long shard calls may take before they count as failed.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Creating, committing or abandoning an upload.
+    pub call: Duration,
+    /// A piece waiting for its upload stream to take it.
+    pub stall: Duration,
+}
+
+impl Deadlines {
+    pub fn of(core: &crate::core::Core) -> Self {
+        Self {
+            call: core.config.shard_call_timeout,
+            stall: core.config.shard_stall_timeout,
+        }
+    }
+}
+
+/// `call`, or [`ShardError::Timeout`] after `limit`.
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, ShardError>>,
+) -> Result<T, ShardError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or(Err(ShardError::Timeout(limit)))
 }
 
 impl Uploads {
@@ -41,14 +72,17 @@ impl Uploads {
     /// created are abandoned and the error is returned.
     pub async fn create(
         shards: &Arc<dyn ShardTransport>,
+        deadlines: Deadlines,
         hash: &ContentHash,
         servers: &[(u8, ServerInfo)],
         shard_length: Option<u64>,
     ) -> ApiResult<Self> {
         let results = future::join_all(servers.iter().map(|(shard, server)| async move {
-            shards
-                .create_temp(server, hash, *shard, shard_length)
-                .await
+            within(
+                deadlines.call,
+                shards.create_temp(server, hash, *shard, shard_length),
+            )
+            .await
                 .map(|temp_id| ShardTarget {
                     shard: *shard,
                     server: server.clone(),
@@ -57,7 +91,7 @@ impl Uploads {
                 .inspect_err(|e| tracing::warn!(%hash, shard, server = %server.id, error = %e, "upload not created"))
         }))
         .await;
-        let mut uploads = Self::resume(shards, Vec::new());
+        let mut uploads = Self::resume(shards, deadlines, Vec::new());
         let mut failure = None;
         for r in results {
             match r {
@@ -73,9 +107,14 @@ impl Uploads {
     }
 
     /// Uploads created earlier (a resumable upload's token names them).
-    pub fn resume(shards: &Arc<dyn ShardTransport>, targets: Vec<ShardTarget>) -> Self {
+    pub fn resume(
+        shards: &Arc<dyn ShardTransport>,
+        deadlines: Deadlines,
+        targets: Vec<ShardTarget>,
+    ) -> Self {
         Self {
             shards: shards.clone(),
+            deadlines,
             targets,
         }
     }
@@ -87,7 +126,7 @@ impl Uploads {
         F: FnOnce(ShardWriters) -> Fut,
         Fut: Future<Output = ApiResult<(T, ShardWriters)>>,
     {
-        let writers = ShardWriters::open(&self.shards, &self.targets, offset);
+        let writers = ShardWriters::open(&self.shards, &self.targets, offset, self.deadlines.stall);
         let (value, writers) = feed(writers).await?;
         writers.finish().await?;
         Ok(value)
@@ -96,9 +135,11 @@ impl Uploads {
     /// Commits every upload durably; all must succeed.
     pub async fn commit(&self, shard_length: u64) -> ApiResult<()> {
         let results = future::join_all(self.targets.iter().map(|t| async move {
-            self.shards
-                .commit(&t.server, &t.temp_id, shard_length)
-                .await
+            within(
+                self.deadlines.call,
+                self.shards.commit(&t.server, &t.temp_id, shard_length),
+            )
+            .await
                 .inspect_err(|e| tracing::warn!(shard = t.shard, server = %t.server.id, error = %e, "commit failed"))
         }))
         .await;
@@ -111,7 +152,8 @@ impl Uploads {
     /// Abandons every upload; failures only mean the temp files expire later.
     pub async fn abort(&self) {
         future::join_all(self.targets.iter().map(|t| async move {
-            if let Err(e) = self.shards.abort(&t.server, &t.temp_id).await {
+            let abort = self.shards.abort(&t.server, &t.temp_id);
+            if let Err(e) = within(self.deadlines.call, abort).await {
                 tracing::debug!(server = %t.server.id, error = %e, "abandoning an upload failed; it will expire");
             }
         }))
@@ -129,6 +171,7 @@ impl Uploads {
 /// durably; on any failure abandons them all. The path of a PUT and of a repair.
 pub async fn store_content<T, F, Fut>(
     shards: &Arc<dyn ShardTransport>,
+    deadlines: Deadlines,
     hash: &ContentHash,
     servers: &[(u8, ServerInfo)],
     shard_length: Option<u64>,
@@ -138,7 +181,7 @@ where
     F: FnOnce(ShardWriters) -> Fut,
     Fut: Future<Output = ApiResult<((T, u64), ShardWriters)>>,
 {
-    let uploads = Uploads::create(shards, hash, servers, shard_length).await?;
+    let uploads = Uploads::create(shards, deadlines, hash, servers, shard_length).await?;
     let stored = async {
         let (value, length) = uploads.write(0, feed).await?;
         uploads.commit(length).await?;
@@ -158,11 +201,18 @@ where
 pub struct ShardWriters {
     senders: Vec<mpsc::Sender<Bytes>>,
     tasks: Vec<JoinHandle<Result<TempStatus, ShardError>>>,
+    /// A piece an upload does not take within this is a failed upload.
+    stall: Duration,
 }
 
 impl ShardWriters {
     /// Starts one streaming request per target, writing from raw shard offset `offset`.
-    fn open(shards: &Arc<dyn ShardTransport>, targets: &[ShardTarget], offset: u64) -> Self {
+    fn open(
+        shards: &Arc<dyn ShardTransport>,
+        targets: &[ShardTarget],
+        offset: u64,
+        stall: Duration,
+    ) -> Self {
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for t in targets {
@@ -179,18 +229,28 @@ impl ShardWriters {
             }));
             senders.push(tx);
         }
-        Self { senders, tasks }
+        Self {
+            senders,
+            tasks,
+            stall,
+        }
     }
 
     /// Sends one piece to each upload (`pieces[i]` to the i-th target).
     pub async fn send(&mut self, pieces: Vec<Bytes>) -> ApiResult<()> {
         let sends = self.senders.iter().zip(pieces).map(|(tx, p)| tx.send(p));
-        let failed = future::join_all(sends).await.iter().any(Result::is_err);
-        if failed {
+        match tokio::time::timeout(self.stall, future::join_all(sends)).await {
+            Ok(sent) if sent.iter().all(Result::is_ok) => Ok(()),
             // A request ended early; its task holds the reason.
-            return Err(self.first_error().await);
+            Ok(_) => Err(self.first_error().await),
+            Err(_) => {
+                // A data server stopped taking its shard: the uploads are given up.
+                for t in &self.tasks {
+                    t.abort();
+                }
+                Err(ApiError::ShardWrite(ShardError::Timeout(self.stall)))
+            }
         }
-        Ok(())
     }
 
     async fn first_error(&mut self) -> ApiError {

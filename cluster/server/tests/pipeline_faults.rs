@@ -1,0 +1,225 @@
+//! Faults between the API server and its data servers, injected with the fault-injecting
+//! shard transport around the embedded cluster's in-process transport: a shard upload that
+//! breaks off mid-stream, a data server that refuses to create an upload, a commit that never
+//! answers, a data server that answers garbage, read streams that stall or fail. Writes fail
+//! cleanly (one line, 503, no version, nothing left claimed); reads return exact bytes while
+//! four shards answer and fail cleanly when fewer do; nothing hangs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dos_client::reqwest::StatusCode;
+use dos_client::{Client, ContentHash};
+use dos_server::local::LocalCluster;
+use dos_transport::ShardError;
+use dos_transport::faults::{Fault, Faults, FaultyTransport, Op};
+
+const MIB: usize = 1 << 20;
+
+/// An embedded cluster whose API server reaches its data servers through `faults`, with short
+/// deadlines so that a hung call fails within a second.
+async fn faulty_cluster() -> (LocalCluster, Client, Faults, tempfile::TempDir) {
+    let faults = Faults::default();
+    let f = faults.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client) = start_with(&dir.path().join("root"), move |c| {
+        c.shard_stall_timeout = Duration::from_millis(500);
+        c.shard_call_timeout = Duration::from_secs(1);
+        c.transport_layer = Some(Arc::new(move |inner| {
+            Arc::new(FaultyTransport::new(inner, f.clone()))
+        }));
+    })
+    .await;
+    (cluster, client, faults, dir)
+}
+
+/// The id of the first data server.
+fn first_server(cluster: &LocalCluster) -> dos_protocol::ServerId {
+    cluster.data_servers()[0].clone().unwrap().id
+}
+
+/// A PUT that the fault makes fail: 503 with a one-line message naming no server, no
+/// version, no committed shard of the content anywhere.
+async fn assert_put_fails_cleanly(cluster: &LocalCluster, client: &Client, name: &str, len: usize) {
+    let body = data(len, 7);
+    let hash = ContentHash::of(&body);
+    let started = Instant::now();
+    let err = client
+        .put_bytes(name, body, &attrs())
+        .await
+        .expect_err("the PUT must fail");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the PUT took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    let message = err.server_message().unwrap_or_default().to_string();
+    assert!(
+        !message.contains("127.0.0.1") && !message.contains("local:"),
+        "{message}"
+    );
+    assert!(message.contains("nothing was stored"), "{message}");
+    assert_eq!(client.versions(name).await.unwrap(), vec![]);
+    assert!(
+        shard_files(cluster, &hash).is_empty(),
+        "no shard of a failed PUT stays committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_upload_that_breaks_off_fails_the_put_cleanly() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    faults
+        .on(Op::WriteTemp, Fault::CutWrite { after: 300_000 })
+        .server(&first_server(&cluster))
+        .times(1)
+        .apply();
+    assert_put_fails_cleanly(&cluster, &client, "cut/upload", 3 * MIB).await;
+    // The next PUT goes through, and its bytes come back.
+    let body = data(3 * MIB, 8);
+    client
+        .put_bytes("cut/after", body.clone(), &attrs())
+        .await
+        .unwrap();
+    assert!(client.get("cut/after", None).await.unwrap() == body[..]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_upload_fails_the_put_and_abandons_the_others() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    faults
+        .on(Op::CreateTemp, Fault::Fail(ShardError::Full))
+        .server(&first_server(&cluster))
+        .times(1)
+        .apply();
+    assert_put_fails_cleanly(&cluster, &client, "refused/upload", 100_000).await;
+    assert!(
+        faults.calls(Op::Abort) >= 5,
+        "the five uploads created are abandoned"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_never_answers_fails_the_put_within_its_deadline() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    faults
+        .on(Op::Commit, Fault::Hang)
+        .server(&first_server(&cluster))
+        .times(1)
+        .apply();
+    let body = data(200_000, 9);
+    let started = Instant::now();
+    let err = client
+        .put_bytes("hung/commit", body, &attrs())
+        .await
+        .expect_err("a commit that never answers fails the PUT");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert_eq!(client.versions("hung/commit").await.unwrap(), vec![]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_server_that_stops_taking_its_shard_fails_the_put_within_its_deadline() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    faults
+        .on(Op::WriteTemp, Fault::Hang)
+        .server(&first_server(&cluster))
+        .times(1)
+        .apply();
+    assert_put_fails_cleanly(&cluster, &client, "hung/write", 8 * MIB).await;
+    cluster.shutdown().await;
+}
+
+/// Stores an object to read back under faults.
+async fn stored(client: &Client, name: &str, len: usize) -> Vec<u8> {
+    let body = data(len, 11);
+    client
+        .put_bytes(name, body.clone(), &attrs())
+        .await
+        .unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_and_stalls_on_reads_are_replaced_by_parity() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    let body = stored(&client, "read/obj", 5 * MIB + 123).await;
+    // Shard 0 answers garbage (too short for what was asked); shard 1's stream stalls after
+    // one piece: the reader gets parity instead of both, in time, byte for byte.
+    faults
+        .on(Op::ReadShard, Fault::GarbageRead { len: 1000 })
+        .shard(0)
+        .times(1)
+        .apply();
+    faults
+        .on(Op::ReadShard, Fault::StallRead { after: 256 * 1024 })
+        .shard(1)
+        .times(1)
+        .apply();
+    let started = Instant::now();
+    let got = client.get("read/obj", None).await.unwrap();
+    assert!(got == body[..], "exact bytes despite garbage and a stall");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A range in the middle, with a stall right at the start of shard 2.
+    faults
+        .on(Op::ReadShard, Fault::StallRead { after: 0 })
+        .shard(2)
+        .times(1)
+        .apply();
+    let (_, part) = client
+        .get_range("read/obj", None, "bytes=3000000-4000000")
+        .await
+        .unwrap();
+    assert!(part == body[3_000_000..=4_000_000]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_need_four_shards_and_fail_cleanly_with_three() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    let body = stored(&client, "quorum/obj", 2 * MIB + 5).await;
+    for shard in [0, 4] {
+        faults
+            .on(
+                Op::ReadShard,
+                Fault::Fail(ShardError::Unreachable("cut off".into())),
+            )
+            .shard(shard)
+            .apply();
+    }
+    assert!(client.get("quorum/obj", None).await.unwrap() == body[..]);
+    faults
+        .on(
+            Op::ReadShard,
+            Fault::Fail(ShardError::Unreachable("cut off".into())),
+        )
+        .shard(1)
+        .apply();
+    let err = client.get("quorum/obj", None).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert!(
+        err.server_message()
+            .unwrap_or_default()
+            .contains("3 of the 4"),
+        "{err}"
+    );
+    faults.clear();
+    assert!(client.get("quorum/obj", None).await.unwrap() == body[..]);
+    cluster.shutdown().await;
+}
