@@ -42,6 +42,7 @@ use lapin::{
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
+use dos_worker::{Supervisor, Worker, WorkerError};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
@@ -180,6 +181,9 @@ struct Shared {
     next_responder: AtomicU64,
     generation: AtomicU64,
     shutdown: CancellationToken,
+    /// Owns the connection keeper and every consumer (their tokens are children of
+    /// `shutdown`).
+    workers: Supervisor,
 }
 
 /// One established connection and what hangs off it.
@@ -237,6 +241,7 @@ impl AmqpBus {
             next_responder: AtomicU64::new(1),
             generation: AtomicU64::new(0),
             shutdown: shutdown.clone(),
+            workers: Supervisor::with_token(shutdown.clone()),
         });
         let session = open_session(&shared)
             .await
@@ -245,8 +250,8 @@ impl AmqpBus {
             url = %redact(&shared.config.url),
             "connected to RabbitMQ"
         );
-        shared.set_session(Some(session.clone()));
-        tokio::spawn(supervise(shared.clone(), session));
+        shared.set_session(Some(session));
+        shared.workers.spawn(Arc::new(ConnectionKeeper(Arc::downgrade(&shared))));
         Ok(AmqpBus {
             shared,
             _stop: Arc::new(shutdown.drop_guard()),
@@ -523,12 +528,10 @@ impl Shared {
             generation = session.generation,
             "locate responder subscribed"
         );
-        tokio::spawn(run_responder(
-            self.clone(),
-            session.clone(),
-            entry.clone(),
-            consumer,
-        ));
+        let (shared, session, entry) = (self.clone(), session.clone(), entry.clone());
+        self.workers.spawn_once("rabbitmq locate responder", move |_| {
+            run_responder(shared, session, entry, consumer)
+        });
         Ok(())
     }
 
@@ -725,8 +728,14 @@ async fn open_session(shared: &Arc<Shared>) -> Result<Arc<Session>, String> {
         dead: shared.shutdown.child_token(),
         failed: AtomicBool::new(false),
     });
-    tokio::spawn(run_replies(shared.clone(), session.clone(), replies));
-    tokio::spawn(run_heartbeats(shared.clone(), session.clone(), heartbeats));
+    let (sh, se) = (shared.clone(), session.clone());
+    shared
+        .workers
+        .spawn_once("rabbitmq locate replies", move |_| run_replies(sh, se, replies));
+    let (sh, se) = (shared.clone(), session.clone());
+    shared.workers.spawn_once("rabbitmq heartbeats", move |_| {
+        run_heartbeats(sh, se, heartbeats)
+    });
     Ok(session)
 }
 
@@ -877,73 +886,98 @@ async fn wait_until_dead(session: &Session) {
     }
 }
 
-/// Keeps the bus connected until it shuts down.
-async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
-    loop {
-        tokio::select! {
-            _ = wait_until_dead(&session) => {},
-            // A dead-but-unnoticed session is still closed when the bus goes away.
-            _ = shared.shutdown.cancelled() => {},
-        }
-        session.dead.cancel();
-        shared.set_session(None);
-        // Graceful close where possible: the broker then drops our exclusive queues at once.
-        if session.conn.status().connected() {
-            let _ = timeout(
-                shared.config.op_timeout,
-                session.conn.close(200, "OK".into()),
-            )
-            .await;
-        }
-        drop(session);
-        if shared.shutdown.is_cancelled() {
-            debug!("RabbitMQ bus shut down");
-            return;
-        }
+/// Keeps the bus connected until it shuts down: waits for the session to break, closes it,
+/// reconnects with back-off and re-subscribes the locate responders. Run by the bus's
+/// supervisor (again, should it panic), holding the bus only weakly.
+struct ConnectionKeeper(Weak<Shared>);
 
-        let mut delay = shared.config.reconnect_min;
-        let mut attempts = 0u32;
-        session = loop {
-            tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            attempts += 1;
-            let attempt = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
-                attempt = open_session(&shared) => attempt,
+#[async_trait]
+impl Worker for ConnectionKeeper {
+    fn name(&self) -> &str {
+        "rabbitmq connection"
+    }
+
+    async fn run(&self, cancel: CancellationToken) -> Result<(), WorkerError> {
+        loop {
+            let Some(shared) = self.0.upgrade() else {
+                return Ok(());
             };
-            match attempt {
-                Ok(s) => break s,
-                Err(e) => {
-                    if attempts == 1 || attempts.is_multiple_of(10) {
-                        warn!(attempts, "reconnecting to RabbitMQ failed: {e}");
-                    } else {
-                        debug!(attempts, "reconnecting to RabbitMQ failed: {e}");
-                    }
-                    delay = (delay * 2).min(shared.config.reconnect_max);
-                }
+            let session = match shared.current() {
+                Ok(s) => s,
+                Err(_) => match reconnect(&shared, &cancel).await {
+                    Some(s) => s,
+                    None => return Ok(()),
+                },
+            };
+            tokio::select! {
+                _ = wait_until_dead(&session) => {},
+                // A dead-but-unnoticed session is still closed when the bus goes away.
+                _ = cancel.cancelled() => {},
             }
-        };
-        info!(
-            attempts,
-            generation = session.generation,
-            "reconnected to RabbitMQ"
-        );
-        shared.set_session(Some(session.clone()));
-        let entries: Vec<_> = shared
-            .responders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        for entry in entries {
-            if shared.ensure_subscribed(&session, &entry).await.is_err() {
-                break;
+            session.dead.cancel();
+            shared.set_session(None);
+            // Graceful close where possible: the broker then drops our exclusive queues at once.
+            if session.conn.status().connected() {
+                let _ = timeout(
+                    shared.config.op_timeout,
+                    session.conn.close(200, "OK".into()),
+                )
+                .await;
+            }
+            if cancel.is_cancelled() {
+                debug!("RabbitMQ bus shut down");
+                return Ok(());
             }
         }
     }
+}
+
+/// Opens a new session (backing off between attempts), makes it current and re-subscribes
+/// the locate responders; `None` when the bus shuts down first.
+async fn reconnect(shared: &Arc<Shared>, cancel: &CancellationToken) -> Option<Arc<Session>> {
+    let mut delay = shared.config.reconnect_min;
+    let mut attempts = 0u32;
+    let session = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        attempts += 1;
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            attempt = open_session(shared) => attempt,
+        };
+        match attempt {
+            Ok(s) => break s,
+            Err(e) => {
+                if attempts == 1 || attempts.is_multiple_of(10) {
+                    warn!(attempts, "reconnecting to RabbitMQ failed: {e}");
+                } else {
+                    debug!(attempts, "reconnecting to RabbitMQ failed: {e}");
+                }
+                delay = (delay * 2).min(shared.config.reconnect_max);
+            }
+        }
+    };
+    info!(
+        attempts,
+        generation = session.generation,
+        "reconnected to RabbitMQ"
+    );
+    shared.set_session(Some(session.clone()));
+    let entries: Vec<_> = shared
+        .responders
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    for entry in entries {
+        if shared.ensure_subscribed(&session, &entry).await.is_err() {
+            break;
+        }
+    }
+    Some(session)
 }
 
 #[cfg(test)]
