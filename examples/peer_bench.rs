@@ -79,6 +79,11 @@ struct Args {
     /// it acknowledges writes before they reach the disk.
     #[arg(long)]
     weed_fsync: bool,
+    /// dosfs's read-cache budget (`dosfs mount --cache-size`) [default: dosfs's own, 4G]. A file
+    /// is kept as one cache file (and read through FUSE passthrough when cached) only if it
+    /// fits in a quarter of it.
+    #[arg(long)]
+    dosfs_cache_size: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,6 +125,15 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fails once cleanup began (after waiting for it to finish: it holds the registry), so that
+/// the benchmark stops instead of measuring unmounted directories.
+fn check_interrupted() -> anyhow::Result<()> {
+    if registry().closing {
+        bail!("interrupted");
+    }
+    Ok(())
 }
 
 /// Runs `cleanup` when dropped, so that a panic cleans up too.
@@ -282,6 +296,90 @@ fn disk_read_bytes(pid: u32) -> u64 {
                 .and_then(|v| v.trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU time (ticks) of process `pid`, its reaped children included (/proc/PID/stat utime,
+/// stime, cutime, cstime).
+fn process_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(
+                f.get(11..15)?
+                    .iter()
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum(),
+            )
+        })
+        .unwrap_or(0)
+}
+
+/// Where the machine's CPU time had gone at one instant (ticks since boot).
+#[derive(Clone, Copy)]
+struct CpuSnapshot {
+    /// Busy time of all CPUs (user, nice, system, irq, softirq).
+    busy: u64,
+    /// Time the hypervisor gave our vCPUs to someone else.
+    steal: u64,
+    /// This benchmark and every process it started, with their descendants and reaped children.
+    ours: u64,
+    at: Instant,
+}
+
+fn cpu_snapshot() -> CpuSnapshot {
+    let (mut busy, mut steal) = (0, 0);
+    if let Ok(stat) = std::fs::read_to_string("/proc/stat")
+        && let Some(line) = stat.lines().find(|l| l.starts_with("cpu "))
+    {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        busy = at(0) + at(1) + at(2) + at(5) + at(6);
+        steal = at(7);
+    }
+    let mut pids = vec![std::process::id()];
+    pids.extend(registry().procs.iter().map(|(_, c)| c.id()));
+    let mut all: Vec<u32> = pids.iter().flat_map(|&p| process_tree(p)).collect();
+    all.sort_unstable();
+    all.dedup();
+    let ours = all.into_iter().map(process_ticks).sum();
+    CpuSnapshot {
+        busy,
+        steal,
+        ours,
+        at: Instant::now(),
+    }
+}
+
+/// Between two snapshots: cores kept busy by other processes and the kernel on average
+/// (our processes' CPU subtracted; kernel threads doing our writeback count as other), and
+/// the share of CPU time the hypervisor stole, in %.
+fn other_load(a: CpuSnapshot, b: CpuSnapshot, ticks: f64) -> (f64, f64) {
+    let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    let busy = b.busy.saturating_sub(a.busy) as f64 / ticks;
+    let ours = b.ours.saturating_sub(a.ours) as f64 / ticks;
+    let steal = b.steal.saturating_sub(a.steal) as f64 / ticks;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    (
+        ((busy - ours) / secs).max(0.0),
+        100.0 * steal / (secs * cores),
+    )
 }
 
 /// Starts a long-running process in its own process group (a Ctrl-C in the terminal reaches
@@ -449,6 +547,7 @@ fn wait_mounted(p: &Path, pid: u32, log: &Path) -> anyhow::Result<()> {
 
 /// Runs `cmd` to completion; its wall time, or an error with its stderr.
 fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
+    check_interrupted()?;
     let start = Instant::now();
     let out = cmd
         .stdin(Stdio::null())
@@ -495,6 +594,7 @@ fn drop_caches() -> anyhow::Result<()> {
 
 /// Reads `path` whole (into the page cache), untimed.
 fn warm(path: &Path) -> anyhow::Result<()> {
+    check_interrupted()?;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     std::io::copy(&mut f, &mut std::io::sink())
         .with_context(|| format!("reading {}", path.display()))?;
@@ -525,6 +625,7 @@ fn fill(buf: &mut [u8], state: &mut u64) {
 
 /// Writes `size` bytes of new random content to `path`; returns their SHA-256.
 fn make_file(path: &Path, size: u64) -> anyhow::Result<ContentHash> {
+    check_interrupted()?;
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut f = std::io::BufWriter::with_capacity(MIB as usize, f);
     let mut hasher = sha2::Sha256::new();
@@ -948,7 +1049,7 @@ struct Mounted {
     readers: Vec<u32>,
 }
 
-fn start_dosfs(bin: &Path, dirs: &Dirs) -> anyhow::Result<Mounted> {
+fn start_dosfs(bin: &Path, dirs: &Dirs, cache_size: Option<&str>) -> anyhow::Result<Mounted> {
     let mnt = dirs.sub("mnt/dosfs")?;
     let data = dirs.sub("dosfs/data")?;
     let cache = dirs.sub("dosfs/cache")?;
@@ -964,6 +1065,12 @@ fn start_dosfs(bin: &Path, dirs: &Dirs) -> anyhow::Result<Mounted> {
             .arg("--cache-dir")
             .arg(&cache)
             .args(["--listen", &format!("127.0.0.1:{}", free_port()?)])
+            .args(
+                cache_size
+                    .map(|c| ["--cache-size", c])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("RUST_LOG", "warn"),
         &log,
     )?;
@@ -1075,6 +1182,7 @@ async fn put_file(
     size: u64,
     headers: &[(&str, String)],
 ) -> anyhow::Result<Duration> {
+    check_interrupted()?;
     let start = Instant::now();
     let file = tokio::fs::File::open(path)
         .await
@@ -1104,6 +1212,7 @@ async fn get_to_nowhere(
     size: u64,
     verify: Option<&ContentHash>,
 ) -> anyhow::Result<Duration> {
+    check_interrupted()?;
     let start = Instant::now();
     let r = http
         .get(url)
@@ -1313,6 +1422,7 @@ async fn small_round(
     for (i, (body, d)) in bodies.iter().enumerate() {
         let p = path(i);
         let headers: Vec<(&str, &str)> = d.iter().map(|d| ("Digest", d.as_str())).collect();
+        check_interrupted()?;
         let start = Instant::now();
         let (status, text) = conn.request("PUT", &p, &headers, body).await?;
         puts.push(start.elapsed());
@@ -1613,7 +1723,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 readers: vec![],
             },
         ));
-        targets.push(("dosfs", start_dosfs(&bins.dosfs, &dirs)?));
+        targets.push((
+            "dosfs",
+            start_dosfs(&bins.dosfs, &dirs, args.dosfs_cache_size.as_deref())?,
+        ));
         if let Some(w) = &weed {
             targets.push(("weed mount", start_weed_mount(&bins.weed, &dirs, w)?));
         }
@@ -1657,8 +1770,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut res = Results::default();
     // Cold checks, printed with the raw figures.
     let mut notes: Vec<String> = Vec::new();
+    let ticks = clock_ticks();
     for round in 0..rounds {
         let r = round + 1;
+        let cpu_start = cpu_snapshot();
         if want(Part::Rest)
             && let (Some(dos), Some(weed)) = (&dos, &weed)
         {
@@ -1837,6 +1952,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 std::fs::remove_file(&src)?;
             }
         }
+        let (other, steal) = other_load(cpu_start, cpu_snapshot(), ticks);
+        res.push("load|other processes, cores busy".into(), other);
+        res.push("load|hypervisor steal, %".into(), steal);
+        eprintln!(
+            "round {r}: other processes kept {other:.2} cores busy on average; steal {steal:.1} %"
+        );
     }
 
     report(&args, &res, &targets, &notes);
@@ -1852,11 +1973,12 @@ fn raw_table(res: &Results, prefix: &str, rounds: usize) {
     println!();
     println!("|---|{}", "---|".repeat(rounds));
     for (k, v) in res.0.iter().filter(|(k, _)| k.starts_with(prefix)) {
-        let dec = if k.starts_with("small|") && !k.ends_with("connections") {
-            2
-        } else {
-            0
-        };
+        let dec =
+            if (k.starts_with("small|") && !k.ends_with("connections")) || k.starts_with("load|") {
+                2
+            } else {
+                0
+            };
         print!("| {} |", &k[prefix.len()..]);
         for x in v {
             print!(" {x:.dec$} |");
@@ -1972,10 +2094,10 @@ fn report(args: &Args, res: &Results, targets: &[(&str, Mounted)], notes: &[Stri
         for mib in &args.fs_sizes_mib {
             for (sys, _) in targets {
                 let c = |m: &str| spread(&g(format!("fs|{mib}|{sys}|{m}")), 0);
-                let label = if *sys == "weed mount" && args.weed_fsync {
-                    "weed mount (fsync on)"
-                } else {
-                    sys
+                let label = match (*sys, &args.dosfs_cache_size) {
+                    ("weed mount", _) if args.weed_fsync => "weed mount (fsync on)".to_string(),
+                    ("dosfs", Some(c)) => format!("dosfs (--cache-size {c})"),
+                    _ => sys.to_string(),
                 };
                 println!(
                     "| {mib} MiB | {label} | {} | {} | {} | {} | {} |",
@@ -2037,6 +2159,12 @@ fn report(args: &Args, res: &Results, targets: &[(&str, Mounted)], notes: &[Stri
     if want(Part::Fs) {
         raw_table(res, "fs|", rounds);
     }
+    println!(
+        "Load from outside the benchmark during each round (other processes and kernel threads, \
+         our own writeback included; and the hypervisor's steal):"
+    );
+    println!();
+    raw_table(res, "load|", rounds);
     if !notes.is_empty() {
         println!(
             "Cold checks: what each system's local cache dir gained during cp in, and what the \
