@@ -1595,6 +1595,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let run_start = Instant::now();
     let bins = resolve_bins(&args)?;
     let rounds = args.rounds.max(1);
     let want = |p: Part| args.parts.contains(&p);
@@ -1671,8 +1672,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("# peer_bench");
     println!();
     println!("- machine: {}", machine_line(&dirs.root));
+    let commit = Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("?".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    let started = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map_or("?".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
     println!(
-        "- dos-server {}, dosfs {}",
+        "- dos-server {}, dosfs {} (source tree at {commit}); started {started}",
         bins.dos_server.display(),
         bins.dosfs.display()
     );
@@ -1961,6 +1977,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     report(&args, &res, &targets, &notes);
+    println!();
+    println!(
+        "Run time: {:.0} s (set-up included).",
+        run_start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
