@@ -351,11 +351,8 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                     }
                     let client = builder.build().context("building the HTTP client")?;
                     client
-                        .request(dos_client::reqwest::Method::GET, "/health")
-                        .timeout(Duration::from_secs(10))
-                        .send()
+                        .health(Duration::from_secs(10))
                         .await
-                        .and_then(|r| r.error_for_status())
                         .map_err(|e| anyhow!("cannot reach the API server at {url}: {e}"))?;
                     Ok(dosfs::mount::Backend {
                         store: std::sync::Arc::new(client),

@@ -1,9 +1,13 @@
 //! The fuser adapter: the only module that touches fuser's request and reply types. Each
-//! callback runs the matching [`FsCore`] operation on the tokio runtime and replies, turning
-//! an [`FsError`] into its errno.
+//! callback hands the matching [`FsCore`] operation to the tokio runtime as a task that
+//! replies when it is done, turning an [`FsError`] into its errno; the fuser threads only
+//! read requests and never wait for the store. So the work in progress (uploads at close,
+//! reads from the store) is as many tasks as the kernel sends requests, not a fixed number
+//! of threads that all block on uploads.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,9 +25,15 @@ use crate::error::FsError;
 pub struct DosFs {
     core: Arc<FsCore>,
     rt: tokio::runtime::Handle,
+    ids: Ids,
+    backing: Arc<Mutex<Backing>>,
+}
+
+/// The owner every node is shown with.
+#[derive(Clone, Copy)]
+struct Ids {
     uid: u32,
     gid: u32,
-    backing: Mutex<Backing>,
 }
 
 /// Backing files registered with the kernel for passthrough opens: one per inode and content
@@ -35,51 +45,63 @@ struct Backing {
     by_handle: HashMap<u64, Arc<BackingId>>,
 }
 
+fn backing(b: &Mutex<Backing>) -> std::sync::MutexGuard<'_, Backing> {
+    b.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The backing id for a passthrough open, shared with the other open handles of the same
+/// inode and content, or registered now.
+fn backing_for(
+    b: &Mutex<Backing>,
+    reply: &ReplyOpen,
+    p: &PassthroughFile,
+) -> std::io::Result<Arc<BackingId>> {
+    let mut backing = backing(b);
+    let key = (p.ino, p.hash.0);
+    if let Some(id) = backing.by_content.get(&key).and_then(Weak::upgrade) {
+        return Ok(id);
+    }
+    let id = Arc::new(reply.open_backing(&p.file)?);
+    backing.by_content.retain(|_, w| w.strong_count() > 0);
+    backing.by_content.insert(key, Arc::downgrade(&id));
+    Ok(id)
+}
+
 impl DosFs {
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
         Self {
             core,
             rt,
-            uid,
-            gid,
-            backing: Mutex::default(),
+            ids: Ids { uid, gid },
+            backing: Arc::default(),
         }
     }
 
-    fn backing(&self) -> std::sync::MutexGuard<'_, Backing> {
-        self.backing.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `op(core)` as a task and gives its outcome to `reply`.
+    fn spawn<T, F, Fut, R>(&self, op: F, reply: R)
+    where
+        F: FnOnce(Arc<FsCore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, FsError>> + Send + 'static,
+        T: Send + 'static,
+        R: FnOnce(Result<T, Errno>) + Send + 'static,
+    {
+        let core = self.core.clone();
+        self.rt
+            .spawn(async move { reply(op(core).await.map_err(to_errno)) });
     }
+}
 
-    /// The backing id for a passthrough open, shared with the other open handles of the same
-    /// inode and content, or registered now.
-    fn backing_for(
-        &self,
-        reply: &ReplyOpen,
-        p: &PassthroughFile,
-    ) -> std::io::Result<Arc<BackingId>> {
-        let mut backing = self.backing();
-        let key = (p.ino, p.hash.0);
-        if let Some(id) = backing.by_content.get(&key).and_then(Weak::upgrade) {
-            return Ok(id);
-        }
-        let id = Arc::new(reply.open_backing(&p.file)?);
-        backing.by_content.retain(|_, w| w.strong_count() > 0);
-        backing.by_content.insert(key, Arc::downgrade(&id));
-        Ok(id)
+fn to_errno(e: FsError) -> Errno {
+    if e.is_expected() {
+        tracing::debug!(error = %e, "fs op");
+    } else {
+        tracing::warn!(error = %e, "fs op failed");
     }
+    Errno::from_i32(e.errno())
+}
 
-    fn run<T>(&self, f: impl std::future::Future<Output = Result<T, FsError>>) -> Result<T, Errno> {
-        self.rt.block_on(f).map_err(|e| {
-            if e.is_expected() {
-                tracing::debug!(error = %e, "fs op");
-            } else {
-                tracing::warn!(error = %e, "fs op failed");
-            }
-            Errno::from_i32(e.errno())
-        })
-    }
-
-    fn file_attr(&self, a: &Attr) -> FileAttr {
+impl Ids {
+    fn file_attr(self, a: &Attr) -> FileAttr {
         let t = UNIX_EPOCH + Duration::from_nanos(a.mtime_ns.max(0) as u64);
         let (kind, nlink) = match a.kind {
             Kind::File => (FileType::RegularFile, 1),
@@ -104,10 +126,31 @@ impl DosFs {
             flags: 0,
         }
     }
+
+    fn entry(self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&ATTR_TTL, &self.file_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn attr(self, reply: ReplyAttr, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.attr(&ATTR_TTL, &self.file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
 }
 
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    name.to_str().ok_or(Errno::EINVAL)
+fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn name_string(name: &OsStr) -> Result<String, Errno> {
+    name.to_str().map(str::to_owned).ok_or(Errno::EINVAL)
 }
 
 fn time_ns(t: TimeOrNow) -> i64 {
@@ -176,22 +219,33 @@ impl Filesystem for DosFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = name_str(name).and_then(|n| self.run(self.core.lookup(parent.0, n)));
-        match r {
-            Ok(a) => reply.entry(&ATTR_TTL, &self.file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        let name = match name_string(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ids = self.ids;
+        self.spawn(
+            move |core| async move { core.lookup(parent.0, &name).await },
+            move |r| ids.entry(reply, r),
+        );
+    }
+
+    /// (fuser's default `batch_forget` calls this for each node.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let r = match fh {
-            Some(fh) => self.run(self.core.getattr_open(ino.0, fh.0)),
-            None => self.run(self.core.getattr(ino.0)),
-        };
-        match r {
-            Ok(a) => reply.attr(&ATTR_TTL, &self.file_attr(&a)),
-            Err(e) => reply.error(e),
-        }
+        let ids = self.ids;
+        self.spawn(
+            move |core| async move {
+                match fh {
+                    Some(fh) => core.getattr_open(ino.0, fh.0).await,
+                    None => core.getattr(ino.0).await,
+                }
+            },
+            move |r| ids.attr(reply, r),
+        );
     }
 
     fn setattr(
@@ -214,17 +268,21 @@ impl Filesystem for DosFs {
     ) {
         // Ownership is the mounting user's; chown is accepted and changes nothing.
         let mtime = mtime.map(time_ns);
-        match self.run(self.core.setattr(ino.0, mode, size, mtime)) {
-            Ok(a) => reply.attr(&ATTR_TTL, &self.file_attr(&a)),
-            Err(e) => reply.error(e),
-        }
+        let ids = self.ids;
+        self.spawn(
+            move |core| async move { core.setattr(ino.0, mode, size, mtime).await },
+            move |r| ids.attr(reply, r),
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.run(self.core.readlink(ino.0)) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
-        }
+        self.spawn(
+            move |core| async move { core.readlink(ino.0).await },
+            move |r| match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn mkdir(
@@ -236,25 +294,37 @@ impl Filesystem for DosFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = name_str(name).and_then(|n| self.run(self.core.mkdir(parent.0, n, mode & !umask)));
-        match r {
-            Ok(a) => reply.entry(&ATTR_TTL, &self.file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        let name = match name_string(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ids = self.ids;
+        self.spawn(
+            move |core| async move { core.mkdir(parent.0, &name, mode & !umask).await },
+            move |r| ids.entry(reply, r),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name).and_then(|n| self.run(self.core.unlink(parent.0, n))) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let name = match name_string(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            move |core| async move { core.unlink(parent.0, &name).await },
+            move |r| empty(reply, r),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name).and_then(|n| self.run(self.core.rmdir(parent.0, n))) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let name = match name_string(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            move |core| async move { core.rmdir(parent.0, &name).await },
+            move |r| empty(reply, r),
+        );
     }
 
     fn symlink(
@@ -265,14 +335,15 @@ impl Filesystem for DosFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = name_str(link_name).and_then(|n| {
-            let t = target.to_str().ok_or(Errno::EINVAL)?;
-            self.run(self.core.symlink(parent.0, n, t))
-        });
-        match r {
-            Ok(a) => reply.entry(&ATTR_TTL, &self.file_attr(&a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        let (name, target) = match (name_string(link_name), target.to_str()) {
+            (Ok(n), Some(t)) => (n, t.to_owned()),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let ids = self.ids;
+        self.spawn(
+            move |core| async move { core.symlink(parent.0, &name, &target).await },
+            move |r| ids.entry(reply, r),
+        );
     }
 
     fn rename(
@@ -290,14 +361,17 @@ impl Filesystem for DosFs {
             return;
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let r = name_str(name).and_then(|n| {
-            let nn = name_str(newname)?;
-            self.run(self.core.rename(parent.0, n, newparent.0, nn, no_replace))
-        });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let (name, newname) = match (name_string(name), name_string(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        self.spawn(
+            move |core| async move {
+                core.rename(parent.0, &name, newparent.0, &newname, no_replace)
+                    .await
+            },
+            move |r| empty(reply, r),
+        );
     }
 
     fn link(
@@ -315,32 +389,37 @@ impl Filesystem for DosFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.run(self.core.open(ino.0, write, truncate)) {
-            Ok(Opened {
-                fh,
-                passthrough: Some(p),
-                ..
-            }) => match self.backing_for(&reply, &p) {
-                Ok(id) => {
-                    self.backing().by_handle.insert(fh, id.clone());
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+        let backing = self.backing.clone();
+        let core = self.core.clone();
+        self.spawn(
+            move |core| async move { core.open(ino.0, write, truncate).await },
+            move |r| match r {
+                Ok(Opened {
+                    fh,
+                    passthrough: Some(p),
+                    ..
+                }) => match backing_for(&backing, &reply, &p) {
+                    Ok(id) => {
+                        self::backing(&backing).by_handle.insert(fh, id.clone());
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "FUSE passthrough refused; reading through dosfs from now on");
+                        core.passthrough_failed(fh);
+                        reply.opened(FileHandle(fh), FopenFlags::empty());
+                    }
+                },
+                Ok(Opened { fh, direct_io, .. }) => {
+                    let flags = if direct_io {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "FUSE passthrough refused; reading through dosfs from now on");
-                    self.core.passthrough_failed(fh);
-                    reply.opened(FileHandle(fh), FopenFlags::empty());
-                }
+                Err(e) => reply.error(e),
             },
-            Ok(Opened { fh, direct_io, .. }) => {
-                let flags = if direct_io {
-                    FopenFlags::FOPEN_DIRECT_IO
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags)
-            }
-            Err(e) => reply.error(e),
-        }
+        );
     }
 
     fn read(
@@ -354,10 +433,13 @@ impl Filesystem for DosFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.run(self.core.read(fh.0, offset, size)) {
-            Ok(b) => reply.data(&b),
-            Err(e) => reply.error(e),
-        }
+        self.spawn(
+            move |core| async move { core.read(fh.0, offset, size).await },
+            move |r| match r {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn write(
@@ -372,9 +454,11 @@ impl Filesystem for DosFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run(self.core.write(fh.0, offset, data)) {
+        // A write goes to the local staging file: quick, so it is done here rather than
+        // copying the data into a task.
+        match self.rt.block_on(self.core.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(to_errno(e)),
         }
     }
 
@@ -386,10 +470,10 @@ impl Filesystem for DosFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.run(self.core.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.spawn(
+            move |core| async move { core.flush(fh.0).await },
+            move |r| empty(reply, r),
+        );
     }
 
     fn release(
@@ -402,12 +486,15 @@ impl Filesystem for DosFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.run(self.core.release(fh.0));
-        self.backing().by_handle.remove(&fh.0);
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let backing = self.backing.clone();
+        self.spawn(
+            move |core| async move {
+                let result = core.release(fh.0).await;
+                self::backing(&backing).by_handle.remove(&fh.0);
+                result
+            },
+            move |r| empty(reply, r),
+        );
     }
 
     fn fsync(
@@ -418,17 +505,20 @@ impl Filesystem for DosFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run(self.core.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.spawn(
+            move |core| async move { core.flush(fh.0).await },
+            move |r| empty(reply, r),
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run(self.core.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(e),
-        }
+        self.spawn(
+            move |core| async move { core.opendir(ino.0).await },
+            move |r| match r {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn readdir(
@@ -437,18 +527,27 @@ impl Filesystem for DosFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let r = self.run(self.core.dir_entries(
-            ino.0,
-            fh.0,
-            offset as usize,
-            |ino, next, kind, name| reply.add(INodeNo(ino), next as u64, file_kind(kind), name),
-        ));
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.spawn(
+            move |core| async move {
+                let mut reply = reply;
+                let r = core
+                    .dir_entries(ino.0, fh.0, offset as usize, |ino, next, kind, name| {
+                        reply.add(INodeNo(ino), next as u64, file_kind(kind), name)
+                    })
+                    .await;
+                Ok((reply, r))
+            },
+            |r| {
+                if let Ok((reply, r)) = r {
+                    match r {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(to_errno(e)),
+                    }
+                }
+            },
+        );
     }
 
     fn releasedir(
@@ -502,13 +601,21 @@ impl Filesystem for DosFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let v = name_str(name).and_then(|n| self.run(self.core.getxattr(ino.0, n)));
-        reply_xattr(reply, size, v);
+        let name = match name_string(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.spawn(
+            move |core| async move { core.getxattr(ino.0, &name).await },
+            move |r| reply_xattr(reply, size, r),
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let v = self.run(self.core.listxattr(ino.0));
-        reply_xattr(reply, size, v);
+        self.spawn(
+            move |core| async move { core.listxattr(ino.0).await },
+            move |r| reply_xattr(reply, size, r),
+        );
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -529,16 +636,23 @@ impl Filesystem for DosFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = name_str(name).and_then(|n| self.run(self.core.create(parent.0, n, mode & !umask)));
-        match r {
-            Ok((a, fh)) => reply.created(
-                &ATTR_TTL,
-                &self.file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(e),
-        }
+        let name = match name_string(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ids = self.ids;
+        self.spawn(
+            move |core| async move { core.create(parent.0, &name, mode & !umask).await },
+            move |r| match r {
+                Ok((a, fh)) => reply.created(
+                    &ATTR_TTL,
+                    &ids.file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 }

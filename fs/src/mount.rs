@@ -124,7 +124,9 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
             .mount_options
             .push(fuser::MountOption::CUSTOM("allow_other".into()));
     }
-    config.n_threads = Some(8);
+    // These threads only read requests and hand them to the runtime (see `fuse`): the work
+    // in progress is tasks, as many as the kernel sends, not threads.
+    config.n_threads = Some(2);
     let session = fuser::spawn_mount(fs, &mountpoint, &config)
         .with_context(|| format!("mounting {}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");

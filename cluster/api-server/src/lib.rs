@@ -39,6 +39,12 @@ pub use crate::core::{ApiConfig, Core};
 pub use crate::in_process::InProcessStore;
 pub use crate::maintenance::Maintenance;
 
+// The codec and the on-disk layout must agree on the shape of an object.
+const _: () = assert!(
+    dos_erasure::DATA_SHARDS == dos_protocol::DATA_SHARDS
+        && dos_erasure::TOTAL_SHARDS == dos_protocol::TOTAL_SHARDS
+);
+
 /// Hashes that may wait for repair at once.
 const REPAIR_QUEUE: usize = 10_000;
 /// How long shutdown waits for requests in flight and background work.

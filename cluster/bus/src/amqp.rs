@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dos_protocol::{ContentHash, LocateReply, ServerInfo};
+use dos_worker::{Supervisor, Worker, WorkerError};
 use futures::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions,
@@ -42,7 +43,6 @@ use lapin::{
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
-use dos_worker::{Supervisor, Worker, WorkerError};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
@@ -251,7 +251,9 @@ impl AmqpBus {
             "connected to RabbitMQ"
         );
         shared.set_session(Some(session));
-        shared.workers.spawn(Arc::new(ConnectionKeeper(Arc::downgrade(&shared))));
+        shared
+            .workers
+            .spawn(Arc::new(ConnectionKeeper(Arc::downgrade(&shared))));
         Ok(AmqpBus {
             shared,
             _stop: Arc::new(shutdown.drop_guard()),
@@ -529,9 +531,10 @@ impl Shared {
             "locate responder subscribed"
         );
         let (shared, session, entry) = (self.clone(), session.clone(), entry.clone());
-        self.workers.spawn_once("rabbitmq locate responder", move |_| {
-            run_responder(shared, session, entry, consumer)
-        });
+        self.workers
+            .spawn_once("rabbitmq locate responder", move |_| {
+                run_responder(shared, session, entry, consumer)
+            });
         Ok(())
     }
 
@@ -731,7 +734,9 @@ async fn open_session(shared: &Arc<Shared>) -> Result<Arc<Session>, String> {
     let (sh, se) = (shared.clone(), session.clone());
     shared
         .workers
-        .spawn_once("rabbitmq locate replies", move |_| run_replies(sh, se, replies));
+        .spawn_once("rabbitmq locate replies", move |_| {
+            run_replies(sh, se, replies)
+        });
     let (sh, se) = (shared.clone(), session.clone());
     shared.workers.spawn_once("rabbitmq heartbeats", move |_| {
         run_heartbeats(sh, se, heartbeats)

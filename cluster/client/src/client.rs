@@ -319,6 +319,15 @@ impl Client {
         }
     }
 
+    /// `GET /health`: the number of live data servers the API server sees, within `timeout`.
+    pub async fn health(&self, timeout: Duration) -> Result<u64, ClientError> {
+        let rb = self.request(Method::GET, "/health").timeout(timeout);
+        let value: serde_json::Value = read_json(self.send(Method::GET, rb).await?).await?;
+        value["live_data_servers"].as_u64().ok_or_else(|| {
+            ClientError::invalid_response(&self.url("/health"), "no live_data_servers count")
+        })
+    }
+
     /// `/objects/NAME[?version=N]`, percent-encoded.
     pub fn object_path(name: &ObjectName, version: Option<u64>) -> String {
         format!("/objects/{}{}", name.to_path(), version_query(version))

@@ -1,9 +1,14 @@
-//! Reed-Solomon 4+2 over the blocks of an object (see `dos_protocol::layout`).
+//! Reed-Solomon 4+2 over the blocks of an object (the layout is `dos_protocol::layout`; the
+//! API server checks at compile time that both crates agree on the shard counts).
 //!
 //! Pure and synchronous: callers on an async runtime run it on a blocking thread. The codec is
 //! `reed-solomon-erasure` with its `simd-accel` feature (Klaus Post's construction over GF(2^8)).
 
-use dos_protocol::{DATA_SHARDS, PARITY_SHARDS, TOTAL_SHARDS};
+/// Pieces of a block that carry its bytes.
+pub const DATA_SHARDS: usize = 4;
+/// Pieces computed from the data pieces; any two of the six may be lost.
+pub const PARITY_SHARDS: usize = 2;
+pub const TOTAL_SHARDS: usize = DATA_SHARDS + PARITY_SHARDS;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -97,10 +97,12 @@ pub async fn getattr(core: &FsCore, key: NodeKey) -> FsResult<Attr> {
     }
 }
 
-pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<Attr> {
+/// The node `name` in a `.dosfs` folder: its key and attributes.
+pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<(NodeKey, Attr)> {
     match parent {
         NodeKey::Control if name == HISTORY_DIR => {
-            Ok(control_attr(core, NodeKey::History(String::new())))
+            let key = NodeKey::History(String::new());
+            Ok((key.clone(), control_attr(core, key)))
         }
         NodeKey::History(dir) => {
             let versions = file_versions(core, &dir).await?;
@@ -111,11 +113,13 @@ pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<Attr
                     .iter()
                     .find(|r| r.version == v && version_file_name(&dir, r) == name)
                     .ok_or(FsError::NotFound)?;
-                return Ok(version_attr(core, &dir, rec));
+                let key = NodeKey::HistoryVersion(dir.clone(), rec.version);
+                return Ok((key, version_attr(core, &dir, rec)));
             }
             // Any path can be entered: a folder that was moved or deleted still leads to the
             // history of the files that were in it.
-            Ok(control_attr(core, NodeKey::History(join(&dir, name))))
+            let key = NodeKey::History(join(&dir, name));
+            Ok((key.clone(), control_attr(core, key)))
         }
         _ => Err(FsError::NotFound),
     }

@@ -34,6 +34,8 @@ use write::Staged;
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
 /// The control folder at the root: `.dosfs/history/…`.
 pub const CONTROL_DIR: &str = ".dosfs";
+/// Cached attribute entries past which the expired ones are dropped.
+const ENTRY_PURGE_AT: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -107,6 +109,7 @@ pub struct FsCore {
     pub(crate) config: FsConfig,
     inodes: Mutex<Inodes>,
     entries: Mutex<HashMap<String, (Instant, Entry)>>,
+    last_purge: Mutex<Instant>,
     staged: Mutex<HashMap<String, Arc<Mutex<Staged>>>>,
     /// Files deleted while open for writing, by inode, until their last close.
     orphans: Mutex<HashMap<u64, Arc<Mutex<Staged>>>>,
@@ -176,6 +179,7 @@ impl FsCore {
             config,
             inodes: Mutex::new(Inodes::new()),
             entries: Mutex::default(),
+            last_purge: Mutex::new(Instant::now()),
             staged: Mutex::default(),
             orphans: Mutex::default(),
             handles: Mutex::default(),
@@ -196,8 +200,33 @@ impl FsCore {
         lock(&self.inodes).key(ino).ok_or(FsError::NotFound)
     }
 
+    /// The inode number of `key`, without the kernel holding it (listings, `..`).
     pub(crate) fn ino_of(&self, key: NodeKey) -> u64 {
-        lock(&self.inodes).ino(key)
+        lock(&self.inodes).peek(&key)
+    }
+
+    /// The inode number of `key`, now held by the kernel once more (an entry reply).
+    pub(crate) fn entered(&self, key: NodeKey) -> u64 {
+        lock(&self.inodes).looked_up(key)
+    }
+
+    /// The kernel forgot `n` references to `ino`: at zero its number and cached attributes
+    /// go (so memory follows what the kernel keeps, not what was ever walked).
+    pub fn forget(&self, ino: u64, n: u64) {
+        let forgotten = lock(&self.inodes).forget(ino, n);
+        if let Some(NodeKey::Path(p)) = forgotten {
+            self.forget_entry(&p);
+        }
+    }
+
+    /// Inodes held (for tests and statistics).
+    pub fn inode_count(&self) -> usize {
+        lock(&self.inodes).count()
+    }
+
+    /// Attribute entries cached (for tests and statistics).
+    pub fn entry_count(&self) -> usize {
+        lock(&self.entries).len()
     }
 
     /// The namespace path of a normal node, or EROFS-style refusal for `.dosfs` nodes.
@@ -222,7 +251,18 @@ impl FsCore {
     }
 
     pub(crate) fn remember(&self, path: &str, entry: Entry) {
-        lock(&self.entries).insert(path.to_string(), (Instant::now(), entry));
+        let mut entries = lock(&self.entries);
+        // Entries are worth keeping for one TTL only: past a few thousand, the expired ones
+        // go (at most once a TTL, so a burst does not rescan the map on every insert).
+        if entries.len() >= ENTRY_PURGE_AT {
+            let mut last = lock(&self.last_purge);
+            if last.elapsed() >= self.config.attr_ttl {
+                let ttl = self.config.attr_ttl;
+                entries.retain(|_, (at, _)| at.elapsed() < ttl);
+                *last = Instant::now();
+            }
+        }
+        entries.insert(path.to_string(), (Instant::now(), entry));
     }
 
     pub(crate) fn forget_entry(&self, path: &str) {
@@ -304,21 +344,28 @@ impl FsCore {
         Ok(self.attr_of(ino, &entry))
     }
 
+    /// Looks `name` up in `parent`; on success the kernel holds one more reference to the
+    /// node (given back by [`forget`](Self::forget)).
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
-        match self.node(parent)? {
+        let (key, mut attr) = match self.node(parent)? {
             NodeKey::Path(p) => {
                 if p.is_empty() && name == CONTROL_DIR {
-                    return Ok(history::control_attr(self, NodeKey::Control));
+                    let attr = history::control_attr(self, NodeKey::Control);
+                    (NodeKey::Control, attr)
+                } else {
+                    check_name(name)?;
+                    let path = join(&p, name);
+                    if path.len() > dos_protocol::MAX_NAME_BYTES {
+                        return Err(FsError::NameTooLong);
+                    }
+                    let attr = self.path_attr(&path).await?;
+                    (NodeKey::Path(path), attr)
                 }
-                check_name(name)?;
-                let path = join(&p, name);
-                if path.len() > dos_protocol::MAX_NAME_BYTES {
-                    return Err(FsError::NameTooLong);
-                }
-                self.path_attr(&path).await
             }
-            other => history::lookup(self, other, name).await,
-        }
+            other => history::lookup(self, other, name).await?,
+        };
+        attr.ino = self.entered(key);
+        Ok(attr)
     }
 
     /// Attributes through an open handle (fstat): an open file keeps working after unlink.
@@ -545,7 +592,7 @@ impl FsCore {
             .store
             .put_bytes(&object_name(&path)?, &attrs, content)
             .await?;
-        let ino = self.ino_of(NodeKey::Path(path.clone()));
+        let ino = self.entered(NodeKey::Path(path.clone()));
         let entry = Entry::Object(rec);
         self.remember(&path, entry.clone());
         Ok(self.attr_of(ino, &entry))

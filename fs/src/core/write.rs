@@ -231,9 +231,11 @@ impl FsCore {
         let reserved = self.reserve_normal(ino).await?;
         let staged = self.stage(&path, true, true).await?;
         lock(&staged).mode = mode & 0o7777;
-        let attr = staged_attr(ino, &staged)?;
+        let mut attr = staged_attr(ino, &staged)?;
         let fh = self.new_handle(Handle::Write { staged });
         reserved.bind(fh);
+        // Entered last: the kernel holds the node only if the create succeeded.
+        attr.ino = self.entered(NodeKey::Path(path));
         Ok((attr, fh))
     }
 

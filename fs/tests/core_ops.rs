@@ -1,0 +1,174 @@
+//! The filesystem core without a kernel, on the in-memory store: inode lifetimes follow the
+//! kernel's `forget`, and failures of the store reach applications as the errno they mean
+//! (a lost connection is EIO, an overloaded store EAGAIN, a file changed underneath ESTALE,
+//! a timeout ETIMEDOUT), injected with the fault-injecting store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dos_cache::{BlockCache, CacheConfig, StagingArea};
+use dos_protocol::{ObjectName, WriteAttributes};
+use dos_store::faults::{Faults, FaultyStore, Op};
+use dos_store::memory::MemoryStore;
+use dos_store::{ObjectStore, StoreError};
+use dosfs::core::{FsConfig, FsCore, ROOT_INO};
+
+struct Fixture {
+    core: FsCore,
+    memory: MemoryStore,
+    faults: Faults,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlockCache::open(CacheConfig {
+        min_free_disk_bytes: 0,
+        ..CacheConfig::new(dir.path().join("blocks"))
+    })
+    .unwrap();
+    let staging = StagingArea::new(dir.path()).unwrap();
+    let memory = MemoryStore::new();
+    let faults = Faults::default();
+    let store = Arc::new(FaultyStore::new(memory.clone(), faults.clone()));
+    let mut config = FsConfig::new(0, 0);
+    config.attr_ttl = Duration::ZERO;
+    Fixture {
+        core: FsCore::new(store, cache, staging, config),
+        memory,
+        faults,
+        _dir: dir,
+    }
+}
+
+async fn put(store: &MemoryStore, name: &str, bytes: &'static [u8]) {
+    store
+        .put_bytes(
+            &ObjectName::new(name).unwrap(),
+            &WriteAttributes::default(),
+            Bytes::from_static(bytes),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inodes_and_cached_entries_follow_forget() {
+    let f = fixture();
+    for i in 0..2000 {
+        put(&f.memory, &format!("d/f{i}"), b"x").await;
+    }
+    let d = f.core.lookup(ROOT_INO, "d").await.unwrap();
+    // A listing alone holds no inode.
+    let fh = f.core.opendir(d.ino).await.unwrap();
+    let mut listed = Vec::new();
+    f.core
+        .dir_entries(d.ino, fh, 0, |ino, _, _, name| {
+            listed.push((ino, name.to_string()));
+            false
+        })
+        .await
+        .unwrap();
+    f.core.releasedir(fh);
+    assert_eq!(listed.len(), 2002);
+    assert_eq!(f.core.inode_count(), 2, "the root and d");
+    // Looking every entry up (ls -l) gives the numbers the listing showed.
+    let mut inos = Vec::new();
+    for (ino, name) in listed.iter().skip(2) {
+        let a = f.core.lookup(d.ino, name).await.unwrap();
+        assert_eq!(a.ino, *ino, "{name}: listing and lookup agree");
+        inos.push(a.ino);
+    }
+    assert_eq!(f.core.inode_count(), 2002);
+    // A second lookup is a second reference: one forget keeps the node.
+    let again = f.core.lookup(d.ino, "f7").await.unwrap().ino;
+    for ino in &inos {
+        f.core.forget(*ino, 1);
+    }
+    assert_eq!(f.core.inode_count(), 3, "f7 is still referenced");
+    assert!(f.core.getattr(again).await.is_ok());
+    f.core.forget(again, 1);
+    f.core.forget(d.ino, 1);
+    assert_eq!(f.core.inode_count(), 1, "only the root is left");
+    assert!(
+        f.core.entry_count() < 100,
+        "cached attributes went with their inodes: {}",
+        f.core.entry_count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_failures_become_the_errno_they_mean() {
+    let f = fixture();
+    put(&f.memory, "file", b"content").await;
+    let cases = [
+        (StoreError::Transport("connection reset".into()), libc::EIO),
+        (
+            StoreError::Unavailable("2 data servers live".into()),
+            libc::EIO,
+        ),
+        (StoreError::Busy("too many requests".into()), libc::EAGAIN),
+        (StoreError::Timeout("no answer".into()), libc::ETIMEDOUT),
+        (
+            StoreError::Changed("changed underneath".into()),
+            libc::ESTALE,
+        ),
+        (StoreError::Denied("wrong token".into()), libc::EACCES),
+    ];
+    for (error, errno) in cases {
+        f.faults.fail(Op::Head, error.clone());
+        let e = f.core.lookup(ROOT_INO, "file").await.unwrap_err();
+        assert_eq!(e.errno(), errno, "{error:?} -> {e}");
+        f.faults.clear();
+    }
+    // A close whose upload fails reports EIO, and the next close uploads the bytes.
+    let (_, fh) = f.core.create(ROOT_INO, "new", 0o644).await.unwrap();
+    f.core.write(fh, 0, b"hello").await.unwrap();
+    f.faults
+        .fail_times(Op::Post, StoreError::Transport("connection lost".into()), 1);
+    assert_eq!(f.core.flush(fh).await.unwrap_err().errno(), libc::EIO);
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    let read = f
+        .memory
+        .get(&ObjectName::new("new").unwrap(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(read.bytes().await.unwrap(), &b"hello"[..]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_cut_off_by_the_network_is_an_error_not_short_bytes() {
+    let f = fixture();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+    f.memory
+        .put_bytes(
+            &ObjectName::new("big").unwrap(),
+            &WriteAttributes::default(),
+            Bytes::from(big.clone()),
+        )
+        .await
+        .unwrap();
+    let a = f.core.lookup(ROOT_INO, "big").await.unwrap();
+    let opened = f.core.open(a.ino, false, false).await.unwrap();
+    f.faults
+        .cut_reads(100_000, StoreError::Transport("reset".into()), None);
+    let mut got = Vec::new();
+    let mut failure = None;
+    while got.len() < big.len() {
+        match f.core.read(opened.fh, got.len() as u64, 128 << 10).await {
+            Ok(chunk) if chunk.is_empty() => break,
+            Ok(chunk) => got.extend_from_slice(&chunk),
+            Err(e) => {
+                failure = Some(e.errno());
+                break;
+            }
+        }
+    }
+    assert_eq!(failure, Some(libc::EIO), "read {} bytes", got.len());
+    assert_eq!(&got[..], &big[..got.len()], "what was read is right");
+    f.faults.clear();
+    f.core.release(opened.fh).await.unwrap();
+}
