@@ -21,12 +21,17 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-# fsx (file-system exerciser) for the dosfs tests.
+export PATH="$HOME/.cargo/bin:$PATH"
+# fsx (file-system exerciser) for the dosfs tests; cargo-deny for licences, sources and
+# duplicate versions.
 if ! command -v fsx >/dev/null 2>&1; then
   echo "== cargo install fsx"
   cargo install --quiet --locked fsx
 fi
-export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "== cargo install cargo-deny"
+  cargo install --quiet --locked cargo-deny
+fi
 
 # RabbitMQ for the cluster-mode tests.
 if ! rabbitmqctl status >/dev/null 2>&1; then
@@ -47,6 +52,10 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== architecture invariants (scripts/check_architecture.py)"
+python3 scripts/check_architecture.py
+echo "== cargo deny check licenses bans sources"
+cargo deny --log-level error check licenses bans sources
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
