@@ -100,7 +100,8 @@ pub async fn add_known_version(
         .await?)
 }
 
-/// Records where new content's shards went, then the version that refers to it.
+/// Records where new content's shards went and the version that refers to it (one
+/// metadata transaction where the engine has them).
 pub async fn record_new_content(
     core: &Core,
     name: &ObjectName,
@@ -109,16 +110,14 @@ pub async fn record_new_content(
     servers: &[ServerInfo],
     attrs: &WriteAttributes,
 ) -> ApiResult<VersionRecord> {
-    core.meta
-        .put_content(&ContentRecord {
-            hash,
-            size,
-            placement: servers.iter().map(|s| s.id.clone()).collect(),
-        })
-        .await?;
+    let content = ContentRecord {
+        hash,
+        size,
+        placement: servers.iter().map(|s| s.id.clone()).collect(),
+    };
     Ok(core
         .meta
-        .add_version(name, new_version(hash, size, attrs))
+        .add_version_with_content(name, new_version(hash, size, attrs), &content)
         .await?)
 }
 

@@ -53,6 +53,7 @@ where
     listing_groups_and_pages(&factory().await).await;
     contents_round_trip(&factory().await).await;
     placement_moves_are_conditional(&factory().await).await;
+    content_and_version_together(&factory().await).await;
     contents_are_enumerated(&factory().await).await;
     old_versions_can_be_deleted_never_the_latest(&factory().await).await;
     only_unused_untouched_contents_are_deleted(&factory().await).await;
@@ -287,6 +288,34 @@ pub async fn placement_moves_are_conditional<S: MetadataStore>(store: &S) {
     );
     let again = store.get_content(&h).await.unwrap().unwrap().placement;
     assert_eq!(again, placement);
+}
+
+pub async fn content_and_version_together<S: MetadataStore>(store: &S) {
+    let n = name("together");
+    put(store, &n, b"first").await;
+    let h = ContentHash::of(b"second");
+    let rec = ContentRecord {
+        hash: h,
+        size: 6,
+        placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+    };
+    let v = store
+        .add_version_with_content(
+            &n,
+            NewVersion {
+                size: 6,
+                hash: Some(h),
+                mtime_ns: 5,
+                mode: 0o600,
+                kind: EntryKind::File,
+            },
+            &rec,
+        )
+        .await
+        .unwrap();
+    assert_eq!((v.version, v.hash), (2, Some(h)));
+    assert_eq!(store.get_content(&h).await.unwrap(), Some(rec));
+    assert_eq!(store.get_version(&n, None).await.unwrap(), Some(v));
 }
 
 pub async fn concurrent_writers_get_unique_versions<S: MetadataStore>(store: Arc<S>) {

@@ -89,6 +89,19 @@ pub trait MetadataStore: Send + Sync + 'static {
         new: NewVersion,
     ) -> Result<VersionRecord, MetadataError>;
 
+    /// Records new content and the version that refers to it: for an engine with
+    /// transactions one atomic write (one commit for a new object), else the record first,
+    /// then the version.
+    async fn add_version_with_content(
+        &self,
+        name: &ObjectName,
+        new: NewVersion,
+        content: &ContentRecord,
+    ) -> Result<VersionRecord, MetadataError> {
+        self.put_content(content).await?;
+        self.add_version(name, new).await
+    }
+
     /// Version `version` of `name`, or its latest version (which may be a delete marker).
     async fn get_version(
         &self,

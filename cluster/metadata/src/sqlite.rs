@@ -169,59 +169,29 @@ impl MetadataStore for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db_err)?;
-            let latest: Option<i64> = tx
-                .query_row(
-                    "SELECT MAX(version) FROM versions WHERE name = ?1",
-                    [name.as_str()],
-                    |r| r.get(0),
-                )
-                .map_err(db_err)?;
-            let version = latest.unwrap_or(0) + 1;
-            let hash = new.hash.map(|h| h.0.to_vec());
-            let size = i64_of(new.size)?;
-            tx.execute(
-                &format!("INSERT INTO versions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                params![
-                    name.as_str(),
-                    version,
-                    size,
-                    hash,
-                    new.mtime_ns,
-                    new.mode,
-                    new.kind.as_str()
-                ],
-            )
-            .map_err(db_err)?;
-            if new.hash.is_some() {
-                tx.execute(
-                    &format!(
-                        "INSERT OR REPLACE INTO live ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                    ),
-                    params![
-                        name.as_str(),
-                        version,
-                        size,
-                        hash,
-                        new.mtime_ns,
-                        new.mode,
-                        new.kind.as_str()
-                    ],
-                )
-                .map_err(db_err)?;
-            } else {
-                tx.execute("DELETE FROM live WHERE name = ?1", [name.as_str()])
-                    .map_err(db_err)?;
-            }
+            let rec = insert_version(&tx, name, &new)?;
             tx.commit().map_err(db_err)?;
-            Ok(VersionRecord {
-                name,
-                version: version as u64,
-                size: new.size,
-                hash: new.hash,
-                mtime_ns: new.mtime_ns,
-                mode: new.mode,
-                kind: new.kind,
-            })
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn add_version_with_content(
+        &self,
+        name: &ObjectName,
+        new: NewVersion,
+        content: &ContentRecord,
+    ) -> Result<VersionRecord, MetadataError> {
+        let (name, content) = (name.clone(), content.clone());
+        // One transaction, so one commit (one WAL fsync) for a new object.
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            write_content(&tx, &content)?;
+            let rec = insert_version(&tx, name, &new)?;
+            tx.commit().map_err(db_err)?;
+            Ok(rec)
         })
         .await
     }
@@ -315,23 +285,8 @@ impl MetadataStore for SqliteStore {
 
     async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError> {
         let record = record.clone();
-        self.with_conn(move |conn| {
-            let placement = serde_json::to_string(&record.placement)
-                .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
-            conn.execute(
-                "INSERT OR REPLACE INTO contents (hash, size, placement, touched) \
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    record.hash.0.to_vec(),
-                    i64_of(record.size)?,
-                    placement,
-                    now_ns()
-                ],
-            )
-            .map_err(db_err)?;
-            Ok(())
-        })
-        .await
+        self.with_conn(move |conn| write_content(conn, &record))
+            .await
     }
 
     async fn update_placement(
@@ -457,6 +412,76 @@ impl MetadataStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Writes (or replaces) a content record, touched now.
+fn write_content(conn: &Connection, record: &ContentRecord) -> Result<(), MetadataError> {
+    let placement = serde_json::to_string(&record.placement)
+        .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
+    conn.execute(
+        "INSERT OR REPLACE INTO contents (hash, size, placement, touched) \
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            record.hash.0.to_vec(),
+            i64_of(record.size)?,
+            placement,
+            now_ns()
+        ],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Appends the next version of `name` inside an immediate transaction (so the number is
+/// allocated without a gap or a duplicate) and updates the live table.
+fn insert_version(
+    tx: &rusqlite::Transaction<'_>,
+    name: ObjectName,
+    new: &NewVersion,
+) -> Result<VersionRecord, MetadataError> {
+    let latest: Option<i64> = tx
+        .query_row(
+            "SELECT MAX(version) FROM versions WHERE name = ?1",
+            [name.as_str()],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let version = latest.unwrap_or(0) + 1;
+    let hash = new.hash.map(|h| h.0.to_vec());
+    let size = i64_of(new.size)?;
+    let row = params![
+        name.as_str(),
+        version,
+        size,
+        hash,
+        new.mtime_ns,
+        new.mode,
+        new.kind.as_str()
+    ];
+    tx.execute(
+        &format!("INSERT INTO versions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        row,
+    )
+    .map_err(db_err)?;
+    if new.hash.is_some() {
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO live ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            row,
+        )
+        .map_err(db_err)?;
+    } else {
+        tx.execute("DELETE FROM live WHERE name = ?1", [name.as_str()])
+            .map_err(db_err)?;
+    }
+    Ok(VersionRecord {
+        name,
+        version: version as u64,
+        size: new.size,
+        hash: new.hash,
+        mtime_ns: new.mtime_ns,
+        mode: new.mode,
+        kind: new.kind,
+    })
 }
 
 fn read_content(
