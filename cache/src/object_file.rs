@@ -23,7 +23,7 @@
 //! checks every block before the file is handed out.
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -53,6 +53,10 @@ struct State {
     /// crc32c of each block that is in the file.
     crcs: Vec<Option<u32>>,
     missing: u64,
+    /// The file's modification time and length when its bytes were last known to match
+    /// `crcs` (written here with a running checksum, or read back and checked): an open that
+    /// finds the file unchanged since hands it out without reading it all again.
+    verified: Option<(std::time::SystemTime, u64)>,
 }
 
 /// Disk footprint of a complete object of `size` bytes: content plus checksum file.
@@ -101,6 +105,7 @@ impl ObjectFile {
             state: Mutex::new(State {
                 crcs: vec![None; usize::try_from(blocks).unwrap_or(usize::MAX)],
                 missing: blocks,
+                verified: None,
             }),
         })
     }
@@ -168,7 +173,11 @@ impl ObjectFile {
                 block_size,
                 dir: dir.to_path_buf(),
                 file,
-                state: Mutex::new(State { crcs, missing: 0 }),
+                state: Mutex::new(State {
+                    crcs,
+                    missing: 0,
+                    verified: None,
+                }),
             },
             sum_meta,
         ))
@@ -237,7 +246,17 @@ impl ObjectFile {
         }
         *slot = Some(crc);
         state.missing -= 1;
-        Ok(state.missing == 0)
+        let complete = state.missing == 0;
+        if complete {
+            // Every block was checksummed as it was written: the file is known good as it
+            // stands now.
+            state.verified = self
+                .file
+                .metadata()
+                .and_then(|m| Ok((m.modified()?, m.len())))
+                .ok();
+        }
+        Ok(complete)
     }
 
     /// Reads and checks block `block`; `Missing` when it is not in the file yet.
@@ -276,16 +295,22 @@ impl ObjectFile {
     /// Opens the complete content file read-only after checking every block against its
     /// checksum (so a file handed out for passthrough holds exactly the object).
     pub(crate) fn open_verified(&self) -> Result<File, ReadError> {
-        let crcs = {
+        let (crcs, verified) = {
             let state = self.lock();
             if state.missing != 0 {
                 return Err(ReadError::Missing);
             }
-            state.crcs.clone()
+            (state.crcs.clone(), state.verified)
         };
         let mut file = File::open(self.obj_path())?;
-        if file.metadata()?.len() != self.size {
+        let meta = file.metadata()?;
+        if meta.len() != self.size {
             return Err(Corruption::Truncated.into());
+        }
+        let identity = (meta.modified()?, meta.len());
+        if verified == Some(identity) {
+            // Unchanged since its bytes were last known to match their checksums.
+            return Ok(file);
         }
         let mut buf = vec![0u8; self.block_size as usize];
         for (block, crc) in crcs.iter().enumerate() {
@@ -295,6 +320,8 @@ impl ObjectFile {
                 return Err(Corruption::Checksum.into());
             }
         }
+        self.lock().verified = Some(identity);
+        file.seek(std::io::SeekFrom::Start(0))?;
         Ok(file)
     }
 }

@@ -330,18 +330,26 @@ where
         while let Some(block) = block_rx.recv().await {
             accepted += block.len() as u64;
             let codec = codec.clone();
-            let (h, pieces) = tokio::task::spawn_blocking(move || {
-                hasher.update(&block);
+            // Hashing and encoding a block on two threads at once: SHA-256 is the longest
+            // step and it is sequential over the object, so it must not wait for the codec.
+            let hashed = block.clone();
+            let hashing = tokio::task::spawn_blocking(move || {
+                hasher.update(&hashed);
+                hasher
+            });
+            let encoding = tokio::task::spawn_blocking(move || {
                 let mut pieces: [Vec<u8>; TOTAL_SHARDS] = Default::default();
                 for p in pieces.iter_mut() {
                     p.reserve_exact(PIECE_SIZE);
                 }
                 codec.encode_block(&block, &mut pieces);
-                (hasher, pieces)
-            })
-            .await
-            .map_err(|e| ApiError::Internal(format!("encoder failed: {e}")))?;
-            hasher = h;
+                pieces
+            });
+            let (h, pieces) = futures::future::join(hashing, encoding).await;
+            let failed =
+                |e: tokio::task::JoinError| ApiError::Internal(format!("encoder failed: {e}"));
+            hasher = h.map_err(failed)?;
+            let pieces = pieces.map_err(failed)?;
             writers
                 .send(pieces.into_iter().map(Bytes::from).collect())
                 .await?;

@@ -105,8 +105,34 @@ impl CompressionPolicy {
     }
 }
 
+/// One piece encoded as a record: its header, and its payload (the compressed bytes, or the
+/// raw piece itself, uncopied).
+pub struct Record<'a> {
+    pub header: [u8; RECORD_HEADER_LEN],
+    pub payload: std::borrow::Cow<'a, [u8]>,
+}
+
+impl Record<'_> {
+    pub fn len(&self) -> usize {
+        RECORD_HEADER_LEN + self.payload.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// Encodes one piece as a record; returns the bytes to append.
 pub fn encode_record(raw: &[u8], policy: &mut CompressionPolicy) -> Vec<u8> {
+    let rec = encode_record_parts(raw, policy);
+    let mut out = Vec::with_capacity(rec.len());
+    out.extend_from_slice(&rec.header);
+    out.extend_from_slice(&rec.payload);
+    out
+}
+
+/// Encodes one piece as a record without copying an incompressible piece.
+pub fn encode_record_parts<'a>(raw: &'a [u8], policy: &mut CompressionPolicy) -> Record<'a> {
     let crc = crc32c::crc32c(raw);
     let mut compressed = None;
     if raw.len() >= 4096 && policy.should_try() {
@@ -117,17 +143,16 @@ pub fn encode_record(raw: &[u8], policy: &mut CompressionPolicy) -> Vec<u8> {
             compressed = Some(c);
         }
     }
-    let (flags, payload): (u32, &[u8]) = match &compressed {
-        Some(c) => (FLAG_LZ4, c),
-        None => (0, raw),
+    let (flags, payload) = match compressed {
+        Some(c) => (FLAG_LZ4, std::borrow::Cow::Owned(c)),
+        None => (0, std::borrow::Cow::Borrowed(raw)),
     };
-    let mut out = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..8].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+    header[8..12].copy_from_slice(&flags.to_le_bytes());
+    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    Record { header, payload }
 }
 
 /// Reads the record at the reader's position and returns its verified raw bytes.

@@ -4,7 +4,8 @@
 
 use std::collections::hash_map::Entry;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -210,10 +211,12 @@ impl ShardStore {
             t.end = cut;
             t.received = offset;
         }
-        let record = format::encode_record(piece, &mut t.policy);
+        let record = format::encode_record_parts(piece, &mut t.policy);
         let at = t.end;
-        t.file.seek(SeekFrom::Start(at))?;
-        t.file.write_all(&record)?;
+        // Header and payload written where they go, the payload not copied into a buffer.
+        t.file.write_all_at(&record.header, at)?;
+        t.file
+            .write_all_at(&record.payload, at + format::RECORD_HEADER_LEN as u64)?;
         t.offsets.push(at);
         t.end = at + record.len() as u64;
         t.received = end;
