@@ -2093,10 +2093,16 @@ async fn repair_goes_to_a_spare_server_when_the_holder_is_down() {
         "holder of shard {shard} down"
     );
     let root = cluster.data_roots()[spare].clone();
+    // Rebuilt on the spare, and recorded: the repair commits the shard, then the data server
+    // claims it and the placement moves, so the file shows a moment before `/locate` does.
     let ok = wait_until(REPAIR_WAIT, || async {
         shard_files_in(&root, &hash)
             .iter()
             .any(|(s, _)| *s == shard)
+            && client
+                .locate("spare", None)
+                .await
+                .is_ok_and(|m| m.len() == 6)
     })
     .await;
     assert!(
