@@ -177,6 +177,11 @@ impl BlockCache {
         self.inner.config.block_size
     }
 
+    /// The memory tier's budget in bytes.
+    pub fn memory_budget(&self) -> u64 {
+        self.inner.config.memory_bytes
+    }
+
     /// Returns block `block` of the object `key`, from memory or else from disk, or `None` if it
     /// is not cached (or its disk copy failed validation).
     pub fn get(&self, key: &ContentKey, block: u64) -> Option<Bytes> {
@@ -257,6 +262,13 @@ impl BlockCache {
     /// Meant for handing the file to the kernel (FUSE passthrough). Counts as a use.
     pub fn object_file(&self, key: &ContentKey, size: u64) -> Option<std::fs::File> {
         self.inner.disk.object_file(key, size)
+    }
+
+    /// Gives back the memory of blocks not used for `max_idle` (they stay on disk, where a
+    /// read finds them again); returns the bytes freed. A mount calls it while idle, so a burst
+    /// of reads does not keep its memory.
+    pub fn trim_memory(&self, max_idle: std::time::Duration) -> u64 {
+        self.inner.memory.trim_idle(max_idle)
     }
 
     /// Whether block `block` of the object `key` is cached, in memory or on disk, without

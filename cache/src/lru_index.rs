@@ -43,9 +43,14 @@ impl<K: Hash + Eq + Clone, V> SizedLru<K, V> {
         size <= self.budget
     }
 
-    /// Looks up `key` and marks it most recently used.
-    pub(crate) fn get(&mut self, key: &K) -> Option<&V> {
-        self.entries.get(key).map(|entry| &entry.value)
+    /// Looks up `key` for change and marks it most recently used.
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|entry| &mut entry.value)
+    }
+
+    /// The least recently used entry, without touching the order.
+    pub(crate) fn peek_lru(&self) -> Option<(&K, &V)> {
+        self.entries.peek_lru().map(|(k, entry)| (k, &entry.value))
     }
 
     /// The size of `key`'s entry, without touching the LRU order.
@@ -195,7 +200,7 @@ mod tests {
                             let entry = model.remove(pos);
                             model.push(entry);
                         }
-                        prop_assert_eq!(lru.get(&key).is_some(), present.is_some());
+                        prop_assert_eq!(lru.get_mut(&key).is_some(), present.is_some());
                     }
                     Op::Remove(key) => {
                         let present = model.iter().position(|(k, _)| *k == key);

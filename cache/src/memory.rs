@@ -1,7 +1,10 @@
-//! The memory tier: block payloads in a byte-budgeted LRU behind one short-held mutex.
+//! The memory tier: block payloads in a byte-budgeted LRU behind one short-held mutex, each
+//! with the time it was last used, so that a tier idle for a while can give its memory back
+//! ([`MemoryTier::trim_idle`]; the blocks stay on disk).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -9,7 +12,7 @@ use crate::block_file::BlockId;
 use crate::lru_index::SizedLru;
 
 pub(crate) struct MemoryTier {
-    blocks: Mutex<SizedLru<BlockId, Bytes>>,
+    blocks: Mutex<SizedLru<BlockId, (Bytes, Instant)>>,
     evictions: AtomicU64,
 }
 
@@ -22,7 +25,27 @@ impl MemoryTier {
     }
 
     pub(crate) fn get(&self, id: &BlockId) -> Option<Bytes> {
-        self.lock().get(id).cloned()
+        let mut blocks = self.lock();
+        let (data, used) = blocks.get_mut(id)?;
+        *used = Instant::now();
+        Some(data.clone())
+    }
+
+    /// Drops the blocks not used for `max_idle` (least recently used first); returns how
+    /// many bytes went.
+    pub(crate) fn trim_idle(&self, max_idle: Duration) -> u64 {
+        let mut blocks = self.lock();
+        let mut freed = 0;
+        while let Some((_, (_, used))) = blocks.peek_lru() {
+            if used.elapsed() < max_idle {
+                break;
+            }
+            match blocks.pop_lru() {
+                Some((_, _, size)) => freed += size,
+                None => break,
+            }
+        }
+        freed
     }
 
     /// Whether the block is held, without touching the LRU order.
@@ -38,7 +61,7 @@ impl MemoryTier {
         if !blocks.fits(size) {
             return;
         }
-        let evicted = blocks.insert(id, data, size);
+        let evicted = blocks.insert(id, (data, Instant::now()), size);
         drop(blocks);
         self.evictions
             .fetch_add(evicted.len() as u64, Ordering::Relaxed);
@@ -54,7 +77,7 @@ impl MemoryTier {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> MutexGuard<'_, SizedLru<BlockId, Bytes>> {
+    fn lock(&self) -> MutexGuard<'_, SizedLru<BlockId, (Bytes, Instant)>> {
         // The index is consistent after every method of `SizedLru`, so a panic elsewhere while
         // the lock was held leaves nothing to repair.
         self.blocks.lock().unwrap_or_else(PoisonError::into_inner)

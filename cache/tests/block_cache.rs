@@ -173,6 +173,38 @@ fn memory_evicts_least_recently_used() {
     assert!(block_files(dir.path()).is_empty());
 }
 
+/// Blocks not used for a while leave the memory tier (the disk keeps them); a block used
+/// since stays.
+#[test]
+fn idle_blocks_give_their_memory_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = BlockCache::open(config(dir.path())).unwrap();
+    let key = key(9);
+    for block in 0..4 {
+        put_full(&cache, &key, block);
+    }
+    assert_eq!(cache.stats().memory_bytes, 4 * BLOCK as u64);
+    assert_eq!(
+        cache.trim_memory(Duration::from_secs(60)),
+        0,
+        "nothing is idle yet"
+    );
+    std::thread::sleep(Duration::from_millis(120));
+    assert!(cache.get(&key, 2).is_some(), "block 2 used again");
+    assert_eq!(
+        cache.trim_memory(Duration::from_millis(100)),
+        3 * BLOCK as u64
+    );
+    assert_eq!(cache.stats().memory_bytes, BLOCK as u64, "block 2 stays");
+    // The others are read from disk again.
+    for block in 0..4 {
+        assert_eq!(
+            cache.get(&key, block).as_deref(),
+            Some(&content(&key, block, BLOCK)[..])
+        );
+    }
+}
+
 #[test]
 fn disk_evicts_least_recently_used() {
     let dir = tempfile::tempdir().unwrap();

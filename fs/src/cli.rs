@@ -39,12 +39,24 @@ enum Command {
         /// Disk budget of the read cache, e.g. 512M, 4G.
         #[arg(long, default_value = "4G", value_parser = parse_size)]
         cache_size: u64,
+        /// Memory budget of the daemon for what it holds of file contents: half for the
+        /// cache's memory tier, a quarter for blocks waiting for their readers; reads slow
+        /// down rather than grow past it (at least 16M).
+        #[arg(long, default_value = "256M", value_parser = parse_memory_size)]
+        memory_size: u64,
         /// Stay attached to the terminal instead of serving in the background.
         #[arg(long)]
         foreground: bool,
     },
     /// Unmount (uploads anything pending first; waits for the daemon to stop).
     Umount { mountpoint: PathBuf },
+    /// Show what a mount's daemon holds: memory by use, the cache, reads in progress, tables
+    /// (`--json` prints MOUNTPOINT/.dosfs/stats as it is).
+    Stats {
+        mountpoint: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// List every version of a file in a dosfs mount.
     Versions {
         path: PathBuf,
@@ -86,6 +98,16 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<u64>()
         .map(|n| n * mult)
         .map_err(|_| format!("bad size {s:?}"))
+}
+
+fn parse_memory_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n < 16 << 20 {
+        return Err(format!(
+            "{s} is too small: the memory budget must be at least 16M"
+        ));
+    }
+    Ok(n)
 }
 
 fn home_dir(var: &str, fallback: &str) -> PathBuf {
@@ -130,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             cache_dir,
             cache_size,
+            memory_size,
             foreground,
         } => {
             let opts = MountArgs {
@@ -137,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     mountpoint: mountpoint.clone(),
                     cache_dir: cache_dir.unwrap_or_else(|| home_dir("XDG_CACHE_HOME", ".cache")),
                     cache_size,
+                    memory_size,
                 },
                 api,
                 token,
@@ -181,6 +205,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 wait_for(Duration::from_secs(120), || !process_alive(pid));
             }
             eprintln!("dosfs: unmounted {}", mp.display());
+            Ok(())
+        }
+        Command::Stats { mountpoint, json } => {
+            let path = mountpoint.join(".dosfs").join("stats");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{} (is this a dosfs mount?)", path.display()))?;
+            if json {
+                print!("{text}");
+                return Ok(());
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&text).context("the daemon's stats are not JSON")?;
+            print_stats(&v);
             Ok(())
         }
         Command::Versions { path, token } => {
@@ -246,6 +283,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     bail!("the content of version {version} is no longer stored")
                 }
             }
+        }
+    }
+}
+
+/// The stats report as a table: bytes in MiB, counts as they are.
+fn print_stats(v: &serde_json::Value) {
+    let Some(sections) = v.as_object() else {
+        return;
+    };
+    for (section, fields) in sections {
+        println!("{section}");
+        for (name, value) in fields.as_object().into_iter().flatten() {
+            let shown = match (name.ends_with("_bytes"), value.as_u64()) {
+                (true, Some(b)) => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+                _ => value.to_string(),
+            };
+            let label = name.trim_end_matches("_bytes").replace('_', " ");
+            println!("  {label:<24} {shown}");
         }
     }
 }
@@ -407,7 +462,9 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
         .arg("--cache-dir")
         .arg(&opts.cache_dir)
         .arg("--cache-size")
-        .arg(opts.cache_size.to_string());
+        .arg(opts.cache_size.to_string())
+        .arg("--memory-size")
+        .arg(opts.memory_size.to_string());
     if let Some(api) = &args.api {
         cmd.arg("--api").arg(api);
     }

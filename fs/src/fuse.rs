@@ -67,6 +67,50 @@ fn backing_for(
     Ok(id)
 }
 
+/// Inodes the daemon holds before it asks the kernel to drop some entries (which makes the
+/// kernel forget the inodes it does not use).
+pub const INODE_CAP: usize = 200_000;
+
+/// Keeps the inode table under [`INODE_CAP`]: every few seconds, when over it, asks the
+/// kernel to drop entries it holds (`FUSE_NOTIFY_INVAL_ENTRY`), so their forgets follow.
+pub async fn cap_inodes(
+    core: Arc<FsCore>,
+    notifier: fuser::Notifier,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let victims = core.entries_over_cap(INODE_CAP);
+        if victims.is_empty() {
+            continue;
+        }
+        let n = victims.len();
+        let notifier = notifier.clone();
+        // Notifications write to /dev/fuse: off the async workers.
+        let sent = tokio::task::spawn_blocking(move || {
+            victims
+                .iter()
+                .filter(|(parent, name)| {
+                    notifier
+                        .inval_entry(INodeNo(*parent), OsStr::new(name))
+                        .is_ok()
+                })
+                .count()
+        })
+        .await
+        .unwrap_or(0);
+        tracing::info!(
+            over_cap = n,
+            sent,
+            "asked the kernel to drop entries (inode cap)"
+        );
+    }
+}
+
 impl DosFs {
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
         Self {

@@ -10,6 +10,11 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
+    // Freed memory goes back to the kernel in the background (jemalloc's decay, 10 s), not
+    // only when the program next allocates: an idle mount returns what a burst took.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        eprintln!("dosfs: allocator background purging not enabled: {e}");
+    }
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -19,6 +19,8 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     pub cache_size: u64,
+    /// The daemon's memory budget for file contents (`--memory-size`).
+    pub memory_size: u64,
 }
 
 /// The store a mount talks to.
@@ -30,6 +32,10 @@ pub struct Backend {
     /// Run after the unmount, once everything is uploaded (stops an embedded cluster).
     pub stop: Option<BoxFuture<'static, ()>>,
 }
+
+/// How often, and after how long unused, blocks leave the cache's memory tier.
+const MEMORY_TRIM_EVERY: Duration = Duration::from_secs(5);
+const MEMORY_IDLE: Duration = Duration::from_secs(10);
 
 /// Makes the [`Backend`] on the mount's runtime.
 pub type Connect = Box<dyn FnOnce() -> BoxFuture<'static, anyhow::Result<Backend>> + Send>;
@@ -97,7 +103,7 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     let backend = runtime.block_on(connect())?;
     let url = backend.url.clone();
     let cache = BlockCache::open(CacheConfig {
-        memory_bytes: (opts.cache_size / 4).min(512 << 20),
+        memory_bytes: opts.memory_size / 2,
         disk_bytes: opts.cache_size,
         ..CacheConfig::new(opts.cache_dir.join("blocks"))
     })
@@ -106,12 +112,28 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
         .with_context(|| format!("opening staging in {}", opts.cache_dir.display()))?;
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
-    let core = Arc::new(FsCore::new(
-        backend.store,
-        cache,
-        staging,
-        FsConfig::new(uid, gid),
-    ));
+    let mut fs_config = FsConfig::new(uid, gid);
+    fs_config.read_memory_bytes = opts.memory_size / 4;
+    let core = Arc::new(FsCore::new(backend.store, cache, staging, fs_config));
+    // Memory a burst of reads took is given back once they are over (the blocks stay on
+    // disk); see also the allocator's background purging in main.rs.
+    let _in_runtime = runtime.enter();
+    let workers = dos_worker::Supervisor::new();
+    let trim = core.clone();
+    workers.spawn_once("memory trim", move |cancel| async move {
+        let mut tick = tokio::time::interval(MEMORY_TRIM_EVERY);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    let freed = trim.cache().trim_memory(MEMORY_IDLE);
+                    if freed > 0 {
+                        tracing::debug!(freed, "idle cache memory given back");
+                    }
+                }
+            }
+        }
+    });
     let fs = DosFs::new(core.clone(), runtime.handle().clone(), uid, gid);
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -129,6 +151,10 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     config.n_threads = Some(2);
     let session = fuser::spawn_mount(fs, &mountpoint, &config)
         .with_context(|| format!("mounting {}", mountpoint.display()))?;
+    let (capped, notifier) = (core.clone(), session.notifier());
+    workers.spawn_once("inode cap", move |cancel| {
+        crate::fuse::cap_inodes(capped, notifier, cancel)
+    });
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     ready(&mountpoint);
 
@@ -156,6 +182,7 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     for (path, e) in &failures {
         eprintln!("dosfs: could not upload {path}: {e}");
     }
+    runtime.block_on(workers.shutdown(Duration::from_secs(5)));
     if let Some(stop) = backend.stop {
         runtime.block_on(stop);
     }

@@ -86,6 +86,7 @@ fn version_attr(core: &FsCore, path: &str, rec: &VersionRecord) -> Attr {
 pub async fn getattr(core: &FsCore, key: NodeKey) -> FsResult<Attr> {
     match &key {
         NodeKey::Control | NodeKey::History(_) => Ok(control_attr(core, key)),
+        NodeKey::Stats => Ok(super::stats::attr(core)),
         NodeKey::HistoryVersion(path, v) => {
             let rec = core
                 .store
@@ -103,6 +104,9 @@ pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<(Nod
         NodeKey::Control if name == HISTORY_DIR => {
             let key = NodeKey::History(String::new());
             Ok((key.clone(), control_attr(core, key)))
+        }
+        NodeKey::Control if name == super::stats::STATS_FILE => {
+            Ok((NodeKey::Stats, super::stats::attr(core)))
         }
         NodeKey::History(dir) => {
             let versions = file_versions(core, &dir).await?;
@@ -127,11 +131,18 @@ pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<(Nod
 
 pub async fn read_dir(core: &FsCore, key: NodeKey) -> FsResult<Vec<DirEntry>> {
     match key {
-        NodeKey::Control => Ok(vec![DirEntry {
-            ino: core.ino_of(NodeKey::History(String::new())),
-            name: HISTORY_DIR.into(),
-            kind: Kind::Dir,
-        }]),
+        NodeKey::Control => Ok(vec![
+            DirEntry {
+                ino: core.ino_of(NodeKey::History(String::new())),
+                name: HISTORY_DIR.into(),
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                ino: core.ino_of(NodeKey::Stats),
+                name: super::stats::STATS_FILE.into(),
+                kind: Kind::File,
+            },
+        ]),
         NodeKey::History(dir) => {
             let versions = file_versions(core, &dir).await?;
             if !versions.is_empty() {

@@ -22,6 +22,8 @@ pub enum NodeKey {
     History(String),
     /// One version of a file under its history folder.
     HistoryVersion(String, u64),
+    /// `/.dosfs/stats`
+    Stats,
 }
 
 pub struct Inodes {
@@ -111,6 +113,19 @@ impl Inodes {
             self.by_key.remove(&key);
         }
         Some(key)
+    }
+
+    /// Up to `n` paths the kernel holds, other than the root: what to ask it to forget when
+    /// the table is over its cap.
+    pub fn some_paths(&self, n: usize) -> Vec<String> {
+        self.lookups
+            .keys()
+            .filter_map(|i| match self.by_ino.get(i) {
+                Some(NodeKey::Path(p)) if !p.is_empty() => Some(p.clone()),
+                _ => None,
+            })
+            .take(n)
+            .collect()
     }
 
     /// Inodes the table holds (the root included).

@@ -9,6 +9,7 @@ mod history;
 mod inodes;
 mod passthrough;
 mod read;
+mod stats;
 mod write;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ pub use history::version_file_name;
 use inodes::Inodes;
 pub use inodes::{NodeKey, ROOT_INO};
 pub use passthrough::{Opened, PASSTHROUGH_MIN_BYTES, PASSTHROUGH_WAIT, PassthroughFile};
+pub use read::ReadBudget;
 use write::Staged;
 
 /// How long attributes and listings fetched from the store are trusted (close-to-open, and
@@ -36,6 +38,8 @@ pub const ATTR_TTL: Duration = Duration::from_secs(1);
 pub const CONTROL_DIR: &str = ".dosfs";
 /// Cached attribute entries past which the expired ones are dropped.
 const ENTRY_PURGE_AT: usize = 4096;
+/// Cached attribute entries at most.
+const ENTRY_CAP: usize = 65_536;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -78,6 +82,8 @@ pub struct DirEntry {
 
 pub struct FsConfig {
     pub read_ahead_blocks: u64,
+    /// What reads may hold in memory besides the cache's memory tier (see [`ReadBudget`]).
+    pub read_memory_bytes: u64,
     pub uid: u32,
     pub gid: u32,
     /// How long attributes and listings fetched from the store are trusted ([`ATTR_TTL`] in
@@ -89,6 +95,7 @@ impl FsConfig {
     pub fn new(uid: u32, gid: u32) -> Self {
         Self {
             read_ahead_blocks: 16,
+            read_memory_bytes: 64 << 20,
             uid,
             gid,
             attr_ttl: ATTR_TTL,
@@ -98,8 +105,12 @@ impl FsConfig {
 
 pub(crate) enum Handle {
     Read(read::ReadHandle),
-    Write { staged: Arc<Mutex<Staged>> },
+    Write {
+        staged: Arc<Mutex<Staged>>,
+    },
     Dir(Vec<DirEntry>),
+    /// Contents made at open (`.dosfs/stats`).
+    Static(bytes::Bytes),
 }
 
 pub struct FsCore {
@@ -107,6 +118,7 @@ pub struct FsCore {
     pub(crate) cache: BlockCache,
     pub(crate) staging: StagingArea,
     pub(crate) config: FsConfig,
+    pub(crate) reads: read::ReadBudget,
     inodes: Mutex<Inodes>,
     entries: Mutex<HashMap<String, (Instant, Entry)>>,
     last_purge: Mutex<Instant>,
@@ -172,11 +184,13 @@ impl FsCore {
         staging: StagingArea,
         config: FsConfig,
     ) -> Self {
+        let reads = read::ReadBudget::new(config.read_memory_bytes, cache.block_size());
         Self {
             store,
             cache,
             staging,
             config,
+            reads,
             inodes: Mutex::new(Inodes::new()),
             entries: Mutex::default(),
             last_purge: Mutex::new(Instant::now()),
@@ -217,6 +231,34 @@ impl FsCore {
         if let Some(NodeKey::Path(p)) = forgotten {
             self.forget_entry(&p);
         }
+    }
+
+    /// When more than `cap` inodes are held: (parent inode, name) of entries the kernel may be
+    /// asked to drop (it then forgets those not in use), about a tenth of the cap beyond it.
+    pub fn entries_over_cap(&self, cap: usize) -> Vec<(u64, String)> {
+        let inodes = lock(&self.inodes);
+        let over = inodes.count().saturating_sub(cap);
+        if over == 0 {
+            return Vec::new();
+        }
+        inodes
+            .some_paths(over + cap / 10)
+            .into_iter()
+            .map(|p| match p.rsplit_once('/') {
+                Some((parent, name)) => (inodes.peek(&NodeKey::Path(parent.into())), name.into()),
+                None => (ROOT_INO, p),
+            })
+            .collect()
+    }
+
+    /// Open file and directory handles.
+    pub fn handle_count(&self) -> usize {
+        lock(&self.handles).len()
+    }
+
+    /// Files being written here (staged, not yet settled).
+    pub fn staged_count(&self) -> usize {
+        lock(&self.staged).len()
     }
 
     /// Inodes held (for tests and statistics).
@@ -260,6 +302,11 @@ impl FsCore {
                 let ttl = self.config.attr_ttl;
                 entries.retain(|_, (at, _)| at.elapsed() < ttl);
                 *last = Instant::now();
+            }
+            // Its own cap: these are answers trusted for one TTL, so dropping them all costs
+            // no more than a second of lookups.
+            if entries.len() >= ENTRY_CAP {
+                entries.clear();
             }
         }
         entries.insert(path.to_string(), (Instant::now(), entry));
@@ -383,6 +430,12 @@ impl FsCore {
                     }
                 }
                 Handle::Dir(_) => {}
+                Handle::Static(b) => {
+                    let mut a = stats::attr(self);
+                    a.ino = ino;
+                    a.size = b.len() as u64;
+                    return Ok(a);
+                }
             }
         }
         self.getattr(ino).await

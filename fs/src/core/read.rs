@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use dos_cache::{BlockBytes, BlockCache};
 use dos_protocol::{ByteRange, ContentHash, ObjectName};
 use dos_store::{ObjectStore, StoreError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::passthrough::{Opened, PassthroughFile};
 use super::{FsCore, Handle, NodeKey, lock};
@@ -22,10 +23,59 @@ use crate::error::{FsError, FsResult};
 /// Windows a handle keeps at most; older ones are dropped (their blocks are in the cache).
 const MAX_WINDOWS: usize = 4;
 
+/// Blocks that may wait in a cache writer's queue per window: the stream waits for the
+/// disk beyond that, instead of piling blocks up in memory.
+const CACHE_QUEUE: usize = 2;
+
+/// What reads may hold in memory, besides the cache's memory tier: blocks waiting in windows
+/// for their reader, and streams from the store at once. Past it, reads slow down (a block
+/// that finds no room goes only to the disk cache, where its reader finds it; a new stream
+/// waits for a running one to end) rather than grow the daemon.
+pub struct ReadBudget {
+    held: Arc<Semaphore>,
+    held_total: usize,
+    streams: Arc<Semaphore>,
+    streams_total: usize,
+}
+
+impl ReadBudget {
+    /// A budget of `bytes` for reads of `block_size` blocks: a quarter of it for blocks held
+    /// in windows, and one stream per 16 MiB of it (at least two of each).
+    pub fn new(bytes: u64, block_size: usize) -> Self {
+        let held = ((bytes / 4) / block_size.max(1) as u64).max(2) as usize;
+        let streams = (bytes / (16 << 20)).clamp(2, 64) as usize;
+        Self {
+            held: Arc::new(Semaphore::new(held)),
+            held_total: held,
+            streams: Arc::new(Semaphore::new(streams)),
+            streams_total: streams,
+        }
+    }
+
+    /// (blocks held in windows now, at most)
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.held_total - self.held.available_permits(),
+            self.held_total,
+        )
+    }
+
+    /// (streams from the store now, at most)
+    pub fn streams(&self) -> (usize, usize) {
+        (
+            self.streams_total - self.streams.available_permits(),
+            self.streams_total,
+        )
+    }
+}
+
 /// One streaming fetch of blocks `[first, end)`.
 struct Window {
     first: u64,
     end: u64,
+    /// The block a reader is waiting for (a window started on demand): it is always kept
+    /// for that reader, whatever the budget, so every read makes progress.
+    demand: Option<u64>,
     received: Mutex<Received>,
     /// Set when the stream ended (with the error, if it failed).
     done: Mutex<Option<Result<(), StoreError>>>,
@@ -33,10 +83,12 @@ struct Window {
 }
 
 struct Received {
-    /// Blocks received and not yet taken by the reader.
-    blocks: HashMap<u64, BlockBytes>,
+    /// Blocks received and not yet taken by the reader, each with its share of the budget.
+    blocks: HashMap<u64, (BlockBytes, Option<OwnedSemaphorePermit>)>,
     /// Blocks before this one have arrived (in order: the answer is one stream).
     next: u64,
+    /// Blocks before this one have been handed to the cache (written, or refused by it).
+    cached: u64,
 }
 
 pub struct ReadHandle {
@@ -60,6 +112,15 @@ impl FsCore {
         let (name, pinned) = match self.node(ino)? {
             NodeKey::Path(p) => (p, None),
             NodeKey::HistoryVersion(p, v) => (p, Some(v)),
+            NodeKey::Stats => {
+                let fh = self.new_handle(Handle::Static(super::stats::report(self)));
+                // Its size is unknown to the kernel: direct I/O reads to the end.
+                return Ok(Opened {
+                    fh,
+                    passthrough: None,
+                    direct_io: true,
+                });
+            }
             _ => return Err(FsError::IsDir),
         };
         if name.is_empty() {
@@ -123,6 +184,11 @@ impl FsCore {
             Handle::Read(r) => self.read_object(r, offset, len).await,
             Handle::Write { staged, .. } => super::write::read_staged(staged, offset, len),
             Handle::Dir(_) => Err(FsError::IsDir),
+            Handle::Static(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(len as usize).min(b.len());
+                Ok(b.slice(start..end))
+            }
         }
     }
 
@@ -201,22 +267,28 @@ impl FsCore {
                 } else {
                     1
                 };
-                self.start_window(r, b, count);
+                self.start_window(r, b, count, true);
                 continue;
             };
             let notified = w.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let arrived = {
+            let (arrived, cached) = {
                 let mut received = lock(&w.received);
-                if let Some(block) = received.blocks.remove(&b) {
+                if let Some((block, _share)) = received.blocks.remove(&b) {
                     // A reader moving forward will not come back for the ones well before.
                     received.blocks.retain(|&k, _| k + 1 >= b);
                     return Ok(block);
                 }
-                b < received.next
+                (b < received.next, b < received.cached)
             };
             let done = lock(&w.done).clone();
+            if arrived && !cached && done.is_none() {
+                // It arrived when the budget was full: it is on its way to the disk cache,
+                // where this read finds it once written.
+                notified.await;
+                continue;
+            }
             if arrived || done.is_some() {
                 // Taken earlier (and so in the cache, or about to be), or never coming.
                 r.windows.retain(|x| !Arc::ptr_eq(x, &w));
@@ -254,30 +326,42 @@ impl FsCore {
         if furthest < blocks && furthest.saturating_sub(last_read) <= window / 2 {
             let from = furthest.max(last_read + 1);
             if !self.cache.contains(&r.hash.0, from) {
-                self.start_window(r, from, window);
+                self.start_window(r, from, window, false);
             }
         }
     }
 
-    fn start_window(&self, r: &mut ReadHandle, first: u64, count: u64) {
+    /// Starts a window of `count` blocks from `first`; `demand`: a reader waits for `first`.
+    fn start_window(&self, r: &mut ReadHandle, first: u64, count: u64, demand: bool) {
         let bs = self.cache.block_size() as u64;
         let blocks = r.size.div_ceil(bs);
         let end = (first + count).min(blocks).max(first + 1);
         let w = Arc::new(Window {
             first,
             end,
+            demand: demand.then_some(first),
             received: Mutex::new(Received {
                 blocks: HashMap::new(),
                 next: first,
+                cached: first,
             }),
             done: Mutex::new(None),
             notify: tokio::sync::Notify::new(),
         });
         r.windows.push(w.clone());
         let (store, cache) = (self.store.clone(), self.cache.clone());
+        let (held, streams) = (self.reads.held.clone(), self.reads.streams.clone());
         let (name, version, hash, size) = (r.name.clone(), r.version, r.hash, r.size);
         tokio::spawn(async move {
-            let result = stream_window(&*store, &cache, &w, &name, version, hash, size).await;
+            // One of the streams the budget allows; the others run on meanwhile, since none
+            // waits for a reader (see `stream_window`).
+            let result = match streams.acquire_owned().await {
+                Ok(_slot) => {
+                    let budget = held;
+                    stream_window(&*store, &cache, &w, &budget, &name, version, hash, size).await
+                }
+                Err(_) => Err(StoreError::Internal("the read budget is closed".into())),
+            };
             if let Err(e) = &result {
                 tracing::warn!(%name, error = %e, "reading from the store failed");
             }
@@ -295,6 +379,7 @@ async fn stream_window(
     store: &dyn ObjectStore,
     cache: &BlockCache,
     w: &Arc<Window>,
+    budget: &Arc<Semaphore>,
     name: &str,
     version: u64,
     hash: ContentHash,
@@ -324,24 +409,21 @@ async fn stream_window(
             "{name}: the store answered other bytes than asked"
         )));
     }
-    let (to_cache, queued) = std::sync::mpsc::channel::<(u64, BlockBytes)>();
-    let cache = cache.clone();
-    tokio::task::spawn_blocking(move || {
-        for (block, data) in queued {
-            if let Err(e) = cache.put_shared(&hash.0, block, data, Some(size)) {
-                tracing::warn!(error = %e, "cache put failed");
+    // One blocking thread per window writes its blocks to the cache in order (writers of one
+    // cache file would only contend for its lock); the queue to it is short, so a slow disk
+    // slows the stream instead of filling memory.
+    let (to_cache, mut queued) = tokio::sync::mpsc::channel::<(u64, BlockBytes)>(CACHE_QUEUE);
+    let writer = {
+        let (cache, w) = (cache.clone(), w.clone());
+        tokio::task::spawn_blocking(move || {
+            while let Some((block, data)) = queued.blocking_recv() {
+                if let Err(e) = cache.put_shared(&hash.0, block, data, Some(size)) {
+                    tracing::warn!(error = %e, "cache put failed");
+                }
+                lock(&w.received).cached = block + 1;
+                w.notify.notify_waiters();
             }
-        }
-    });
-    let put = |block: u64, data: BlockBytes| {
-        {
-            let mut received = lock(&w.received);
-            received.blocks.insert(block, data.clone());
-            received.next = block + 1;
-        }
-        w.notify.notify_waiters();
-        // The writer only stops when this sender is dropped.
-        let _ = to_cache.send((block, data));
+        })
     };
     let bs = bs as usize;
     let mut pending = BlockBytes::new();
@@ -352,13 +434,42 @@ async fn stream_window(
             let take = (bs - pending.len()).min(chunk.len());
             pending.push(chunk.split_to(take));
             if pending.len() == bs {
-                put(block, std::mem::take(&mut pending));
+                hand_over(w, budget, &to_cache, block, std::mem::take(&mut pending)).await;
                 block += 1;
             }
         }
     }
     if !pending.is_empty() {
-        put(block, pending);
+        hand_over(w, budget, &to_cache, block, pending).await;
+    }
+    drop(to_cache);
+    // The window is done once its blocks are in the cache (or refused by it).
+    if let Err(e) = writer.await {
+        tracing::warn!(error = %e, "cache writer failed");
     }
     Ok(())
+}
+
+/// A block of a window has arrived: kept for the reader if the budget has room (or the reader
+/// is waiting for it), else only the disk cache gets it; either way it goes on to the cache
+/// writer (waiting while its queue is full).
+async fn hand_over(
+    w: &Window,
+    budget: &Arc<Semaphore>,
+    to_cache: &tokio::sync::mpsc::Sender<(u64, BlockBytes)>,
+    block: u64,
+    data: BlockBytes,
+) {
+    {
+        let share = budget.clone().try_acquire_owned().ok();
+        let mut received = lock(&w.received);
+        if share.is_some() || w.demand == Some(block) {
+            received.blocks.insert(block, (data.clone(), share));
+        }
+        received.next = block + 1;
+    }
+    w.notify.notify_waiters();
+    if to_cache.send((block, data)).await.is_err() {
+        tracing::warn!(block, "the cache writer stopped; the block is not cached");
+    }
 }

@@ -1,0 +1,83 @@
+//! `.dosfs/stats`: a read-only file that describes the daemon as it stands when it is opened
+//! (JSON): its memory by use, the cache, the read budget and its tables. `dosfs stats
+//! MOUNTPOINT` prints it.
+
+use bytes::Bytes;
+
+use super::{Attr, FsCore, Kind, NodeKey};
+
+pub const STATS_FILE: &str = "stats";
+
+pub fn attr(core: &FsCore) -> Attr {
+    Attr {
+        ino: core.ino_of(NodeKey::Stats),
+        kind: Kind::File,
+        // Its length is only known when it is read (opened with direct I/O).
+        size: 0,
+        perm: 0o444,
+        mtime_ns: dos_protocol::now_ns(),
+        hash: None,
+        version: None,
+        read_only: true,
+        unlinked: false,
+    }
+}
+
+/// A field of `/proc/self/status` in bytes (`VmRSS:  1234 kB`).
+fn proc_status(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// The report, as it stands now.
+pub fn report(core: &FsCore) -> Bytes {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cache = core.cache.stats();
+    let block = core.cache.block_size() as u64;
+    let (held, held_max) = core.reads.held();
+    let (streams, streams_max) = core.reads.streams();
+    // The allocator's own view (jemalloc, dosfs's allocator): bytes the program holds, and
+    // pages it has from the kernel (the difference is freed memory not yet given back).
+    let _ = tikv_jemalloc_ctl::epoch::advance();
+    let allocated = tikv_jemalloc_ctl::stats::allocated::read().ok();
+    let resident = tikv_jemalloc_ctl::stats::resident::read().ok();
+    let value = serde_json::json!({
+        "process": {
+            "rss_bytes": proc_status(&status, "VmRSS"),
+            "anonymous_bytes": proc_status(&status, "RssAnon"),
+            "peak_rss_bytes": proc_status(&status, "VmHWM"),
+            "allocated_bytes": allocated,
+            "allocator_resident_bytes": resident,
+        },
+        "cache": {
+            "memory_bytes": cache.memory_bytes,
+            "memory_budget_bytes": core.cache.memory_budget(),
+            "memory_blocks": cache.memory_blocks,
+            "disk_bytes": cache.disk_bytes,
+            "disk_blocks": cache.disk_blocks,
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "evictions": cache.evictions,
+            "corruptions": cache.corruptions,
+        },
+        "reads": {
+            "blocks_held_bytes": held as u64 * block,
+            "blocks_held_budget_bytes": held_max as u64 * block,
+            "streams": streams,
+            "streams_max": streams_max,
+        },
+        "tables": {
+            "inodes": core.inode_count(),
+            "inode_cap": crate::fuse::INODE_CAP,
+            "cached_entries": core.entry_count(),
+            "open_handles": core.handle_count(),
+            "staged_files": core.staged_count(),
+        },
+    });
+    let mut out = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
