@@ -53,6 +53,16 @@ struct Args {
     /// Size of each small PUT, KiB.
     #[arg(long, default_value_t = 4)]
     small_kib: usize,
+    /// Files of the `files` part's creates and 4 KiB writes.
+    #[arg(long, default_value_t = 10_000)]
+    files: usize,
+    /// A source tree for the `files` part's tar x (default: crates from ~/.cargo/registry/src,
+    /// about 1,000 files).
+    #[arg(long)]
+    tree: Option<PathBuf>,
+    /// The git repository the `files` part clones (default: the current directory's).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
     /// Parts to run.
     #[arg(long, value_delimiter = ',', default_value = "rest,small,fs")]
     parts: Vec<Part>,
@@ -91,6 +101,9 @@ enum Part {
     Rest,
     Small,
     Fs,
+    /// Many small files through the mounts: tar x, empty creates, 4 KiB files, git clone,
+    /// rm -rf (also on bindfs and on JuiceFS with --writeback).
+    Files,
 }
 
 const MIB: u64 = 1 << 20;
@@ -836,16 +849,26 @@ struct Dirs {
     root: PathBuf,
     out: PathBuf,
     logs: PathBuf,
+    /// Put before every folder and log name (a second set of mounts of the same systems).
+    prefix: String,
 }
 
 impl Dirs {
     fn sub(&self, p: &str) -> anyhow::Result<PathBuf> {
-        let d = self.root.join(p);
+        let d = self.root.join(format!("{}{p}", self.prefix));
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         Ok(d)
     }
     fn log(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
+        self.logs.join(format!("{}{name}.log", self.prefix))
+    }
+    fn with_prefix(&self, prefix: &str) -> Dirs {
+        Dirs {
+            root: self.root.clone(),
+            out: self.out.clone(),
+            logs: self.logs.clone(),
+            prefix: prefix.to_string(),
+        }
     }
 }
 
@@ -1111,14 +1134,15 @@ fn start_weed_mount(bin: &Path, dirs: &Dirs, weed: &Weed) -> anyhow::Result<Moun
     })
 }
 
-fn start_juicefs(bin: &Path, dirs: &Dirs) -> anyhow::Result<Mounted> {
-    let base = dirs.sub("juicefs")?;
-    let bucket = dirs.sub("juicefs/bucket")?;
-    let cache = dirs.sub("juicefs/cache")?;
-    let mnt = dirs.sub("mnt/juicefs")?;
+fn start_juicefs(bin: &Path, dirs: &Dirs, writeback: bool) -> anyhow::Result<Mounted> {
+    let name = if writeback { "juicefs-wb" } else { "juicefs" };
+    let base = dirs.sub(name)?;
+    let bucket = dirs.sub(&format!("{name}/bucket"))?;
+    let cache = dirs.sub(&format!("{name}/cache"))?;
+    let mnt = dirs.sub(&format!("mnt/{name}"))?;
     let tmp = dirs.sub("tmp")?;
     let meta = format!("sqlite3://{}", base.join("meta.db").display());
-    let log = dirs.log("juicefs");
+    let log = dirs.log(name);
     let mut format = Command::new(bin);
     format
         .args(["format", "--storage", "file", "--bucket"])
@@ -1154,6 +1178,7 @@ fn start_juicefs(bin: &Path, dirs: &Dirs) -> anyhow::Result<Mounted> {
             ])
             .args(["--metrics", &format!("127.0.0.1:{}", free_port()?)])
             .args(["--backup-meta", "0"])
+            .args(writeback.then_some("--writeback"))
             .arg("--cache-dir")
             .arg(&cache)
             .arg(&meta)
@@ -1169,6 +1194,226 @@ fn start_juicefs(bin: &Path, dirs: &Dirs) -> anyhow::Result<Mounted> {
         cache: Some(cache),
         readers: vec![pid],
     })
+}
+
+fn start_bindfs(dirs: &Dirs) -> anyhow::Result<Mounted> {
+    let under = dirs.sub("bindfs/under")?;
+    let mnt = dirs.sub("mnt/bindfs")?;
+    let log = dirs.log("bindfs");
+    let pid = spawn(
+        "bindfs",
+        Command::new("bindfs")
+            .args(["-f", "-o", "big_writes"])
+            .arg(&under)
+            .arg(&mnt),
+        &log,
+    )?;
+    register_mount(&mnt);
+    wait_mounted(&mnt, pid, &log)?;
+    Ok(Mounted {
+        dir: mnt,
+        cache: None,
+        readers: vec![],
+    })
+}
+
+/// A tar archive of a real source tree: `tree`, or crates from the cargo registry until
+/// about 1,000 files. Returns the archive and its number of files.
+fn make_tarball(dirs: &Dirs, tree: Option<&Path>) -> anyhow::Result<(PathBuf, usize)> {
+    let tar = dirs.root.join("src/tree.tar");
+    let (base, members): (PathBuf, Vec<String>) = match tree {
+        Some(t) => (
+            t.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            vec![
+                t.file_name()
+                    .map_or(".".into(), |n| n.to_string_lossy().into_owned()),
+            ],
+        ),
+        None => {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            let reg = Path::new(&home).join(".cargo/registry/src");
+            let index = std::fs::read_dir(&reg)
+                .with_context(|| format!("reading {} (or pass --tree)", reg.display()))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.is_dir())
+                .context("no cargo registry index (pass --tree)")?;
+            let mut crates: Vec<PathBuf> = std::fs::read_dir(&index)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            crates.sort();
+            let mut picked = Vec::new();
+            let mut n = 0;
+            for c in crates {
+                if n >= 1000 {
+                    break;
+                }
+                n += count_files(&c);
+                picked.push(
+                    c.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+            }
+            (index, picked)
+        }
+    };
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(&base)
+        .arg("-cf")
+        .arg(&tar)
+        .args(&members)
+        .output()
+        .context("running tar c")?;
+    if !out.status.success() {
+        bail!("tar c failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let listed = run_quiet(Command::new("tar").arg("-tf").arg(&tar))?;
+    let files = listed.lines().filter(|l| !l.ends_with('/')).count();
+    Ok((tar, files))
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.filter_map(Result::ok)
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() { count_files(&p) } else { 1 }
+            })
+            .sum()
+    })
+}
+
+/// One round of the small-file workloads on one system; each figure is the wall time to
+/// the end of the command (for dosfs, every file durable in the store).
+#[allow(clippy::too_many_arguments)]
+fn files_round(
+    res: &mut Results,
+    r: usize,
+    sys: &str,
+    m: &Mounted,
+    tar: &Path,
+    tar_files: usize,
+    files: usize,
+    repo: &Path,
+) -> anyhow::Result<()> {
+    let base = m.dir.join(format!("files-r{r}"));
+    std::fs::create_dir_all(&base)
+        .with_context(|| format!("{sys}: creating {}", base.display()))?;
+    let tree = base.join("tree");
+    std::fs::create_dir(&tree)?;
+    let t_tar = timed(Command::new("tar").arg("-C").arg(&tree).arg("-xf").arg(tar))
+        .with_context(|| format!("{sys}: tar x"))?;
+    // Checked, untimed.
+    timed(Command::new("tar").arg("-C").arg(&tree).arg("-df").arg(tar))
+        .with_context(|| format!("{sys}: tar -d found differences after tar x"))?;
+    let empty = base.join("empty");
+    std::fs::create_dir(&empty)?;
+    let start = Instant::now();
+    for i in 0..files {
+        std::fs::File::create(empty.join(format!("e{i:05}")))
+            .with_context(|| format!("{sys}: creating an empty file"))?;
+    }
+    let t_empty = start.elapsed();
+    let small = base.join("small");
+    std::fs::create_dir(&small)?;
+    let mut block = vec![0u8; 4096];
+    let mut state = fresh_seed();
+    let start = Instant::now();
+    for i in 0..files {
+        fill(&mut block, &mut state);
+        std::fs::write(small.join(format!("s{i:05}")), &block)
+            .with_context(|| format!("{sys}: writing a 4 KiB file"))?;
+    }
+    let t_small = start.elapsed();
+    let clone = base.join("clone");
+    let t_clone = timed(
+        Command::new("git")
+            .args(["clone", "-q", "--no-hardlinks"])
+            .arg(repo)
+            .arg(&clone),
+    )
+    .with_context(|| format!("{sys}: git clone"))?;
+    let t_rm = timed(Command::new("rm").arg("-rf").arg(&base))
+        .with_context(|| format!("{sys}: rm -rf"))?;
+    res.push(
+        format!("files|{sys}|tar"),
+        tar_files as f64 / t_tar.as_secs_f64(),
+    );
+    res.push(
+        format!("files|{sys}|empty"),
+        files as f64 / t_empty.as_secs_f64(),
+    );
+    res.push(
+        format!("files|{sys}|small"),
+        files as f64 / t_small.as_secs_f64(),
+    );
+    res.push(format!("files|{sys}|clone"), t_clone.as_secs_f64());
+    res.push(format!("files|{sys}|rm"), t_rm.as_secs_f64());
+    eprintln!(
+        "round {r}: files {sys}: tar x {:.0} files/s, {files} empty {:.0}/s, {files} × 4 KiB {:.0}/s, \
+         git clone {:.2} s, rm -rf {:.2} s",
+        tar_files as f64 / t_tar.as_secs_f64(),
+        files as f64 / t_empty.as_secs_f64(),
+        files as f64 / t_small.as_secs_f64(),
+        t_clone.as_secs_f64(),
+        t_rm.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn report_files(args: &Args, res: &Results, targets: &[(&str, Mounted)]) {
+    let g = |k: String| res.get(&k).to_vec();
+    let rounds = args.rounds.max(1);
+    println!(
+        "## Small files (median [min–max] over {rounds} rounds): tar x of a source tree, {} \
+         empty creates, {} × 4 KiB files (files/s, higher is better); git clone, rm -rf of \
+         all of it (s, lower is better)",
+        args.files, args.files
+    );
+    println!();
+    println!("| system | tar x | empty creates | 4 KiB files | git clone | rm -rf |");
+    println!("|---|---|---|---|---|---|");
+    for (sys, _) in targets {
+        let c = |m: &str, d: usize| spread(&g(format!("files|{sys}|{m}")), d);
+        println!(
+            "| {sys} | {} | {} | {} | {} | {} |",
+            c("tar", 0),
+            c("empty", 0),
+            c("small", 0),
+            c("clone", 2),
+            c("rm", 2)
+        );
+    }
+    println!();
+    println!(
+        "| ratio (per round, %) | tar x | empty creates | 4 KiB files | git clone (time) | rm -rf (time) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (peer, _) in targets.iter().filter(|(s, _)| *s != "dosfs") {
+        let c = |m: &str| {
+            spread(
+                &ratios(
+                    &g(format!("files|dosfs|{m}")),
+                    &g(format!("files|{peer}|{m}")),
+                ),
+                0,
+            )
+        };
+        println!(
+            "| dosfs / {peer} | {} % | {} % | {} % | {} % | {} % |",
+            c("tar"),
+            c("empty"),
+            c("small"),
+            c("clone"),
+            c("rm")
+        );
+    }
+    println!();
+    raw_table(res, "files|", rounds);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1599,7 +1844,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bins = resolve_bins(&args)?;
     let rounds = args.rounds.max(1);
     let want = |p: Part| args.parts.contains(&p);
-    if Command::new("fusermount3").arg("-V").output().is_err() && want(Part::Fs) {
+    if Command::new("fusermount3").arg("-V").output().is_err()
+        && (want(Part::Fs) || want(Part::Files))
+    {
         bail!("fusermount3 not found (apt-get install -y fuse3)");
     }
     std::fs::OpenOptions::new()
@@ -1633,7 +1880,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // REST: dos 1.5× (4+2), SeaweedFS 1×; fs: dosfs 1.5× plus its read cache 1×, weed 1× plus
     // its cache, JuiceFS 1× plus its read cache 1×; working copies of the largest file.
-    let need_mib = rounds as u64 * (rest * 5 / 2 + fs * 6 + small) + 4 * largest + 1024;
+    let files_mib = if want(Part::Files) {
+        // Six systems; dos: 1.5× plus shard overheads; a clone of the repository.
+        (args.files as u64 * 4 * 6 * 4) / 1024 + 6 * 512
+    } else {
+        0
+    };
+    let need_mib = rounds as u64 * (rest * 5 / 2 + fs * 6 + small + files_mib) + 4 * largest + 1024;
     let free = free_bytes(&args.dir)? / MIB;
     if free < need_mib {
         bail!(
@@ -1664,6 +1917,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         logs: root.join("logs"),
         out: out.canonicalize()?,
         root,
+        prefix: String::new(),
     };
     std::fs::create_dir_all(&dirs.logs)?;
     let src_dir = dirs.sub("src")?;
@@ -1716,7 +1970,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let weed = if need_servers || want(Part::Fs) {
+    let weed = if need_servers || want(Part::Fs) || want(Part::Files) {
         let w = start_weed(&bins.weed, &dirs, &http).await?;
         if args.weed_fsync {
             weed_fsync(&bins.weed, &w)?;
@@ -1746,7 +2000,50 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if let Some(w) = &weed {
             targets.push(("weed mount", start_weed_mount(&bins.weed, &dirs, w)?));
         }
-        targets.push(("JuiceFS", start_juicefs(&bins.juicefs, &dirs)?));
+        targets.push(("JuiceFS", start_juicefs(&bins.juicefs, &dirs, false)?));
+    }
+    let mut file_targets: Vec<(&str, Mounted)> = Vec::new();
+    let mut tarball = None;
+    if want(Part::Files) {
+        let local = dirs.sub("files-local")?;
+        file_targets.push((
+            "local disk",
+            Mounted {
+                dir: local,
+                cache: None,
+                readers: vec![],
+            },
+        ));
+        file_targets.push(("bindfs", start_bindfs(&dirs)?));
+        file_targets.push((
+            "dosfs",
+            start_dosfs(
+                &bins.dosfs,
+                &dirs.with_prefix("files-"),
+                args.dosfs_cache_size.as_deref(),
+            )?,
+        ));
+        if let Some(w) = &weed {
+            let m = start_weed_mount(&bins.weed, &dirs.with_prefix("files-"), w)?;
+            file_targets.push(("weed mount", m));
+        }
+        file_targets.push((
+            "JuiceFS",
+            start_juicefs(&bins.juicefs, &dirs.with_prefix("files-"), false)?,
+        ));
+        file_targets.push((
+            "JuiceFS --writeback",
+            start_juicefs(&bins.juicefs, &dirs.with_prefix("files-"), true)?,
+        ));
+        let (tar, n) = make_tarball(&dirs, args.tree.as_deref())?;
+        println!(
+            "- files: tar x of {n} files ({} KiB archive), {} empty creates, {} × 4 KiB, git clone of {}",
+            std::fs::metadata(&tar)?.len() / 1024,
+            args.files,
+            args.files,
+            args.repo.display()
+        );
+        tarball = Some((tar, n));
     }
     // Warm-ups, untimed: first writes pay for lazy set-up (SeaweedFS grows volumes for a
     // new collection on its first write, connections are opened).
@@ -1968,6 +2265,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 std::fs::remove_file(&src)?;
             }
         }
+        if let Some((tar, n)) = &tarball {
+            for (sys, m) in &file_targets {
+                files_round(&mut res, r, sys, m, tar, *n, args.files, &args.repo)?;
+            }
+        }
         let (other, steal) = other_load(cpu_start, cpu_snapshot(), ticks);
         res.push("load|other processes, cores busy".into(), other);
         res.push("load|hypervisor steal, %".into(), steal);
@@ -1977,6 +2279,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     report(&args, &res, &targets, &notes);
+    if want(Part::Files) {
+        report_files(&args, &res, &file_targets);
+    }
     println!();
     println!(
         "Run time: {:.0} s (set-up included).",

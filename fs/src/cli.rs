@@ -258,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     kind: v.kind,
                     mode: Some(v.mode),
                     mtime_ns: Some(dos_protocol::now_ns()),
+                    supersedes: None,
                 };
                 client.post(&name, v.hash, v.size, &attrs).await
             })?;

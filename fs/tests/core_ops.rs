@@ -123,20 +123,27 @@ async fn store_failures_become_the_errno_they_mean() {
         assert_eq!(e.errno(), errno, "{error:?} -> {e}");
         f.faults.clear();
     }
-    // A close whose upload fails reports EIO, and the next close uploads the bytes.
-    let (_, fh) = f.core.create(ROOT_INO, "new", 0o644).await.unwrap();
-    f.core.write(fh, 0, b"hello").await.unwrap();
-    f.faults
-        .fail_times(Op::Post, StoreError::Transport("connection lost".into()), 1);
-    assert_eq!(f.core.flush(fh).await.unwrap_err().errno(), libc::EIO);
-    f.core.flush(fh).await.unwrap();
-    f.core.release(fh).await.unwrap();
-    let read = f
-        .memory
-        .get(&ObjectName::new("new").unwrap(), None, None)
-        .await
-        .unwrap();
-    assert_eq!(read.bytes().await.unwrap(), &b"hello"[..]);
+    // A close whose upload fails reports EIO, and the next close uploads the bytes: a small
+    // file (one PUT) and a large one (POST, then the upload).
+    let large: Vec<u8> = (0..2_500_000u32).map(|i| (i / 7) as u8).collect();
+    for (name, bytes, op) in [
+        ("new", b"hello".to_vec(), Op::Put),
+        ("large", large, Op::Post),
+    ] {
+        let (_, fh) = f.core.create(ROOT_INO, name, 0o644).await.unwrap();
+        f.core.write(fh, 0, &bytes).await.unwrap();
+        f.faults
+            .fail_times(op, StoreError::Transport("connection lost".into()), 1);
+        assert_eq!(f.core.flush(fh).await.unwrap_err().errno(), libc::EIO);
+        f.core.flush(fh).await.unwrap();
+        f.core.release(fh).await.unwrap();
+        let read = f
+            .memory
+            .get(&ObjectName::new(name).unwrap(), None, None)
+            .await
+            .unwrap();
+        assert!(read.bytes().await.unwrap() == bytes[..], "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -327,6 +327,12 @@ fn tar_c_and_x() {
     );
     let rest = m.rest();
     assert!(rest.get("t/big.bin").unwrap() == read(&src.join("big.bin")));
+    // One version per extracted file: the times and modes tar sets after each close fold
+    // into the version of that save.
+    for f in &files {
+        let v = rest.versions(&format!("t/{f}"));
+        assert_eq!(v.len(), 1, "t/{f} has {} versions: {v:?}", v.len());
+    }
 
     // tar c of the tree in the mount, extracted elsewhere.
     sh(

@@ -371,10 +371,19 @@ fn attrs_of(headers: &HeaderMap) -> ApiResult<WriteAttributes> {
                 .ok_or_else(|| ApiError::BadRequest(format!("bad {}: {t:?}", h::MTIME)))?,
         ),
     };
+    let supersedes = match header_str(headers, h::SUPERSEDES)? {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("bad {}: {v:?}", h::SUPERSEDES)))?,
+        ),
+    };
     Ok(WriteAttributes {
         kind,
         mode,
         mtime_ns,
+        supersedes,
     })
 }
 

@@ -57,7 +57,7 @@ where
     }
     let servers = placement::choose_servers(core)?;
     let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
-    let (uploads, size) = store_content(
+    let size = store_content(
         &core.shards,
         Deadlines::of(core),
         &digest,
@@ -82,7 +82,8 @@ where
         },
     )
     .await?;
-    record_new_content(core, name, digest, size, &uploads.servers(), &attrs).await
+    let placed: Vec<ServerInfo> = servers.into_iter().map(|(_, s)| s).collect();
+    record_new_content(core, name, digest, size, &placed, &attrs).await
 }
 
 /// A version of content that is stored already; the caller has just touched its record (so
@@ -94,10 +95,33 @@ pub async fn add_known_version(
     size: u64,
     attrs: &WriteAttributes,
 ) -> ApiResult<VersionRecord> {
-    Ok(core
+    let rec = core
         .meta
         .add_version(name, new_version(hash, size, attrs))
-        .await?)
+        .await?;
+    supersede(core, &rec, attrs).await;
+    Ok(rec)
+}
+
+/// Removes the version `attrs.supersedes` names, if it is the one right before `rec` and
+/// holds the same content (else both stay: a version is never lost to a race). A failure
+/// here leaves one version more in the history, and is only logged.
+async fn supersede(core: &Core, rec: &VersionRecord, attrs: &WriteAttributes) {
+    let Some(old) = attrs.supersedes else { return };
+    if old + 1 != rec.version {
+        return;
+    }
+    match core.meta.get_version(&rec.name, Some(old)).await {
+        Ok(Some(prev)) if prev.hash.is_some() && prev.hash == rec.hash => {
+            if let Err(e) = core.meta.delete_version(&rec.name, old).await {
+                tracing::warn!(name = %rec.name, version = old, error = %e, "superseded version kept");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(name = %rec.name, version = old, error = %e, "superseded version kept")
+        }
+    }
 }
 
 /// Records where new content's shards went and the version that refers to it (one
@@ -115,10 +139,12 @@ pub async fn record_new_content(
         size,
         placement: servers.iter().map(|s| s.id.clone()).collect(),
     };
-    Ok(core
+    let rec = core
         .meta
         .add_version_with_content(name, new_version(hash, size, attrs), &content)
-        .await?)
+        .await?;
+    supersede(core, &rec, attrs).await;
+    Ok(rec)
 }
 
 /// Resolves `name` at `version` (latest when `None`) to a live version, or 404.
@@ -209,6 +235,7 @@ pub async fn restore(core: &Core, name: &ObjectName, version: u64) -> ApiResult<
         kind: old.kind,
         mode: Some(old.mode),
         mtime_ns: Some(now_ns()),
+        supersedes: None,
     };
     match core.meta.touch_content(&hash).await? {
         Some(_) => add_known_version(core, name, hash, old.size, &attrs).await,

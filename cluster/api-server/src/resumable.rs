@@ -64,6 +64,8 @@ impl UploadToken {
             kind: self.kind,
             mode: self.mode,
             mtime_ns: self.mtime_ns,
+            // New content cannot supersede anything (see `objects::supersede`).
+            supersedes: None,
         }
     }
 }

@@ -226,6 +226,9 @@ fn with_attrs(mut rb: RequestBuilder, attrs: &WriteAttributes) -> RequestBuilder
     if let Some(ns) = attrs.mtime_ns {
         rb = rb.header(headers::MTIME, format_rfc3339_ns(ns));
     }
+    if let Some(v) = attrs.supersedes {
+        rb = rb.header(headers::SUPERSEDES, v.to_string());
+    }
     rb
 }
 

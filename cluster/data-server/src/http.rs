@@ -75,7 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/shards", get(list_shards))
         .route(
             "/shards/{hash}/{shard}",
-            get(read_shard).delete(remove_shard),
+            get(read_shard).put(put_shard).delete(remove_shard),
         )
         .route("/shards/{hash}/{shard}/verify", post(verify_shard))
         .layer(axum::middleware::from_fn_with_state(
@@ -245,6 +245,27 @@ async fn abort_temp(State(s): State<AppState>, Path(id): Path<String>) -> Result
     let store = s.store.clone();
     shards::blocking(move || store.abort(&id)).await?;
     Ok(StatusCode::OK)
+}
+
+/// `PUT /shards/H/S`: a whole small shard in one request, durable when answered.
+async fn put_shard(
+    State(s): State<AppState>,
+    Path((hash, shard)): Path<(String, u8)>,
+    body: Body,
+) -> Result<StatusCode> {
+    let hash = parse_hash(&hash)?;
+    let limit = dos_protocol::shard::MAX_WHOLE_SHARD;
+    let raw = tokio::time::timeout(BODY_IDLE_TIMEOUT, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| WriteError::Stalled(BODY_IDLE_TIMEOUT))?
+        .map_err(|e| {
+            WriteError::Store(ShardStoreError::BadRequest(format!(
+                "a whole shard is at most {limit} bytes: {e}"
+            )))
+        })?;
+    let store = s.store.clone();
+    shards::blocking(move || store.put_whole(&hash, shard, &raw)).await?;
+    Ok(StatusCode::CREATED)
 }
 
 #[derive(Deserialize)]

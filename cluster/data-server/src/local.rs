@@ -156,6 +156,20 @@ impl ShardTransport for LocalShards {
             .map_err(store_error)
     }
 
+    async fn put_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        raw: bytes::Bytes,
+    ) -> Result<(), ShardError> {
+        let store = self.store(server)?;
+        let hash = *hash;
+        shards::blocking(move || store.put_whole(&hash, shard, &raw))
+            .await
+            .map_err(store_error)
+    }
+
     async fn read_shard(
         &self,
         server: &ServerInfo,

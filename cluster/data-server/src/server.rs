@@ -37,6 +37,8 @@ pub struct DataServerConfig {
     pub temp_ttl: Duration,
     /// Cluster secret: when set, only requests signed with it are served (HTTP).
     pub secret: Option<Vec<u8>>,
+    /// Whole small shards go to pack files (see `store::pack`); off, each is a file.
+    pub pack_small: bool,
 }
 
 impl std::fmt::Debug for DataServerConfig {
@@ -58,6 +60,7 @@ impl DataServerConfig {
             advertise: None,
             temp_ttl: Duration::from_secs(24 * 3600),
             secret: None,
+            pack_small: true,
         }
     }
 }
@@ -126,7 +129,7 @@ impl DataServer {
         let (store, id) = tokio::task::spawn_blocking({
             let root = config.root.clone();
             move || -> Result<_, ShardStoreError> {
-                let store = ShardStore::open(&root)?;
+                let store = ShardStore::open_with(&root, config.pack_small)?;
                 let id = server_id(&root)?;
                 Ok((store, id))
             }
@@ -199,6 +202,15 @@ impl DataServer {
             let s = s.clone();
             async move { expire(s, ttl).await }
         }));
+        let s = store.clone();
+        workers.spawn(dos_worker::every(
+            "pack compaction",
+            COMPACT_EVERY,
+            move || {
+                let s = s.clone();
+                async move { compact(s).await }
+            },
+        ));
         tracing::info!(id = %info.id, addr = %info.addr, root = %config.root.display(), "data server started");
         Ok(Self {
             info,
@@ -218,6 +230,27 @@ impl DataServer {
         if !report.aborted.is_empty() {
             tracing::warn!(aborted = ?report.aborted, "data server workers did not stop in time");
         }
+    }
+}
+
+/// How often sealed packs are checked for compaction.
+const COMPACT_EVERY: Duration = Duration::from_secs(300);
+
+/// One round of pack compaction (packs whose entries are mostly removed are rewritten).
+async fn compact(store: Arc<ShardStore>) {
+    match tokio::task::spawn_blocking(move || store.compact_packs()).await {
+        Ok(Ok(done)) if done.packs > 0 => {
+            tracing::info!(
+                packs = done.packs,
+                moved = done.moved,
+                reclaimed = done.reclaimed_bytes,
+                corrupt = done.corrupt.len(),
+                "packs compacted"
+            )
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "pack compaction failed"),
+        Err(e) => tracing::warn!(error = %e, "pack compaction task failed"),
     }
 }
 

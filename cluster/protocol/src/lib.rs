@@ -38,6 +38,9 @@ pub mod headers {
     pub const MTIME: &str = "x-dos-mtime";
     /// `file`, `dir` or `symlink`.
     pub const KIND: &str = "x-dos-kind";
+    /// On a PUT or POST: the version the new one replaces (see
+    /// [`WriteAttributes::supersedes`](crate::WriteAttributes)).
+    pub const SUPERSEDES: &str = "x-dos-supersedes";
     /// The version a response refers to.
     pub const VERSION: &str = "x-dos-version";
     /// Signature of an internal request (API server to data server).

@@ -48,6 +48,11 @@ pub struct WriteAttributes {
     pub mode: Option<u32>,
     /// Nanoseconds since the epoch; `None` means now.
     pub mtime_ns: Option<i64>,
+    /// The version this one replaces in the history: if it is the version right before the
+    /// new one and holds the same content, it is removed once the new one is stored. A
+    /// client folds attribute changes into the save they follow with it (dosfs: `tar`'s
+    /// `utimens` and `chmod` after a file's close give one version, not three).
+    pub supersedes: Option<u64>,
 }
 
 /// One version of a name. A delete marker has `hash: None` and size 0.

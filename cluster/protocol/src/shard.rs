@@ -54,6 +54,11 @@ pub struct Verified {
 
 /// Whether `id` has the form of an upload id (32 hex digits): checked before it reaches a
 /// file path.
+/// The largest shard a data server takes whole in one request (`PUT /shards/H/S`,
+/// [`put_shard`](../../dos_transport/trait.ShardTransport.html)); longer shards are uploaded
+/// through a temp upload, piece by piece.
+pub const MAX_WHOLE_SHARD: usize = crate::PIECE_SIZE;
+
 pub fn valid_temp_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -61,6 +61,9 @@ pub struct LocalConfig {
     pub shard_call_timeout: std::time::Duration,
     /// Applied to the shard transport before the API server uses it (fault injection).
     pub transport_layer: Option<TransportLayer>,
+    /// Data servers keep shards of at most one piece in pack files (default); off, every
+    /// shard is a file of its own (tests that damage shard files on disk).
+    pub pack_small: bool,
 }
 
 impl std::fmt::Debug for LocalConfig {
@@ -89,6 +92,7 @@ impl LocalConfig {
             shard_stall_timeout: std::time::Duration::from_secs(10),
             shard_call_timeout: std::time::Duration::from_secs(120),
             transport_layer: None,
+            pack_small: true,
         }
     }
 }
@@ -124,6 +128,7 @@ struct DataStart {
     bus: Arc<MemoryBus>,
     secret: Vec<u8>,
     temp_ttl: std::time::Duration,
+    pack_small: bool,
     /// The in-process registry, or `None` for HTTP.
     local: Option<Arc<LocalShards>>,
 }
@@ -137,6 +142,7 @@ impl DataStart {
         let mut config = DataServerConfig::new(self.roots[i].clone(), interface);
         config.secret = Some(self.secret.clone());
         config.temp_ttl = self.temp_ttl;
+        config.pack_small = self.pack_small;
         Ok(DataServer::start(config, self.bus.clone()).await?)
     }
 }
@@ -180,6 +186,7 @@ impl LocalCluster {
             bus: bus.clone(),
             secret: secret.clone(),
             temp_ttl: config.temp_ttl,
+            pack_small: config.pack_small,
             local,
         };
         let mut data = Vec::new();

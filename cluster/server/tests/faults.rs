@@ -226,10 +226,11 @@ async fn faults_in_cluster_mode() {
     assert_eq!(back.errors, 0);
 
     // 2. Flipped bytes and removed shard files: `dos-server maintain --scrub` repairs each.
+    // (Objects over 1 MiB: their shards are files; packed small shards have `packs.rs`.)
     let mut damaged = 0;
     let mut fresh = Vec::new();
     for i in 0..10u64 {
-        let len = 300_000 + i as usize * 50_000;
+        let len = 1_100_000 + i as usize * 50_000;
         let seed = 9_000 + i;
         let name = format!("scrubbed/{i}");
         let rec = client

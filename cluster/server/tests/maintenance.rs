@@ -15,25 +15,13 @@ use common::*;
 use dos_client::{Client, ContentHash};
 use futures::TryStreamExt as _;
 
-/// Runs `job` to its end and returns its last report.
 async fn run(
     client: &Client,
     job: &str,
     keep: Option<u64>,
     grace: Option<Duration>,
 ) -> serde_json::Value {
-    let mut reports = client.maintenance(job, keep, grace).await.unwrap();
-    let mut last = None;
-    while let Some(r) = reports.try_next().await.unwrap() {
-        last = Some(r);
-    }
-    let last = last.expect("at least one report");
-    assert_eq!(last["done"], true, "{last}");
-    last
-}
-
-fn count(report: &serde_json::Value, what: &str) -> u64 {
-    report["counts"][what].as_u64().unwrap_or(0)
+    run_job(client, job, keep, grace).await
 }
 
 fn assert_no_errors(report: &serde_json::Value) {

@@ -42,9 +42,9 @@ fn first_server(cluster: &LocalCluster) -> dos_protocol::ServerId {
     cluster.data_servers()[0].clone().unwrap().id
 }
 
-/// A PUT that the fault makes fail: 503 with a one-line message naming no server, no
-/// version, no committed shard of the content anywhere.
-async fn assert_put_fails_cleanly(cluster: &LocalCluster, client: &Client, name: &str, len: usize) {
+/// A PUT of `len` bytes that the fault makes fail within `limit`: 503 with a one-line
+/// message naming no server, and no version. Returns the content's hash.
+async fn assert_put_fails(client: &Client, name: &str, len: usize, limit: Duration) -> ContentHash {
     let body = data(len, 7);
     let hash = ContentHash::of(&body);
     let started = Instant::now();
@@ -53,7 +53,7 @@ async fn assert_put_fails_cleanly(cluster: &LocalCluster, client: &Client, name:
         .await
         .expect_err("the PUT must fail");
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < limit,
         "the PUT took {:?}",
         started.elapsed()
     );
@@ -65,6 +65,12 @@ async fn assert_put_fails_cleanly(cluster: &LocalCluster, client: &Client, name:
     );
     assert!(message.contains("nothing was stored"), "{message}");
     assert_eq!(client.versions(name).await.unwrap(), vec![]);
+    hash
+}
+
+/// A streamed PUT that fails: as above, and no committed shard of the content anywhere.
+async fn assert_put_fails_cleanly(cluster: &LocalCluster, client: &Client, name: &str, len: usize) {
+    let hash = assert_put_fails(client, name, len, Duration::from_secs(10)).await;
     assert!(
         shard_files(cluster, &hash).is_empty(),
         "no shard of a failed PUT stays committed"
@@ -98,7 +104,7 @@ async fn a_refused_upload_fails_the_put_and_abandons_the_others() {
         .server(&first_server(&cluster))
         .times(1)
         .apply();
-    assert_put_fails_cleanly(&cluster, &client, "refused/upload", 100_000).await;
+    assert_put_fails_cleanly(&cluster, &client, "refused/upload", 2 * MIB).await;
     assert!(
         faults.calls(Op::Abort) >= 5,
         "the five uploads created are abandoned"
@@ -114,7 +120,7 @@ async fn a_commit_that_never_answers_fails_the_put_within_its_deadline() {
         .server(&first_server(&cluster))
         .times(1)
         .apply();
-    let body = data(200_000, 9);
+    let body = data(2 * MIB, 9);
     let started = Instant::now();
     let err = client
         .put_bytes("hung/commit", body, &attrs())
@@ -139,6 +145,35 @@ async fn a_data_server_that_stops_taking_its_shard_fails_the_put_within_its_dead
         .times(1)
         .apply();
     assert_put_fails_cleanly(&cluster, &client, "hung/write", 8 * MIB).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_shard_refused_or_unanswered_fails_a_small_put_cleanly() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    faults
+        .on(Op::PutShard, Fault::Fail(ShardError::Full))
+        .server(&first_server(&cluster))
+        .times(1)
+        .apply();
+    // Shards the other servers stored are orphans no record names (the orphan job
+    // collects them after its grace period).
+    assert_put_fails(&client, "small/refused", 50_000, Duration::from_secs(10)).await;
+    faults
+        .on(Op::PutShard, Fault::Hang)
+        .server(&first_server(&cluster))
+        .times(1)
+        .apply();
+    assert_put_fails(&client, "small/hung", 50_000, Duration::from_secs(5)).await;
+    // One request per data server, and nothing to create, commit or abandon.
+    let (creates, commits) = (faults.calls(Op::CreateTemp), faults.calls(Op::Commit));
+    client
+        .put_bytes("small/fine", data(50_000, 4), &attrs())
+        .await
+        .unwrap();
+    assert_eq!(faults.calls(Op::CreateTemp), creates);
+    assert_eq!(faults.calls(Op::Commit), commits);
+    assert!(client.get("small/fine", None).await.unwrap() == data(50_000, 4)[..]);
     cluster.shutdown().await;
 }
 

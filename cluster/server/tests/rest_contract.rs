@@ -684,6 +684,7 @@ async fn head_and_get_headers() {
         kind: EntryKind::File,
         mode: Some(0o640),
         mtime_ns: Some(1_700_000_000_123_456_789),
+        supersedes: None,
     };
     let rec = client
         .put_bytes("h/x.txt", body.clone(), &written)
@@ -1801,6 +1802,7 @@ async fn restart_keeps_every_object() {
         kind: EntryKind::File,
         mode: Some(0o600),
         mtime_ns: Some(1_600_000_000_000_000_001),
+        supersedes: None,
     };
     client
         .put_bytes("r/attrs", &b"attrs"[..], &mode)
@@ -1908,6 +1910,7 @@ async fn listing_with_prefix_delimiter_and_cursor() {
         kind: EntryKind::File,
         mode: Some(0o600),
         mtime_ns: Some(1_650_000_000_000_000_042),
+        supersedes: None,
     };
     client
         .put_bytes("L/a.txt", &b"first"[..], &attrs())

@@ -310,6 +310,7 @@ pub async fn attributes_round_trip(store: &dyn ObjectStore) {
             kind,
             mode,
             mtime_ns: Some(1_700_000_000_123_456_789),
+            supersedes: None,
         };
         let rec = store
             .put_bytes(&name(n), &a, Bytes::copy_from_slice(content))

@@ -283,6 +283,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             kind: old.kind,
             mode: Some(old.mode),
             mtime_ns: Some(now_ns()),
+            supersedes: None,
         };
         match self.post(name, hash, old.size, &attrs).await? {
             PostOutcome::Stored(rec) => Ok(rec),

@@ -79,6 +79,16 @@ fn add_version(
         },
         kind: attrs.kind,
     };
+    // The version right before, with the same content, gives way (like the real store).
+    if let Some(old) = attrs.supersedes
+        && old + 1 == rec.version
+        && hash.is_some()
+        && list
+            .last()
+            .is_some_and(|l| l.version == old && l.hash == hash)
+    {
+        list.pop();
+    }
     list.push(rec.clone());
     rec
 }

@@ -22,6 +22,7 @@ pub enum Op {
     TempStatus,
     Commit,
     Abort,
+    PutShard,
     ReadShard,
     ReadTemp,
     RemoveShard,
@@ -276,6 +277,22 @@ impl<T: ShardTransport> ShardTransport for FaultyTransport<T> {
     async fn abort(&self, server: &ServerInfo, id: &str) -> Result<(), ShardError> {
         before(self.faults.take(Op::Abort, &server.id, None)).await?;
         self.inner.abort(server, id).await
+    }
+
+    async fn put_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        raw: Bytes,
+    ) -> Result<(), ShardError> {
+        match before(self.faults.take(Op::PutShard, &server.id, Some(shard))).await? {
+            Some(Fault::CutWrite { .. }) => Err(ShardError::Unreachable(
+                "connection lost during the upload".into(),
+            )),
+            Some(Fault::GarbageRead { .. }) => Err(ShardError::Malformed("garbage".into())),
+            _ => self.inner.put_shard(server, hash, shard, raw).await,
+        }
     }
 
     async fn read_shard(

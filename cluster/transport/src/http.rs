@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use dos_protocol::shard::{ShardEntry, TempCreated, TempStatus, Verified, paths};
 use dos_protocol::{ContentHash, ServerInfo};
 use futures::StreamExt;
@@ -259,6 +260,24 @@ impl ShardTransport for HttpTransport {
         let path = paths::temp(id);
         self.send(server, Retry::IfNotSent, SHORT, || {
             self.req(reqwest::Method::DELETE, server, &path)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn put_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        raw: Bytes,
+    ) -> Result<(), ShardError> {
+        let path = paths::shard(hash, shard);
+        // The body is in memory, so the request can be sent again; storing a shard twice
+        // leaves one copy.
+        self.send(server, Retry::Idempotent, COMMIT, || {
+            self.req(reqwest::Method::PUT, server, &path)
+                .body(raw.clone())
         })
         .await
         .map(drop)

@@ -114,6 +114,17 @@ pub trait ShardTransport: Send + Sync + 'static {
     /// Abandons upload `id`.
     async fn abort(&self, server: &ServerInfo, id: &str) -> Result<(), ShardError>;
 
+    /// Stores a whole shard of at most [`MAX_WHOLE_SHARD`](dos_protocol::shard::MAX_WHOLE_SHARD)
+    /// raw bytes in one call: written and committed durably when this returns (the data
+    /// server packs it; see `dos_data_server::store::pack`). Safe to repeat.
+    async fn put_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        raw: Bytes,
+    ) -> Result<(), ShardError>;
+
     /// Raw bytes `[start, end)` of a committed shard, verified by the data server. The first
     /// piece is checked before this returns, so an error here means the shard is unusable
     /// from `start`; a piece that fails later ends the body with an error.
@@ -196,6 +207,16 @@ impl<T: ShardTransport + ?Sized> ShardTransport for std::sync::Arc<T> {
 
     async fn abort(&self, server: &ServerInfo, id: &str) -> Result<(), ShardError> {
         (**self).abort(server, id).await
+    }
+
+    async fn put_shard(
+        &self,
+        server: &ServerInfo,
+        hash: &ContentHash,
+        shard: u8,
+        raw: Bytes,
+    ) -> Result<(), ShardError> {
+        (**self).put_shard(server, hash, shard, raw).await
     }
 
     async fn read_shard(

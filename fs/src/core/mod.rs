@@ -40,6 +40,12 @@ pub const CONTROL_DIR: &str = ".dosfs";
 const ENTRY_PURGE_AT: usize = 4096;
 /// Cached attribute entries at most.
 const ENTRY_CAP: usize = 65_536;
+/// An attribute change (or a save of the same bytes) this soon after this mount made a
+/// version of the file replaces that version instead of adding one: `tar`, `cp -p` and
+/// `rsync` set times and modes right after a file's close, and the history should show one
+/// version per save. The store only does so when the version is still the latest and holds
+/// the same content.
+pub const FOLD_WINDOW: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -125,6 +131,9 @@ pub struct FsCore {
     staged: Mutex<HashMap<String, Arc<Mutex<Staged>>>>,
     /// Files deleted while open for writing, by inode, until their last close.
     orphans: Mutex<HashMap<u64, Arc<Mutex<Staged>>>>,
+    /// The versions this mount made lately, by path: what a following attribute change
+    /// folds into (see [`FOLD_WINDOW`]).
+    saves: Mutex<HashMap<String, (Instant, u64)>>,
     handles: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Handle>>>>,
     next_fh: Mutex<u64>,
     started_ns: i64,
@@ -196,6 +205,7 @@ impl FsCore {
             last_purge: Mutex::new(Instant::now()),
             staged: Mutex::default(),
             orphans: Mutex::default(),
+            saves: Mutex::default(),
             handles: Mutex::default(),
             next_fh: Mutex::new(1),
             started_ns: now_ns(),
@@ -310,6 +320,27 @@ impl FsCore {
             }
         }
         entries.insert(path.to_string(), (Instant::now(), entry));
+    }
+
+    /// This mount just made version `rec` of `path`.
+    pub(crate) fn saved(&self, path: &str, rec: &VersionRecord) {
+        let mut saves = lock(&self.saves);
+        if saves.len() >= ENTRY_PURGE_AT {
+            saves.retain(|_, (at, _)| at.elapsed() < FOLD_WINDOW);
+        }
+        saves.insert(path.to_string(), (Instant::now(), rec.version));
+    }
+
+    /// The version of `path` a new version made now may replace (see [`FOLD_WINDOW`]).
+    pub(crate) fn fold_into(&self, path: &str) -> Option<u64> {
+        lock(&self.saves)
+            .get(path)
+            .filter(|(at, _)| at.elapsed() < FOLD_WINDOW)
+            .map(|(_, v)| *v)
+    }
+
+    fn forget_save(&self, path: &str) {
+        lock(&self.saves).remove(path);
     }
 
     pub(crate) fn forget_entry(&self, path: &str) {
@@ -640,12 +671,14 @@ impl FsCore {
             kind,
             mode: Some(mode),
             mtime_ns: Some(now_ns()),
+            supersedes: None,
         };
         let rec = self
             .store
             .put_bytes(&object_name(&path)?, &attrs, content)
             .await?;
         let ino = self.entered(NodeKey::Path(path.clone()));
+        self.saved(&path, &rec);
         let entry = Entry::Object(rec);
         self.remember(&path, entry.clone());
         Ok(self.attr_of(ino, &entry))
@@ -706,6 +739,7 @@ impl FsCore {
             Err(e) => return Err(e.into()),
         }
         self.forget_entry(&path);
+        self.forget_save(&path);
         Ok(())
     }
 
@@ -785,10 +819,10 @@ impl FsCore {
             let (names, _) = self.store.list_all(&format!("{from}/"), None).await?;
             for rec in &names {
                 let rest = &rec.name.as_str()[from.len()..];
-                self.copy_version(rec, &format!("{to}{rest}")).await?;
+                self.copy_version(rec, &format!("{to}{rest}"), None).await?;
             }
             if let Entry::Object(r) = &entry {
-                self.copy_version(r, &to).await?;
+                self.copy_version(r, &to, None).await?;
             }
             for rec in &names {
                 self.delete_quiet(rec.name.as_str()).await?;
@@ -801,7 +835,7 @@ impl FsCore {
             let Entry::Object(r) = &entry else {
                 return Err(FsError::NotFound);
             };
-            self.copy_version(r, &to).await?;
+            self.copy_version(r, &to, None).await?;
             self.delete_quiet(&from).await?;
         }
         self.forget_entry(&from);
@@ -812,12 +846,18 @@ impl FsCore {
     }
 
     /// A new version of `to` with `rec`'s content and attributes (POST: no bytes move).
-    async fn copy_version(&self, rec: &VersionRecord, to: &str) -> FsResult<VersionRecord> {
+    async fn copy_version(
+        &self,
+        rec: &VersionRecord,
+        to: &str,
+        supersedes: Option<u64>,
+    ) -> FsResult<VersionRecord> {
         let hash = rec.hash.ok_or(FsError::NotFound)?;
         let attrs = WriteAttributes {
             kind: rec.kind,
             mode: Some(rec.mode),
             mtime_ns: Some(rec.mtime_ns),
+            supersedes,
         };
         match self
             .store
@@ -826,6 +866,7 @@ impl FsCore {
         {
             PostOutcome::Stored(v) => {
                 self.remember(to, Entry::Object(v.clone()));
+                self.saved(to, &v);
                 Ok(v)
             }
             PostOutcome::Upload(_) => Err(FsError::Store(StoreError::Changed(format!(
@@ -875,6 +916,7 @@ impl FsCore {
                             kind: EntryKind::Dir,
                             mode: mode.map(|m| m & 0o7777),
                             mtime_ns,
+                            supersedes: None,
                         },
                         bytes::Bytes::new(),
                     )
@@ -899,7 +941,8 @@ impl FsCore {
             let mut changed = rec.clone();
             changed.mode = new_mode;
             changed.mtime_ns = new_mtime;
-            self.copy_version(&changed, &path).await?;
+            let fold = self.fold_into(&path).filter(|v| *v == rec.version);
+            self.copy_version(&changed, &path, fold).await?;
         }
         self.getattr(ino).await
     }

@@ -1,6 +1,7 @@
 //! Writes: a file opened for writing lives in a local staging file (never evicted from the
 //! cache); flush, fsync and the last close upload it whole and return once the new version
-//! is durable. The upload POSTs first, so content the store already has sends no bytes.
+//! is durable. A small file goes in one PUT; a larger one is POSTed first, so content the
+//! store already has sends no bytes.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use dos_cache::StagingFile;
 use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_ns};
-use dos_store::{PostOutcome, StoreError, UploadId, UploadProgress};
+use dos_store::{Content, PostOutcome, StoreError, UploadId, UploadProgress};
 use sha2::{Digest, Sha256};
 
 use super::passthrough::Opened;
@@ -107,6 +108,24 @@ fn hash_file(file: &File) -> std::io::Result<(ContentHash, u64)> {
         size += n as u64;
     }
     Ok((ContentHash(hasher.finalize().into()), size))
+}
+
+/// Files up to this size are sent in one PUT (read into memory, hashed on the way);
+/// larger ones are hashed first and POSTed, so content the store has sends no bytes.
+const SMALL_FILE: u64 = 1 << 20;
+
+/// A small staged file, read whole.
+fn read_whole(file: &File, size: u64) -> std::io::Result<Content> {
+    let mut buf = Vec::with_capacity(size as usize);
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(0))?;
+    f.take(SMALL_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > SMALL_FILE {
+        return Err(std::io::Error::other(
+            "the staged file grew while it was read",
+        ));
+    }
+    Ok(Content::from_bytes(buf))
 }
 
 /// When [`FsCore::upload_if`] uploads a dirty staged file.
@@ -351,20 +370,33 @@ impl FsCore {
             )
         };
         let path = path.as_str();
-        let hash_src = file.try_clone()?;
-        let (hash, size) = tokio::task::spawn_blocking(move || hash_file(&hash_src))
-            .await
-            .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+        let name = super::object_name(path)?;
         let attrs = WriteAttributes {
             kind: EntryKind::File,
             mode: Some(mode),
             mtime_ns: Some(mtime_ns.unwrap_or_else(now_ns)),
+            // A save right after one of ours (the attributes `tar` sets after a close, a
+            // second close of the same bytes) replaces it: one version per save.
+            supersedes: self.fold_into(path),
         };
-        let name = super::object_name(path)?;
-        let rec = match self.store.post(&name, hash, size, &attrs).await? {
-            PostOutcome::Stored(rec) => rec,
-            PostOutcome::Upload(upload) => self.send_bytes(&upload, file, size).await?,
+        let size = file.metadata()?.len();
+        let rec = if size <= SMALL_FILE {
+            // One request: the store answers known content without storing it again.
+            let content = tokio::task::spawn_blocking(move || read_whole(&file, size))
+                .await
+                .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+            self.store.put(&name, &attrs, content).await?
+        } else {
+            let hash_src = file.try_clone()?;
+            let (hash, size) = tokio::task::spawn_blocking(move || hash_file(&hash_src))
+                .await
+                .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+            match self.store.post(&name, hash, size, &attrs).await? {
+                PostOutcome::Stored(rec) => rec,
+                PostOutcome::Upload(upload) => self.send_bytes(&upload, file, size).await?,
+            }
         };
+        self.saved(path, &rec);
         {
             let mut s = lock(staged);
             if s.generation == generation {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use dos_erasure::Codec;
-use dos_protocol::shard::TempStatus;
+use dos_protocol::shard::{MAX_WHOLE_SHARD, TempStatus};
 use dos_protocol::{BLOCK_SIZE, ContentHash, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
 use dos_transport::{ShardError, ShardTransport};
 use futures::{Stream, StreamExt, future};
@@ -169,6 +169,11 @@ impl Uploads {
 /// Stores shards `servers` of content `hash`: creates the uploads, streams what `feed` sends
 /// (it returns its result and the raw length every shard ends up with), commits every one
 /// durably; on any failure abandons them all. The path of a PUT and of a repair.
+///
+/// Shards of a known length of at most [`MAX_WHOLE_SHARD`] (objects up to 1 MiB) are
+/// gathered here and sent whole, one request per data server that writes and commits them
+/// (and packs them there); nothing is created before the bytes are complete, so a failed
+/// request leaves nothing to abandon but shards no record names (orphans, collected later).
 pub async fn store_content<T, F, Fut>(
     shards: &Arc<dyn ShardTransport>,
     deadlines: Deadlines,
@@ -176,11 +181,19 @@ pub async fn store_content<T, F, Fut>(
     servers: &[(u8, ServerInfo)],
     shard_length: Option<u64>,
     feed: F,
-) -> ApiResult<(Uploads, T)>
+) -> ApiResult<T>
 where
     F: FnOnce(ShardWriters) -> Fut,
     Fut: Future<Output = ApiResult<((T, u64), ShardWriters)>>,
 {
+    if let Some(len) = shard_length
+        && len <= MAX_WHOLE_SHARD as u64
+    {
+        let writers = ShardWriters::whole(shards, deadlines, hash, servers, len);
+        let ((value, _), writers) = feed(writers).await?;
+        writers.finish().await?;
+        return Ok(value);
+    }
     let uploads = Uploads::create(shards, deadlines, hash, servers, shard_length).await?;
     let stored = async {
         let (value, length) = uploads.write(0, feed).await?;
@@ -189,7 +202,7 @@ where
     }
     .await;
     match stored {
-        Ok(value) => Ok((uploads, value)),
+        Ok(value) => Ok(value),
         Err(e) => {
             uploads.abort().await;
             Err(e)
@@ -197,12 +210,23 @@ where
     }
 }
 
-/// Streams pieces into a set of uploads, one long request per upload.
+/// Streams pieces into a set of uploads, one long request per upload; or, for small
+/// shards, gathers them to send each shard whole at the end.
 pub struct ShardWriters {
     senders: Vec<mpsc::Sender<Bytes>>,
     tasks: Vec<JoinHandle<Result<TempStatus, ShardError>>>,
     /// A piece an upload does not take within this is a failed upload.
     stall: Duration,
+    whole: Option<Whole>,
+}
+
+/// Shards gathered in memory (at most [`MAX_WHOLE_SHARD`] each) to be stored in one call.
+struct Whole {
+    shards: Arc<dyn ShardTransport>,
+    call: Duration,
+    hash: ContentHash,
+    targets: Vec<(u8, ServerInfo)>,
+    bufs: Vec<BytesMut>,
 }
 
 impl ShardWriters {
@@ -233,11 +257,47 @@ impl ShardWriters {
             senders,
             tasks,
             stall,
+            whole: None,
+        }
+    }
+
+    fn whole(
+        shards: &Arc<dyn ShardTransport>,
+        deadlines: Deadlines,
+        hash: &ContentHash,
+        targets: &[(u8, ServerInfo)],
+        length: u64,
+    ) -> Self {
+        Self {
+            senders: Vec::new(),
+            tasks: Vec::new(),
+            stall: deadlines.stall,
+            whole: Some(Whole {
+                shards: shards.clone(),
+                call: deadlines.call,
+                hash: *hash,
+                targets: targets.to_vec(),
+                bufs: targets
+                    .iter()
+                    .map(|_| BytesMut::with_capacity(length as usize))
+                    .collect(),
+            }),
         }
     }
 
     /// Sends one piece to each upload (`pieces[i]` to the i-th target).
     pub async fn send(&mut self, pieces: Vec<Bytes>) -> ApiResult<()> {
+        if let Some(w) = &mut self.whole {
+            for (buf, p) in w.bufs.iter_mut().zip(pieces) {
+                if buf.len() + p.len() > MAX_WHOLE_SHARD {
+                    return Err(ApiError::Internal(
+                        "a shard grew past its declared length".into(),
+                    ));
+                }
+                buf.extend_from_slice(&p);
+            }
+            return Ok(());
+        }
         let sends = self.senders.iter().zip(pieces).map(|(tx, p)| tx.send(p));
         match tokio::time::timeout(self.stall, future::join_all(sends)).await {
             Ok(sent) if sent.iter().all(Result::is_ok) => Ok(()),
@@ -265,18 +325,40 @@ impl ShardWriters {
         ApiError::Internal("a shard upload ended early".into())
     }
 
-    /// Ends the streams and waits until every data server has written what it received.
-    async fn finish(mut self) -> ApiResult<Vec<TempStatus>> {
+    /// Ends the streams and waits until every data server has written what it received
+    /// (gathered shards: has stored them durably).
+    async fn finish(mut self) -> ApiResult<()> {
+        if let Some(w) = self.whole.take() {
+            let Whole {
+                shards,
+                call,
+                hash,
+                targets,
+                bufs,
+            } = w;
+            let results = future::join_all(targets.iter().zip(bufs).map(|((shard, server), buf)| {
+                let shards = shards.clone();
+                async move {
+                    within(call, shards.put_shard(server, &hash, *shard, buf.freeze()))
+                        .await
+                        .inspect_err(|e| tracing::warn!(%hash, shard, server = %server.id, error = %e, "shard not stored"))
+                }
+            }))
+            .await;
+            return match results.into_iter().find_map(Result::err) {
+                Some(e) => Err(ApiError::ShardWrite(e)),
+                None => Ok(()),
+            };
+        }
         self.senders.clear();
-        let mut out = Vec::new();
         for t in self.tasks.drain(..) {
             match t.await {
-                Ok(Ok(s)) => out.push(s),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(ApiError::ShardWrite(e)),
                 Err(e) => return Err(ApiError::Internal(format!("shard writer failed: {e}"))),
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! ```text
 //! STORAGE_ROOT/server-id          this server's stable identity
 //! STORAGE_ROOT/objects/ab/<hex hash>.<shard>   committed shards (see `format`)
+//! STORAGE_ROOT/packs/<seq>.pack, <seq>.dead     shards of at most one piece (see `pack`)
 //! STORAGE_ROOT/temp/<id>.json, <id>.part       uploads in progress
 //! STORAGE_ROOT/quarantine/…       shards that failed verification (never deleted)
 //! STORAGE_ROOT/garbage/…          shards removed by the orphan collector
@@ -12,6 +13,7 @@
 //! thread.
 
 pub mod format;
+pub mod pack;
 mod temp;
 
 use std::collections::HashMap;
@@ -57,6 +59,9 @@ pub struct ShardStore {
     /// Which shard indices of each hash this server holds: what locate answers.
     index: RwLock<HashMap<ContentHash, Vec<u8>>>,
     temps: Mutex<HashMap<String, std::sync::Arc<Mutex<temp::TempUpload>>>>,
+    packs: pack::Packs,
+    /// Whether [`put_whole`](Self::put_whole) packs (else it writes a shard file).
+    pack_small: bool,
 }
 
 fn is_valid_shard(shard: u8) -> bool {
@@ -72,6 +77,12 @@ impl ShardStore {
     /// Opens (creating if needed) the storage folder and rebuilds the locate index from the
     /// committed shards. Stray files are logged and left alone.
     pub fn open(root: &Path) -> Result<Self, ShardStoreError> {
+        Self::open_with(root, true)
+    }
+
+    /// [`open`](Self::open), choosing whether whole small shards are packed. Packed shards
+    /// written before are served either way.
+    pub fn open_with(root: &Path, pack_small: bool) -> Result<Self, ShardStoreError> {
         for d in ["objects", "temp", "quarantine", "garbage"] {
             fs::create_dir_all(root.join(d))?;
         }
@@ -79,6 +90,8 @@ impl ShardStore {
             root: root.to_path_buf(),
             index: RwLock::default(),
             temps: Mutex::default(),
+            packs: pack::Packs::open(&root.join("packs"))?,
+            pack_small,
         };
         store.scan()?;
         Ok(store)
@@ -108,6 +121,15 @@ impl ShardStore {
                     }
                 }
             }
+        }
+        for (hash, shard) in self.packs.keys() {
+            let e = index.entry(hash).or_default();
+            if !e.contains(&shard) {
+                e.push(shard);
+            }
+        }
+        for e in index.values_mut() {
+            e.sort_unstable();
         }
         let shards: usize = index.values().map(Vec::len).sum();
         tracing::info!(root = %self.root.display(), shards, strays, "shard index rebuilt");
@@ -173,6 +195,21 @@ impl ShardStore {
                 "no shard index {shard}"
             )));
         }
+        match self.packs.get(hash, shard) {
+            Ok(Some(raw)) => {
+                return Ok(ShardReader {
+                    body: Body::Packed(raw),
+                    hash: *hash,
+                    shard,
+                });
+            }
+            Ok(None) => {}
+            Err(FormatError::Corrupt(m)) => {
+                self.quarantine(hash, shard, &m);
+                return Err(ShardStoreError::Corrupt(m));
+            }
+            Err(FormatError::Io(e)) => return Err(e.into()),
+        }
         let path = self.shard_path(hash, shard);
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -196,8 +233,7 @@ impl ShardStore {
         }
         match checked {
             Ok(index) => Ok(ShardReader {
-                file,
-                index,
+                body: Body::File { file, index },
                 hash: *hash,
                 shard,
             }),
@@ -212,13 +248,25 @@ impl ShardStore {
     /// Moves a shard that failed verification to `quarantine/` and stops claiming it.
     pub fn quarantine(&self, hash: &ContentHash, shard: u8, why: &str) {
         let path = self.shard_path(hash, shard);
-        let stamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let dest = self
-            .root
-            .join("quarantine")
-            .join(format!("{}.{shard}.{stamp}", hash.to_hex()));
+        let dest = self.quarantine_path(hash, shard);
+        if self.packs.contains(hash, shard) {
+            let packed = dest.with_extension(format!(
+                "{}.packed",
+                dest.extension().and_then(|e| e.to_str()).unwrap_or("")
+            ));
+            match self.packs.take_out(hash, shard, &packed) {
+                Ok(_) => {
+                    tracing::warn!(%hash, shard, why, dest = %packed.display(), "packed shard quarantined")
+                }
+                Err(e) => {
+                    tracing::error!(%hash, shard, why, error = %e, "could not quarantine a packed shard")
+                }
+            }
+            if !path.exists() {
+                self.index_remove(hash, shard);
+            }
+            return;
+        }
         self.index_remove(hash, shard);
         match fs::rename(&path, &dest) {
             Ok(()) => {
@@ -228,8 +276,92 @@ impl ShardStore {
         }
     }
 
-    /// Seconds since the shard file was last written; `None` when there is no such file.
+    fn quarantine_path(&self, hash: &ContentHash, shard: u8) -> PathBuf {
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.root
+            .join("quarantine")
+            .join(format!("{}.{shard}.{stamp}", hash.to_hex()))
+    }
+
+    /// Stores a whole shard of at most [`pack::MAX_PACKED`] bytes in one step, durably (a
+    /// packed entry, its `fdatasync` shared with the appends made at the same time), and
+    /// locates it. Replaces a copy held already.
+    pub fn put_whole(
+        &self,
+        hash: &ContentHash,
+        shard: u8,
+        raw: &[u8],
+    ) -> Result<(), ShardStoreError> {
+        if !is_valid_shard(shard) {
+            return Err(ShardStoreError::BadRequest(format!(
+                "no shard index {shard}"
+            )));
+        }
+        if raw.len() > pack::MAX_PACKED {
+            return Err(ShardStoreError::BadRequest(format!(
+                "a whole shard may be at most {} bytes; this one is {} (upload it in pieces)",
+                pack::MAX_PACKED,
+                raw.len()
+            )));
+        }
+        if !self.pack_small {
+            let id = self.create_temp(hash, shard, Some(raw.len() as u64))?;
+            let written = (|| {
+                if !raw.is_empty() {
+                    self.write_piece(&id, 0, raw)?;
+                }
+                self.commit(&id, raw.len() as u64)
+            })();
+            if written.is_err()
+                && let Err(e) = self.abort(&id)
+            {
+                tracing::warn!(id, error = %e, "could not abandon a failed shard write");
+            }
+            return written;
+        }
+        self.packs.put(hash, shard, raw)?;
+        self.index_add(*hash, shard);
+        Ok(())
+    }
+
+    /// Compacts the packs that are mostly dead; corrupt entries found on the way are
+    /// quarantined.
+    pub fn compact_packs(&self) -> Result<pack::Compacted, ShardStoreError> {
+        let done = self.packs.compact(pack::COMPACT_DEAD_SHARE, |h, s| {
+            let p = self.quarantine_path(h, s);
+            p.with_extension(format!(
+                "{}.packed",
+                p.extension().and_then(|e| e.to_str()).unwrap_or("")
+            ))
+        })?;
+        for (hash, shard) in &done.corrupt {
+            if !self.shard_path(hash, *shard).exists() {
+                self.index_remove(hash, *shard);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Bytes the packs take, and how many of them are dead.
+    pub fn pack_usage(&self) -> (u64, u64) {
+        self.packs.usage()
+    }
+
+    /// Starts a new pack (tests: makes the current one eligible for compaction).
+    pub fn roll_pack(&self) -> Result<(), ShardStoreError> {
+        Ok(self.packs.roll()?)
+    }
+
+    /// Seconds since the shard was last written; `None` when this server does not hold it.
     fn shard_age(&self, hash: &ContentHash, shard: u8) -> io::Result<Option<u64>> {
+        if let Some(loc) = self.packs.loc(hash, shard) {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            return Ok(Some(now.saturating_sub(loc.written)));
+        }
         match fs::metadata(self.shard_path(hash, shard)) {
             Ok(m) => Ok(Some(m.modified()?.elapsed().map_or(0, |d| d.as_secs()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -310,6 +442,13 @@ impl ShardStore {
             .root
             .join("garbage")
             .join(format!("{}.{shard}", hash.to_hex()));
+        let packed =
+            self.packs
+                .take_out(hash, shard, &dest.with_extension(format!("{shard}.packed")))?;
+        if packed && !path.exists() {
+            self.index_remove(hash, shard);
+            return Ok(());
+        }
         self.index_remove(hash, shard);
         match fs::rename(&path, &dest) {
             Ok(()) => {
@@ -366,48 +505,61 @@ fn parse_shard_file_name(path: &Path) -> Option<(ContentHash, u8)> {
 
 /// A committed shard opened for verified reads.
 pub struct ShardReader {
-    file: File,
-    index: ShardIndex,
+    body: Body,
     pub hash: ContentHash,
     pub shard: u8,
+}
+
+enum Body {
+    File {
+        file: File,
+        index: ShardIndex,
+    },
+    /// A packed shard, read and verified whole when opened (it is one piece at most).
+    Packed(Vec<u8>),
 }
 
 impl ShardReader {
     /// Raw (uncompressed) length of the shard.
     pub fn len(&self) -> u64 {
-        self.index.raw_len
+        match &self.body {
+            Body::File { index, .. } => index.raw_len,
+            Body::Packed(raw) => raw.len() as u64,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.raw_len == 0
+        self.len() == 0
     }
 
     /// Verified raw bytes of piece `k`. Every few pieces, the kernel is asked to start reading
     /// the next ones, so a cold read keeps the disk busy while this piece is checked and sent.
     pub fn piece(&mut self, k: usize) -> Result<Vec<u8>, FormatError> {
         const AHEAD: usize = 8;
-        if k.is_multiple_of(AHEAD / 2) && k + 1 < self.index.offsets.len() {
-            let from = self.index.offsets[k + 1];
-            let to = self
-                .index
+        let (file, index) = match &mut self.body {
+            Body::File { file, index } => (file, index),
+            Body::Packed(raw) if k == 0 => return Ok(raw.clone()),
+            Body::Packed(_) => return Err(FormatError::Corrupt(format!("no piece {k}"))),
+        };
+        if k.is_multiple_of(AHEAD / 2) && k + 1 < index.offsets.len() {
+            let from = index.offsets[k + 1];
+            let to = index
                 .offsets
                 .get(k + 1 + AHEAD)
                 .copied()
                 .unwrap_or(u64::MAX);
             let len = std::num::NonZeroU64::new(to.saturating_sub(from));
-            if let Err(e) = rustix::fs::fadvise(&self.file, from, len, rustix::fs::Advice::WillNeed)
-            {
+            if let Err(e) = rustix::fs::fadvise(&*file, from, len, rustix::fs::Advice::WillNeed) {
                 tracing::debug!(error = %e, "fadvise");
             }
         }
-        let offset = *self
-            .index
+        let offset = *index
             .offsets
             .get(k)
             .ok_or_else(|| FormatError::Corrupt(format!("no piece {k}")))?;
-        self.file.seek(SeekFrom::Start(offset))?;
-        let raw = format::read_record(&mut self.file)?;
-        let expected = (self.index.raw_len - k as u64 * PIECE_SIZE as u64).min(PIECE_SIZE as u64);
+        file.seek(SeekFrom::Start(offset))?;
+        let raw = format::read_record(file)?;
+        let expected = (index.raw_len - k as u64 * PIECE_SIZE as u64).min(PIECE_SIZE as u64);
         if raw.len() as u64 != expected {
             return Err(FormatError::Corrupt(format!(
                 "piece {k} has the wrong length"

@@ -1,4 +1,6 @@
 use super::*;
+use std::fs::OpenOptions;
+use std::io::Write;
 
 fn data(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -199,4 +201,256 @@ fn unknown_length_upload() {
     assert!(store.commit(&id, 5).is_err());
     store.commit(&id, bytes.len() as u64).unwrap();
     assert_eq!(read_all(&store, &hash, 4).unwrap(), bytes);
+}
+
+fn pack_files(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(root.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn packed_shards_round_trip_restart_and_take_little_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    let mut written = Vec::new();
+    for i in 0..500u32 {
+        let hash = ContentHash::of(&i.to_le_bytes());
+        let bytes = data(1024 + i as usize, i);
+        store.put_whole(&hash, (i % 6) as u8, &bytes).unwrap();
+        written.push((hash, (i % 6) as u8, bytes));
+    }
+    let empty = ContentHash::of(b"empty");
+    store.put_whole(&empty, 0, &[]).unwrap();
+    for (h, s, b) in &written {
+        assert_eq!(store.shards_of(h), vec![*s]);
+        assert_eq!(&read_all(&store, h, *s).unwrap(), b);
+    }
+    assert!(read_all(&store, &empty, 0).unwrap().is_empty());
+    // No shard file, and about the bytes' own size on disk.
+    assert_eq!(fs::read_dir(dir.path().join("objects")).unwrap().count(), 0);
+    let raw: usize = written.iter().map(|(_, _, b)| b.len()).sum();
+    let (packed, dead) = store.pack_usage();
+    assert_eq!(dead, 0);
+    assert!(
+        packed < (raw as u64) * 11 / 10 + 500 * 80,
+        "{packed} bytes on disk for {raw}"
+    );
+    // Too big for one request: refused, nothing stored.
+    let big = ContentHash::of(b"big");
+    assert!(matches!(
+        store.put_whole(&big, 0, &data(PIECE_SIZE + 1, 0)),
+        Err(ShardStoreError::BadRequest(_))
+    ));
+    assert!(store.shards_of(&big).is_empty());
+    drop(store);
+    let store = ShardStore::open(dir.path()).unwrap();
+    for (h, s, b) in &written {
+        assert_eq!(store.shards_of(h), vec![*s]);
+        assert_eq!(&read_all(&store, h, *s).unwrap(), b);
+    }
+    let listed = store.list_shards(None, 10_000).unwrap();
+    assert_eq!(listed.len(), 501);
+    assert!(listed.iter().all(|e| e.age_secs < 60));
+}
+
+#[test]
+fn a_torn_pack_tail_is_cut_and_acknowledged_shards_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    let keep: Vec<_> = (0..20u32)
+        .map(|i| (ContentHash::of(&i.to_le_bytes()), data(3000, i)))
+        .collect();
+    for (h, b) in &keep {
+        store.put_whole(h, 1, b).unwrap();
+    }
+    drop(store);
+    // A crash mid-append: half an entry at the end of the last pack.
+    let last = pack_files(dir.path()).pop().unwrap();
+    let whole = fs::metadata(&last).unwrap().len();
+    let entry = pack::encode_entry(&ContentHash::of(b"torn"), 2, &data(5000, 9), 1);
+    let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+    f.write_all(&entry[..entry.len() / 2]).unwrap();
+    drop(f);
+    let store = ShardStore::open(dir.path()).unwrap();
+    assert_eq!(fs::metadata(&last).unwrap().len(), whole, "torn tail cut");
+    for (h, b) in &keep {
+        assert_eq!(&read_all(&store, h, 1).unwrap(), b);
+    }
+    assert!(store.shards_of(&ContentHash::of(b"torn")).is_empty());
+}
+
+#[test]
+fn corruption_inside_a_pack_is_quarantined_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    let shards: Vec<_> = (0..10u32)
+        .map(|i| (ContentHash::of(&i.to_le_bytes()), data(2000, i)))
+        .collect();
+    for (h, b) in &shards {
+        store.put_whole(h, 4, b).unwrap();
+    }
+    let victim = store.packs.loc(&shards[3].0, 4).unwrap();
+    drop(store);
+    // Flip a payload byte of the fourth shard.
+    let path = pack_files(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let at = (victim.offset + victim.len - 10) as usize;
+    bytes[at] ^= 0x55;
+    fs::write(&path, &bytes).unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    assert!(matches!(
+        store.verify_shard(&shards[3].0, 4),
+        Err(ShardStoreError::Corrupt(_))
+    ));
+    assert!(
+        store.shards_of(&shards[3].0).is_empty(),
+        "no longer claimed"
+    );
+    let quarantined: Vec<_> = fs::read_dir(dir.path().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(quarantined[0].ends_with(".packed"));
+    for (i, (h, b)) in shards.iter().enumerate() {
+        if i != 3 {
+            assert_eq!(&read_all(&store, h, 4).unwrap(), b);
+        }
+    }
+    // A damaged entry header in the middle: the entries after it are still found.
+    drop(store);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[victim.offset as usize + 20] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    for (i, (h, b)) in shards.iter().enumerate() {
+        if i != 3 {
+            assert_eq!(&read_all(&store, h, 4).unwrap(), b, "shard {i}");
+        }
+    }
+}
+
+#[test]
+fn removed_packed_shards_go_to_garbage_and_compaction_reclaims_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    let shards: Vec<_> = (0..100u32)
+        .map(|i| (ContentHash::of(&i.to_le_bytes()), data(4000, i)))
+        .collect();
+    for (h, b) in &shards {
+        store.put_whole(h, 0, b).unwrap();
+    }
+    // Too new for a conditional removal.
+    assert!(matches!(
+        store.remove_shard(&shards[0].0, 0, Some(Duration::from_secs(3600))),
+        Err(ShardStoreError::TooNew(_))
+    ));
+    for (h, _) in shards.iter().take(70) {
+        store.remove_shard(h, 0, None).unwrap();
+    }
+    assert!(matches!(
+        store.remove_shard(&shards[0].0, 0, None),
+        Err(ShardStoreError::NotFound(_))
+    ));
+    assert_eq!(
+        fs::read_dir(dir.path().join("garbage")).unwrap().count(),
+        70
+    );
+    let (before, dead) = store.pack_usage();
+    assert!(dead > before / 2);
+    // Removals survive a restart (the dead list).
+    drop(store);
+    let store = ShardStore::open(dir.path()).unwrap();
+    assert!(store.shards_of(&shards[5].0).is_empty());
+    store.roll_pack().unwrap();
+    let done = store.compact_packs().unwrap();
+    assert!(done.packs >= 1 && done.moved == 30, "{done:?}");
+    assert!(done.corrupt.is_empty());
+    let (after, dead) = store.pack_usage();
+    assert!(after < before / 2, "{after} of {before}");
+    assert_eq!(dead, 0);
+    for (i, (h, b)) in shards.iter().enumerate() {
+        if i < 70 {
+            assert!(store.shards_of(h).is_empty());
+        } else {
+            assert_eq!(&read_all(&store, h, 0).unwrap(), b);
+        }
+    }
+    drop(store);
+    let store = ShardStore::open(dir.path()).unwrap();
+    for (h, b) in shards.iter().skip(70) {
+        assert_eq!(&read_all(&store, h, 0).unwrap(), b);
+    }
+    assert_eq!(store.list_shards(None, 1000).unwrap().len(), 30);
+}
+
+#[test]
+fn compaction_under_concurrent_reads_and_writes_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(ShardStore::open(dir.path()).unwrap());
+    let first: Vec<_> = (0..300u32)
+        .map(|i| (ContentHash::of(&i.to_le_bytes()), data(1500, i)))
+        .collect();
+    for (h, b) in &first {
+        store.put_whole(h, 2, b).unwrap();
+    }
+    for (h, _) in first.iter().step_by(2) {
+        store.remove_shard(h, 2, None).unwrap();
+    }
+    store.roll_pack().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|t| {
+            let (store, stop, first) = (store.clone(), stop.clone(), first.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The live (odd) ones, the two readers in opposite orders.
+                    let live: Vec<_> = first.iter().skip(1).step_by(2).collect();
+                    let order: Vec<_> = if t == 0 {
+                        live
+                    } else {
+                        live.into_iter().rev().collect()
+                    };
+                    for (h, b) in order {
+                        assert_eq!(&read_all(&store, h, 2).unwrap(), b);
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut new = Vec::new();
+            for i in 1000..1300u32 {
+                let (h, b) = (ContentHash::of(&i.to_le_bytes()), data(1500, i));
+                store.put_whole(&h, 2, &b).unwrap();
+                new.push((h, b));
+            }
+            new
+        })
+    };
+    let done = store.compact_packs().unwrap();
+    let new = writer.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert!(done.packs >= 1, "{done:?}");
+    drop(store);
+    let store = ShardStore::open(dir.path()).unwrap();
+    for (h, b) in first.iter().skip(1).step_by(2).chain(new.iter()) {
+        assert_eq!(&read_all(&store, h, 2).unwrap(), b);
+    }
+    for (h, _) in first.iter().step_by(2) {
+        assert!(store.shards_of(h).is_empty());
+    }
 }

@@ -84,6 +84,9 @@ pub async fn start_with(
 ) -> (LocalCluster, Client) {
     let mut config = LocalConfig::new(root.to_path_buf(), "127.0.0.1:0".parse().unwrap());
     config.shard_path = shard_path();
+    // These tests find and damage shard files on disk: every shard gets a file. The pack
+    // files of small shards have tests of their own (`packs.rs`, and the store's).
+    config.pack_small = false;
     change(&mut config);
     let token = config.token.clone();
     let cluster = LocalCluster::start(config)
@@ -335,4 +338,28 @@ pub async fn raw_http_chunked(
         .and_then(|s| s.parse().ok())
         .expect("status line");
     (status, head, answer[split + 4..].to_vec())
+}
+
+/// Runs maintenance `job` over REST to its end and returns its last report (which must say
+/// it is done).
+pub async fn run_job(
+    client: &Client,
+    job: &str,
+    keep: Option<u64>,
+    grace: Option<Duration>,
+) -> serde_json::Value {
+    use futures::TryStreamExt as _;
+    let mut reports = client.maintenance(job, keep, grace).await.unwrap();
+    let mut last = None;
+    while let Some(r) = reports.try_next().await.unwrap() {
+        last = Some(r);
+    }
+    let last = last.expect("at least one report");
+    assert_eq!(last["done"], true, "{last}");
+    last
+}
+
+/// A count of a maintenance report (0 when absent).
+pub fn count(report: &serde_json::Value, what: &str) -> u64 {
+    report["counts"][what].as_u64().unwrap_or(0)
 }
