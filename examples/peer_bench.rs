@@ -1299,7 +1299,7 @@ fn files_round(
     tar_files: usize,
     files: usize,
     repo: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<String>> {
     let base = m.dir.join(format!("files-r{r}"));
     std::fs::create_dir_all(&base)
         .with_context(|| format!("{sys}: creating {}", base.display()))?;
@@ -1307,9 +1307,23 @@ fn files_round(
     std::fs::create_dir(&tree)?;
     let t_tar = timed(Command::new("tar").arg("-C").arg(&tree).arg("-xf").arg(tar))
         .with_context(|| format!("{sys}: tar x"))?;
-    // Checked, untimed.
-    timed(Command::new("tar").arg("-C").arg(&tree).arg("-df").arg(tar))
-        .with_context(|| format!("{sys}: tar -d found differences after tar x"))?;
+    // Checked, untimed: what tar -d reports (content, sizes, modes, times) is noted.
+    let check = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-df")
+        .arg(tar)
+        .output()
+        .context("running tar -d")?;
+    let note = (!check.status.success()).then(|| {
+        let out = String::from_utf8_lossy(&check.stdout);
+        let lines: Vec<&str> = out.lines().collect();
+        format!(
+            "round {r}, {sys}: tar -d after tar x reports {} difference(s), such as: {}",
+            lines.len(),
+            lines.iter().take(3).copied().collect::<Vec<_>>().join("; ")
+        )
+    });
     let empty = base.join("empty");
     std::fs::create_dir(&empty)?;
     let start = Instant::now();
@@ -1362,7 +1376,7 @@ fn files_round(
         t_clone.as_secs_f64(),
         t_rm.as_secs_f64()
     );
-    Ok(())
+    Ok(note)
 }
 
 fn report_files(args: &Args, res: &Results, targets: &[(&str, Mounted)]) {
@@ -2267,7 +2281,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         if let Some((tar, n)) = &tarball {
             for (sys, m) in &file_targets {
-                files_round(&mut res, r, sys, m, tar, *n, args.files, &args.repo)?;
+                if let Some(n) = files_round(&mut res, r, sys, m, tar, *n, args.files, &args.repo)?
+                {
+                    eprintln!("{n}");
+                    notes.push(n);
+                }
             }
         }
         let (other, steal) = other_load(cpu_start, cpu_snapshot(), ticks);

@@ -44,6 +44,11 @@ enum Command {
         /// down rather than grow past it (at least 16M).
         #[arg(long, default_value = "256M", value_parser = parse_memory_size)]
         memory_size: u64,
+        /// Write-back: close and fsync return once the file is durable in a local journal
+        /// (CACHE_DIR/writeback); uploads follow in the background, retried until the store
+        /// takes them. Without it, close returns once the version is durable in the store.
+        #[arg(long)]
+        writeback: bool,
         /// Stay attached to the terminal instead of serving in the background.
         #[arg(long)]
         foreground: bool,
@@ -57,6 +62,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the files a write-back mount has not uploaded yet, with sizes and ages.
+    Status { mountpoint: PathBuf },
     /// List every version of a file in a dosfs mount.
     Versions {
         path: PathBuf,
@@ -153,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             cache_dir,
             cache_size,
             memory_size,
+            writeback,
             foreground,
         } => {
             let opts = MountArgs {
@@ -161,6 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     cache_dir: cache_dir.unwrap_or_else(|| home_dir("XDG_CACHE_HOME", ".cache")),
                     cache_size,
                     memory_size,
+                    writeback,
                 },
                 api,
                 token,
@@ -205,6 +214,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 wait_for(Duration::from_secs(120), || !process_alive(pid));
             }
             eprintln!("dosfs: unmounted {}", mp.display());
+            Ok(())
+        }
+        Command::Status { mountpoint } => {
+            let path = mountpoint.join(".dosfs").join("stats");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {} (is it a dosfs mount?)", path.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).context("the daemon's stats are not JSON")?;
+            let wb = &v["writeback"];
+            if wb["enabled"] != true {
+                println!("write-back is off: every close is durable in the store when it returns");
+                return Ok(());
+            }
+            let files = wb["files"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{} file(s) pending upload, {} bytes",
+                wb["pending"].as_u64().unwrap_or(0),
+                wb["pending_bytes"].as_u64().unwrap_or(0)
+            );
+            for f in files {
+                println!(
+                    "{:>12}  {:>6} s  {}",
+                    f["size"].as_u64().unwrap_or(0),
+                    f["age_secs"].as_u64().unwrap_or(0),
+                    f["path"].as_str().unwrap_or("?")
+                );
+            }
             Ok(())
         }
         Command::Stats { mountpoint, json } => {
@@ -466,6 +502,9 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
         .arg(opts.cache_size.to_string())
         .arg("--memory-size")
         .arg(opts.memory_size.to_string());
+    if opts.writeback {
+        cmd.arg("--writeback");
+    }
     if let Some(api) = &args.api {
         cmd.arg("--api").arg(api);
     }

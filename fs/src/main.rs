@@ -15,6 +15,18 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("dosfs: allocator background purging not enabled: {e}");
     }
+    // Every file being written (and, with --writeback, every file waiting for its upload)
+    // holds its staging file open: allow as many descriptors as the hard limit does.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+            eprintln!("dosfs: could not raise the open-file limit: {e}");
+        }
+    }
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

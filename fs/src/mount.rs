@@ -21,6 +21,8 @@ pub struct MountOptions {
     pub cache_size: u64,
     /// The daemon's memory budget for file contents (`--memory-size`).
     pub memory_size: u64,
+    /// Closes are durable in a local journal and uploaded in the background (`--writeback`).
+    pub writeback: bool,
 }
 
 /// The store a mount talks to.
@@ -36,6 +38,9 @@ pub struct Backend {
 /// How often, and after how long unused, blocks leave the cache's memory tier.
 const MEMORY_TRIM_EVERY: Duration = Duration::from_secs(5);
 const MEMORY_IDLE: Duration = Duration::from_secs(10);
+/// How often the write-back uploader looks at the journal besides being woken by a close
+/// (for retries).
+const WRITEBACK_POLL: Duration = Duration::from_millis(500);
 
 /// Makes the [`Backend`] on the mount's runtime.
 pub type Connect = Box<dyn FnOnce() -> BoxFuture<'static, anyhow::Result<Backend>> + Send>;
@@ -114,7 +119,21 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     let gid = rustix::process::getgid().as_raw();
     let mut fs_config = FsConfig::new(uid, gid);
     fs_config.read_memory_bytes = opts.memory_size / 4;
-    let core = Arc::new(FsCore::new(backend.store, cache, staging, fs_config));
+    let mut core = FsCore::new(backend.store, cache, staging, fs_config);
+    if opts.writeback {
+        let dir = opts.cache_dir.join("writeback");
+        let journal = crate::core::journal::Journal::open(&dir)
+            .with_context(|| format!("opening the write-back journal in {}", dir.display()))?;
+        core = core.with_journal(journal);
+    }
+    let core = Arc::new(core);
+    // What a write-back journal holds from before (a crash, a kill) is uploaded before the
+    // mount goes live.
+    let held = core.journal_len();
+    if held > 0 {
+        tracing::info!(files = held, "uploading what the write-back journal holds");
+        runtime.block_on(core.drain_journal());
+    }
     // Memory a burst of reads took is given back once they are over (the blocks stay on
     // disk); see also the allocator's background purging in main.rs.
     let _in_runtime = runtime.enter();
@@ -134,6 +153,19 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
             }
         }
     });
+    if opts.writeback {
+        let up = core.clone();
+        workers.spawn_once("write-back uploads", move |cancel| async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = up.journal_changed() => {}
+                    _ = tokio::time::sleep(WRITEBACK_POLL) => {}
+                }
+                up.upload_pending().await;
+            }
+        });
+    }
     let fs = DosFs::new(core.clone(), runtime.handle().clone(), uid, gid);
     let mut config = fuser::Config::default();
     config.mount_options = vec![

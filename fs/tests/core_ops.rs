@@ -179,3 +179,72 @@ async fn a_read_cut_off_by_the_network_is_an_error_not_short_bytes() {
     f.faults.clear();
     f.core.release(opened.fh).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_back_journals_closes_and_a_file_deleted_while_pending_never_reaches_the_store() {
+    let mut f = fixture();
+    let journal_dir = f._dir.path().join("writeback");
+    let journal = dosfs::core::journal::Journal::open(&journal_dir).unwrap();
+    f.core = std::mem::replace(&mut f.core, fixture().core).with_journal(journal);
+    // The store refuses every upload: closes still succeed (the bytes are in the journal).
+    f.faults
+        .fail(Op::Put, StoreError::Transport("the store is away".into()));
+    for name in ["kept", "deleted", "renamed"] {
+        let (_, fh) = f.core.create(ROOT_INO, name, 0o640).await.unwrap();
+        f.core.write(fh, 0, name.as_bytes()).await.unwrap();
+        f.core.flush(fh).await.unwrap();
+        f.core.release(fh).await.unwrap();
+    }
+    assert_eq!(f.core.journal_len(), 3);
+    assert_eq!(f.core.upload_pending().await, 3, "three uploads failed");
+    // Seen through the core while pending.
+    let kept = f.core.lookup(ROOT_INO, "kept").await.unwrap();
+    assert_eq!(kept.size, 4);
+    assert_eq!(
+        f.core.getxattr(kept.ino, "user.dosfs.state").await.unwrap(),
+        b"pending"
+    );
+    // Deleted while pending: its record goes, it never reaches the store.
+    f.core.unlink(ROOT_INO, "deleted").await.unwrap();
+    assert_eq!(f.core.journal_len(), 2);
+    // A rename needs the store (it copies stored versions): it fails while the store is away.
+    assert!(
+        f.core
+            .rename(ROOT_INO, "renamed", ROOT_INO, "moved", false)
+            .await
+            .is_err()
+    );
+    // The store is back: everything left is uploaded, one version each.
+    f.faults.clear();
+    f.core.drain_journal().await;
+    assert_eq!(f.core.journal_len(), 0);
+    f.core
+        .rename(ROOT_INO, "renamed", ROOT_INO, "moved", false)
+        .await
+        .unwrap();
+    let get = |n: &str| {
+        let m = f.memory.clone();
+        let n = n.to_string();
+        async move {
+            match m.get(&ObjectName::new(&n).unwrap(), None, None).await {
+                Ok(r) => Some(r.bytes().await.unwrap()),
+                Err(_) => None,
+            }
+        }
+    };
+    assert_eq!(get("kept").await.as_deref(), Some(&b"kept"[..]));
+    assert_eq!(get("moved").await.as_deref(), Some(&b"renamed"[..]));
+    assert_eq!(get("deleted").await, None);
+    let versions = f
+        .memory
+        .all_versions(&ObjectName::new("deleted").unwrap())
+        .await
+        .unwrap();
+    assert!(versions.is_empty(), "{versions:?}");
+    assert_eq!(
+        f.core.getxattr(kept.ino, "user.dosfs.state").await.unwrap(),
+        b"durable"
+    );
+    // The journal's folder holds nothing more.
+    assert_eq!(std::fs::read_dir(&journal_dir).unwrap().count(), 0);
+}

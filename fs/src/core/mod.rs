@@ -7,6 +7,7 @@
 
 mod history;
 mod inodes;
+pub mod journal;
 mod passthrough;
 mod read;
 mod stats;
@@ -134,6 +135,11 @@ pub struct FsCore {
     /// The versions this mount made lately, by path: what a following attribute change
     /// folds into (see [`FOLD_WINDOW`]).
     saves: Mutex<HashMap<String, (Instant, u64)>>,
+    /// The write-back journal (`--writeback`), if on.
+    pub(crate) journal: Option<Arc<journal::Journal>>,
+    pub(crate) journal_changed: tokio::sync::Notify,
+    /// Journal records being uploaded now, and when a failed path may be tried again.
+    pub(crate) uploads: Mutex<write::UploadState>,
     handles: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Handle>>>>,
     next_fh: Mutex<u64>,
     started_ns: i64,
@@ -206,6 +212,9 @@ impl FsCore {
             staged: Mutex::default(),
             orphans: Mutex::default(),
             saves: Mutex::default(),
+            journal: None,
+            journal_changed: tokio::sync::Notify::new(),
+            uploads: Mutex::default(),
             handles: Mutex::default(),
             next_fh: Mutex::new(1),
             started_ns: now_ns(),
@@ -214,6 +223,22 @@ impl FsCore {
             passthrough: AtomicBool::new(false),
             direct_io: AtomicBool::new(false),
         }
+    }
+
+    /// Turns write-back on: closes are made durable in `journal` and uploaded later.
+    pub fn with_journal(mut self, journal: journal::Journal) -> Self {
+        self.journal = Some(Arc::new(journal));
+        self
+    }
+
+    /// Records the write-back journal holds (0 without write-back).
+    pub fn journal_len(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.len())
+    }
+
+    /// Resolves when a close added a record to the journal.
+    pub async fn journal_changed(&self) {
+        self.journal_changed.notified().await
     }
 
     pub fn cache(&self) -> &BlockCache {
@@ -717,6 +742,8 @@ impl FsCore {
             // release of a just-closed file) finishes first, and is deleted below.
             let uploading = lock(&staged).uploading.clone();
             let _wait = uploading.lock().await;
+            // Closes of it waiting in the write-back journal are never uploaded now.
+            self.cancel_journaled(&path, &staged).await?;
             lock(&staged).unlinked = true;
             lock(&self.staged).remove(&path);
             self.forget_entry(&path);
@@ -793,6 +820,9 @@ impl FsCore {
         for s in &staged_below {
             self.upload(s).await?;
         }
+        // With write-back, what the journal holds of them is uploaded now: the move copies
+        // stored versions.
+        self.flush_pending(&from).await?;
         let entry = self.entry(&from).await?;
         let target = match self.entry(&to).await {
             Ok(e) => Some(e),
@@ -947,8 +977,30 @@ impl FsCore {
         self.getattr(ino).await
     }
 
+    /// `pending` while the latest bytes of `path` are not in the store yet (open and
+    /// changed, or closed into the write-back journal), else `durable`.
+    fn state_of(&self, path: &str) -> &'static str {
+        let staged_dirty = self.staged_of(path).is_some_and(|s| lock(&s).is_dirty());
+        let journaled = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| !j.pending_for(path, false).is_empty());
+        if staged_dirty || journaled {
+            "pending"
+        } else {
+            "durable"
+        }
+    }
+
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         let attr = self.getattr(ino).await?;
+        if name == "user.dosfs.state"
+            && let Ok(NodeKey::Path(p)) = self.node(ino)
+            && !p.is_empty()
+            && attr.kind == Kind::File
+        {
+            return Ok(self.state_of(&p).as_bytes().to_vec());
+        }
         match name {
             "user.dosfs.sha256" => attr
                 .hash
@@ -971,6 +1023,9 @@ impl FsCore {
         if attr.version.is_some() {
             out.extend_from_slice(b"user.dosfs.version\0");
         }
+        if attr.kind == Kind::File && !attr.read_only {
+            out.extend_from_slice(b"user.dosfs.state\0");
+        }
         Ok(out)
     }
 
@@ -986,6 +1041,7 @@ impl FsCore {
                 failures.push((path, e));
             }
         }
+        self.drain_journal().await;
         failures
     }
 }

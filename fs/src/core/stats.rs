@@ -44,7 +44,28 @@ pub fn report(core: &FsCore) -> Bytes {
     let _ = tikv_jemalloc_ctl::epoch::advance();
     let allocated = tikv_jemalloc_ctl::stats::allocated::read().ok();
     let resident = tikv_jemalloc_ctl::stats::resident::read().ok();
+    let pending = core
+        .journal
+        .as_ref()
+        .map(|j| j.pending())
+        .unwrap_or_default();
+    let now = dos_protocol::now_ns();
+    let writeback = serde_json::json!({
+        "enabled": core.journal.is_some(),
+        "pending": pending.len(),
+        "pending_bytes": pending.iter().map(|r| r.size).sum::<u64>(),
+        "files": pending
+            .iter()
+            .take(1000)
+            .map(|r| serde_json::json!({
+                "path": r.path,
+                "size": r.size,
+                "age_secs": (now - r.journaled_ns).max(0) / 1_000_000_000,
+            }))
+            .collect::<Vec<_>>(),
+    });
     let value = serde_json::json!({
+        "writeback": writeback,
         "process": {
             "rss_bytes": proc_status(&status, "VmRSS"),
             "anonymous_bytes": proc_status(&status, "RssAnon"),

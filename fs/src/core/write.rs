@@ -14,9 +14,11 @@ use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_n
 use dos_store::{Content, PostOutcome, StoreError, UploadId, UploadProgress};
 use sha2::{Digest, Sha256};
 
+use super::journal::Record;
 use super::passthrough::Opened;
 use super::{Attr, Entry, FsCore, Handle, Kind, NodeKey, lock};
 use crate::error::{FsError, FsResult};
+use std::collections::HashMap;
 
 pub struct Staged {
     /// The name it will be uploaded under (follows renames while open).
@@ -34,7 +36,33 @@ pub struct Staged {
     pub unlinked: bool,
     /// Held for the whole of an upload, so that unlink and rename wait for one in flight.
     pub(crate) uploading: Arc<tokio::sync::Mutex<()>>,
+    /// Closes of it in the write-back journal not uploaded yet: it stays staged (so reads,
+    /// `stat` and listings see it) until they are.
+    pub(crate) journaled: usize,
 }
+
+impl Staged {
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+}
+
+/// The write-back uploader's bookkeeping.
+#[derive(Default)]
+pub struct UploadState {
+    /// Journal records being uploaded now (by the uploader, an unmount or a rename).
+    in_flight: std::collections::HashSet<u64>,
+    /// Paths whose upload failed: not tried again before the instant, with the back-off.
+    retry: HashMap<String, (std::time::Instant, std::time::Duration)>,
+}
+
+/// Back-off of a failed write-back upload: doubling from 0.5 s to 30 s.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// Files waiting in the write-back journal before a close waits for the uploads.
+const WRITEBACK_MAX_PENDING: usize = 4096;
+/// Write-back uploads of different files at once.
+const UPLOADS_AT_ONCE: usize = 4;
 
 pub fn staged_attr(ino: u64, staged: &Arc<Mutex<Staged>>) -> FsResult<Attr> {
     let s = lock(staged);
@@ -190,6 +218,7 @@ impl FsCore {
             opens: 0,
             unlinked: false,
             uploading: Arc::default(),
+            journaled: 0,
         }));
         let mut map = lock(&self.staged);
         // Another opener may have staged it meanwhile: share theirs.
@@ -323,6 +352,10 @@ impl FsCore {
             if s.dirty && !s.unlinked {
                 continue;
             }
+            if s.journaled > 0 && !s.unlinked {
+                // Stays visible here until the uploader has stored its closes.
+                return Ok(());
+            }
             if map.get(&s.path).is_some_and(|m| Arc::ptr_eq(m, staged)) {
                 map.remove(&s.path);
             }
@@ -370,6 +403,52 @@ impl FsCore {
             )
         };
         let path = path.as_str();
+        if let Some(journal) = &self.journal {
+            // Write-back: durable here now, in the store later. Past a bound of files
+            // waiting, a close waits for the uploads (each waiting file holds its staging
+            // file open and its bytes twice on the local disk).
+            while journal.len() >= WRITEBACK_MAX_PENDING {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let (j, p) = (journal.clone(), path.to_string());
+            let mtime = mtime_ns.unwrap_or_else(now_ns);
+            let size = file.metadata()?.len();
+            tokio::task::spawn_blocking(move || j.add(&file, &p, mode, mtime, size))
+                .await
+                .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+            {
+                let mut s = lock(staged);
+                s.journaled += 1;
+                if s.generation == generation {
+                    s.dirty = false;
+                    s.mtime_ns = Some(mtime);
+                }
+            }
+            self.journal_changed.notify_one();
+            return Ok(());
+        }
+        let rec = self.store_file(path, file, mode, mtime_ns).await?;
+        {
+            let mut s = lock(staged);
+            if s.generation == generation {
+                s.dirty = false;
+                s.mtime_ns = Some(rec.mtime_ns);
+            }
+        }
+        self.remember(path, Entry::Object(rec));
+        Ok(())
+    }
+
+    /// Stores the bytes of `file` as the next version of `path`: up to [`SMALL_FILE`] in one
+    /// PUT, else POST (known content sends nothing) and a streamed upload. Returns once the
+    /// version is durable.
+    async fn store_file(
+        &self,
+        path: &str,
+        file: File,
+        mode: u32,
+        mtime_ns: Option<i64>,
+    ) -> FsResult<VersionRecord> {
         let name = super::object_name(path)?;
         let attrs = WriteAttributes {
             kind: EntryKind::File,
@@ -397,14 +476,194 @@ impl FsCore {
             }
         };
         self.saved(path, &rec);
+        Ok(rec)
+    }
+
+    /// Uploads one write-back record (unless it is being uploaded already, or was cancelled),
+    /// then removes it from the journal. With `replay` (records found at start), a record
+    /// whose bytes and attributes are already the latest version is not stored again.
+    async fn upload_record(&self, rec: &Record, replay: bool) -> FsResult<()> {
+        let Some(journal) = self.journal.clone() else {
+            return Ok(());
+        };
+        if !lock(&self.uploads).in_flight.insert(rec.seq) {
+            return Ok(());
+        }
+        let result = async {
+            // Serialised with unlink and rename of the same file.
+            let staged = self.staged_of(&rec.path);
+            let uploading = staged.as_ref().map(|s| lock(s).uploading.clone());
+            let _guard = match &uploading {
+                Some(u) => Some(u.lock().await),
+                None => None,
+            };
+            if !journal.contains(rec.seq) {
+                return Ok(());
+            }
+            let file = File::open(journal.data_path(rec.seq))?;
+            let mut stored = None;
+            if replay {
+                let src = file.try_clone()?;
+                let (hash, _) = tokio::task::spawn_blocking(move || hash_file(&src))
+                    .await
+                    .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+                if let Ok(latest) = self.store.head(&super::object_name(&rec.path)?, None).await
+                    && latest.hash == Some(hash)
+                    && latest.mode == rec.mode
+                    && latest.mtime_ns == rec.mtime_ns
+                {
+                    stored = Some(latest);
+                }
+            }
+            let v = match stored {
+                Some(v) => v,
+                None => {
+                    self.store_file(&rec.path, file, rec.mode, Some(rec.mtime_ns))
+                        .await?
+                }
+            };
+            let (j, seq) = (journal.clone(), rec.seq);
+            tokio::task::spawn_blocking(move || j.remove(seq))
+                .await
+                .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+            if let Some(s) = &staged {
+                let mut map = lock(&self.staged);
+                let mut st = lock(s);
+                st.journaled = st.journaled.saturating_sub(1);
+                if st.journaled == 0
+                    && st.opens == 0
+                    && !st.dirty
+                    && map.get(&st.path).is_some_and(|m| Arc::ptr_eq(m, s))
+                {
+                    map.remove(&st.path);
+                }
+            }
+            self.remember(&rec.path, Entry::Object(v));
+            Ok(())
+        }
+        .await;
+        lock(&self.uploads).in_flight.remove(&rec.seq);
+        result
+    }
+
+    /// One pass of the write-back uploader: every waiting record whose file is not backing
+    /// off, a few files at once, each file's records in order. Returns how many failed.
+    pub async fn upload_pending(&self) -> usize {
+        self.upload_pass(false, false).await
+    }
+
+    async fn upload_pass(&self, replay: bool, ignore_backoff: bool) -> usize {
+        let Some(journal) = &self.journal else {
+            return 0;
+        };
+        let mut by_path: Vec<(String, Vec<Record>)> = Vec::new();
         {
-            let mut s = lock(staged);
-            if s.generation == generation {
-                s.dirty = false;
-                s.mtime_ns = Some(rec.mtime_ns);
+            let now = std::time::Instant::now();
+            let uploads = lock(&self.uploads);
+            for rec in journal.pending() {
+                if !ignore_backoff
+                    && uploads
+                        .retry
+                        .get(&rec.path)
+                        .is_some_and(|(at, _)| *at > now)
+                {
+                    continue;
+                }
+                match by_path.iter_mut().find(|(p, _)| *p == rec.path) {
+                    Some((_, v)) => v.push(rec),
+                    None => by_path.push((rec.path.clone(), vec![rec])),
+                }
             }
         }
-        self.remember(path, Entry::Object(rec));
+        let failed = std::sync::atomic::AtomicUsize::new(0);
+        futures::StreamExt::for_each_concurrent(
+            futures::stream::iter(by_path),
+            UPLOADS_AT_ONCE,
+            |(path, recs)| {
+                let failed = &failed;
+                async move {
+                    for rec in &recs {
+                        if let Err(e) = self.upload_record(rec, replay).await {
+                            let mut uploads = lock(&self.uploads);
+                            let wait = uploads
+                                .retry
+                                .get(&path)
+                                .map_or(RETRY_FIRST, |(_, d)| (*d * 2).min(RETRY_MAX));
+                            tracing::warn!(path, error = %e, retry_in = ?wait, "write-back upload failed; will retry");
+                            uploads
+                                .retry
+                                .insert(path.clone(), (std::time::Instant::now() + wait, wait));
+                            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                    lock(&self.uploads).retry.remove(&path);
+                }
+            },
+        )
+        .await;
+        failed.into_inner()
+    }
+
+    /// Uploads everything the journal holds, retrying with back-off until it is empty (the
+    /// start of a mount, unmount, SIGTERM).
+    pub async fn drain_journal(&self) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let mut wait = RETRY_FIRST;
+        let mut replay = true;
+        while !journal.is_empty() {
+            let failed = self.upload_pass(replay, true).await;
+            replay = false;
+            if failed > 0 {
+                tracing::warn!(pending = journal.len(), retry_in = ?wait, "write-back uploads waiting for the store");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RETRY_MAX);
+            } else if !journal.is_empty() {
+                // Records in flight elsewhere (the uploader): let them finish.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Uploads what the journal holds for `path` and below, now; fails if the store does.
+    pub(crate) async fn flush_pending(&self, path: &str) -> FsResult<()> {
+        let Some(journal) = self.journal.clone() else {
+            return Ok(());
+        };
+        loop {
+            let recs = journal.pending_for(path, true);
+            if recs.is_empty() {
+                return Ok(());
+            }
+            for rec in &recs {
+                self.upload_record(rec, false).await?;
+            }
+            if journal.pending_for(path, true).len() == recs.len() {
+                // The same records, in flight elsewhere: wait for them.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Drops the journal records of `path` (it is being deleted); the caller holds its
+    /// upload lock.
+    pub(crate) async fn cancel_journaled(
+        &self,
+        path: &str,
+        staged: &Arc<Mutex<Staged>>,
+    ) -> FsResult<()> {
+        let Some(journal) = self.journal.clone() else {
+            return Ok(());
+        };
+        for rec in journal.pending_for(path, false) {
+            let (j, seq) = (journal.clone(), rec.seq);
+            tokio::task::spawn_blocking(move || j.remove(seq))
+                .await
+                .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+        }
+        lock(staged).journaled = 0;
         Ok(())
     }
 
