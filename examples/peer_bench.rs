@@ -1073,6 +1073,15 @@ struct Mounted {
 }
 
 fn start_dosfs(bin: &Path, dirs: &Dirs, cache_size: Option<&str>) -> anyhow::Result<Mounted> {
+    start_dosfs_with(bin, dirs, cache_size, &[])
+}
+
+fn start_dosfs_with(
+    bin: &Path,
+    dirs: &Dirs,
+    cache_size: Option<&str>,
+    extra: &[&str],
+) -> anyhow::Result<Mounted> {
     let mnt = dirs.sub("mnt/dosfs")?;
     let data = dirs.sub("dosfs/data")?;
     let cache = dirs.sub("dosfs/cache")?;
@@ -1094,6 +1103,7 @@ fn start_dosfs(bin: &Path, dirs: &Dirs, cache_size: Option<&str>) -> anyhow::Res
                     .into_iter()
                     .flatten(),
             )
+            .args(extra)
             .env("RUST_LOG", "warn"),
         &log,
     )?;
@@ -1407,24 +1417,26 @@ fn report_files(args: &Args, res: &Results, targets: &[(&str, Mounted)]) {
         "| ratio (per round, %) | tar x | empty creates | 4 KiB files | git clone (time) | rm -rf (time) |"
     );
     println!("|---|---|---|---|---|---|");
-    for (peer, _) in targets.iter().filter(|(s, _)| *s != "dosfs") {
-        let c = |m: &str| {
-            spread(
-                &ratios(
-                    &g(format!("files|dosfs|{m}")),
-                    &g(format!("files|{peer}|{m}")),
-                ),
-                0,
-            )
-        };
-        println!(
-            "| dosfs / {peer} | {} % | {} % | {} % | {} % | {} % |",
-            c("tar"),
-            c("empty"),
-            c("small"),
-            c("clone"),
-            c("rm")
-        );
+    for (ours, _) in targets.iter().filter(|(s, _)| s.starts_with("dosfs")) {
+        for (peer, _) in targets.iter().filter(|(s, _)| !s.starts_with("dosfs")) {
+            let c = |m: &str| {
+                spread(
+                    &ratios(
+                        &g(format!("files|{ours}|{m}")),
+                        &g(format!("files|{peer}|{m}")),
+                    ),
+                    0,
+                )
+            };
+            println!(
+                "| {ours} / {peer} | {} % | {} % | {} % | {} % | {} % |",
+                c("tar"),
+                c("empty"),
+                c("small"),
+                c("clone"),
+                c("rm")
+            );
+        }
     }
     println!();
     raw_table(res, "files|", rounds);
@@ -2035,6 +2047,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 &bins.dosfs,
                 &dirs.with_prefix("files-"),
                 args.dosfs_cache_size.as_deref(),
+            )?,
+        ));
+        file_targets.push((
+            "dosfs --writeback",
+            start_dosfs_with(
+                &bins.dosfs,
+                &dirs.with_prefix("files-wb-"),
+                args.dosfs_cache_size.as_deref(),
+                &["--writeback"],
             )?,
         ));
         if let Some(w) = &weed {

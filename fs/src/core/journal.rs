@@ -2,28 +2,39 @@
 //! durable here, locally, and uploaded to the store later.
 //!
 //! ```text
-//! <cache-dir>/writeback/<seq, 16 digits>.data   the bytes of the file at that close
-//! <cache-dir>/writeback/<seq, 16 digits>.json   what to store them as (written last)
+//! <cache-dir>/writeback/<n, 16 digits>.log    records, append only
+//! <cache-dir>/writeback/<n, 16 digits>.done   seqs of its records uploaded since (u64 LE)
+//!
+//! record   48 B  "DOSWBRC1" | seq u64 | mode u32 | path len u32 | mtime ns i64 | size u64
+//!                | journaled ns i64
+//!          path bytes, then the file's bytes, then 8 B: CRC32C(header, path, bytes) u32
+//!                | "END!"
 //! ```
 //!
-//! A record exists once its `.json` is renamed into place (the `.data` was fsynced before,
-//! the folder after), and is uploaded in `seq` order per path; a `.data` without its `.json`
-//! is a close that did not finish and is removed at start. A record is removed after the
-//! store acknowledged its version, so a crash in between uploads it again (at least once;
-//! a replayed record whose content and attributes are already the name's latest version
-//! is not stored twice).
+//! A close appends its record under one lock and returns after an `fdatasync` that covers
+//! it; one `fdatasync` covers every record appended before it started (group commit). Each
+//! process start appends to a new log. At start the logs are read in order: a record is
+//! pending unless its seq is in its log's `.done`; a torn or damaged tail of the last log is
+//! cut off (no close returned for it). An uploaded record's seq is appended to `.done`
+//! without a sync: after a crash it may be uploaded again (at least once; a replayed record
+//! whose bytes and attributes are already the name's latest version is not stored twice). A
+//! sealed log whose records are all uploaded is deleted with its `.done`.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::{Deserialize, Serialize};
+const MAGIC: &[u8; 8] = b"DOSWBRC1";
+const END: &[u8; 4] = b"END!";
+const HEADER_LEN: usize = 48;
+/// The active log takes no new record past this size.
+const ROLL_AT: u64 = 64 << 20;
 
 /// One close of a file, waiting for its upload.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub seq: u64,
     /// The name it is uploaded under.
@@ -33,77 +44,221 @@ pub struct Record {
     pub size: u64,
     /// When the close was made durable here (ns since the epoch).
     pub journaled_ns: i64,
+    log: u64,
+    /// Where the file's bytes start in the log.
+    data_at: u64,
+}
+
+struct Log {
+    file: Arc<File>,
+    /// End of the whole records written.
+    written: u64,
+    /// End of what an `fdatasync` covered.
+    synced: u64,
+    done: Option<File>,
+    /// Records of this log not uploaded yet.
+    live: usize,
+}
+
+#[derive(Default)]
+struct State {
+    logs: BTreeMap<u64, Log>,
+    active: u64,
+    records: BTreeMap<u64, Record>,
+    next_seq: u64,
 }
 
 pub struct Journal {
     dir: PathBuf,
-    next: AtomicU64,
-    records: Mutex<BTreeMap<u64, Record>>,
+    state: Mutex<State>,
+    /// Serialises the `fdatasync`s of the active log (group commit).
+    sync: Mutex<()>,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+fn log_path(dir: &Path, n: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{n:016}.{ext}"))
+}
+
+fn header(rec: &Record) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&rec.seq.to_le_bytes());
+    h[16..20].copy_from_slice(&rec.mode.to_le_bytes());
+    h[20..24].copy_from_slice(&(rec.path.len() as u32).to_le_bytes());
+    h[24..32].copy_from_slice(&rec.mtime_ns.to_le_bytes());
+    h[32..40].copy_from_slice(&rec.size.to_le_bytes());
+    h[40..48].copy_from_slice(&rec.journaled_ns.to_le_bytes());
+    h
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// The whole record at the start of `b` (a log read into memory): it and its length.
+fn parse(b: &[u8], log: u64, at: u64) -> Option<(Record, usize)> {
+    if b.len() < HEADER_LEN || &b[..8] != MAGIC {
+        return None;
+    }
+    let path_len = u32::from_le_bytes(b[20..24].try_into().ok()?) as usize;
+    let size = u64_at(b, 32);
+    let data_at = HEADER_LEN + path_len;
+    let end = data_at.checked_add(usize::try_from(size).ok()?)?;
+    if b.len() < end + 8 || &b[end + 4..end + 8] != END {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[end..end + 4].try_into().ok()?);
+    if crc32c::crc32c(&b[..end]) != crc {
+        return None;
+    }
+    let path = std::str::from_utf8(&b[HEADER_LEN..data_at])
+        .ok()?
+        .to_string();
+    Some((
+        Record {
+            seq: u64_at(b, 8),
+            path,
+            mode: u32::from_le_bytes(b[16..20].try_into().ok()?),
+            mtime_ns: u64_at(b, 24) as i64,
+            size,
+            journaled_ns: u64_at(b, 40) as i64,
+            log,
+            data_at: at + data_at as u64,
+        },
+        end + 8,
+    ))
+}
+
 impl Journal {
-    /// Opens (creating) the journal in `dir` and loads what it holds.
+    /// Opens (creating) the journal in `dir`, loads what it holds and starts a new log.
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let mut records = BTreeMap::new();
-        let mut datas = Vec::new();
+        let mut ns: Vec<u64> = Vec::new();
         for e in fs::read_dir(dir)? {
             let path = e?.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("json") => match fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-                {
-                    Some(r) => {
-                        records.insert(r.seq, r);
-                    }
-                    None => {
-                        tracing::warn!(path = %path.display(), "unreadable write-back record left in place")
-                    }
-                },
-                Some("data") => datas.push(path),
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            match name.strip_suffix(".log").map(str::parse::<u64>) {
+                Some(Ok(n)) => ns.push(n),
+                _ if name.ends_with(".done") => {}
                 _ => {
-                    // A record being written when the process died.
-                    if let Err(e) = fs::remove_file(&path) {
-                        tracing::warn!(path = %path.display(), error = %e, "could not remove a stray write-back file");
-                    }
+                    tracing::warn!(path = %path.display(), "stray file in the write-back journal, ignored")
                 }
             }
         }
-        for d in datas {
-            let seq = d
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|s| s.parse::<u64>().ok());
-            if seq.is_none_or(|s| !records.contains_key(&s)) {
-                // Bytes of a close that never got its record: that close did not return.
-                if let Err(e) = fs::remove_file(&d) {
-                    tracing::warn!(path = %d.display(), error = %e, "could not remove a stray write-back file");
+        ns.sort_unstable();
+        let mut st = State::default();
+        let newest = ns.last().copied();
+        for n in &ns {
+            let bytes = fs::read(log_path(dir, *n, "log"))?;
+            let done: std::collections::HashSet<u64> = fs::read(log_path(dir, *n, "done"))
+                .unwrap_or_default()
+                .chunks_exact(8)
+                .map(|c| u64_at(c, 0))
+                .collect();
+            let mut at = 0usize;
+            let mut live = 0;
+            while let Some((rec, len)) = parse(&bytes[at..], *n, at as u64) {
+                st.next_seq = st.next_seq.max(rec.seq + 1);
+                if !done.contains(&rec.seq) {
+                    live += 1;
+                    st.records.insert(rec.seq, rec);
+                }
+                at += len;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(log_path(dir, *n, "log"))?;
+            if at < bytes.len() {
+                if Some(*n) == newest {
+                    tracing::warn!(
+                        log = n,
+                        offset = at,
+                        "torn end of the write-back journal cut off"
+                    );
+                    file.set_len(at as u64)?;
+                    file.sync_all()?;
+                } else {
+                    tracing::error!(
+                        log = n,
+                        offset = at,
+                        "unreadable end of a write-back log; what follows it is not uploaded"
+                    );
                 }
             }
+            st.logs.insert(
+                *n,
+                Log {
+                    file: Arc::new(file),
+                    written: at as u64,
+                    synced: at as u64,
+                    done: None,
+                    live,
+                },
+            );
         }
-        let next = records.keys().next_back().map_or(1, |s| s + 1);
-        Ok(Self {
+        st.next_seq = st.next_seq.max(1);
+        let journal = Self {
             dir: dir.to_path_buf(),
-            next: AtomicU64::new(next),
-            records: Mutex::new(records),
-        })
+            state: Mutex::new(st),
+            sync: Mutex::new(()),
+        };
+        {
+            let mut st = journal.lock();
+            let active = newest.map_or(1, |n| n + 1);
+            journal.start_log(&mut st, active)?;
+            let finished: Vec<u64> = st
+                .logs
+                .iter()
+                .filter(|(n, l)| **n != active && l.live == 0)
+                .map(|(n, _)| *n)
+                .collect();
+            for n in finished {
+                journal.delete_log(&mut st, n)?;
+            }
+        }
+        Ok(journal)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Record>> {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn data_path(&self, seq: u64) -> PathBuf {
-        self.dir.join(format!("{seq:016}.data"))
+    fn start_log(&self, st: &mut State, n: u64) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(log_path(&self.dir, n, "log"))?;
+        sync_dir(&self.dir)?;
+        st.logs.insert(
+            n,
+            Log {
+                file: Arc::new(file),
+                written: 0,
+                synced: 0,
+                done: None,
+                live: 0,
+            },
+        );
+        st.active = n;
+        Ok(())
     }
 
-    fn record_path(&self, seq: u64) -> PathBuf {
-        self.dir.join(format!("{seq:016}.json"))
+    fn delete_log(&self, st: &mut State, n: u64) -> io::Result<()> {
+        st.logs.remove(&n);
+        fs::remove_file(log_path(&self.dir, n, "log"))?;
+        match fs::remove_file(log_path(&self.dir, n, "done")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Makes the current bytes of `src` (`size` of them) durable as a record for `path`.
@@ -116,78 +271,169 @@ impl Journal {
         mtime_ns: i64,
         size: u64,
     ) -> io::Result<Record> {
-        let seq = self.next.fetch_add(1, Ordering::AcqRel);
-        let data = self.data_path(seq);
-        let written = (|| {
-            let mut from = src.try_clone()?;
-            from.seek(SeekFrom::Start(0))?;
-            let mut to = File::create(&data)?;
-            // copy_file_range underneath: no bytes through this process.
-            let copied = io::copy(&mut io::Read::take(&mut from, size), &mut to)?;
-            if copied != size {
-                return Err(io::Error::other(format!(
-                    "the staged file has {copied} of its {size} bytes"
-                )));
+        let (file, end, rec) = {
+            let mut st = self.lock();
+            let active_size = st.logs.get(&st.active).map_or(0, |l| l.written);
+            if active_size > 0 && active_size + size > ROLL_AT {
+                let next = st.active + 1;
+                self.start_log(&mut st, next)?;
             }
-            to.sync_all()?;
-            let rec = Record {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            let active = st.active;
+            let log = st
+                .logs
+                .get_mut(&active)
+                .ok_or_else(|| io::Error::other("no active write-back log"))?;
+            let at = log.written;
+            let mut rec = Record {
                 seq,
                 path: path.to_string(),
                 mode,
                 mtime_ns,
                 size,
                 journaled_ns: dos_protocol::now_ns(),
+                log: active,
+                data_at: at + (HEADER_LEN + path.len()) as u64,
             };
-            let tmp = self.dir.join(format!("{seq:016}.json.tmp"));
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&rec).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.record_path(seq))?;
-            sync_dir(&self.dir)?;
-            Ok(rec)
-        })();
-        match written {
-            Ok(rec) => {
-                self.lock().insert(seq, rec.clone());
-                Ok(rec)
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&data);
-                let _ = fs::remove_file(self.dir.join(format!("{seq:016}.json.tmp")));
-                Err(e)
-            }
+            let h = header(&rec);
+            let mut crc = crc32c::crc32c(&h);
+            crc = crc32c::crc32c_append(crc, path.as_bytes());
+            let write = (|| {
+                log.file.write_all_at(&h, at)?;
+                log.file
+                    .write_all_at(path.as_bytes(), at + HEADER_LEN as u64)?;
+                let mut from = src.try_clone()?;
+                from.seek(SeekFrom::Start(0))?;
+                let mut pos = rec.data_at;
+                let mut left = size;
+                let mut buf = vec![0u8; (1 << 20).min(size.max(1) as usize)];
+                while left > 0 {
+                    let want = left.min(buf.len() as u64) as usize;
+                    let n = from.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::other(format!(
+                            "the staged file ended {left} bytes short of {size}"
+                        )));
+                    }
+                    crc = crc32c::crc32c_append(crc, &buf[..n]);
+                    log.file.write_all_at(&buf[..n], pos)?;
+                    pos += n as u64;
+                    left -= n as u64;
+                }
+                let mut tail = [0u8; 8];
+                tail[..4].copy_from_slice(&crc.to_le_bytes());
+                tail[4..].copy_from_slice(END);
+                log.file.write_all_at(&tail, pos)?;
+                Ok(pos + 8)
+            })();
+            let end = match write {
+                Ok(end) => end,
+                Err(e) => {
+                    // Nothing past `at` counts: cut what may have been written.
+                    let _ = log.file.set_len(at);
+                    return Err(e);
+                }
+            };
+            log.written = end;
+            log.live += 1;
+            rec.journaled_ns = dos_protocol::now_ns().max(rec.journaled_ns);
+            st.records.insert(seq, rec.clone());
+            (
+                st.logs.get(&active).map(|l| l.file.clone()),
+                (active, end),
+                rec,
+            )
+        };
+        if let Some(file) = file {
+            self.sync_to(&file, end)?;
         }
+        Ok(rec)
     }
 
-    /// Removes a record (uploaded, or its file deleted), durably. Blocking.
+    /// Makes log `end.0` durable up to `end.1`; one `fdatasync` covers every record written
+    /// before it started.
+    fn sync_to(&self, file: &File, (n, end): (u64, u64)) -> io::Result<()> {
+        let synced = |st: &State| st.logs.get(&n).is_none_or(|l| l.synced >= end);
+        if synced(&self.lock()) {
+            return Ok(());
+        }
+        let _one = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        let upto = {
+            let st = self.lock();
+            if synced(&st) {
+                return Ok(());
+            }
+            st.logs.get(&n).map_or(end, |l| l.written)
+        };
+        file.sync_data()?;
+        if let Some(l) = self.lock().logs.get_mut(&n) {
+            l.synced = l.synced.max(upto);
+        }
+        Ok(())
+    }
+
+    /// The bytes of record `seq`: the log file, where they start, how many.
+    pub fn data(&self, seq: u64) -> io::Result<(File, u64, u64)> {
+        let st = self.lock();
+        let rec = st
+            .records
+            .get(&seq)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such record"))?;
+        let log = st
+            .logs
+            .get(&rec.log)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "its log is gone"))?;
+        Ok((log.file.try_clone()?, rec.data_at, rec.size))
+    }
+
+    /// Marks a record uploaded (or its file deleted). Not synced: after a crash it may be
+    /// uploaded again. Blocking.
     pub fn remove(&self, seq: u64) -> io::Result<()> {
-        match fs::remove_file(self.record_path(seq)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        let mut st = self.lock();
+        let Some(rec) = st.records.remove(&seq) else {
+            return Ok(());
+        };
+        let active = st.active;
+        let finished = {
+            let Some(log) = st.logs.get_mut(&rec.log) else {
+                return Ok(());
+            };
+            if log.done.is_none() {
+                log.done = Some(
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log_path(&self.dir, rec.log, "done"))?,
+                );
+            }
+            if let Some(d) = log.done.as_mut() {
+                d.write_all(&seq.to_le_bytes())?;
+            }
+            log.live = log.live.saturating_sub(1);
+            log.live == 0 && rec.log != active
+        };
+        if finished {
+            self.delete_log(&mut st, rec.log)?;
         }
-        sync_dir(&self.dir)?;
-        match fs::remove_file(self.data_path(seq)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        self.lock().remove(&seq);
         Ok(())
     }
 
     /// Whether `seq` is still waiting.
     pub fn contains(&self, seq: u64) -> bool {
-        self.lock().contains_key(&seq)
+        self.lock().records.contains_key(&seq)
     }
 
     /// Every record waiting, oldest first.
     pub fn pending(&self) -> Vec<Record> {
-        self.lock().values().cloned().collect()
+        self.lock().records.values().cloned().collect()
     }
 
-    /// The records waiting for `path` (or, with `below`, for names under `path/` too).
+    /// The records waiting for `path` (with `below`, also for names under `path/`).
     pub fn pending_for(&self, path: &str, below: bool) -> Vec<Record> {
         let prefix = format!("{path}/");
         self.lock()
+            .records
             .values()
             .filter(|r| {
                 r.path == path || (below && (path.is_empty() || r.path.starts_with(&prefix)))
@@ -197,10 +443,15 @@ impl Journal {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().records.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Log files on disk (for tests).
+    pub fn log_count(&self) -> usize {
+        self.lock().logs.len()
     }
 }

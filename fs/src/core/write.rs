@@ -120,39 +120,38 @@ pub fn read_staged(staged: &Arc<Mutex<Staged>>, offset: u64, len: u32) -> FsResu
     Ok(Bytes::from(buf))
 }
 
-/// SHA-256 and length of a staged file.
-fn hash_file(file: &File) -> std::io::Result<(ContentHash, u64)> {
+/// SHA-256 of `len` bytes of `file` from `offset`.
+fn hash_range(file: &File, offset: u64, len: u64) -> std::io::Result<ContentHash> {
     let mut f = file.try_clone()?;
-    f.seek(SeekFrom::Start(0))?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut f = f.take(len);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
+    let mut got = 0u64;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        size += n as u64;
+        got += n as u64;
     }
-    Ok((ContentHash(hasher.finalize().into()), size))
+    if got != len {
+        return Err(std::io::Error::other(format!(
+            "{got} of {len} bytes could be read"
+        )));
+    }
+    Ok(ContentHash(hasher.finalize().into()))
 }
 
 /// Files up to this size are sent in one PUT (read into memory, hashed on the way);
 /// larger ones are hashed first and POSTed, so content the store has sends no bytes.
 const SMALL_FILE: u64 = 1 << 20;
 
-/// A small staged file, read whole.
-fn read_whole(file: &File, size: u64) -> std::io::Result<Content> {
-    let mut buf = Vec::with_capacity(size as usize);
-    let mut f = file.try_clone()?;
-    f.seek(SeekFrom::Start(0))?;
-    f.take(SMALL_FILE + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > SMALL_FILE {
-        return Err(std::io::Error::other(
-            "the staged file grew while it was read",
-        ));
-    }
+/// `size` bytes of `file` from `offset` (a small file), read whole.
+fn read_whole(file: &File, offset: u64, size: u64) -> std::io::Result<Content> {
+    let mut buf = vec![0u8; size as usize];
+    file.read_exact_at(&mut buf, offset)?;
     Ok(Content::from_bytes(buf))
 }
 
@@ -427,7 +426,8 @@ impl FsCore {
             self.journal_changed.notify_one();
             return Ok(());
         }
-        let rec = self.store_file(path, file, mode, mtime_ns).await?;
+        let size = file.metadata()?.len();
+        let rec = self.store_file(path, file, 0, size, mode, mtime_ns).await?;
         {
             let mut s = lock(staged);
             if s.generation == generation {
@@ -446,6 +446,8 @@ impl FsCore {
         &self,
         path: &str,
         file: File,
+        offset: u64,
+        size: u64,
         mode: u32,
         mtime_ns: Option<i64>,
     ) -> FsResult<VersionRecord> {
@@ -458,21 +460,20 @@ impl FsCore {
             // second close of the same bytes) replaces it: one version per save.
             supersedes: self.fold_into(path),
         };
-        let size = file.metadata()?.len();
         let rec = if size <= SMALL_FILE {
             // One request: the store answers known content without storing it again.
-            let content = tokio::task::spawn_blocking(move || read_whole(&file, size))
+            let content = tokio::task::spawn_blocking(move || read_whole(&file, offset, size))
                 .await
                 .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
             self.store.put(&name, &attrs, content).await?
         } else {
             let hash_src = file.try_clone()?;
-            let (hash, size) = tokio::task::spawn_blocking(move || hash_file(&hash_src))
+            let hash = tokio::task::spawn_blocking(move || hash_range(&hash_src, offset, size))
                 .await
                 .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
             match self.store.post(&name, hash, size, &attrs).await? {
                 PostOutcome::Stored(rec) => rec,
-                PostOutcome::Upload(upload) => self.send_bytes(&upload, file, size).await?,
+                PostOutcome::Upload(upload) => self.send_bytes(&upload, file, offset, size).await?,
             }
         };
         self.saved(path, &rec);
@@ -480,8 +481,9 @@ impl FsCore {
     }
 
     /// Uploads one write-back record (unless it is being uploaded already, or was cancelled),
-    /// then removes it from the journal. With `replay` (records found at start), a record
-    /// whose bytes and attributes are already the latest version is not stored again.
+    /// then removes it from the journal. With `replay` (records found at start, or retried
+    /// after a failure), a record whose bytes and attributes are already the latest version
+    /// is not stored again.
     async fn upload_record(&self, rec: &Record, replay: bool) -> FsResult<()> {
         let Some(journal) = self.journal.clone() else {
             return Ok(());
@@ -500,11 +502,11 @@ impl FsCore {
             if !journal.contains(rec.seq) {
                 return Ok(());
             }
-            let file = File::open(journal.data_path(rec.seq))?;
+            let (file, offset, size) = journal.data(rec.seq)?;
             let mut stored = None;
             if replay {
                 let src = file.try_clone()?;
-                let (hash, _) = tokio::task::spawn_blocking(move || hash_file(&src))
+                let hash = tokio::task::spawn_blocking(move || hash_range(&src, offset, size))
                     .await
                     .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
                 if let Ok(latest) = self.store.head(&super::object_name(&rec.path)?, None).await
@@ -518,7 +520,7 @@ impl FsCore {
             let v = match stored {
                 Some(v) => v,
                 None => {
-                    self.store_file(&rec.path, file, rec.mode, Some(rec.mtime_ns))
+                    self.store_file(&rec.path, file, offset, size, rec.mode, Some(rec.mtime_ns))
                         .await?
                 }
             };
@@ -582,8 +584,11 @@ impl FsCore {
             |(path, recs)| {
                 let failed = &failed;
                 async move {
+                    // After a failed attempt the version may have been stored all the same
+                    // (the answer was lost): look before storing it again.
+                    let check = replay || lock(&self.uploads).retry.contains_key(&path);
                     for rec in &recs {
-                        if let Err(e) = self.upload_record(rec, replay).await {
+                        if let Err(e) = self.upload_record(rec, check).await {
                             let mut uploads = lock(&self.uploads);
                             let wait = uploads
                                 .retry
@@ -612,10 +617,9 @@ impl FsCore {
             return;
         };
         let mut wait = RETRY_FIRST;
-        let mut replay = true;
         while !journal.is_empty() {
-            let failed = self.upload_pass(replay, true).await;
-            replay = false;
+            // Every pass looks first: what the journal holds from before may be stored.
+            let failed = self.upload_pass(true, true).await;
             if failed > 0 {
                 tracing::warn!(pending = journal.len(), retry_in = ?wait, "write-back uploads waiting for the store");
                 tokio::time::sleep(wait).await;
@@ -672,10 +676,11 @@ impl FsCore {
         &self,
         upload: &UploadId,
         file: File,
+        offset: u64,
         size: u64,
     ) -> FsResult<VersionRecord> {
         let mut file = tokio::fs::File::from_std(file);
-        tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(0)).await?;
+        tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(offset)).await?;
         let body = tokio_util::io::ReaderStream::with_capacity(
             tokio::io::AsyncReadExt::take(file, size),
             1 << 20,
