@@ -26,6 +26,9 @@ pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> New
     }
 }
 
+/// Bodies up to this size are read whole before anything is written for them.
+const SMALL_BODY: u64 = 1 << 20;
+
 /// `PUT /objects/NAME`: stores the body as a new version once it is durable.
 pub async fn put<S, E>(
     core: &Core,
@@ -39,7 +42,15 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
-    if let Some(existing) = core.meta.touch_content(&digest).await? {
+    // A small body arrives at once: a read now and one touch once the body is in (one
+    // metadata write fewer); a large one is touched first, so that the orphan collector
+    // keeps the content while the body streams.
+    let known = if content_length.is_some_and(|l| l <= SMALL_BODY) {
+        core.meta.get_content(&digest).await?
+    } else {
+        core.meta.touch_content(&digest).await?
+    };
+    if let Some(existing) = known {
         // Known content: the bytes are still read and hashed (proof of possession), but no
         // shard is written.
         let (hash, size) = hash_stream(body, core.config.body_idle_timeout).await?;
