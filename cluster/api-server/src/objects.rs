@@ -57,14 +57,19 @@ where
         if hash != digest || size != existing.size {
             return Err(ApiError::DigestMismatch);
         }
-        // Touched again now that the body is in, so that the orphan collector's grace period
-        // need not cover a slow upload.
-        if core.meta.touch_content(&digest).await?.is_none() {
-            return Err(ApiError::Unavailable(
-                "the stored content was collected while the body arrived; retry".into(),
-            ));
-        }
-        return add_known_version(core, name, digest, size, &attrs).await;
+        // Touched again now that the body is in (in the version's transaction), so that the
+        // orphan collector's grace period need not cover a slow upload.
+        let rec = core
+            .meta
+            .add_known_version(name, new_version(digest, size, &attrs))
+            .await?
+            .ok_or_else(|| {
+                ApiError::Unavailable(
+                    "the stored content was collected while the body arrived; retry".into(),
+                )
+            })?;
+        supersede(core, &rec, &attrs).await;
+        return Ok(rec);
     }
     let servers = placement::choose_servers(core)?;
     let (codec, idle) = (&core.codec, core.config.body_idle_timeout);

@@ -54,6 +54,7 @@ where
     contents_round_trip(&factory().await).await;
     placement_moves_are_conditional(&factory().await).await;
     content_and_version_together(&factory().await).await;
+    known_content_versions(&factory().await).await;
     contents_are_enumerated(&factory().await).await;
     old_versions_can_be_deleted_never_the_latest(&factory().await).await;
     only_unused_untouched_contents_are_deleted(&factory().await).await;
@@ -316,6 +317,41 @@ pub async fn content_and_version_together<S: MetadataStore>(store: &S) {
     assert_eq!((v.version, v.hash), (2, Some(h)));
     assert_eq!(store.get_content(&h).await.unwrap(), Some(rec));
     assert_eq!(store.get_version(&n, None).await.unwrap(), Some(v));
+}
+
+pub async fn known_content_versions<S: MetadataStore>(store: &S) {
+    let n = name("known");
+    let h = ContentHash::of(b"stored once");
+    let new = NewVersion {
+        size: 11,
+        hash: Some(h),
+        mtime_ns: 7,
+        mode: 0o644,
+        kind: EntryKind::File,
+    };
+    // No such content: nothing is added.
+    assert_eq!(
+        store.add_known_version(&n, new.clone()).await.unwrap(),
+        None
+    );
+    assert_eq!(store.get_version(&n, None).await.unwrap(), None);
+    let rec = ContentRecord {
+        hash: h,
+        size: 11,
+        placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+    };
+    store.put_content(&rec).await.unwrap();
+    let v = store
+        .add_known_version(&n, new.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v.version, v.hash, v.mode), (1, Some(h), 0o644));
+    let w = store.add_known_version(&n, new).await.unwrap().unwrap();
+    assert_eq!(w.version, 2);
+    // Used now: the orphan collector keeps it even with a cutoff of "now".
+    assert!(!store.delete_unused_content(&h, 1).await.unwrap());
+    assert_eq!(store.get_content(&h).await.unwrap(), Some(rec));
 }
 
 pub async fn concurrent_writers_get_unique_versions<S: MetadataStore>(store: Arc<S>) {

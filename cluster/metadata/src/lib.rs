@@ -102,6 +102,23 @@ pub trait MetadataStore: Send + Sync + 'static {
         self.add_version(name, new).await
     }
 
+    /// A version of content already stored (`new.hash`): marks the content used now (as
+    /// [`touch_content`](Self::touch_content)) and adds the version, in one transaction for
+    /// an engine with them. `Ok(None)`, and no version, when the content record is gone.
+    async fn add_known_version(
+        &self,
+        name: &ObjectName,
+        new: NewVersion,
+    ) -> Result<Option<VersionRecord>, MetadataError> {
+        let Some(hash) = new.hash else {
+            return Ok(None);
+        };
+        if self.touch_content(&hash).await?.is_none() {
+            return Ok(None);
+        }
+        self.add_version(name, new).await.map(Some)
+    }
+
     /// Version `version` of `name`, or its latest version (which may be a delete marker).
     async fn get_version(
         &self,

@@ -196,6 +196,36 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn add_known_version(
+        &self,
+        name: &ObjectName,
+        new: NewVersion,
+    ) -> Result<Option<VersionRecord>, MetadataError> {
+        let Some(hash) = new.hash else {
+            return Ok(None);
+        };
+        let name = name.clone();
+        // The touch and the version in one commit (one WAL fsync per dedup write).
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let touched = tx
+                .execute(
+                    "UPDATE contents SET touched = ?2 WHERE hash = ?1",
+                    params![hash.0.to_vec(), now_ns()],
+                )
+                .map_err(db_err)?;
+            if touched == 0 {
+                return Ok(None);
+            }
+            let rec = insert_version(&tx, name, &new)?;
+            tx.commit().map_err(db_err)?;
+            Ok(Some(rec))
+        })
+        .await
+    }
+
     async fn get_version(
         &self,
         name: &ObjectName,
