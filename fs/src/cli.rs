@@ -2,6 +2,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// `println!` for the commands' output: a reader that went away (`dosfs stats M | head`)
+/// ends the command quietly instead of a panic.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("dosfs: writing the output: {e}");
+        }
+    }};
+}
+
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use dosfs::mount::{MountOptions, mounted_at, unmount};
@@ -224,17 +238,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::from_str(&text).context("the daemon's stats are not JSON")?;
             let wb = &v["writeback"];
             if wb["enabled"] != true {
-                println!("write-back is off: every close is durable in the store when it returns");
+                out!("write-back is off: every close is durable in the store when it returns");
                 return Ok(());
             }
             let files = wb["files"].as_array().cloned().unwrap_or_default();
-            println!(
+            out!(
                 "{} file(s) pending upload, {} bytes",
                 wb["pending"].as_u64().unwrap_or(0),
                 wb["pending_bytes"].as_u64().unwrap_or(0)
             );
             for f in files {
-                println!(
+                out!(
                     "{:>12}  {:>6} s  {}",
                     f["size"].as_u64().unwrap_or(0),
                     f["age_secs"].as_u64().unwrap_or(0),
@@ -263,15 +277,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if versions.is_empty() {
                 bail!("{} has no versions", path.display());
             }
-            println!(
+            out!(
                 "{:>8}  {:>12}  {:<30}  SHA-256",
-                "VERSION", "SIZE", "TIME (UTC)"
+                "VERSION",
+                "SIZE",
+                "TIME (UTC)"
             );
             for v in versions {
                 let hash = v
                     .hash
                     .map_or_else(|| "(deleted)".to_string(), |h| h.to_base64());
-                println!(
+                out!(
                     "{:>8}  {:>12}  {:<30}  {}",
                     v.version,
                     v.size,
@@ -300,7 +316,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             match rec {
                 dos_client::PostOutcome::Created(r) => {
-                    println!(
+                    out!(
                         "restored {} version {version} as version {}",
                         path.display(),
                         r.version
@@ -330,14 +346,14 @@ fn print_stats(v: &serde_json::Value) {
         return;
     };
     for (section, fields) in sections {
-        println!("{section}");
+        out!("{section}");
         for (name, value) in fields.as_object().into_iter().flatten() {
             let shown = match (name.ends_with("_bytes"), value.as_u64()) {
                 (true, Some(b)) => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
                 _ => value.to_string(),
             };
             let label = name.trim_end_matches("_bytes").replace('_', " ");
-            println!("  {label:<24} {shown}");
+            out!("  {label:<24} {shown}");
         }
     }
 }
