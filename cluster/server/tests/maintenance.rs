@@ -41,16 +41,7 @@ async fn scrub_repairs_flipped_bytes_and_removed_shards() {
         3 << 20,
         5_000_001,
     ];
-    let mut objects = Vec::new();
-    for (i, size) in sizes.iter().enumerate() {
-        let bytes = data(*size, 100 + i as u64);
-        let name = format!("scrub/{i}");
-        client
-            .put_bytes(&name, bytes.clone(), &attrs())
-            .await
-            .unwrap();
-        objects.push((name, ContentHash::of(&bytes), bytes));
-    }
+    let objects = store_objects(&client, "scrub", &sizes, 100).await;
     // Damage: flip one random byte in one shard file of each non-empty object, and remove
     // another shard file of three of them; nothing reads them before the scrub.
     let mut noise = data(64, 7).into_iter();

@@ -85,16 +85,7 @@ async fn small_objects_are_packed_served_and_survive_a_restart() {
         1 << 20,
         (1 << 20) + 1,
     ];
-    let mut objects = Vec::new();
-    for (i, size) in sizes.iter().enumerate() {
-        let bytes = data(*size, 40 + i as u64);
-        let name = format!("small/{i}");
-        client
-            .put_bytes(&name, bytes.clone(), &attrs())
-            .await
-            .unwrap();
-        objects.push((name, ContentHash::of(&bytes), bytes));
-    }
+    let objects = store_objects(&client, "small", &sizes, 40).await;
     for (name, hash, bytes) in &objects {
         assert!(client.get(name, None).await.unwrap() == bytes[..], "{name}");
         assert_eq!(held(&cluster, hash).await, vec![0, 1, 2, 3, 4, 5], "{name}");

@@ -559,6 +559,7 @@ impl FsCore {
             return 0;
         };
         let mut by_path: Vec<(String, Vec<Record>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         {
             let now = std::time::Instant::now();
             let uploads = lock(&self.uploads);
@@ -571,9 +572,12 @@ impl FsCore {
                 {
                     continue;
                 }
-                match by_path.iter_mut().find(|(p, _)| *p == rec.path) {
-                    Some((_, v)) => v.push(rec),
-                    None => by_path.push((rec.path.clone(), vec![rec])),
+                match index.get(&rec.path) {
+                    Some(&i) => by_path[i].1.push(rec),
+                    None => {
+                        index.insert(rec.path.clone(), by_path.len());
+                        by_path.push((rec.path.clone(), vec![rec]));
+                    }
                 }
             }
         }

@@ -363,3 +363,24 @@ pub async fn run_job(
 pub fn count(report: &serde_json::Value, what: &str) -> u64 {
     report["counts"][what].as_u64().unwrap_or(0)
 }
+
+/// PUTs one object of each size in `sizes` under `prefix/<i>` (deterministic bytes from
+/// `seed + i`); returns (name, hash, bytes) of each.
+pub async fn store_objects(
+    client: &Client,
+    prefix: &str,
+    sizes: &[usize],
+    seed: u64,
+) -> Vec<(String, ContentHash, Vec<u8>)> {
+    let mut objects = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let bytes = data(*size, seed + i as u64);
+        let name = format!("{prefix}/{i}");
+        client
+            .put_bytes(&name, bytes.clone(), &attrs())
+            .await
+            .unwrap();
+        objects.push((name, ContentHash::of(&bytes), bytes));
+    }
+    objects
+}
