@@ -61,7 +61,10 @@ pub fn router(state: AppState) -> Router {
                 .post(post_object),
         )
         .route("/objects/", any(empty_name))
-        .route("/temp/{token}", put(put_temp).head(head_temp))
+        .route(
+            "/temp/{token}",
+            put(put_temp).head(head_temp).post(finish_temp),
+        )
         .route("/versions/", get(versions))
         .route("/versions/{*name}", get(versions))
         .route("/locate/{*name}", get(locate))
@@ -443,6 +446,19 @@ async fn post_object(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let name = name_from(&uri, "/objects/")?;
+    match header_str(&headers, h::UPLOAD)? {
+        None => {}
+        Some(u) if u.trim().eq_ignore_ascii_case("stream") => {
+            let token = resumable::open(&core, &name, attrs_of(&headers)?).await?;
+            return upload_created(StatusCode::CREATED, &token, format!("/temp/{token}\n"));
+        }
+        Some(u) => {
+            return Err(ApiError::BadRequest(format!(
+                "bad {}: {u:?} (the one kind is \"stream\")",
+                h::UPLOAD
+            )));
+        }
+    }
     let digest = digest_of(&headers)?;
     let size = header_str(&headers, h::SIZE)?
         .ok_or_else(|| ApiError::BadRequest("missing Size header".into()))?
@@ -453,14 +469,32 @@ async fn post_object(
     match resumable::post(&core, &name, digest, size, attrs).await? {
         resumable::PostOutcome::Stored(v) => Ok(json_record(StatusCode::OK, &v)),
         resumable::PostOutcome::Upload(token) => {
-            let location = format!("/temp/{token}");
-            let mut resp = (StatusCode::CREATED, format!("{location}\n")).into_response();
-            let v = HeaderValue::from_str(&location)
-                .map_err(|_| ApiError::Internal("token is not a header value".into()))?;
-            resp.headers_mut().insert(header::LOCATION, v);
-            Ok(resp)
+            upload_created(StatusCode::CREATED, &token, format!("/temp/{token}\n"))
         }
     }
+}
+
+/// An answer naming upload `token` in its `Location`, with `body`.
+fn upload_created(status: StatusCode, token: &str, body: impl IntoResponse) -> ApiResult<Response> {
+    let location = format!("/temp/{token}");
+    let mut resp = (status, body).into_response();
+    let v = HeaderValue::from_str(&location)
+        .map_err(|_| ApiError::Internal("token is not a header value".into()))?;
+    resp.headers_mut().insert(header::LOCATION, v);
+    Ok(resp)
+}
+
+/// `POST /temp/TOKEN` with `Digest` (and optionally the mode and mtime headers): makes the
+/// version of a streamed upload whose bytes all arrived.
+async fn finish_temp(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let t = resumable::verify(&token, &core.config.secret)?;
+    let digest = digest_of(&headers)?;
+    let v = resumable::finish(&core, &t, digest, &attrs_of(&headers)?).await?;
+    Ok(json_record(StatusCode::OK, &v))
 }
 
 async fn head_temp(
@@ -506,6 +540,14 @@ async fn put_temp(
         )
         .into_response()),
         Ok((_, resumable::PutOutcome::Done(v))) => Ok(json_record(StatusCode::OK, &v)),
+        Ok((_, resumable::PutOutcome::Received(r))) => {
+            let body = axum::Json(serde_json::json!({
+                "hash": r.hash.to_hex(),
+                "size": r.size,
+                "upload": format!("/temp/{}", r.token),
+            }));
+            upload_created(StatusCode::ACCEPTED, &r.token, body)
+        }
         Err(e) => {
             // A stalled body is not waited for again.
             if !matches!(e, ApiError::BodyStalled { .. }) {

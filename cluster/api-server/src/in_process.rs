@@ -12,7 +12,7 @@ use dos_protocol::{
     ByteRange, ContentHash, ListPage, ListQuery, ObjectName, VersionRecord, WriteAttributes,
 };
 use dos_store::{
-    Content, ObjectRead, ObjectStore, PostOutcome, RecordStream, StoreError, StoreResult,
+    Content, ObjectRead, ObjectStore, PostOutcome, Received, RecordStream, StoreError, StoreResult,
     UploadBody, UploadId, UploadProgress,
 };
 use futures::StreamExt;
@@ -161,7 +161,58 @@ impl ObjectStore for InProcessStore {
         {
             resumable::PutOutcome::Partial { accepted } => Ok(UploadProgress::Partial { accepted }),
             resumable::PutOutcome::Done(v) => Ok(UploadProgress::Done(v)),
+            resumable::PutOutcome::Received(_) => Err(StoreError::Invalid(
+                "a streamed upload is sent by stream_upload".into(),
+            )),
         }
+    }
+
+    async fn open_upload(
+        &self,
+        name: &ObjectName,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<UploadId> {
+        resumable::open(&self.core, name, *attrs)
+            .await
+            .map(UploadId)
+            .map_err(store_error)
+    }
+
+    async fn stream_upload(&self, upload: &UploadId, body: UploadBody) -> StoreResult<Received> {
+        let core = &self.core;
+        let token = resumable::verify(&upload.0, &core.config.secret).map_err(store_error)?;
+        if token.stage != resumable::Stage::Open {
+            return Err(StoreError::Invalid(
+                "only an open upload takes a streamed body".into(),
+            ));
+        }
+        let body = body.map(|r| r.map_err(io_error));
+        match resumable::put(core, &token, 0, None, body)
+            .await
+            .map_err(store_error)?
+        {
+            resumable::PutOutcome::Received(r) => Ok(Received {
+                upload: UploadId(r.token),
+                hash: r.hash,
+                size: r.size,
+            }),
+            _ => Err(StoreError::Internal(
+                "an open upload answered as a declared one".into(),
+            )),
+        }
+    }
+
+    async fn finish_upload(
+        &self,
+        upload: &UploadId,
+        hash: ContentHash,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<VersionRecord> {
+        let core = &self.core;
+        let token = resumable::verify(&upload.0, &core.config.secret).map_err(store_error)?;
+        resumable::finish(core, &token, hash, attrs)
+            .await
+            .map_err(store_error)
     }
 
     async fn upload_status(&self, upload: &UploadId) -> StoreResult<u64> {

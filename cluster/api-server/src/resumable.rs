@@ -16,6 +16,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use dos_protocol::shard::UNKNOWN_CONTENT;
+
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{add_known_version, record_new_content};
@@ -35,9 +37,66 @@ pub struct UploadToken {
     pub shards: Vec<(ServerId, String, String)>,
     /// Unix seconds after which the token is refused.
     pub expires: u64,
+    /// What the token stands for (absent in tokens of declared content).
+    #[serde(default, skip_serializing_if = "Stage::is_declared")]
+    pub stage: Stage,
+}
+
+/// The kinds of upload a token names.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Digest and size declared at `POST`; bytes sent in one or more `PUT`s.
+    #[default]
+    Declared,
+    /// Content not known yet (`POST` with `x-dos-upload: stream`): the whole of it comes in
+    /// one `PUT`, hashed here as it arrives; `hash` and `size` are not meaningful.
+    Open,
+    /// Every byte of an open upload arrived: `hash` and `size` are what this server computed;
+    /// a `POST` with the client's digest makes the version.
+    Received,
+}
+
+impl Stage {
+    fn is_declared(&self) -> bool {
+        *self == Stage::Declared
+    }
 }
 
 impl UploadToken {
+    /// The token of `uploads`, valid for the server's upload lifetime from now.
+    fn new(
+        core: &Core,
+        name: &ObjectName,
+        hash: ContentHash,
+        size: u64,
+        attrs: &WriteAttributes,
+        uploads: &Uploads,
+        stage: Stage,
+    ) -> Self {
+        Self {
+            name: name.clone(),
+            hash,
+            size,
+            kind: attrs.kind,
+            mode: attrs.mode,
+            mtime_ns: attrs.mtime_ns,
+            shards: uploads
+                .targets
+                .iter()
+                .map(|u| {
+                    (
+                        u.server.id.clone(),
+                        u.server.addr.clone(),
+                        u.temp_id.clone(),
+                    )
+                })
+                .collect(),
+            expires: unix_now() + core.config.upload_ttl.as_secs(),
+            stage,
+        }
+    }
+
     /// Where the uploads are: each server at its current address when it is live (a data
     /// server that restarted may listen elsewhere), else at the address it had.
     fn targets(&self, live: &[ServerInfo]) -> Vec<ShardTarget> {
@@ -59,7 +118,7 @@ impl UploadToken {
             .collect()
     }
 
-    fn attrs(&self) -> WriteAttributes {
+    pub fn attrs(&self) -> WriteAttributes {
         WriteAttributes {
             kind: self.kind,
             mode: self.mode,
@@ -146,27 +205,137 @@ pub async fn post(
         Some(shard_len(size)),
     )
     .await?;
-    let token = UploadToken {
-        name: name.clone(),
-        hash,
-        size,
-        kind: attrs.kind,
-        mode: attrs.mode,
-        mtime_ns: attrs.mtime_ns,
-        shards: uploads
-            .targets
-            .iter()
-            .map(|u| {
-                (
-                    u.server.id.clone(),
-                    u.server.addr.clone(),
-                    u.temp_id.clone(),
-                )
-            })
-            .collect(),
-        expires: unix_now() + core.config.upload_ttl.as_secs(),
-    };
+    let token = UploadToken::new(core, name, hash, size, &attrs, &uploads, Stage::Declared);
     Ok(PostOutcome::Upload(sign(&token, &core.config.secret)?))
+}
+
+/// `POST /objects/NAME` with `x-dos-upload: stream`: an upload of content whose digest and
+/// size are not known yet (a file being written). Its bytes come in one `PUT` (see
+/// [`receive`]); a `POST` to the token that answer gives makes the version ([`finish`]).
+pub async fn open(core: &Core, name: &ObjectName, attrs: WriteAttributes) -> ApiResult<String> {
+    let servers = placement::choose_servers(core)?;
+    let uploads = Uploads::create(
+        &core.shards,
+        Deadlines::of(core),
+        &UNKNOWN_CONTENT,
+        &servers,
+        None,
+    )
+    .await?;
+    let token = UploadToken::new(
+        core,
+        name,
+        UNKNOWN_CONTENT,
+        0,
+        &attrs,
+        &uploads,
+        Stage::Open,
+    );
+    sign(&token, &core.config.secret)
+}
+
+/// An open upload whose bytes all arrived: the token that finishes it, and what arrived.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub token: String,
+    pub hash: ContentHash,
+    pub size: u64,
+}
+
+/// `PUT /temp/TOKEN` of an open upload: the whole content in one body, from its first byte,
+/// hashed and stored in the shard uploads as it arrives. No version is made yet. On any
+/// failure the shard uploads are abandoned (the client sends the content again, declared).
+async fn receive<S, E>(core: &Core, token: &UploadToken, body: S) -> ApiResult<Received>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let targets = token.targets(&core.bus.live_servers());
+    let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
+    let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
+    let encoded = uploads
+        .write(0, |writers| {
+            encode_stream(codec, body, writers, Sha256::new(), 0, None, idle)
+        })
+        .await;
+    let encoded = match encoded {
+        Ok(e) => e,
+        Err(e) => {
+            uploads.abort().await;
+            return Err(e);
+        }
+    };
+    let hash = ContentHash(encoded.hasher.finalize().into());
+    let received = UploadToken {
+        hash,
+        size: encoded.accepted,
+        stage: Stage::Received,
+        ..token.clone()
+    };
+    Ok(Received {
+        token: sign(&received, &core.config.secret)?,
+        hash,
+        size: encoded.accepted,
+    })
+}
+
+/// `POST /temp/TOKEN` of a received upload, with the client's own digest of what it sent:
+/// when it matches what arrived, the shards are committed and the version made. A mode or
+/// mtime in `given` replaces the one given at `POST` (a writer knows them only at the end).
+pub async fn finish(
+    core: &Core,
+    token: &UploadToken,
+    digest: ContentHash,
+    given: &WriteAttributes,
+) -> ApiResult<VersionRecord> {
+    let attrs = WriteAttributes {
+        mode: given.mode.or(token.mode),
+        mtime_ns: given.mtime_ns.or(token.mtime_ns),
+        ..token.attrs()
+    };
+    if token.stage != Stage::Received {
+        return Err(ApiError::BadRequest(
+            "only an upload whose bytes were streamed in one PUT is finished by a POST".into(),
+        ));
+    }
+    let targets = token.targets(&core.bus.live_servers());
+    let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
+    if digest != token.hash {
+        uploads.abort().await;
+        return Err(ApiError::DigestMismatch);
+    }
+    if accepted(core, token).await? != token.size {
+        return Err(ApiError::NotFound(
+            "this upload lost bytes it had received (a data server restarted?)".into(),
+        ));
+    }
+    make_version(core, token, &uploads, &attrs).await
+}
+
+/// The end of an upload whose bytes all arrived and match: commits the shards (or drops them
+/// when the content got stored meanwhile) and makes the version.
+async fn make_version(
+    core: &Core,
+    token: &UploadToken,
+    uploads: &Uploads,
+    attrs: &WriteAttributes,
+) -> ApiResult<VersionRecord> {
+    let hash = token.hash;
+    if core.meta.touch_content(&hash).await?.is_some() {
+        // Someone stored the same content meanwhile: keep theirs.
+        uploads.abort().await;
+        return add_known_version(core, &token.name, hash, token.size, attrs).await;
+    }
+    uploads.commit(shard_len(token.size), &hash).await?;
+    record_new_content(
+        core,
+        &token.name,
+        hash,
+        token.size,
+        &uploads.servers(),
+        attrs,
+    )
+    .await
 }
 
 /// Object bytes accepted so far: whole blocks every shard has, or the whole object.
@@ -197,8 +366,12 @@ pub async fn accepted(core: &Core, token: &UploadToken) -> ApiResult<u64> {
 }
 
 pub enum PutOutcome {
-    Partial { accepted: u64 },
+    Partial {
+        accepted: u64,
+    },
     Done(VersionRecord),
+    /// An open upload's bytes all arrived (see [`finish`]).
+    Received(Received),
 }
 
 /// `PUT /temp/TOKEN` from `offset`.
@@ -213,6 +386,23 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
+    match token.stage {
+        Stage::Declared => {}
+        Stage::Open if offset == 0 => {
+            return receive(core, token, body).await.map(PutOutcome::Received);
+        }
+        Stage::Open => {
+            return Err(ApiError::BadRequest(
+                "a streamed upload is sent whole, from byte 0, in one request".into(),
+            ));
+        }
+        Stage::Received => {
+            return Err(ApiError::BadRequest(
+                "every byte of this upload arrived; POST it with its Digest to make the version"
+                    .into(),
+            ));
+        }
+    }
     let have = accepted(core, token).await?;
     if offset != have {
         return Err(ApiError::OffsetMismatch {
@@ -254,23 +444,7 @@ where
         uploads.abort().await;
         return Err(ApiError::DigestMismatch);
     }
-    let attrs = token.attrs();
-    let v = if core.meta.touch_content(&hash).await?.is_some() {
-        // Someone stored the same content meanwhile: keep theirs.
-        uploads.abort().await;
-        add_known_version(core, &token.name, hash, token.size, &attrs).await?
-    } else {
-        uploads.commit(shard_len(token.size)).await?;
-        record_new_content(
-            core,
-            &token.name,
-            hash,
-            token.size,
-            &uploads.servers(),
-            &attrs,
-        )
-        .await?
-    };
+    let v = make_version(core, token, &uploads, &token.attrs()).await?;
     Ok(PutOutcome::Done(v))
 }
 
@@ -361,6 +535,7 @@ mod tests {
                 })
                 .collect(),
             expires: unix_now() + 600,
+            stage: Stage::Declared,
         }
     }
 

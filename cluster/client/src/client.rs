@@ -189,6 +189,22 @@ impl ObjectStream {
 /// A stream of version records (from NDJSON).
 pub type RecordStream = Pin<Box<dyn Stream<Item = Result<VersionRecord, ClientError>> + Send>>;
 
+/// What a streamed upload received (the answer to [`Client::stream_upload`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streamed {
+    /// Where to finish it.
+    pub location: String,
+    pub hash: ContentHash,
+    pub size: u64,
+}
+
+#[derive(Deserialize)]
+struct StreamedBody {
+    hash: String,
+    size: u64,
+    upload: String,
+}
+
 #[derive(Deserialize)]
 struct AcceptedBody {
     accepted: u64,
@@ -457,6 +473,66 @@ impl Client {
                 format!("unexpected status {other} for POST"),
             )),
         }
+    }
+
+    /// `POST /objects/NAME` with `x-dos-upload: stream`: opens an upload of content whose
+    /// digest and size are not known yet. Returns its location.
+    pub async fn open_upload(
+        &self,
+        name: &str,
+        attrs: &WriteAttributes,
+    ) -> Result<String, ClientError> {
+        let name = parse_name(name)?;
+        let rb = self
+            .request(Method::POST, &Self::object_path(&name, None))
+            .header(headers::UPLOAD, "stream");
+        let resp = self.send(Method::POST, with_attrs(rb, attrs)).await?;
+        match header_str(&resp, LOCATION.as_str()) {
+            Some(loc) if resp.status() == StatusCode::CREATED && !loc.trim().is_empty() => {
+                Ok(loc.trim().into())
+            }
+            _ => Err(ClientError::invalid_response(
+                resp.url().as_str(),
+                format!("{} without a Location header", resp.status()),
+            )),
+        }
+    }
+
+    /// `PUT /temp/TOKEN` of an open upload: all of its bytes, in one body of unknown length.
+    /// The server answers what it received and where to finish it.
+    pub async fn stream_upload<S>(&self, location: &str, body: S) -> Result<Streamed, ClientError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let url = self.location_url(location)?;
+        let rb = self
+            .authorized(self.http.put(&url))
+            .body(reqwest::Body::wrap_stream(body));
+        let resp = self.send(Method::PUT, rb).await?;
+        let body = resp.bytes().await?;
+        let r: StreamedBody = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::invalid_response(&url, format!("bad JSON body: {e}")))?;
+        let hash = ContentHash::from_hex(&r.hash)
+            .map_err(|_| ClientError::invalid_response(&url, "bad hash in the answer"))?;
+        Ok(Streamed {
+            location: r.upload,
+            hash,
+            size: r.size,
+        })
+    }
+
+    /// `POST /temp/TOKEN` of a received upload with the sender's digest: makes the version.
+    pub async fn finish_upload(
+        &self,
+        location: &str,
+        hash: ContentHash,
+        attrs: &WriteAttributes,
+    ) -> Result<VersionRecord, ClientError> {
+        let url = self.location_url(location)?;
+        let rb = self
+            .authorized(self.http.post(&url))
+            .header(headers::DIGEST, hash.digest_header());
+        read_json(self.send(Method::POST, with_attrs(rb, attrs)).await?).await
     }
 
     /// `HEAD /temp/TOKEN`: the number of bytes the upload has accepted so far.

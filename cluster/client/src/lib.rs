@@ -25,7 +25,8 @@ pub mod workload;
 
 pub use bytes::Bytes;
 pub use client::{
-    Client, ClientBuilder, ObjectStream, PostOutcome, RecordStream, UploadProgress, UploadSource,
+    Client, ClientBuilder, ObjectStream, PostOutcome, RecordStream, Streamed, UploadProgress,
+    UploadSource,
 };
 pub use dos_protocol::{
     ContentHash, EntryKind, ListPage, ObjectName, VersionRecord, WriteAttributes,

@@ -8,7 +8,7 @@ use dos_protocol::{
     error_kind as k,
 };
 use dos_store::{
-    Content, ObjectRead, ObjectStore, PostOutcome, RecordStream, StoreError, StoreResult,
+    Content, ObjectRead, ObjectStore, PostOutcome, Received, RecordStream, StoreError, StoreResult,
     UploadBody, UploadId, UploadProgress,
 };
 use futures::StreamExt;
@@ -161,6 +161,39 @@ impl ObjectStore for Client {
 
     async fn upload_status(&self, upload: &UploadId) -> StoreResult<u64> {
         Client::upload_status(self, &upload.0)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn open_upload(
+        &self,
+        name: &ObjectName,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<UploadId> {
+        Client::open_upload(self, name.as_str(), attrs)
+            .await
+            .map(UploadId)
+            .map_err(store_error)
+    }
+
+    async fn stream_upload(&self, upload: &UploadId, body: UploadBody) -> StoreResult<Received> {
+        let r = Client::stream_upload(self, &upload.0, body)
+            .await
+            .map_err(store_error)?;
+        Ok(Received {
+            upload: UploadId(r.location),
+            hash: r.hash,
+            size: r.size,
+        })
+    }
+
+    async fn finish_upload(
+        &self,
+        upload: &UploadId,
+        hash: ContentHash,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<VersionRecord> {
+        Client::finish_upload(self, &upload.0, hash, attrs)
             .await
             .map_err(store_error)
     }

@@ -227,17 +227,20 @@ async fn write_temp(
 }
 
 #[derive(Deserialize)]
-struct Length {
+struct Commit {
     length: u64,
+    /// The content the shard belongs to (required for an upload of unknown content).
+    hash: Option<String>,
 }
 
 async fn commit_temp(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<Length>,
+    Query(q): Query<Commit>,
 ) -> Result<StatusCode> {
+    let hash = q.hash.as_deref().map(parse_hash).transpose()?;
     let store = s.store.clone();
-    shards::blocking(move || store.commit(&id, q.length)).await?;
+    shards::blocking(move || store.commit(&id, q.length, hash)).await?;
     Ok(StatusCode::OK)
 }
 

@@ -140,10 +140,16 @@ impl ShardTransport for LocalShards {
             .map_err(store_error)
     }
 
-    async fn commit(&self, server: &ServerInfo, id: &str, length: u64) -> Result<(), ShardError> {
+    async fn commit(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        length: u64,
+        hash: &ContentHash,
+    ) -> Result<(), ShardError> {
         let store = self.store(server)?;
-        let id = id.to_string();
-        shards::blocking(move || store.commit(&id, length))
+        let (id, hash) = (id.to_string(), *hash);
+        shards::blocking(move || store.commit(&id, length, Some(hash)))
             .await
             .map_err(store_error)
     }

@@ -50,6 +50,9 @@ pub mod headers {
     pub const ERROR: &str = "x-dos-error";
     /// On a 416 answer to an upload: the bytes the upload has accepted.
     pub const ACCEPTED: &str = "x-dos-accepted";
+    /// `x-dos-upload: stream` on `POST /objects/NAME`: opens an upload of content whose
+    /// digest and size are not known yet (sent without `Digest` and `Size`).
+    pub const UPLOAD: &str = "x-dos-upload";
 }
 
 /// The kinds of failure an API server names in the [`headers::ERROR`] header.

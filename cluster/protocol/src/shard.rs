@@ -52,13 +52,18 @@ pub struct Verified {
     pub length: u64,
 }
 
-/// Whether `id` has the form of an upload id (32 hex digits): checked before it reaches a
-/// file path.
 /// The largest shard a data server takes whole in one request (`PUT /shards/H/S`,
 /// [`put_shard`](../../dos_transport/trait.ShardTransport.html)); longer shards are uploaded
 /// through a temp upload, piece by piece.
 pub const MAX_WHOLE_SHARD: usize = crate::PIECE_SIZE;
 
+/// The hash a shard upload is created under when the content's hash is not known yet (an
+/// object streamed while it is written): such an upload is committed under the hash given
+/// at commit, which the API server computed from the bytes.
+pub const UNKNOWN_CONTENT: ContentHash = ContentHash([0; 32]);
+
+/// Whether `id` has the form of an upload id (32 hex digits): checked before it reaches a
+/// file path.
 pub fn valid_temp_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -82,8 +87,8 @@ pub mod paths {
         format!("/temp/{id}?offset={offset}")
     }
 
-    pub fn commit_temp(id: &str, length: u64) -> String {
-        format!("/temp/{id}?length={length}")
+    pub fn commit_temp(id: &str, length: u64, hash: &ContentHash) -> String {
+        format!("/temp/{id}?length={length}&hash={}", hash.to_hex())
     }
 
     pub fn temp_data(id: &str) -> String {

@@ -199,7 +199,7 @@ async fn orphans_collect_stray_shards_after_the_grace_period() {
         .write_temp(&server, &id, 0, Box::pin(body))
         .await
         .unwrap();
-    shards.commit(&server, &id, 100).await.unwrap();
+    shards.commit(&server, &id, 100, &stray).await.unwrap();
     assert_eq!(shard_indices(&cluster, &stray), vec![2]);
 
     let kept = run(&client, "orphans", None, Some(Duration::from_secs(3600))).await;

@@ -12,7 +12,7 @@ use dos_protocol::{
 };
 use futures::TryStreamExt;
 
-use crate::{Content, ObjectStore, PostOutcome, StoreError, UploadProgress, once};
+use crate::{Content, ObjectStore, PostOutcome, StoreError, UploadBody, UploadProgress, once};
 
 /// Generates one `#[tokio::test]` per contract body, each on a fresh store made by `$setup`
 /// (an async fn returning `(store, guard)`; the guard lives until the test ends).
@@ -22,7 +22,7 @@ macro_rules! object_store_contract {
         $crate::object_store_contract!(@tests $setup;
             put_get_head, digest_mismatch_stores_nothing, versions_and_delete_markers,
             post_known_content_and_resumable_uploads, listings, restore_makes_a_new_version,
-            attributes_round_trip, ranges, empty_objects);
+            attributes_round_trip, ranges, empty_objects, streamed_uploads);
     };
     (@tests $setup:path; $($test:ident),*) => {
         $(
@@ -420,4 +420,92 @@ pub async fn empty_objects(store: &dyn ObjectStore) {
         PostOutcome::Stored(v) => assert_eq!(v.size, 0),
         other => panic!("{other:?}"),
     }
+}
+
+/// `body` in chunks of uneven sizes, as a writer produces them.
+fn in_chunks(body: &Bytes, chunk: usize) -> UploadBody {
+    let chunks: Vec<std::io::Result<Bytes>> = (0..body.len())
+        .step_by(chunk)
+        .map(|i| Ok(body.slice(i..(i + chunk).min(body.len()))))
+        .collect();
+    Box::pin(futures::stream::iter(chunks))
+}
+
+pub async fn streamed_uploads(store: &dyn ObjectStore) {
+    let open_attrs = WriteAttributes {
+        mode: Some(0o600),
+        ..attrs()
+    };
+    for (i, len) in [3 * BLOCK_SIZE + 123, 2 * BLOCK_SIZE, 10, 0]
+        .into_iter()
+        .enumerate()
+    {
+        let n = name(&format!("c/stream/{i}"));
+        let body = pattern(len, 40 + i as u64);
+        let id = store.open_upload(&n, &open_attrs).await.unwrap();
+        let got = store
+            .stream_upload(&id, in_chunks(&body, 100_003))
+            .await
+            .unwrap();
+        assert_eq!((got.hash, got.size), (ContentHash::of(&body), len as u64));
+        // Received, not yet a version.
+        assert_eq!(store.all_versions(&n).await.unwrap(), vec![], "{len} bytes");
+        let at = WriteAttributes {
+            mtime_ns: Some(1_700_000_000_123_456_789),
+            ..attrs()
+        };
+        let v = store
+            .finish_upload(&got.upload, got.hash, &at)
+            .await
+            .unwrap();
+        assert_eq!((v.version, v.size, v.hash), (1, len as u64, Some(got.hash)));
+        assert_eq!((v.mode, v.mtime_ns), (0o600, 1_700_000_000_123_456_789));
+        assert_eq!(get_all(store, &n, None).await, body, "{len} bytes");
+    }
+
+    // The same content again (stored already): a version of it.
+    let body = pattern(3 * BLOCK_SIZE + 123, 40);
+    let n = name("c/stream/again");
+    let id = store.open_upload(&n, &attrs()).await.unwrap();
+    let got = store
+        .stream_upload(&id, in_chunks(&body, 1 << 20))
+        .await
+        .unwrap();
+    let v = store
+        .finish_upload(&got.upload, got.hash, &attrs())
+        .await
+        .unwrap();
+    assert_eq!(v.hash, Some(ContentHash::of(&body)));
+    assert_eq!(get_all(store, &n, None).await, body);
+
+    // The sender's digest differs from what arrived: no version, and the upload is gone.
+    let n = name("c/stream/liar");
+    let id = store.open_upload(&n, &attrs()).await.unwrap();
+    let got = store
+        .stream_upload(&id, in_chunks(&pattern(5000, 50), 999))
+        .await
+        .unwrap();
+    let err = store
+        .finish_upload(&got.upload, ContentHash::of(b"something else"), &attrs())
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::DigestMismatch);
+    assert!(
+        store
+            .finish_upload(&got.upload, got.hash, &attrs())
+            .await
+            .is_err()
+    );
+    assert_eq!(store.all_versions(&n).await.unwrap(), vec![]);
+
+    // A body that fails part way: an error, no version.
+    let n = name("c/stream/broken");
+    let id = store.open_upload(&n, &attrs()).await.unwrap();
+    let good = pattern(BLOCK_SIZE + 5, 51);
+    let broken: UploadBody = Box::pin(futures::stream::iter(vec![
+        Ok(good),
+        Err(std::io::Error::other("the writer went away")),
+    ]));
+    assert!(store.stream_upload(&id, broken).await.is_err());
+    assert_eq!(store.all_versions(&n).await.unwrap(), vec![]);
 }

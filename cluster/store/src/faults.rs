@@ -13,7 +13,7 @@ use dos_protocol::{
 use futures::StreamExt;
 
 use crate::{
-    Content, ObjectRead, ObjectStore, PostOutcome, RecordStream, StoreError, StoreResult,
+    Content, ObjectRead, ObjectStore, PostOutcome, Received, RecordStream, StoreError, StoreResult,
     UploadBody, UploadId, UploadProgress,
 };
 
@@ -26,6 +26,9 @@ pub enum Op {
     Post,
     Upload,
     UploadStatus,
+    OpenUpload,
+    StreamUpload,
+    FinishUpload,
     Delete,
     Versions,
     List,
@@ -232,6 +235,30 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     async fn upload_status(&self, upload: &UploadId) -> StoreResult<u64> {
         self.faults.before(Op::UploadStatus).await?;
         self.inner.upload_status(upload).await
+    }
+
+    async fn open_upload(
+        &self,
+        name: &ObjectName,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<UploadId> {
+        self.faults.before(Op::OpenUpload).await?;
+        self.inner.open_upload(name, attrs).await
+    }
+
+    async fn stream_upload(&self, upload: &UploadId, body: UploadBody) -> StoreResult<Received> {
+        self.faults.before(Op::StreamUpload).await?;
+        self.inner.stream_upload(upload, body).await
+    }
+
+    async fn finish_upload(
+        &self,
+        upload: &UploadId,
+        hash: ContentHash,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<VersionRecord> {
+        self.faults.before(Op::FinishUpload).await?;
+        self.inner.finish_upload(upload, hash, attrs).await
     }
 
     async fn delete(&self, name: &ObjectName) -> StoreResult<VersionRecord> {

@@ -206,6 +206,16 @@ pub enum PostOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UploadId(pub String);
 
+/// The answer to [`ObjectStore::stream_upload`]: every byte arrived; `upload` now names the
+/// received content, which [`ObjectStore::finish_upload`] makes a version of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub upload: UploadId,
+    /// SHA-256 of what the store received.
+    pub hash: ContentHash,
+    pub size: u64,
+}
+
 /// The answer to one [`ObjectStore::upload`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UploadProgress {
@@ -262,6 +272,30 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Bytes an upload has accepted so far.
     async fn upload_status(&self, upload: &UploadId) -> StoreResult<u64>;
+
+    /// Opens an upload of content whose hash and size are not known yet (a file being
+    /// written): [`stream_upload`](Self::stream_upload) sends all of it in one body, then
+    /// [`finish_upload`](Self::finish_upload) makes the version.
+    async fn open_upload(
+        &self,
+        name: &ObjectName,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<UploadId>;
+
+    /// Sends the whole content of an open upload, from its first byte, in one body; the
+    /// store hashes and keeps it as it arrives but makes no version. An error in `body`
+    /// abandons the upload.
+    async fn stream_upload(&self, upload: &UploadId, body: UploadBody) -> StoreResult<Received>;
+
+    /// Makes the version of a received upload once `hash` (the sender's own digest of what
+    /// it sent) matches what the store received; returns once it is durable. The mode and
+    /// mtime of `attrs` replace those given at open.
+    async fn finish_upload(
+        &self,
+        upload: &UploadId,
+        hash: ContentHash,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<VersionRecord>;
 
     /// Adds a delete marker; [`StoreError::NotFound`] when there is nothing to delete.
     async fn delete(&self, name: &ObjectName) -> StoreResult<VersionRecord>;
@@ -385,6 +419,27 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
 
     async fn upload_status(&self, upload: &UploadId) -> StoreResult<u64> {
         (**self).upload_status(upload).await
+    }
+
+    async fn open_upload(
+        &self,
+        name: &ObjectName,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<UploadId> {
+        (**self).open_upload(name, attrs).await
+    }
+
+    async fn stream_upload(&self, upload: &UploadId, body: UploadBody) -> StoreResult<Received> {
+        (**self).stream_upload(upload, body).await
+    }
+
+    async fn finish_upload(
+        &self,
+        upload: &UploadId,
+        hash: ContentHash,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<VersionRecord> {
+        (**self).finish_upload(upload, hash, attrs).await
     }
 
     async fn delete(&self, name: &ObjectName) -> StoreResult<VersionRecord> {

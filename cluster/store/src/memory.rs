@@ -14,7 +14,7 @@ use dos_protocol::{
 use futures::StreamExt;
 
 use crate::{
-    Content, ObjectRead, ObjectStore, PostOutcome, RecordStream, StoreError, StoreResult,
+    Content, ObjectRead, ObjectStore, PostOutcome, Received, RecordStream, StoreError, StoreResult,
     UploadBody, UploadId, UploadProgress,
 };
 
@@ -35,6 +35,15 @@ struct Upload {
     size: u64,
     attrs: WriteAttributes,
     received: BytesMut,
+    stage: Stage,
+}
+
+/// Like the real store's tokens: declared content, an open stream, or a stream received.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Declared,
+    Open,
+    Received,
 }
 
 /// The in-memory store. Clones share the same data.
@@ -228,6 +237,7 @@ impl ObjectStore for MemoryStore {
                 size,
                 attrs: *attrs,
                 received: BytesMut::new(),
+                stage: Stage::Declared,
             },
         );
         Ok(PostOutcome::Upload(UploadId(id)))
@@ -246,6 +256,11 @@ impl ObjectStore for MemoryStore {
                 .uploads
                 .get(&upload.0)
                 .ok_or_else(|| StoreError::NotFound("no such upload".into()))?;
+            if u.stage != Stage::Declared {
+                return Err(StoreError::Invalid(
+                    "a streamed upload is sent by stream_upload".into(),
+                ));
+            }
             (u.received.len() as u64, u.size)
         };
         if offset != accepted {
@@ -290,6 +305,99 @@ impl ObjectStore for MemoryStore {
             u.size,
             &u.attrs,
         )))
+    }
+
+    async fn open_upload(
+        &self,
+        name: &ObjectName,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<UploadId> {
+        let mut state = self.state();
+        state.next_upload += 1;
+        let id = format!("mem-{}", state.next_upload);
+        state.uploads.insert(
+            id.clone(),
+            Upload {
+                name: name.clone(),
+                hash: ContentHash([0; 32]),
+                size: 0,
+                attrs: *attrs,
+                received: BytesMut::new(),
+                stage: Stage::Open,
+            },
+        );
+        Ok(UploadId(id))
+    }
+
+    async fn stream_upload(&self, upload: &UploadId, body: UploadBody) -> StoreResult<Received> {
+        match self.state().uploads.get(&upload.0) {
+            Some(u) if u.stage == Stage::Open => {}
+            Some(_) => {
+                return Err(StoreError::Invalid(
+                    "only an open upload takes a streamed body".into(),
+                ));
+            }
+            None => return Err(StoreError::NotFound("no such upload".into())),
+        }
+        let bytes = match collect(body, u64::MAX).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Like the real store: a failed stream abandons the upload.
+                self.state().uploads.remove(&upload.0);
+                return Err(e);
+            }
+        };
+        let mut state = self.state();
+        let u = state
+            .uploads
+            .get_mut(&upload.0)
+            .ok_or_else(|| StoreError::NotFound("no such upload".into()))?;
+        u.hash = ContentHash::of(&bytes);
+        u.size = bytes.len() as u64;
+        u.received = BytesMut::from(&bytes[..]);
+        u.stage = Stage::Received;
+        Ok(Received {
+            upload: upload.clone(),
+            hash: u.hash,
+            size: u.size,
+        })
+    }
+
+    async fn finish_upload(
+        &self,
+        upload: &UploadId,
+        hash: ContentHash,
+        attrs: &WriteAttributes,
+    ) -> StoreResult<VersionRecord> {
+        let mut state = self.state();
+        match state.uploads.get(&upload.0) {
+            Some(u) if u.stage == Stage::Received => {}
+            Some(_) => {
+                return Err(StoreError::Invalid(
+                    "only a received stream is finished".into(),
+                ));
+            }
+            None => return Err(StoreError::NotFound("no such upload".into())),
+        }
+        let Some(u) = state.uploads.remove(&upload.0) else {
+            return Err(StoreError::NotFound("no such upload".into()));
+        };
+        if hash != u.hash {
+            return Err(StoreError::DigestMismatch);
+        }
+        let attrs = WriteAttributes {
+            mode: attrs.mode.or(u.attrs.mode),
+            mtime_ns: attrs.mtime_ns.or(u.attrs.mtime_ns),
+            ..u.attrs
+        };
+        state.contents.entry(u.hash).or_insert(u.received.freeze());
+        Ok(add_version(
+            &mut state,
+            &u.name,
+            Some(u.hash),
+            u.size,
+            &attrs,
+        ))
     }
 
     async fn upload_status(&self, upload: &UploadId) -> StoreResult<u64> {

@@ -267,10 +267,16 @@ impl<T: ShardTransport> ShardTransport for FaultyTransport<T> {
         }
     }
 
-    async fn commit(&self, server: &ServerInfo, id: &str, length: u64) -> Result<(), ShardError> {
+    async fn commit(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        length: u64,
+        hash: &ContentHash,
+    ) -> Result<(), ShardError> {
         match before(self.faults.take(Op::Commit, &server.id, None)).await? {
             Some(Fault::GarbageRead { .. }) => Err(ShardError::Malformed("garbage".into())),
-            _ => self.inner.commit(server, id, length).await,
+            _ => self.inner.commit(server, id, length, hash).await,
         }
     }
 

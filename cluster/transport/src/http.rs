@@ -247,8 +247,14 @@ impl ShardTransport for HttpTransport {
         .await
     }
 
-    async fn commit(&self, server: &ServerInfo, id: &str, length: u64) -> Result<(), ShardError> {
-        let path = paths::commit_temp(id, length);
+    async fn commit(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        length: u64,
+        hash: &ContentHash,
+    ) -> Result<(), ShardError> {
+        let path = paths::commit_temp(id, length, hash);
         self.send(server, Retry::IfNotSent, COMMIT, || {
             self.req(reqwest::Method::PUT, server, &path)
         })

@@ -107,9 +107,17 @@ pub trait ShardTransport: Send + Sync + 'static {
 
     async fn temp_status(&self, server: &ServerInfo, id: &str) -> Result<TempStatus, ShardError>;
 
-    /// Commits upload `id` durably (fsynced, renamed, directory fsynced) once it holds exactly
-    /// `length` raw bytes.
-    async fn commit(&self, server: &ServerInfo, id: &str, length: u64) -> Result<(), ShardError>;
+    /// Commits upload `id` as a shard of `hash` durably (fsynced, renamed, directory fsynced)
+    /// once it holds exactly `length` raw bytes. `hash` is the one the upload was created
+    /// under, or any for one created under
+    /// [`UNKNOWN_CONTENT`](dos_protocol::shard::UNKNOWN_CONTENT).
+    async fn commit(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        length: u64,
+        hash: &ContentHash,
+    ) -> Result<(), ShardError>;
 
     /// Abandons upload `id`.
     async fn abort(&self, server: &ServerInfo, id: &str) -> Result<(), ShardError>;
@@ -201,8 +209,14 @@ impl<T: ShardTransport + ?Sized> ShardTransport for std::sync::Arc<T> {
         (**self).temp_status(server, id).await
     }
 
-    async fn commit(&self, server: &ServerInfo, id: &str, length: u64) -> Result<(), ShardError> {
-        (**self).commit(server, id, length).await
+    async fn commit(
+        &self,
+        server: &ServerInfo,
+        id: &str,
+        length: u64,
+        hash: &ContentHash,
+    ) -> Result<(), ShardError> {
+        (**self).commit(server, id, length, hash).await
     }
 
     async fn abort(&self, server: &ServerInfo, id: &str) -> Result<(), ShardError> {

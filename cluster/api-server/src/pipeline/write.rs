@@ -132,12 +132,12 @@ impl Uploads {
         Ok(value)
     }
 
-    /// Commits every upload durably; all must succeed.
-    pub async fn commit(&self, shard_length: u64) -> ApiResult<()> {
+    /// Commits every upload durably as shards of `hash`; all must succeed.
+    pub async fn commit(&self, shard_length: u64, hash: &ContentHash) -> ApiResult<()> {
         let results = future::join_all(self.targets.iter().map(|t| async move {
             within(
                 self.deadlines.call,
-                self.shards.commit(&t.server, &t.temp_id, shard_length),
+                self.shards.commit(&t.server, &t.temp_id, shard_length, hash),
             )
             .await
                 .inspect_err(|e| tracing::warn!(shard = t.shard, server = %t.server.id, error = %e, "commit failed"))
@@ -197,7 +197,7 @@ where
     let uploads = Uploads::create(shards, deadlines, hash, servers, shard_length).await?;
     let stored = async {
         let (value, length) = uploads.write(0, feed).await?;
-        uploads.commit(length).await?;
+        uploads.commit(length, hash).await?;
         Ok(value)
     }
     .await;

@@ -49,6 +49,12 @@ pub fn write_header(out: &mut impl Write, hash: &ContentHash, shard: u8) -> io::
     out.write_all(&h)
 }
 
+/// Rewrites the content hash in the header of `file` (a shard streamed before its hash was
+/// known).
+pub fn set_header_hash(file: &std::fs::File, hash: &ContentHash) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, &hash.0, 32)
+}
+
 pub fn read_header(input: &mut impl Read) -> Result<(ContentHash, u8), FormatError> {
     let mut h = [0u8; HEADER_LEN as usize];
     input.read_exact(&mut h).map_err(short_as_corrupt)?;

@@ -312,7 +312,7 @@ impl ShardStore {
                 if !raw.is_empty() {
                     self.write_piece(&id, 0, raw)?;
                 }
-                self.commit(&id, raw.len() as u64)
+                self.commit(&id, raw.len() as u64, None)
             })();
             if written.is_err()
                 && let Err(e) = self.abort(&id)

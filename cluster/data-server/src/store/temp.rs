@@ -38,7 +38,7 @@ pub(super) struct TempUpload {
     policy: CompressionPolicy,
 }
 
-use dos_protocol::shard::{TempStatus, valid_temp_id as valid_id};
+use dos_protocol::shard::{TempStatus, UNKNOWN_CONTENT, valid_temp_id as valid_id};
 
 impl ShardStore {
     fn temp_path(&self, id: &str, ext: &str) -> PathBuf {
@@ -238,9 +238,16 @@ impl ShardStore {
         Ok(format::read_record(&mut t.file)?)
     }
 
-    /// Makes upload `id` a committed shard, durably: index appended, file fsynced, renamed
-    /// into `objects/`, directory fsynced. Only then is the shard located.
-    pub fn commit(&self, id: &str, length: u64) -> Result<(), ShardStoreError> {
+    /// Makes upload `id` a committed shard of `hash` (the hash it was created under, or any
+    /// hash for an upload created under [`UNKNOWN_CONTENT`]; `None`: the one it was created
+    /// under), durably: index appended, file fsynced, renamed into `objects/`, directory
+    /// fsynced. Only then is the shard located.
+    pub fn commit(
+        &self,
+        id: &str,
+        length: u64,
+        hash: Option<ContentHash>,
+    ) -> Result<(), ShardStoreError> {
         let t = self.temp(id)?;
         let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
         if t.received != length || t.meta.length.is_some_and(|l| l != length) {
@@ -248,6 +255,17 @@ impl ShardStore {
                 "upload has {} bytes, commit asks for {length}",
                 t.received
             )));
+        }
+        let hash = hash.unwrap_or(t.hash);
+        if hash == UNKNOWN_CONTENT || (hash != t.hash && t.hash != UNKNOWN_CONTENT) {
+            return Err(ShardStoreError::BadRequest(format!(
+                "upload {id} cannot be committed as content {hash}"
+            )));
+        }
+        if hash != t.hash {
+            // Streamed content: its hash is known now; the header says it from here on.
+            format::set_header_hash(&t.file, &hash)?;
+            t.hash = hash;
         }
         let at = t.end;
         t.file.seek(SeekFrom::Start(at))?;

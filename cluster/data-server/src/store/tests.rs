@@ -17,7 +17,7 @@ fn upload(store: &ShardStore, hash: &ContentHash, shard: u8, bytes: &[u8]) {
             .write_piece(&id, (k * PIECE_SIZE) as u64, piece)
             .unwrap();
     }
-    store.commit(&id, bytes.len() as u64).unwrap();
+    store.commit(&id, bytes.len() as u64, None).unwrap();
 }
 
 fn read_all(store: &ShardStore, hash: &ContentHash, shard: u8) -> Result<Vec<u8>, ShardStoreError> {
@@ -62,7 +62,7 @@ fn empty_shard() {
     let store = ShardStore::open(dir.path()).unwrap();
     let hash = ContentHash::of(b"");
     let id = store.create_temp(&hash, 0, Some(0)).unwrap();
-    store.commit(&id, 0).unwrap();
+    store.commit(&id, 0, None).unwrap();
     assert_eq!(read_all(&store, &hash, 0).unwrap(), Vec::<u8>::new());
 }
 
@@ -136,7 +136,7 @@ fn temp_offsets_resume_and_retry() {
         .write_piece(&id, PIECE_SIZE as u64, &bytes[PIECE_SIZE..2 * PIECE_SIZE])
         .unwrap();
     assert!(
-        store.commit(&id, bytes.len() as u64).is_err(),
+        store.commit(&id, bytes.len() as u64, None).is_err(),
         "incomplete upload cannot commit"
     );
     assert_eq!(store.read_temp_piece(&id, 0).unwrap(), bytes[..PIECE_SIZE]);
@@ -161,7 +161,7 @@ fn temp_offsets_resume_and_retry() {
         store.write_piece(&id, 3 * PIECE_SIZE as u64, b"x"),
         Err(ShardStoreError::BadRequest(_))
     ));
-    store.commit(&id, bytes.len() as u64).unwrap();
+    store.commit(&id, bytes.len() as u64, None).unwrap();
     assert_eq!(read_all(&store, &hash, 0).unwrap(), bytes);
     assert!(matches!(
         store.temp_status(&id),
@@ -198,8 +198,8 @@ fn unknown_length_upload() {
         .write_piece(&id, PIECE_SIZE as u64, &bytes[PIECE_SIZE..])
         .unwrap();
     assert!(store.write_piece(&id, bytes.len() as u64, b"more").is_err());
-    assert!(store.commit(&id, 5).is_err());
-    store.commit(&id, bytes.len() as u64).unwrap();
+    assert!(store.commit(&id, 5, None).is_err());
+    store.commit(&id, bytes.len() as u64, None).unwrap();
     assert_eq!(read_all(&store, &hash, 4).unwrap(), bytes);
 }
 
