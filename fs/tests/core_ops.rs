@@ -124,16 +124,19 @@ async fn store_failures_become_the_errno_they_mean() {
         f.faults.clear();
     }
     // A close whose upload fails reports EIO, and the next close uploads the bytes: a small
-    // file (one PUT) and a large one (POST, then the upload).
+    // file (one PUT) and a large one (its stream, then the whole upload that replaces a
+    // failed stream: POST, then the bytes).
     let large: Vec<u8> = (0..2_500_000u32).map(|i| (i / 7) as u8).collect();
-    for (name, bytes, op) in [
-        ("new", b"hello".to_vec(), Op::Put),
-        ("large", large, Op::Post),
+    for (name, bytes, ops) in [
+        ("new", b"hello".to_vec(), &[Op::Put][..]),
+        ("large", large, &[Op::FinishUpload, Op::Post][..]),
     ] {
         let (_, fh) = f.core.create(ROOT_INO, name, 0o644).await.unwrap();
         f.core.write(fh, 0, &bytes).await.unwrap();
-        f.faults
-            .fail_times(op, StoreError::Transport("connection lost".into()), 1);
+        for op in ops {
+            f.faults
+                .fail_times(*op, StoreError::Transport("connection lost".into()), 1);
+        }
         assert_eq!(f.core.flush(fh).await.unwrap_err().errno(), libc::EIO);
         f.core.flush(fh).await.unwrap();
         f.core.release(fh).await.unwrap();
@@ -252,4 +255,119 @@ async fn write_back_journals_closes_and_a_file_deleted_while_pending_never_reach
         .filter(|n| n.ends_with(".log"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
+}
+
+/// Deterministic bytes.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 * 2_654_435_761 % 251) as u8 ^ seed)
+        .collect()
+}
+
+async fn stored(f: &Fixture, name: &str) -> (Bytes, usize) {
+    let n = ObjectName::new(name).unwrap();
+    let bytes = f
+        .memory
+        .get(&n, None, None)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    (bytes, f.memory.all_versions(&n).await.unwrap().len())
+}
+
+/// Writes `data` from offset 0 in chunks of 128 KiB (as the kernel sends them).
+async fn write_in_order(f: &Fixture, fh: u64, data: &[u8]) {
+    for (i, chunk) in data.chunks(128 << 10).enumerate() {
+        f.core
+            .write(fh, (i * (128 << 10)) as u64, chunk)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_in_order_streams_while_it_is_written_and_its_close_finishes_it() {
+    let f = fixture();
+    let data = pattern((5 << 20) + 17, 1);
+    let (_, fh) = f.core.create(ROOT_INO, "big", 0o640).await.unwrap();
+    write_in_order(&f, fh, &data).await;
+    // The upload is under way before the close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while f.faults.calls(Op::StreamUpload) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no stream started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(f.faults.calls(Op::FinishUpload), 0);
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    // Finished, never sent whole.
+    assert_eq!(f.faults.calls(Op::FinishUpload), 1);
+    assert_eq!(f.faults.calls(Op::Post) + f.faults.calls(Op::Put), 0);
+    let (bytes, versions) = stored(&f, "big").await;
+    assert_eq!(&bytes[..], &data[..]);
+    assert_eq!(versions, 1);
+    let rec = f
+        .memory
+        .head(&ObjectName::new("big").unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(rec.mode, 0o640);
+    let stats: serde_json::Value =
+        serde_json::from_slice(&dosfs::core::stats_report(&f.core)).unwrap();
+    assert_eq!(stats["streamed_uploads"]["finished"], 1, "{stats}");
+    assert_eq!(stats["streamed_uploads"]["bytes"], data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_out_of_order_truncates_and_failed_streams_upload_the_file_whole() {
+    let f = fixture();
+    // An overwrite in the middle after the stream started.
+    let mut data = pattern(3 << 20, 2);
+    let (_, fh) = f.core.create(ROOT_INO, "patched", 0o644).await.unwrap();
+    write_in_order(&f, fh, &data).await;
+    f.core.write(fh, 100, b"patch").await.unwrap();
+    data[100..105].copy_from_slice(b"patch");
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    assert_eq!(&stored(&f, "patched").await.0[..], &data[..]);
+    assert_eq!(f.faults.calls(Op::FinishUpload), 0);
+
+    // Cut short, then written on from there.
+    let data = pattern(3 << 20, 3);
+    let (attr, fh) = f.core.create(ROOT_INO, "cut", 0o644).await.unwrap();
+    write_in_order(&f, fh, &data).await;
+    f.core
+        .setattr(attr.ino, None, Some(1 << 20), None)
+        .await
+        .unwrap();
+    f.core.write(fh, 1 << 20, b"end").await.unwrap();
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    let mut want = data[..1 << 20].to_vec();
+    want.extend_from_slice(b"end");
+    assert_eq!(&stored(&f, "cut").await.0[..], &want[..]);
+    assert_eq!(f.faults.calls(Op::FinishUpload), 0);
+
+    // The stream fails, then the store refuses to finish one: the close still stores the
+    // file, from the staging file.
+    for (op, name) in [(Op::StreamUpload, "failed"), (Op::FinishUpload, "refused")] {
+        f.faults
+            .fail_times(op, StoreError::Transport("connection reset".into()), 1);
+        let data = pattern((2 << 20) + 5, 4);
+        let (_, fh) = f.core.create(ROOT_INO, name, 0o644).await.unwrap();
+        write_in_order(&f, fh, &data).await;
+        f.core.flush(fh).await.unwrap();
+        f.core.release(fh).await.unwrap();
+        let (bytes, versions) = stored(&f, name).await;
+        assert_eq!(&bytes[..], &data[..], "{name}");
+        assert_eq!(versions, 1, "{name}");
+    }
+    // Small files never stream.
+    let opened = f.faults.calls(Op::OpenUpload);
+    let (_, fh) = f.core.create(ROOT_INO, "small", 0o644).await.unwrap();
+    write_in_order(&f, fh, &pattern(1 << 20, 5)).await;
+    f.core.release(fh).await.unwrap();
+    assert_eq!(f.faults.calls(Op::OpenUpload), opened);
 }

@@ -11,6 +11,7 @@ pub mod journal;
 mod passthrough;
 mod read;
 mod stats;
+mod stream;
 mod write;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use inodes::Inodes;
 pub use inodes::{NodeKey, ROOT_INO};
 pub use passthrough::{Opened, PASSTHROUGH_MIN_BYTES, PASSTHROUGH_WAIT, PassthroughFile};
 pub use read::ReadBudget;
+pub use stats::report as stats_report;
 use write::Staged;
 
 /// How long attributes and listings fetched from the store are trusted (close-to-open, and
@@ -96,7 +98,13 @@ pub struct FsConfig {
     /// How long attributes and listings fetched from the store are trusted ([`ATTR_TTL`] in
     /// a mount; tests that change the store behind the core's back set zero).
     pub attr_ttl: Duration,
+    /// A file written in order from its first byte starts streaming to the store once it
+    /// is longer than this (see `stream`); `None`: every file is uploaded at its close.
+    pub stream_after: Option<u64>,
 }
+
+/// Files streaming to the store at once (each holds one upload request open).
+const STREAMS_AT_ONCE: usize = 8;
 
 impl FsConfig {
     pub fn new(uid: u32, gid: u32) -> Self {
@@ -106,6 +114,7 @@ impl FsConfig {
             uid,
             gid,
             attr_ttl: ATTR_TTL,
+            stream_after: Some(1 << 20),
         }
     }
 }
@@ -140,6 +149,9 @@ pub struct FsCore {
     pub(crate) journal_changed: tokio::sync::Notify,
     /// Journal records being uploaded now, and when a failed path may be tried again.
     pub(crate) uploads: Mutex<write::UploadState>,
+    /// Slots for uploads that overlap the writes, and what they did.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    pub(crate) stream_stats: Arc<stream::StreamStats>,
     handles: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Handle>>>>,
     next_fh: Mutex<u64>,
     started_ns: i64,
@@ -215,6 +227,8 @@ impl FsCore {
             journal: None,
             journal_changed: tokio::sync::Notify::new(),
             uploads: Mutex::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(STREAMS_AT_ONCE)),
+            stream_stats: Arc::default(),
             handles: Mutex::default(),
             next_fh: Mutex::new(1),
             started_ns: now_ns(),

@@ -64,8 +64,20 @@ pub fn report(core: &FsCore) -> Bytes {
             }))
             .collect::<Vec<_>>(),
     });
+    let st = &core.stream_stats;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let streamed = serde_json::json!({
+        "enabled": core.config.stream_after.is_some() && core.journal.is_none(),
+        "after_bytes": core.config.stream_after,
+        "active": super::STREAMS_AT_ONCE - core.streams.available_permits(),
+        "started": st.started.load(relaxed),
+        "finished": st.finished.load(relaxed),
+        "cancelled": st.cancelled.load(relaxed),
+        "bytes": st.bytes.load(relaxed),
+    });
     let value = serde_json::json!({
         "writeback": writeback,
+        "streamed_uploads": streamed,
         "process": {
             "rss_bytes": proc_status(&status, "VmRSS"),
             "anonymous_bytes": proc_status(&status, "RssAnon"),

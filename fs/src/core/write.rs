@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::journal::Record;
 use super::passthrough::Opened;
+use super::stream::Streaming;
 use super::{Attr, Entry, FsCore, Handle, Kind, NodeKey, lock};
 use crate::error::{FsError, FsResult};
 use std::collections::HashMap;
@@ -39,6 +40,12 @@ pub struct Staged {
     /// Closes of it in the write-back journal not uploaded yet: it stays staged (so reads,
     /// `stat` and listings see it) until they are.
     pub(crate) journaled: usize,
+    /// Every write since it was staged empty (created or truncated) went at the end: it may
+    /// stream to the store while written (see `stream`). `seq_end` is its size then.
+    sequential: bool,
+    seq_end: u64,
+    /// The upload that follows the writes, once started.
+    stream: Option<Streaming>,
 }
 
 impl Staged {
@@ -93,6 +100,10 @@ pub fn set_staged(
     if let Some(size) = size {
         s.file.file().set_len(size)?;
         s.mtime_ns = None;
+        // A stream carries the bytes up to here: gone with them (a cut to zero starts over).
+        s.stream = None;
+        s.sequential = size == 0;
+        s.seq_end = 0;
     }
     if let Some(t) = mtime_ns {
         s.mtime_ns = Some(t);
@@ -196,15 +207,20 @@ impl FsCore {
         let mut file = self.staging.create()?;
         let mut mode = 0o644;
         let mut dirty = truncate;
+        let mut sequential = truncate;
         match self.entry(path).await {
             Ok(Entry::Object(rec)) if rec.kind == EntryKind::File => {
                 mode = rec.mode;
                 if !truncate && rec.size > 0 {
                     self.download_into(&rec, file.file_mut()).await?;
                 }
+                sequential |= rec.size == 0;
             }
             Ok(_) => return Err(FsError::IsDir),
-            Err(FsError::NotFound) => dirty = true,
+            Err(FsError::NotFound) => {
+                dirty = true;
+                sequential = true;
+            }
             Err(e) => return Err(e),
         }
         let staged = Arc::new(Mutex::new(Staged {
@@ -218,6 +234,9 @@ impl FsCore {
             unlinked: false,
             uploading: Arc::default(),
             journaled: 0,
+            sequential,
+            seq_end: 0,
+            stream: None,
         }));
         let mut map = lock(&self.staged);
         // Another opener may have staged it meanwhile: share theirs.
@@ -297,7 +316,75 @@ impl FsCore {
         s.dirty = true;
         s.generation += 1;
         s.mtime_ns = None;
+        if s.sequential && offset == s.seq_end {
+            s.seq_end += data.len() as u64;
+            match &s.stream {
+                Some(st) => st.wrote(s.seq_end),
+                None => self.maybe_stream(&mut s),
+            }
+        } else if s.sequential {
+            // Written elsewhere than at the end: the close uploads it whole.
+            s.sequential = false;
+            s.stream = None;
+        }
         Ok(data.len() as u32)
+    }
+
+    /// Starts streaming a staged file written in order, once it is long enough and a
+    /// stream slot is free (with write-back, closes never wait for the store: no stream).
+    fn maybe_stream(&self, s: &mut Staged) {
+        let Some(after) = self.config.stream_after else {
+            return;
+        };
+        if s.seq_end <= after || self.journal.is_some() || s.unlinked {
+            return;
+        }
+        let Ok(slot) = self.streams.clone().try_acquire_owned() else {
+            return;
+        };
+        let (Ok(name), Ok(file)) = (super::object_name(&s.path), s.file.file().try_clone()) else {
+            return;
+        };
+        let attrs = WriteAttributes {
+            kind: EntryKind::File,
+            mode: Some(s.mode),
+            mtime_ns: None,
+            supersedes: None,
+        };
+        s.stream = Some(Streaming::start(
+            self.store.clone(),
+            name,
+            attrs,
+            file,
+            s.seq_end,
+            slot,
+            self.stream_stats.clone(),
+        ));
+    }
+
+    /// Finishes the stream of a staged file as its next version: the tail is sent, the
+    /// store's digest is checked against this side's, and the version made durable.
+    async fn finish_stream(
+        &self,
+        stream: Streaming,
+        path: &str,
+        size: u64,
+        mode: u32,
+        mtime_ns: Option<i64>,
+    ) -> FsResult<VersionRecord> {
+        let streamed = stream.finish(size).await?;
+        let attrs = WriteAttributes {
+            kind: EntryKind::File,
+            mode: Some(mode),
+            mtime_ns: Some(mtime_ns.unwrap_or_else(now_ns)),
+            supersedes: None,
+        };
+        let rec = self
+            .store
+            .finish_upload(&streamed.received.upload, streamed.hash, &attrs)
+            .await?;
+        self.saved(path, &rec);
+        Ok(rec)
     }
 
     /// flush (every close) and fsync: upload if anything changed.
@@ -388,17 +475,24 @@ impl FsCore {
     async fn upload_if(&self, staged: &Arc<Mutex<Staged>>, when: Upload) -> FsResult<()> {
         let uploading = lock(staged).uploading.clone();
         let _in_flight = uploading.lock().await;
-        let (path, file, mode, mtime_ns, generation) = {
-            let s = lock(staged);
+        let (path, file, mode, mtime_ns, generation, stream) = {
+            let mut s = lock(staged);
             if !s.dirty || s.unlinked || (when == Upload::UnlessOpen && s.opens > 0) {
                 return Ok(());
             }
+            // A stream carries this state only if every byte came in order and the name
+            // is still the one it was opened for.
+            let stream = s
+                .stream
+                .take()
+                .filter(|st| s.sequential && st.path == s.path);
             (
                 s.path.clone(),
                 s.file.file().try_clone()?,
                 s.mode,
                 s.mtime_ns,
                 s.generation,
+                stream.map(|st| (st, s.seq_end)),
             )
         };
         let path = path.as_str();
@@ -427,7 +521,23 @@ impl FsCore {
             return Ok(());
         }
         let size = file.metadata()?.len();
-        let rec = self.store_file(path, file, 0, size, mode, mtime_ns).await?;
+        let streamed = match stream {
+            Some((st, end)) if end == size => {
+                match self.finish_stream(st, path, size, mode, mtime_ns).await {
+                    Ok(rec) => Some(rec),
+                    Err(e) => {
+                        // The staging file has every byte: it goes whole instead.
+                        tracing::debug!(path, error = %e, "streamed upload failed; uploading whole");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let rec = match streamed {
+            Some(rec) => rec,
+            None => self.store_file(path, file, 0, size, mode, mtime_ns).await?,
+        };
         {
             let mut s = lock(staged);
             if s.generation == generation {
