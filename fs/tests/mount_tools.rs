@@ -1430,3 +1430,39 @@ fn cache_bound_holds_under_twice_its_size() {
         "disk cache holds {end} bytes, budget {BUDGET}"
     );
 }
+
+/// A large file written in order reaches the store while it is written: before its close,
+/// the mount's counters show most of its bytes streamed; after it, REST has it byte for byte
+/// in one version. A file of the same size patched in the middle while open is uploaded
+/// whole instead, also exact.
+#[test]
+fn a_large_sequential_write_streams_to_the_store_before_its_close() {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let m = Mount::new();
+    let data = pseudo_random(31, 24 << 20);
+    let stats = || -> serde_json::Value {
+        serde_json::from_slice(&read(&m.path(".dosfs/stats"))).unwrap()
+    };
+    let mut f = std::fs::File::create(m.path("big.bin")).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    let streamed = wait_until(Duration::from_secs(30), || {
+        stats()["streamed_uploads"]["bytes"].as_u64().unwrap_or(0) >= 20 << 20
+    });
+    assert!(streamed.is_some(), "not streamed before the close: {}", stats());
+    drop(f);
+    assert_eq!(m.rest().get("big.bin").as_deref(), Some(&data[..]));
+    assert_eq!(m.rest().versions("big.bin").len(), 1);
+    assert_eq!(stats()["streamed_uploads"]["finished"], 1);
+
+    let mut want = pseudo_random(32, 6 << 20);
+    let mut f = std::fs::File::create(m.path("patched.bin")).unwrap();
+    f.write_all(&want).unwrap();
+    f.write_all_at(b"patch", 3 << 20).unwrap();
+    want[3 << 20..(3 << 20) + 5].copy_from_slice(b"patch");
+    drop(f);
+    assert_eq!(m.rest().get("patched.bin").as_deref(), Some(&want[..]));
+    assert_eq!(read(&m.path("patched.bin")), want);
+}
