@@ -1441,9 +1441,8 @@ fn a_large_sequential_write_streams_to_the_store_before_its_close() {
     use std::os::unix::fs::FileExt;
     let m = Mount::new();
     let data = pseudo_random(31, 24 << 20);
-    let stats = || -> serde_json::Value {
-        serde_json::from_slice(&read(&m.path(".dosfs/stats"))).unwrap()
-    };
+    let stats =
+        || -> serde_json::Value { serde_json::from_slice(&read(&m.path(".dosfs/stats"))).unwrap() };
     let mut f = std::fs::File::create(m.path("big.bin")).unwrap();
     for chunk in data.chunks(1 << 20) {
         f.write_all(chunk).unwrap();
@@ -1451,7 +1450,11 @@ fn a_large_sequential_write_streams_to_the_store_before_its_close() {
     let streamed = wait_until(Duration::from_secs(30), || {
         stats()["streamed_uploads"]["bytes"].as_u64().unwrap_or(0) >= 20 << 20
     });
-    assert!(streamed.is_some(), "not streamed before the close: {}", stats());
+    assert!(
+        streamed.is_some(),
+        "not streamed before the close: {}",
+        stats()
+    );
     drop(f);
     assert_eq!(m.rest().get("big.bin").as_deref(), Some(&data[..]));
     assert_eq!(m.rest().versions("big.bin").len(), 1);
