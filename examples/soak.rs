@@ -12,7 +12,7 @@
 //! `--api URL` soaks a running server instead (give `--server-pid` to see its memory).
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use dos_client::Client;
 use dos_client::workload::{self, Ledger, Tally, WorkloadConfig};
+use dos_examples::Server;
 
 #[derive(Parser)]
 #[command(about = "Soak the store with a mixed, verified workload for a bounded time.")]
@@ -48,15 +49,6 @@ struct Args {
     /// Folder for the started server's data (emptied first).
     #[arg(long, default_value = "/tmp/dos-soak")]
     dir: PathBuf,
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
 }
 
 /// (current, peak) resident memory of a process in MiB, from /proc.

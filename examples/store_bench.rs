@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use dos_erasure::Codec;
+use dos_examples::Server;
 use dos_protocol::{BLOCK_SIZE, ContentHash, TOTAL_SHARDS};
 use futures::StreamExt;
 use sha2::Digest;
@@ -131,15 +132,6 @@ fn peak_rss_mib(child: &Child) -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::main]
