@@ -547,6 +547,14 @@ impl FsCore {
         let mut out: Vec<DirEntry> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut cursor: Option<String> = None;
+        // Staged files are looked at before the store's listing as well as after it: one
+        // whose upload ends while the listing is read (it leaves the staged files then) is
+        // in one of the two.
+        let staged_before: Vec<String> = lock(&self.staged)
+            .keys()
+            .filter(|p| p.starts_with(&prefix))
+            .cloned()
+            .collect();
         loop {
             let page = self
                 .store
@@ -595,7 +603,8 @@ impl FsCore {
             }
         }
         // Files created here and not uploaded yet.
-        for p in lock(&self.staged).keys() {
+        let staged_after: Vec<String> = lock(&self.staged).keys().cloned().collect();
+        for p in staged_before.iter().chain(&staged_after) {
             if let Some(name) = p.strip_prefix(&prefix)
                 && !name.contains('/')
                 && !name.is_empty()
