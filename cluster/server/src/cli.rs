@@ -384,7 +384,9 @@ async fn run_api(
     meta: Arc<dyn MetadataStore>,
     rabbitmq: &str,
 ) -> anyhow::Result<()> {
-    let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.to_string()))
+    let mut bus_config = AmqpConfig::new(rabbitmq.to_string());
+    bus_config.secret = Some(config.secret.clone());
+    let bus = AmqpBus::connect(bus_config)
         .await
         .context("connecting to RabbitMQ")?;
     let shards = HttpTransport::new(Duration::from_secs(5), Some(&config.secret))
@@ -399,7 +401,9 @@ async fn run_api(
 }
 
 async fn run_data(config: DataServerConfig, rabbitmq: &str) -> anyhow::Result<()> {
-    let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.to_string()))
+    let mut bus_config = AmqpConfig::new(rabbitmq.to_string());
+    bus_config.secret = config.secret.clone();
+    let bus = AmqpBus::connect(bus_config)
         .await
         .context("connecting to RabbitMQ")?;
     let ds = DataServer::start(config, Arc::new(bus))
