@@ -585,7 +585,7 @@ impl Shared {
         };
         let data = match self
             .sealer
-            .open(&format!("{REPLY} {}", correlation.as_str()), &delivery.data)
+            .open_bound(&format!("{REPLY} {}", correlation.as_str()), &delivery.data)
         {
             Ok(d) => d,
             Err(why) => {
@@ -899,7 +899,7 @@ async fn answer_locate(
         .unwrap_or_default();
     let data = match shared
         .sealer
-        .open(&format!("{LOCATE} {correlation}"), &delivery.data)
+        .open_bound(&format!("{LOCATE} {correlation}"), &delivery.data)
     {
         Ok(d) => d,
         Err(why) => {

@@ -99,12 +99,33 @@ impl Sealer {
         out
     }
 
-    /// The body of a message sealed for `purpose`, or why it is dropped (counted).
+    /// The body of a message sealed for `purpose`, once (a replay is dropped), or why it is
+    /// dropped (counted). For heartbeats: a replayed one would keep a dead server live.
     pub fn open<'a>(&self, purpose: &str, data: &'a [u8]) -> Result<&'a [u8], &'static str> {
+        self.open_with(purpose, data, true)
+    }
+
+    /// Like [`open`](Self::open), without remembering the nonce: for messages bound to one
+    /// locate (its correlation id is in `purpose`), which several responders of one process
+    /// receive and whose replays change nothing (answers are counted once per server).
+    pub fn open_bound<'a>(
+        &self,
+        purpose: &str,
+        data: &'a [u8],
+    ) -> Result<&'a [u8], &'static str> {
+        self.open_with(purpose, data, false)
+    }
+
+    fn open_with<'a>(
+        &self,
+        purpose: &str,
+        data: &'a [u8],
+        once: bool,
+    ) -> Result<&'a [u8], &'static str> {
         let Some(secret) = &self.secret else {
             return Ok(data);
         };
-        let result = self.check(secret, purpose, data);
+        let result = self.check(secret, purpose, data, once);
         if result.is_err() {
             self.rejected.fetch_add(1, Ordering::Relaxed);
         }
@@ -116,6 +137,7 @@ impl Sealer {
         secret: &[u8],
         purpose: &str,
         data: &'a [u8],
+        once: bool,
     ) -> Result<&'a [u8], &'static str> {
         if data.len() < HEADER {
             return Err("not signed");
@@ -131,6 +153,9 @@ impl Sealer {
         let now = unix_now();
         if secs.abs_diff(now) > WINDOW.as_secs() {
             return Err("outside the time window");
+        }
+        if !once {
+            return Ok(body);
         }
         let mut nonce = [0u8; 16];
         nonce.copy_from_slice(&header[8..]);
