@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let root = args.dir.join("server");
     let child = Command::new(&args.server)
-        .args(["local", "--root"])
+        .args(["local", "--no-token", "--root"])
         .arg(&root)
         .args(["--listen", &args.listen])
         .args(["--scrub-every", "off", "--orphans-every", "off"])

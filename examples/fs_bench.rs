@@ -236,6 +236,7 @@ fn main() -> anyhow::Result<()> {
     let child = Command::new(&args.dosfs)
         .arg("mount")
         .arg(&mnt)
+        .arg("--no-token")
         .arg("--foreground")
         .arg("--data-dir")
         .arg(d("store"))

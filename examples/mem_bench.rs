@@ -91,6 +91,7 @@ impl Mounted {
         let mut cmd = Command::new(bin);
         cmd.arg("mount")
             .arg(&mp)
+            .arg("--no-token")
             .arg("--foreground")
             .arg("--data-dir")
             .arg(root.join("store"))

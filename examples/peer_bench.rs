@@ -889,7 +889,7 @@ async fn start_dos_server(
     let pid = spawn(
         "dos-server",
         Command::new(bin)
-            .args(["local", "--root"])
+            .args(["local", "--no-token", "--root"])
             .arg(&root)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn"),
@@ -1091,6 +1091,7 @@ fn start_dosfs_with(
         Command::new(bin)
             .arg("mount")
             .arg(&mnt)
+            .arg("--no-token")
             .arg("--foreground")
             .arg("--data-dir")
             .arg(&data)

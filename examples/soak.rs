@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&args.dir)?;
             let log = std::fs::File::create(args.dir.join("server.log"))?;
             let child = Command::new(&args.server)
-                .args(["local", "--root"])
+                .args(["local", "--no-token", "--root"])
                 .arg(args.dir.join("root"))
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .stdout(log.try_clone()?)

@@ -164,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
 
     let root = args.dir.join("server");
     let child = Command::new(&args.server)
-        .args(["local", "--root"])
+        .args(["local", "--no-token", "--root"])
         .arg(&root)
         .args(["--listen", &args.listen])
         .env("RUST_LOG", "warn")

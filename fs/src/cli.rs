@@ -38,9 +38,14 @@ enum Command {
         /// API server of a running cluster, e.g. http://127.0.0.1:23333.
         #[arg(long, env = "DOS_API")]
         api: Option<String>,
-        /// Bearer token for the API server.
+        /// Bearer token for the API server. With the embedded store: the token its REST API
+        /// requires [default: the one in DATA_DIR/token, created on first mount, private].
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Embedded store: serve its REST API without a token (any local user can then read,
+        /// change and delete everything).
+        #[arg(long, conflicts_with_all = ["token", "api"])]
+        no_token: bool,
         /// Data of the embedded store [default: ~/.local/share/dosfs].
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -139,13 +144,12 @@ fn home_dir(var: &str, fallback: &str) -> PathBuf {
         .join("dosfs")
 }
 
-fn pid_file(data_dir: &Path, mountpoint: &Path) -> PathBuf {
-    let key: String = mountpoint
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    data_dir.join(format!("mount{key}.pid"))
+/// What a mount's daemon reports about itself (`MOUNTPOINT/.dosfs/stats`).
+fn mount_stats(mountpoint: &Path) -> anyhow::Result<serde_json::Value> {
+    let path = mountpoint.join(".dosfs").join("stats");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (is it a dosfs mount?)", path.display()))?;
+    serde_json::from_str(&text).context("the daemon's stats are not JSON")
 }
 
 /// Whether `pid` runs (a zombie waiting to be reaped counts as gone).
@@ -159,16 +163,13 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-fn runtime_dir() -> PathBuf {
-    std::env::temp_dir().join("dosfs-run")
-}
-
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount {
             mountpoint,
             api,
             token,
+            no_token,
             data_dir,
             listen,
             cache_dir,
@@ -187,21 +188,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 api,
                 token,
+                no_token,
                 data_dir: data_dir.unwrap_or_else(|| home_dir("XDG_DATA_HOME", ".local/share")),
                 listen,
             };
+            for dir in [&opts.data_dir, &opts.mount.cache_dir] {
+                dos_server::secret::private_dir(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
             if foreground {
-                let run_dir = runtime_dir();
                 let connect = connect(&opts);
-                let result = dosfs::mount::run(opts.mount, connect, |mp| {
-                    let _ = std::fs::create_dir_all(&run_dir);
-                    let _ = std::fs::write(pid_file(&run_dir, mp), std::process::id().to_string());
+                dosfs::mount::run(opts.mount, connect, |mp| {
                     eprintln!("dosfs: mounted at {}", mp.display());
-                });
-                if let Ok(mp) = mountpoint.canonicalize() {
-                    let _ = std::fs::remove_file(pid_file(&runtime_dir(), &mp));
-                }
-                result
+                })
             } else {
                 daemonize(&opts)
             }
@@ -213,9 +212,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if mounted_at(&mp).is_none() {
                 bail!("{} is not mounted", mp.display());
             }
-            let pid = std::fs::read_to_string(pid_file(&runtime_dir(), &mp))
+            // The daemon to wait for, as it says itself.
+            let pid = mount_stats(&mp)
                 .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok());
+                .and_then(|v| v["process"]["pid"].as_u64())
+                .and_then(|p| u32::try_from(p).ok());
             if !unmount(&mp) {
                 bail!(
                     "could not unmount {} (is a file still open there? see `fuser -m {}`)",
@@ -231,11 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { mountpoint } => {
-            let path = mountpoint.join(".dosfs").join("stats");
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {} (is it a dosfs mount?)", path.display()))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).context("the daemon's stats are not JSON")?;
+            let v = mount_stats(&mountpoint)?;
             let wb = &v["writeback"];
             if wb["enabled"] != true {
                 out!("write-back is off: every close is durable in the store when it returns");
@@ -419,6 +416,20 @@ fn locate_in_mount(
     if name.is_empty() {
         bail!("give a file inside the mount, not the mount point");
     }
+    // Without a token given, the one the mount's embedded store requires, from the file
+    // the daemon names (private to the user who mounted).
+    let token = match token {
+        Some(t) => Some(t),
+        None => match mount_stats(&mp)?["store"]["token_file"].as_str() {
+            Some(file) => Some(
+                dos_server::secret::read_private(Path::new(file))
+                    .with_context(|| format!("reading the mount's token in {file}"))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
+    };
     let mut b = dos_client::Client::builder(url);
     if let Some(t) = token {
         b = b.token(t);
@@ -432,6 +443,8 @@ struct MountArgs {
     /// Remote API server; `None` starts the embedded cluster.
     api: Option<String>,
     token: Option<String>,
+    /// The embedded store's REST API needs no token.
+    no_token: bool,
     /// Where the embedded cluster keeps its data.
     data_dir: PathBuf,
     /// REST address of the embedded cluster.
@@ -442,9 +455,10 @@ struct MountArgs {
 /// HTTP to that API server; without, an embedded cluster started in this process, which
 /// the mount calls directly while its REST listener serves other clients.
 fn connect(args: &MountArgs) -> dosfs::mount::Connect {
-    let (api, token, data_dir, listen) = (
+    let (api, token, no_token, data_dir, listen) = (
         args.api.clone(),
         args.token.clone(),
+        args.no_token,
         args.data_dir.clone(),
         args.listen,
     );
@@ -465,10 +479,28 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                     Ok(dosfs::mount::Backend {
                         store: std::sync::Arc::new(client),
                         url,
+                        token_file: None,
                         stop: None,
                     })
                 }
                 None => {
+                    let mut token_file = None;
+                    let token = match token {
+                        Some(t) => Some(t),
+                        None if no_token => {
+                            eprintln!(
+                                "dosfs: WARNING: --no-token: every user of this machine can read, change and delete all data through {listen}"
+                            );
+                            None
+                        }
+                        None => {
+                            let path = data_dir.join("token");
+                            let t = dos_server::secret::load_or_create_token(&path)
+                                .with_context(|| format!("token file {}", path.display()))?;
+                            token_file = Some(path);
+                            Some(t)
+                        }
+                    };
                     let mut config = dos_server::local::LocalConfig::new(data_dir.clone(), listen);
                     config.token = token;
                     let cluster = dos_server::local::LocalCluster::start(config)
@@ -482,6 +514,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                     Ok(dosfs::mount::Backend {
                         store: std::sync::Arc::new(cluster.store()),
                         url: format!("http://{}", cluster.api_addr()),
+                        token_file,
                         stop: Some(Box::pin(cluster.shutdown())),
                     })
                 }
@@ -526,6 +559,9 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = &args.token {
         cmd.env("DOS_TOKEN", t);
+    }
+    if args.no_token {
+        cmd.arg("--no-token");
     }
     let mut child = cmd
         .stdin(std::process::Stdio::null())

@@ -15,6 +15,10 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("dosfs: allocator background purging not enabled: {e}");
     }
+    // The daemon's own files (the embedded store, the cache, staging, the journal, the
+    // token) are its owner's alone: files 0600, folders 0700. Files in the mount keep the
+    // modes their programs give them.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Every file being written (and, with --writeback, every file waiting for its upload)
     // holds its staging file open: allow as many descriptors as the hard limit does.
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);

@@ -31,6 +31,9 @@ pub struct Backend {
     /// Where REST clients reach the same store (shown as the mount's source, `dosfs:URL`,
     /// which `dosfs versions` and `dosfs restore` read).
     pub url: String,
+    /// The file holding the token the embedded store's REST API requires (shown in
+    /// `.dosfs/stats`, so that `dosfs versions` and `dosfs restore` find it).
+    pub token_file: Option<PathBuf>,
     /// Run after the unmount, once everything is uploaded (stops an embedded cluster).
     pub stop: Option<BoxFuture<'static, ()>>,
 }
@@ -119,6 +122,7 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     let gid = rustix::process::getgid().as_raw();
     let mut fs_config = FsConfig::new(uid, gid);
     fs_config.read_memory_bytes = opts.memory_size / 4;
+    fs_config.token_file = backend.token_file.clone();
     let mut core = FsCore::new(backend.store, cache, staging, fs_config);
     if opts.writeback {
         let dir = opts.cache_dir.join("writeback");

@@ -9,6 +9,30 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Every folder under `dir` (and `dir`) is 0700 and every file 0600 or stricter: nothing
+/// the daemon keeps is readable by other users.
+fn assert_private(dir: &std::path::Path) -> usize {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = todo.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:03o}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else {
+                let mode = meta.permissions().mode() & 0o777;
+                assert_eq!(mode & 0o077, 0, "{} is {mode:03o}", e.path().display());
+                seen += 1;
+            }
+        }
+    }
+    seen
+}
+
 #[test]
 fn background_mount_then_umount() {
     let work = tempdir();
@@ -46,8 +70,27 @@ fn background_mount_then_umount() {
     // It returns once the mount is live.
     let url = mount_url(&mp).expect("mounted when `dosfs mount` returns");
     std::fs::write(mp.join("f.txt"), b"background\n").unwrap();
-    let rest = Rest::new(&url);
+    // The embedded store's REST API wants the token the mount made, private to its user;
+    // the daemon's folders and files are private too.
+    let token = std::fs::read_to_string(root.join("store/token")).unwrap();
+    let rest = Rest::with_token(&url, Some(token.trim()));
     assert_eq!(rest.get("f.txt").unwrap(), b"background\n");
+    let anonymous = Rest::new(&url);
+    let status = anonymous.block_on(async {
+        anonymous
+            .http()
+            .get(anonymous.object_url("f.txt"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 401, "a request without the token");
+    // Read it back through the mount, so that the cache holds it too.
+    assert_eq!(std::fs::read(mp.join("f.txt")).unwrap(), b"background\n");
+    assert!(assert_private(&root.join("store")) > 0);
+    assert_private(&root.join("cache"));
 
     let out = Command::new(DOSFS).arg("umount").arg(&mp).output().unwrap();
     assert!(

@@ -187,6 +187,14 @@ impl Store {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The bearer token `dos-server local` made in its root.
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.root.join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
@@ -225,7 +233,8 @@ fn uploads_wait_for_a_store_that_is_down_and_a_kill_9_loses_nothing() {
         .port();
     let mut store = Store::start(&root.join("store"), port);
     let url = store.url();
-    let mut m = Mount::start_with(&root, &["--writeback", "--api", &url]);
+    let token = store.token();
+    let mut m = Mount::start_with(&root, &["--writeback", "--api", &url, "--token", &token]);
     std::fs::create_dir(m.path("a")).unwrap();
     std::fs::create_dir(m.path("b")).unwrap();
     // Files opened while the store is there; it goes away; their writes and closes still
@@ -252,7 +261,7 @@ fn uploads_wait_for_a_store_that_is_down_and_a_kill_9_loses_nothing() {
         wait_until(Duration::from_secs(60), || pending_count(&m) == 0).is_some(),
         "the journal drained once the store was back"
     );
-    let rest = Rest::new(&url);
+    let rest = Rest::with_token(&url, Some(&token));
     for i in 0..200u64 {
         let name = format!("a/f{i:04}");
         assert!(
@@ -276,10 +285,10 @@ fn uploads_wait_for_a_store_that_is_down_and_a_kill_9_loses_nothing() {
         .output();
     drop(m);
     store.restart();
-    let m = Mount::start_with(&root, &["--writeback", "--api", &url]);
+    let m = Mount::start_with(&root, &["--writeback", "--api", &url, "--token", &token]);
     assert_eq!(pending_count(&m), 0, "uploaded before the mount went live");
     // A new client: the old one's connections went with the old store process.
-    let rest = Rest::new(&url);
+    let rest = Rest::with_token(&url, Some(&token));
     for i in 0..1000u64 {
         let name = format!("b/f{i:04}");
         let want = pseudo_random(10_000 + i, 100 + i as usize);

@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dos_protocol::{ContentHash, LocateReply, ServerInfo};
+
+use crate::seal::{Sealer, is_host_port};
 use dos_worker::{Supervisor, Worker, WorkerError};
 use futures::StreamExt;
 use lapin::options::{
@@ -58,6 +60,10 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 const JSON: &str = "application/json";
+/// What sealed messages are for (see [`crate::seal`]).
+const HEARTBEAT: &str = "heartbeat";
+const LOCATE: &str = "locate";
+const REPLY: &str = "reply";
 /// How often the supervisor double-checks that the connection and channels are still open.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
@@ -83,6 +89,9 @@ pub struct AmqpConfig {
     /// AMQP heartbeat in seconds, used when `url` does not set `?heartbeat=`; detects a dead
     /// peer on a silent TCP connection.
     pub amqp_heartbeat_secs: u16,
+    /// The cluster secret: every message sent is sealed with it and every message received
+    /// must be (see [`crate::seal`]); `None` sends and accepts unsigned messages.
+    pub secret: Option<Vec<u8>>,
 }
 
 impl AmqpConfig {
@@ -97,6 +106,7 @@ impl AmqpConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             amqp_heartbeat_secs: 10,
+            secret: None,
         }
     }
 }
@@ -119,6 +129,7 @@ impl fmt::Debug for AmqpConfig {
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("amqp_heartbeat_secs", &self.amqp_heartbeat_secs)
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -173,6 +184,8 @@ struct Shared {
     config: AmqpConfig,
     uri: AMQPUri,
     live: LiveSet,
+    /// Seals what is sent and checks what arrives.
+    sealer: Sealer,
     session: Mutex<Option<Arc<Session>>>,
     /// Locates waiting for replies, by correlation id.
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<LocateReply>>>,
@@ -180,6 +193,8 @@ struct Shared {
     responders: Mutex<HashMap<u64, Arc<ResponderEntry>>>,
     next_responder: AtomicU64,
     generation: AtomicU64,
+    /// Heartbeats dropped for an address that is not `host:port`.
+    bad_addresses: AtomicU64,
     shutdown: CancellationToken,
     /// Owns the connection keeper and every consumer (their tokens are children of
     /// `shutdown`).
@@ -233,6 +248,7 @@ impl AmqpBus {
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             live: LiveSet::new(config.heartbeat_expiry),
+            sealer: Sealer::new(config.secret.clone()),
             config,
             uri,
             session: Mutex::new(None),
@@ -240,6 +256,7 @@ impl AmqpBus {
             responders: Mutex::default(),
             next_responder: AtomicU64::new(1),
             generation: AtomicU64::new(0),
+            bad_addresses: AtomicU64::new(0),
             shutdown: shutdown.clone(),
             workers: Supervisor::with_token(shutdown.clone()),
         });
@@ -269,6 +286,12 @@ impl AmqpBus {
     pub fn is_connected(&self) -> bool {
         self.shared.current().is_ok()
     }
+
+    /// Messages dropped because they were unsigned, forged, stale, replayed or named an
+    /// address that is not `host:port`.
+    pub fn rejected_messages(&self) -> u64 {
+        self.shared.sealer.rejected() + self.shared.bad_addresses.load(Ordering::Relaxed)
+    }
 }
 
 #[async_trait]
@@ -277,6 +300,7 @@ impl Bus for AmqpBus {
         let session = self.shared.current()?;
         let body = serde_json::to_vec(server)
             .map_err(|e| BusError::Unavailable(format!("cannot encode heartbeat: {e}")))?;
+        let body = self.shared.sealer.seal(HEARTBEAT, &body);
         let props = BasicProperties::default().with_content_type(JSON.into());
         let deadline = Instant::now() + self.shared.config.op_timeout;
         self.shared
@@ -357,6 +381,10 @@ impl Bus for AmqpBus {
 
         let body = serde_json::to_vec(hash)
             .map_err(|e| BusError::Unavailable(format!("cannot encode locate: {e}")))?;
+        let body = self
+            .shared
+            .sealer
+            .seal(&format!("{LOCATE} {correlation}"), &body);
         let props = BasicProperties::default()
             .with_content_type(JSON.into())
             .with_reply_to(DIRECT_REPLY_TO.into())
@@ -389,6 +417,18 @@ impl Bus for AmqpBus {
                     ));
                 }
             };
+            // Only live servers are believed, at the address their heartbeats give.
+            let Some(server) = self
+                .shared
+                .live
+                .live()
+                .into_iter()
+                .find(|s| s.id == reply.server.id)
+            else {
+                debug!(server = %reply.server.id, "locate reply from a server not live dropped");
+                continue;
+            };
+            let reply = LocateReply { server, ..reply };
             if !answered.insert(reply.server.id.clone()) {
                 continue;
             }
@@ -543,7 +583,17 @@ impl Shared {
             warn!("locate reply without correlation id dropped");
             return;
         };
-        let reply: LocateReply = match serde_json::from_slice(&delivery.data) {
+        let data = match self
+            .sealer
+            .open_bound(&format!("{REPLY} {}", correlation.as_str()), &delivery.data)
+        {
+            Ok(d) => d,
+            Err(why) => {
+                warn!("locate reply dropped: {why}");
+                return;
+            }
+        };
+        let reply: LocateReply = match serde_json::from_slice(data) {
             Ok(r) => r,
             Err(e) => {
                 warn!("malformed locate reply dropped: {e}");
@@ -775,9 +825,23 @@ async fn run_replies(shared: Arc<Shared>, session: Arc<Session>, mut consumer: C
 
 async fn run_heartbeats(shared: Arc<Shared>, session: Arc<Session>, mut consumer: Consumer) {
     while let Some(delivery) = next_delivery(&session, &mut consumer, "heartbeat").await {
-        match serde_json::from_slice::<ServerInfo>(&delivery.data) {
-            Ok(server) if !server.id.0.trim().is_empty() && !server.addr.trim().is_empty() => {
+        let data = match shared.sealer.open(HEARTBEAT, &delivery.data) {
+            Ok(d) => d,
+            Err(why) => {
+                warn!(
+                    rejected = shared.sealer.rejected(),
+                    "heartbeat dropped: {why} (data servers need the cluster secret of the API servers)"
+                );
+                continue;
+            }
+        };
+        match serde_json::from_slice::<ServerInfo>(data) {
+            Ok(server) if !server.id.0.trim().is_empty() && is_host_port(&server.addr) => {
                 shared.live.record(&server);
+            }
+            Ok(server) if !server.addr.trim().is_empty() => {
+                shared.bad_addresses.fetch_add(1, Ordering::Relaxed);
+                warn!(?server, "heartbeat with an address that is not host:port dropped");
             }
             Ok(server) => warn!(?server, "heartbeat without id or address dropped"),
             Err(e) => warn!(
@@ -827,7 +891,23 @@ async fn answer_locate(
     entry: &ResponderEntry,
     delivery: &lapin::message::Delivery,
 ) {
-    let hash: ContentHash = match serde_json::from_slice(&delivery.data) {
+    let correlation = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str().to_string())
+        .unwrap_or_default();
+    let data = match shared
+        .sealer
+        .open_bound(&format!("{LOCATE} {correlation}"), &delivery.data)
+    {
+        Ok(d) => d,
+        Err(why) => {
+            warn!("locate request dropped: {why}");
+            return;
+        }
+    };
+    let hash: ContentHash = match serde_json::from_slice(data) {
         Ok(h) => h,
         Err(e) => {
             warn!(
@@ -846,7 +926,7 @@ async fn answer_locate(
         shards: entry.responder.shards_of(&hash),
     };
     let body = match serde_json::to_vec(&reply) {
-        Ok(b) => b,
+        Ok(b) => shared.sealer.seal(&format!("{REPLY} {correlation}"), &b),
         Err(e) => {
             warn!("cannot encode locate reply: {e}");
             return;

@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod contract;
 mod live;
 pub mod memory;
+pub mod seal;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -43,8 +43,12 @@ fn isolated(url: &str) -> AmqpConfig {
     let mut config = AmqpConfig::new(url);
     config.api_exchange = format!("dos-test-{}-apiServers", &tag[..12]);
     config.data_exchange = format!("dos-test-{}-dataServers", &tag[..12]);
+    // As in a cluster: every message sealed with the cluster secret.
+    config.secret = Some(SECRET.to_vec());
     config
 }
+
+const SECRET: &[u8] = b"the cluster secret of these tests";
 
 /// Removes a test's exchanges (they are durable, so they would outlive the test).
 async fn delete_exchanges(config: &AmqpConfig) {
@@ -504,5 +508,179 @@ async fn survives_broker_restart() {
     );
     assert!(api.live_servers().contains(&me));
     drop((api, data));
+    delete_exchanges(&config).await;
+}
+
+/// An attacker who can publish to the broker (but lacks the cluster secret) forges
+/// heartbeats (new ids, a real server's id at its own address, a valid-looking one sealed with
+/// another secret), replays a captured real heartbeat, announces a non-`host:port` address
+/// sealed with the right secret, and answers locates claiming a real server's id with more
+/// shards. None of it changes the live set or a locate's answer, and every message is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_messages_change_nothing() {
+    let Some(url) = broker_url("forged_and_replayed_messages_change_nothing") else {
+        return;
+    };
+    let config = isolated(&url);
+    let api = AmqpBus::connect(config.clone()).await.unwrap();
+    let data = AmqpBus::connect(config.clone()).await.unwrap();
+    let real = server("real", 42100);
+    let h = ContentHash::of(b"held by the real server");
+    let _sub = data
+        .serve_locate(real.clone(), Arc::new(Holds(h, vec![1])))
+        .await
+        .unwrap();
+
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let rogue = conn.create_channel().await.unwrap();
+    // The attacker listens to both exchanges: it sees heartbeats (to replay them) and
+    // locate requests (to answer them).
+    let listen = |exchange: String| {
+        let rogue = rogue.clone();
+        async move {
+            let queue = rogue
+                .queue_declare(
+                    "".into(),
+                    QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            rogue
+                .queue_bind(
+                    queue.name().clone(),
+                    exchange.as_str().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            rogue
+                .basic_consume(
+                    queue.name().clone(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let mut heartbeats = listen(config.api_exchange.clone()).await;
+    let mut requests = listen(config.data_exchange.clone()).await;
+    let rogue_pub = rogue.clone();
+    let wrong = dos_bus::seal::Sealer::new(Some(b"not the cluster secret!!".to_vec()));
+    let rogue_task = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = requests.next().await {
+            let (Some(reply_to), Some(correlation)) = (
+                delivery.properties.reply_to().clone(),
+                delivery.properties.correlation_id().clone(),
+            ) else {
+                continue;
+            };
+            let lie = serde_json::to_vec(&dos_protocol::LocateReply {
+                server: ServerInfo {
+                    id: ServerId("real".into()),
+                    addr: "198.18.0.66:80".into(),
+                },
+                shards: vec![0, 1, 2, 3, 4, 5],
+            })
+            .unwrap();
+            let forged = wrong.seal(&format!("reply {}", correlation.as_str()), &lie);
+            for body in [lie, forged] {
+                let _ = rogue_pub
+                    .basic_publish(
+                        "".into(),
+                        reply_to.clone(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_correlation_id(correlation.clone()),
+                    )
+                    .await;
+            }
+        }
+    });
+
+    data.heartbeat(&real).await.unwrap();
+    wait_for("the real server", Duration::from_secs(5), || {
+        api.live_servers().contains(&real)
+    })
+    .await;
+    let captured = tokio::time::timeout(Duration::from_secs(5), heartbeats.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .data;
+
+    let raw = conn.create_channel().await.unwrap();
+    raw.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let fake = |id: &str, addr: &str| {
+        serde_json::to_vec(&ServerInfo {
+            id: ServerId(id.into()),
+            addr: addr.into(),
+        })
+        .unwrap()
+    };
+    let right = dos_bus::seal::Sealer::new(Some(SECRET.to_vec()));
+    let wrong = dos_bus::seal::Sealer::new(Some(b"not the cluster secret!!".to_vec()));
+    let forged: Vec<Vec<u8>> = vec![
+        fake("fake-1", "198.18.0.66:80"),
+        fake("real", "198.18.0.66:80"),
+        wrong.seal("heartbeat", &fake("fake-2", "198.18.0.66:80")),
+        wrong.seal("heartbeat", &fake("real", "198.18.0.66:80")),
+        right.seal("locate x", &fake("fake-3", "198.18.0.66:80")),
+        captured.clone(),
+        captured,
+        right.seal("heartbeat", &fake("fake-4", "198.18.0.66/x:80")),
+        right.seal("heartbeat", &fake("fake-5", "http://198.18.0.66:80")),
+    ];
+    let before = api.rejected_messages();
+    for body in &forged {
+        publish_raw(&raw, &config.api_exchange, body, BasicProperties::default()).await;
+    }
+    wait_for("every forged message counted", Duration::from_secs(5), || {
+        api.rejected_messages() >= before + forged.len() as u64
+    })
+    .await;
+    assert_eq!(api.rejected_messages(), before + forged.len() as u64);
+    assert_eq!(api.live_servers(), vec![real.clone()], "a forged server is live");
+
+    // Locates: only the real server's sealed answer counts, at its heartbeat's address.
+    for _ in 0..3 {
+        let replies = api.locate(&h, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(replies[0].server, real);
+        assert_eq!(replies[0].shards, vec![1]);
+    }
+    // The attacker's two answers to each of the three locates, counted as they arrive.
+    wait_for("the forged answers counted", Duration::from_secs(5), || {
+        api.rejected_messages() >= before + forged.len() as u64 + 6
+    })
+    .await;
+
+    // A server without the secret is not heard at all.
+    let mut open = config.clone();
+    open.secret = None;
+    let unsealed = AmqpBus::connect(open).await.unwrap();
+    unsealed.heartbeat(&server("no-secret", 42101)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.live_servers(), vec![real.clone()]);
+
+    rogue_task.abort();
+    let _ = conn.close(200, "OK".into()).await;
+    drop((api, data, unsealed));
     delete_exchanges(&config).await;
 }

@@ -40,9 +40,14 @@ enum Command {
         /// Address of the REST API.
         #[arg(long, env = "LISTEN_ADDRESS", default_value = "127.0.0.1:23333")]
         listen: SocketAddr,
-        /// Require `Authorization: Bearer TOKEN` on every request.
+        /// The bearer token clients must send (`Authorization: Bearer TOKEN`). Without it,
+        /// the token in ROOT/token (created on first start, readable only by its owner).
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Serve every request without a token: any local user can then read, change and
+        /// delete everything.
+        #[arg(long, conflicts_with = "token")]
+        no_token: bool,
         #[command(flatten)]
         maintenance: MaintenanceArgs,
         /// Uploads untouched this long are deleted; shards removed by orphan collection stay
@@ -91,10 +96,18 @@ enum Command {
         advertise: Option<String>,
         #[arg(long, env = "RABBITMQ_SERVER", default_value = DEFAULT_AMQP)]
         rabbitmq: String,
-        /// Cluster secret (hex): when set, only requests signed by API servers holding the
-        /// same secret are served.
+        /// Cluster secret (hex, at least 16 bytes): only requests signed by API servers
+        /// holding the same secret are served. Required, unless --secret-file or --insecure.
         #[arg(long, env = "DOS_SECRET", hide_env_values = true)]
         secret: Option<String>,
+        /// File holding the cluster secret in hex (private to its owner, as an API server's
+        /// --secret-file).
+        #[arg(long, env = "DOS_SECRET_FILE", conflicts_with = "secret")]
+        secret_file: Option<PathBuf>,
+        /// Serve every request unsigned: anyone who reaches the port can read, write and
+        /// delete shards. For trying things out on a private network only.
+        #[arg(long, conflicts_with_all = ["secret", "secret_file"])]
+        insecure: bool,
         /// Uploads untouched this long are deleted; shards removed by orphan collection stay
         /// in garbage/ this long.
         #[arg(long, env = "DOS_TEMP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -110,6 +123,9 @@ enum Command {
         /// Bearer token of the API server, if it requires one.
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// File holding the bearer token (`ROOT/token` of `dos-server local`).
+        #[arg(long, env = "DOS_TOKEN_FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// Verify every object's SHA-256 and every shard; rebuild missing or corrupt shards.
         #[arg(long)]
         scrub: bool,
@@ -204,13 +220,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             root,
             listen,
             token,
+            no_token,
             maintenance,
             temp_ttl,
             shard_path,
         } => {
+            dos_server::secret::private_dir(&root)
+                .with_context(|| format!("creating {}", root.display()))?;
+            let token = match token.filter(|t| !t.is_empty()) {
+                Some(t) => Some(t),
+                None if no_token => {
+                    eprintln!(
+                        "dos-server: WARNING: --no-token: every user of this machine can read, change and delete all data through {listen}"
+                    );
+                    None
+                }
+                None => {
+                    let path = root.join("token");
+                    let t = dos_server::secret::load_or_create_token(&path)
+                        .with_context(|| format!("token file {}", path.display()))?;
+                    eprintln!(
+                        "dos-server: clients need the bearer token in {} (curl -H \"Authorization: Bearer $(cat {})\")",
+                        path.display(),
+                        path.display()
+                    );
+                    Some(t)
+                }
+            };
             let mut config = LocalConfig::new(root, listen);
             config.temp_ttl = temp_ttl;
-            config.token = token.filter(|t| !t.is_empty());
+            config.token = token;
             config.maintenance = maintenance.config();
             config.shard_path = shard_path.into();
             run_local(config).await
@@ -242,22 +281,54 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             rabbitmq,
             secret,
+            secret_file,
+            insecure,
             temp_ttl,
         } => {
+            let secret = match (secret.filter(|s| !s.is_empty()), secret_file) {
+                (Some(hex_secret), _) => Some(parse_secret(&hex_secret)?),
+                (None, Some(path)) => Some(
+                    dos_server::secret::load_existing(&path)
+                        .with_context(|| format!("secret file {}", path.display()))?,
+                ),
+                (None, None) if insecure => {
+                    eprintln!(
+                        "dos-server: WARNING: --insecure: this data server serves every request unsigned; anyone who reaches {listen} can read, overwrite and delete its shards"
+                    );
+                    None
+                }
+                (None, None) => anyhow::bail!(
+                    "a data server needs the cluster secret of its API servers: DOS_SECRET (hex, at least 16 bytes) or --secret-file; --insecure serves every request unsigned"
+                ),
+            };
+            dos_server::secret::private_dir(&storage_root)
+                .with_context(|| format!("creating {}", storage_root.display()))?;
             let mut config = DataServerConfig::new(storage_root, Interface::Http(listen));
             config.advertise = advertise.filter(|a| !a.is_empty());
-            config.secret = secret.as_deref().map(parse_secret).transpose()?;
+            config.secret = secret;
             config.temp_ttl = temp_ttl;
             run_data(config, &rabbitmq).await
         }
         Command::Maintain {
             api,
             token,
+            token_file,
             scrub,
             retention,
             orphans,
             grace,
-        } => run_maintain(&api, token, scrub, retention, orphans, grace).await,
+        } => {
+            let token = match token_file {
+                Some(path) => Some(
+                    dos_server::secret::read_private(&path)
+                        .with_context(|| format!("token file {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => token,
+            };
+            run_maintain(&api, token, scrub, retention, orphans, grace).await
+        }
         Command::Setup {
             rabbitmq,
             es_server,
@@ -267,10 +338,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The cluster secret given as hex: at least 16 bytes.
 fn parse_secret(hex_secret: &str) -> anyhow::Result<Vec<u8>> {
-    hex::decode(hex_secret.trim())
-        .ok()
-        .filter(|s| s.len() >= 16)
-        .context("DOS_SECRET must be at least 16 bytes of hex")
+    dos_server::secret::parse_hex(hex_secret).context("DOS_SECRET")
 }
 
 /// Elasticsearch when a URL is given, else the embedded SQLite database (one API server).
@@ -316,7 +384,9 @@ async fn run_api(
     meta: Arc<dyn MetadataStore>,
     rabbitmq: &str,
 ) -> anyhow::Result<()> {
-    let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.to_string()))
+    let mut bus_config = AmqpConfig::new(rabbitmq.to_string());
+    bus_config.secret = Some(config.secret.clone());
+    let bus = AmqpBus::connect(bus_config)
         .await
         .context("connecting to RabbitMQ")?;
     let shards = HttpTransport::new(Duration::from_secs(5), Some(&config.secret))
@@ -331,7 +401,9 @@ async fn run_api(
 }
 
 async fn run_data(config: DataServerConfig, rabbitmq: &str) -> anyhow::Result<()> {
-    let bus = AmqpBus::connect(AmqpConfig::new(rabbitmq.to_string()))
+    let mut bus_config = AmqpConfig::new(rabbitmq.to_string());
+    bus_config.secret = config.secret.clone();
+    let bus = AmqpBus::connect(bus_config)
         .await
         .context("connecting to RabbitMQ")?;
     let ds = DataServer::start(config, Arc::new(bus))

@@ -366,7 +366,19 @@ async fn embedded_process_killed_mid_upload() {
     let mut server = start();
     let up = || async { reqwest::get(format!("{url}/health")).await.is_ok() };
     assert!(common::wait_until(Duration::from_secs(30), up).await);
-    let client = Client::new(url.clone()).unwrap();
+    // It made its bearer token on first start, private to its owner.
+    let token_file = root.join("token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let anonymous = reqwest::get(format!("{url}/versions/")).await.unwrap();
+    assert_eq!(anonymous.status(), 401, "a request without the token");
+    let client = Client::builder(url.clone())
+        .token(token.trim().to_string())
+        .build()
+        .unwrap();
     let ledger = Ledger::default();
     for i in 0..6u64 {
         let len = [0, 10, 100_000, 1 << 20, 2_500_000, 777][i as usize];

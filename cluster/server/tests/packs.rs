@@ -355,6 +355,12 @@ async fn packed_shards_survive_kill_9_of_the_data_server_mid_append() {
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("secret"), procs::SECRET).unwrap();
+    // A secret file must be private to its owner.
+    std::fs::set_permissions(
+        root.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let secret = hex::decode(procs::SECRET).unwrap();
     let shards =
         dos_transport::http::HttpTransport::new(Duration::from_secs(2), Some(&secret)).unwrap();

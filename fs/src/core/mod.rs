@@ -101,6 +101,9 @@ pub struct FsConfig {
     /// A file written in order from its first byte starts streaming to the store once it
     /// is longer than this (see `stream`); `None`: every file is uploaded at its close.
     pub stream_after: Option<u64>,
+    /// Where the token of the store's REST API is kept, when the mount made it (shown in
+    /// `.dosfs/stats` for the `dosfs` commands that use REST).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Files streaming to the store at once (each holds one upload request open).
@@ -115,6 +118,7 @@ impl FsConfig {
             gid,
             attr_ttl: ATTR_TTL,
             stream_after: Some(1 << 20),
+            token_file: None,
         }
     }
 }

@@ -78,7 +78,11 @@ pub fn report(core: &FsCore) -> Bytes {
     let value = serde_json::json!({
         "writeback": writeback,
         "streamed_uploads": streamed,
+        "store": {
+            "token_file": core.config.token_file.as_ref().map(|p| p.display().to_string()),
+        },
         "process": {
+            "pid": std::process::id(),
             "rss_bytes": proc_status(&status, "VmRSS"),
             "anonymous_bytes": proc_status(&status, "RssAnon"),
             "peak_rss_bytes": proc_status(&status, "VmHWM"),

@@ -125,9 +125,17 @@ impl Mount {
         self.mp.join(rel)
     }
 
-    /// A REST client for this mount's embedded API server.
+    /// A REST client for this mount's embedded API server, with the token it requires.
     pub fn rest(&self) -> Rest {
-        Rest::new(&self.url)
+        Rest::with_token(&self.url, Some(&self.token()))
+    }
+
+    /// The bearer token the embedded API server requires (`--data-dir`/token).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.root.join("store").join("token"))
+            .expect("the mount's token file")
+            .trim()
+            .to_string()
     }
 
     pub fn log(&self) -> String {
@@ -430,11 +438,25 @@ pub struct Response {
 }
 
 impl Rest {
+    /// A client that sends no token.
     pub fn new(base: &str) -> Rest {
+        Rest::with_token(base, None)
+    }
+
+    /// A client that sends `Authorization: Bearer TOKEN` on every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> Rest {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
         Rest {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
             rt: tokio::runtime::Builder::new_current_thread()

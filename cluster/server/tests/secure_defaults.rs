@@ -1,0 +1,166 @@
+//! Secure defaults of the `dos-server` binary (issue 17): a data server does not start without
+//! the cluster secret, secret and token files must be private and long enough, and the
+//! embedded store requires the bearer token it makes, keeping its folders private.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dos-server");
+
+/// Runs `dos-server ARGS` with no secret or token in its environment; it must exit within
+/// 20 s (every case here fails before it would serve).
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("DOS_SECRET")
+        .env_remove("DOS_SECRET_FILE")
+        .env_remove("DOS_TOKEN")
+        .env("RABBITMQ_SERVER", "amqp://guest:guest@127.0.0.1:9/%2f")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("dos-server {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The one line a failed start printed.
+fn refused(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "dos-server {args:?} started");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_data_server_needs_a_private_secret_of_sixteen_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let root = root.to_str().unwrap();
+    let data = |extra: &[&str]| {
+        let mut args = vec!["data", "--listen", "127.0.0.1:0", "--storage-root", root];
+        args.extend_from_slice(extra);
+        refused(&args)
+    };
+    let err = data(&[]);
+    assert!(err.contains("needs the cluster secret"), "{err}");
+    assert!(err.contains("--insecure"), "{err}");
+    assert!(!Path::new(root).exists(), "nothing made before refusing");
+
+    let open = dir.path().join("open-secret");
+    write_mode(&open, &"ab".repeat(32), 0o644);
+    let err = data(&["--secret-file", open.to_str().unwrap()]);
+    assert!(err.contains("chmod 600"), "{err}");
+
+    let short = dir.path().join("short-secret");
+    write_mode(&short, "abcdef", 0o600);
+    let err = data(&["--secret-file", short.to_str().unwrap()]);
+    assert!(err.contains("at least 16"), "{err}");
+
+    let err = data(&["--secret", "abcd"]);
+    assert!(err.contains("at least 16"), "{err}");
+
+    // The token file of `maintain` must be private too.
+    let token = dir.path().join("token");
+    write_mode(&token, &"t".repeat(40), 0o640);
+    let err = refused(&["maintain", "--token-file", token.to_str().unwrap(), "--scrub"]);
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn the_embedded_store_requires_its_token_and_keeps_its_files_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["local", "--root", root.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("DOS_TOKEN")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(&mut child);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let status = |token: Option<&str>| {
+        let mut rb = http.get(format!("{base}/versions/"));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        rt.block_on(rb.send()).map(|r| r.status().as_u16())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(None).is_err() {
+        assert!(Instant::now() < deadline, "dos-server local did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token_file = root.join("token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(status(None).unwrap(), 401);
+    assert_eq!(status(Some("not the token")).unwrap(), 401);
+    assert_eq!(status(Some(token.trim())).unwrap(), 200);
+    // A write, so that shards, packs and metadata exist; then nothing under ROOT is
+    // readable by anyone else.
+    let put = http
+        .put(format!("{base}/objects/private.txt"))
+        .bearer_auth(token.trim())
+        .header("Digest", dos_protocol::ContentHash::of(b"mine").digest_header())
+        .body("mine");
+    assert_eq!(rt.block_on(put.send()).unwrap().status().as_u16(), 200);
+    let mut todo = vec![root.clone()];
+    let mut files = 0;
+    while let Some(d) = todo.pop() {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else {
+                let mode = meta.permissions().mode() & 0o777;
+                assert_eq!(mode & 0o077, 0, "{} is {mode:03o}", e.path().display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 6, "only {files} files under the root");
+    drop(child);
+}
