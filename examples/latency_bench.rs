@@ -154,7 +154,13 @@ async fn main() -> anyhow::Result<()> {
     let p = port()?;
     let embedded = Procs(vec![
         Command::new(&args.server)
-            .args(["local", "--no-token", "--listen", &format!("127.0.0.1:{p}"), "--root"])
+            .args([
+                "local",
+                "--no-token",
+                "--listen",
+                &format!("127.0.0.1:{p}"),
+                "--root",
+            ])
             .arg(args.dir.join("embedded"))
             .env("RUST_LOG", "warn")
             .stderr(Stdio::null())

@@ -841,7 +841,10 @@ async fn run_heartbeats(shared: Arc<Shared>, session: Arc<Session>, mut consumer
             }
             Ok(server) if !server.addr.trim().is_empty() => {
                 shared.bad_addresses.fetch_add(1, Ordering::Relaxed);
-                warn!(?server, "heartbeat with an address that is not host:port dropped");
+                warn!(
+                    ?server,
+                    "heartbeat with an address that is not host:port dropped"
+                );
             }
             Ok(server) => warn!(?server, "heartbeat without id or address dropped"),
             Err(e) => warn!(

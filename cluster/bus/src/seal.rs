@@ -108,11 +108,7 @@ impl Sealer {
     /// Like [`open`](Self::open), without remembering the nonce: for messages bound to one
     /// locate (its correlation id is in `purpose`), which several responders of one process
     /// receive and whose replays change nothing (answers are counted once per server).
-    pub fn open_bound<'a>(
-        &self,
-        purpose: &str,
-        data: &'a [u8],
-    ) -> Result<&'a [u8], &'static str> {
+    pub fn open_bound<'a>(&self, purpose: &str, data: &'a [u8]) -> Result<&'a [u8], &'static str> {
         self.open_with(purpose, data, false)
     }
 
@@ -212,7 +208,10 @@ mod tests {
         assert_eq!(s.open("reply 2", &m), Err("bad signature"));
         assert_eq!(s.open("heartbeat", b"{\"id\":\"a\"}"), Err("not signed"));
         let other = Sealer::new(Some(vec![8; 32]));
-        assert_eq!(s.open("heartbeat", &other.seal("heartbeat", b"x")), Err("bad signature"));
+        assert_eq!(
+            s.open("heartbeat", &other.seal("heartbeat", b"x")),
+            Err("bad signature")
+        );
         let mut flipped = s.seal("heartbeat", b"abc");
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
@@ -239,7 +238,12 @@ mod tests {
 
     #[test]
     fn addresses_are_host_and_port_only() {
-        for ok in ["10.0.0.1:23334", "data-3.example:80", "[::1]:9000", "localhost:1"] {
+        for ok in [
+            "10.0.0.1:23334",
+            "data-3.example:80",
+            "[::1]:9000",
+            "localhost:1",
+        ] {
             assert!(is_host_port(ok), "{ok}");
         }
         for bad in [

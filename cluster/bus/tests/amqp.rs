@@ -651,12 +651,18 @@ async fn forged_and_replayed_messages_change_nothing() {
     for body in &forged {
         publish_raw(&raw, &config.api_exchange, body, BasicProperties::default()).await;
     }
-    wait_for("every forged message counted", Duration::from_secs(5), || {
-        api.rejected_messages() >= before + forged.len() as u64
-    })
+    wait_for(
+        "every forged message counted",
+        Duration::from_secs(5),
+        || api.rejected_messages() >= before + forged.len() as u64,
+    )
     .await;
     assert_eq!(api.rejected_messages(), before + forged.len() as u64);
-    assert_eq!(api.live_servers(), vec![real.clone()], "a forged server is live");
+    assert_eq!(
+        api.live_servers(),
+        vec![real.clone()],
+        "a forged server is live"
+    );
 
     // Locates: only the real server's sealed answer counts, at its heartbeat's address.
     for _ in 0..3 {
@@ -675,7 +681,10 @@ async fn forged_and_replayed_messages_change_nothing() {
     let mut open = config.clone();
     open.secret = None;
     let unsealed = AmqpBus::connect(open).await.unwrap();
-    unsealed.heartbeat(&server("no-secret", 42101)).await.unwrap();
+    unsealed
+        .heartbeat(&server("no-secret", 42101))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(api.live_servers(), vec![real.clone()]);
 

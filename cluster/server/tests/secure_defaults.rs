@@ -80,7 +80,12 @@ fn a_data_server_needs_a_private_secret_of_sixteen_bytes() {
     // The token file of `maintain` must be private too.
     let token = dir.path().join("token");
     write_mode(&token, &"t".repeat(40), 0o640);
-    let err = refused(&["maintain", "--token-file", token.to_str().unwrap(), "--scrub"]);
+    let err = refused(&[
+        "maintain",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--scrub",
+    ]);
     assert!(err.contains("chmod 600"), "{err}");
 }
 
@@ -141,7 +146,10 @@ fn the_embedded_store_requires_its_token_and_keeps_its_files_private() {
     let put = http
         .put(format!("{base}/objects/private.txt"))
         .bearer_auth(token.trim())
-        .header("Digest", dos_protocol::ContentHash::of(b"mine").digest_header())
+        .header(
+            "Digest",
+            dos_protocol::ContentHash::of(b"mine").digest_header(),
+        )
         .body("mine");
     assert_eq!(rt.block_on(put.send()).unwrap().status().as_u16(), 200);
     let mut todo = vec![root.clone()];
