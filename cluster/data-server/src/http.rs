@@ -28,6 +28,8 @@ pub struct AppState {
     /// When set, every request but `/health` must be signed with it (see
     /// `dos_protocol::signature`).
     pub secret: Option<Arc<[u8]>>,
+    /// Nonces of the signatures accepted lately: a replayed request is refused.
+    pub nonces: Arc<dos_protocol::signature::NonceCache>,
 }
 
 /// Refuses requests not signed with the cluster secret.
@@ -44,12 +46,23 @@ async fn check_signature(
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let sig = req
-            .headers()
-            .get(dos_protocol::headers::SIGNATURE)
-            .and_then(|v| v.to_str().ok());
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let signed = dos_protocol::signature::Request {
+            method: req.method().as_str(),
+            path_and_query: &path,
+            server_id: &s.id,
+            range: header(header::RANGE.as_str()),
+            body_sha256: header(dos_protocol::headers::BODY_SHA256),
+        };
         let now = dos_protocol::signature::unix_secs();
-        if !dos_protocol::signature::verify(secret, req.method().as_str(), &path, sig, now) {
+        let fresh = dos_protocol::signature::verify(
+            secret,
+            &signed,
+            header(dos_protocol::headers::SIGNATURE),
+            now,
+        )
+        .is_some_and(|nonce| s.nonces.first_use(nonce, now));
+        if !fresh {
             return (
                 StatusCode::FORBIDDEN,
                 "request is not signed with this cluster's secret\n",
@@ -254,6 +267,7 @@ async fn abort_temp(State(s): State<AppState>, Path(id): Path<String>) -> Result
 async fn put_shard(
     State(s): State<AppState>,
     Path((hash, shard)): Path<(String, u8)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode> {
     let hash = parse_hash(&hash)?;
@@ -266,6 +280,16 @@ async fn put_shard(
                 "a whole shard is at most {limit} bytes: {e}"
             )))
         })?;
+    // The body the signature names (when it names one) is the body that arrived.
+    if let Some(want) = headers
+        .get(dos_protocol::headers::BODY_SHA256)
+        .and_then(|v| v.to_str().ok())
+        && hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw)) != want.trim()
+    {
+        return Err(DataServerError::Store(ShardStoreError::BadRequest(
+            "the body is not the one the request was signed for".into(),
+        )));
+    }
     let store = s.store.clone();
     shards::blocking(move || store.put_whole(&hash, shard, &raw)).await?;
     Ok(StatusCode::CREATED)

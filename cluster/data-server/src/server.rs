@@ -159,6 +159,7 @@ impl DataServer {
                     store: store.clone(),
                     id: id.0.clone(),
                     secret: config.secret.as_deref().map(Arc::from),
+                    nonces: Arc::default(),
                 });
                 workers.spawn_once("http listener", |cancel| {
                     crate::http::serve(listener, app, cancel)

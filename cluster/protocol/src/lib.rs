@@ -45,6 +45,9 @@ pub mod headers {
     pub const VERSION: &str = "x-dos-version";
     /// Signature of an internal request (API server to data server).
     pub const SIGNATURE: &str = "x-dos-signature";
+    /// Hex SHA-256 of an internal request's body when it is sent whole (a whole shard),
+    /// covered by the signature and checked by the data server.
+    pub const BODY_SHA256: &str = "x-dos-body-sha256";
     /// On an error answer: what kind of failure it is, one of [`crate::error_kind`]'s names,
     /// so that clients branch on a kind instead of parsing the message.
     pub const ERROR: &str = "x-dos-error";

@@ -172,3 +172,95 @@ fn the_embedded_store_requires_its_token_and_keeps_its_files_private() {
     assert!(files > 6, "only {files} files under the root");
     drop(child);
 }
+
+/// Signatures between API and data servers (loopback HTTP data servers): a signed request
+/// works once; sent again (a replay), sent to another data server, with another Range, or with
+/// another body than the one it was signed for, it is refused; redirects are not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_internal_requests_work_once_for_one_server_range_and_body() {
+    use dos_protocol::signature::{Request, sign, unix_secs};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = dos_server::local::LocalConfig::new(
+        dir.path().join("root"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.shard_path = dos_server::local::ShardPath::Http;
+    let cluster = dos_server::local::LocalCluster::start(config).await.unwrap();
+    let secret = hex::decode(
+        std::fs::read_to_string(dir.path().join("root/secret"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let servers: Vec<_> = cluster.data_servers().into_iter().flatten().collect();
+    let (a, b) = (&servers[0], &servers[1]);
+    let http = reqwest::Client::new();
+    let send = |server: &dos_protocol::ServerInfo,
+                method: reqwest::Method,
+                path: &str,
+                sig: &str,
+                range: Option<&str>,
+                digest: Option<&str>,
+                body: Vec<u8>| {
+        let mut rb = http
+            .request(method, format!("http://{}{path}", server.addr))
+            .header(dos_protocol::headers::SIGNATURE, sig)
+            .body(body);
+        if let Some(r) = range {
+            rb = rb.header("range", r);
+        }
+        if let Some(d) = digest {
+            rb = rb.header(dos_protocol::headers::BODY_SHA256, d);
+        }
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    let list = "/shards?limit=1";
+    let for_a = |range: Option<&'static str>, digest: Option<&str>, method: &str, path: &str| {
+        sign(
+            &secret,
+            &Request {
+                method,
+                path_and_query: path,
+                server_id: &a.id.0,
+                range,
+                body_sha256: digest,
+            },
+            unix_secs(),
+        )
+    };
+    let get = reqwest::Method::GET;
+    let sig = for_a(None, None, "GET", list);
+    assert_eq!(send(a, get.clone(), list, &sig, None, None, vec![]).await, 200);
+    assert_eq!(send(a, get.clone(), list, &sig, None, None, vec![]).await, 403, "replayed");
+    let sig = for_a(None, None, "GET", list);
+    assert_eq!(send(b, get.clone(), list, &sig, None, None, vec![]).await, 403, "another server");
+
+    // A whole shard: stored with its signed body; another body under that signature is not.
+    let shard = b"shard bytes".to_vec();
+    let hash = dos_protocol::ContentHash::of(b"some content");
+    let path = dos_protocol::shard::paths::shard(&hash, 0);
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&shard));
+    let put = reqwest::Method::PUT;
+    let sig = for_a(None, Some(&digest), "PUT", &path);
+    let other = b"other bytes".to_vec();
+    assert_eq!(
+        send(a, put.clone(), &path, &sig, None, Some(&digest), other).await,
+        400,
+        "a body other than the signed one"
+    );
+    let sig = for_a(None, Some(&digest), "PUT", &path);
+    assert_eq!(send(a, put.clone(), &path, &sig, None, Some(&digest), shard.clone()).await, 201);
+    let sig = for_a(None, None, "PUT", &path);
+    assert_eq!(
+        send(a, put, &path, &sig, None, Some(&digest), shard).await,
+        403,
+        "a digest header the signature does not cover"
+    );
+
+    // Ranges: the signed one is served, another one under the same signature is not.
+    let sig = for_a(Some("bytes=0-3"), None, "GET", &path);
+    assert_eq!(send(a, get.clone(), &path, &sig, Some("bytes=0-9"), None, vec![]).await, 403);
+    let sig = for_a(Some("bytes=0-3"), None, "GET", &path);
+    assert_eq!(send(a, get, &path, &sig, Some("bytes=0-3"), None, vec![]).await, 206);
+    cluster.shutdown().await;
+}

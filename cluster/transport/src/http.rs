@@ -65,20 +65,47 @@ impl HttpTransport {
         server: &ServerInfo,
         path_and_query: &str,
     ) -> reqwest::RequestBuilder {
-        let rb = self.http.request(
+        self.signed(method, server, path_and_query, None, None)
+    }
+
+    /// A request signed for `server` alone, with its `Range` and the SHA-256 of a body sent
+    /// whole (both covered by the signature; see `dos_protocol::signature`).
+    fn signed(
+        &self,
+        method: reqwest::Method,
+        server: &ServerInfo,
+        path_and_query: &str,
+        range: Option<&str>,
+        body_sha256: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut rb = self.http.request(
             method.clone(),
             format!("http://{}{path_and_query}", server.addr),
         );
+        if let Some(r) = range {
+            rb = rb.header(reqwest::header::RANGE, r);
+        }
+        if let Some(d) = body_sha256 {
+            rb = rb.header(dos_protocol::headers::BODY_SHA256, d);
+        }
         match &self.secret {
-            Some(secret) => rb.header(
-                dos_protocol::headers::SIGNATURE,
-                dos_protocol::signature::sign(
-                    secret,
-                    method.as_str(),
+            Some(secret) => {
+                let req = dos_protocol::signature::Request {
+                    method: method.as_str(),
                     path_and_query,
-                    dos_protocol::signature::unix_secs(),
-                ),
-            ),
+                    server_id: &server.id.0,
+                    range,
+                    body_sha256,
+                };
+                rb.header(
+                    dos_protocol::headers::SIGNATURE,
+                    dos_protocol::signature::sign(
+                        secret,
+                        &req,
+                        dos_protocol::signature::unix_secs(),
+                    ),
+                )
+            }
             None => rb,
         }
     }
@@ -149,8 +176,7 @@ impl HttpTransport {
         let range = format!("bytes={start}-{}", end - 1);
         let resp = self
             .send(server, Retry::IfNotSent, LONG, || {
-                self.req(reqwest::Method::GET, server, &path)
-                    .header("range", &range)
+                self.signed(reqwest::Method::GET, server, &path, Some(&range), None)
             })
             .await?;
         Ok(Box::pin(
@@ -279,10 +305,11 @@ impl ShardTransport for HttpTransport {
         raw: Bytes,
     ) -> Result<(), ShardError> {
         let path = paths::shard(hash, shard);
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw));
         // The body is in memory, so the request can be sent again; storing a shard twice
         // leaves one copy.
         self.send(server, Retry::Idempotent, COMMIT, || {
-            self.req(reqwest::Method::PUT, server, &path)
+            self.signed(reqwest::Method::PUT, server, &path, None, Some(&digest))
                 .body(raw.clone())
         })
         .await
