@@ -264,3 +264,40 @@ async fn signed_internal_requests_work_once_for_one_server_range_and_body() {
     assert_eq!(send(a, get, &path, &sig, Some("bytes=0-3"), None, vec![]).await, 206);
     cluster.shutdown().await;
 }
+
+/// A "data server" that answers with a redirect is not followed: the call fails, and the
+/// address it points to (which would receive the signature) hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_data_server_is_not_followed() {
+    use dos_transport::ShardTransport as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let sink = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { "stolen" }
+    });
+    tokio::spawn(async move { axum::serve(target, sink).await });
+    let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let liar_addr = liar.local_addr().unwrap();
+    let redirect = axum::Router::new().fallback(move || async move {
+        (
+            axum::http::StatusCode::TEMPORARY_REDIRECT,
+            [("location", format!("http://{target_addr}/elsewhere"))],
+        )
+    });
+    tokio::spawn(async move { axum::serve(liar, redirect).await });
+    let shards =
+        dos_transport::http::HttpTransport::new(Duration::from_secs(2), Some(&[9u8; 32])).unwrap();
+    let server = dos_protocol::ServerInfo {
+        id: dos_protocol::ServerId("liar".into()),
+        addr: liar_addr.to_string(),
+    };
+    let hash = dos_protocol::ContentHash::of(b"x");
+    assert!(shards.read_shard(&server, &hash, 0, 0, 10).await.is_err());
+    assert!(shards.remove_shard(&server, &hash, 0, None).await.is_err());
+    assert!(shards.list_shards(&server, None, 10).await.is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "a redirect was followed");
+}
