@@ -501,8 +501,19 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                             Some(t)
                         }
                     };
+                    // Retention and orphan collection over REST take their own token.
+                    let admin_token = match &token_file {
+                        Some(_) => Some(
+                            dos_server::secret::load_or_create_token(
+                                &data_dir.join("admin-token"),
+                            )
+                            .context("the admin token file")?,
+                        ),
+                        None => None,
+                    };
                     let mut config = dos_server::local::LocalConfig::new(data_dir.clone(), listen);
                     config.token = token;
+                    config.admin_token = admin_token;
                     let cluster = dos_server::local::LocalCluster::start(config)
                         .await
                         .with_context(|| {

@@ -19,6 +19,10 @@ pub struct ApiConfig {
     pub secret: Vec<u8>,
     /// When set, every request needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// When set, the only token that runs destructive maintenance (retention, orphan
+    /// collection) over REST; it also serves every other request. With a data token but no
+    /// admin token, destructive maintenance is refused over REST.
+    pub admin_token: Option<String>,
     /// How long a resumable upload token stays valid.
     pub upload_ttl: Duration,
     /// How long a locate broadcast waits for answers.
@@ -43,6 +47,7 @@ impl std::fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("secret", &"<set>")
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("upload_ttl", &self.upload_ttl)
             .field("locate_timeout", &self.locate_timeout)
             .field("max_in_flight", &self.max_in_flight)
@@ -59,6 +64,7 @@ impl ApiConfig {
         Self {
             secret,
             token: None,
+            admin_token: None,
             upload_ttl: Duration::from_secs(24 * 3600),
             locate_timeout: Duration::from_millis(500),
             max_in_flight: 1024,

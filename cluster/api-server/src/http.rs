@@ -153,21 +153,40 @@ async fn empty_name() -> ApiError {
     ApiError::BadRequest("object name is empty".into())
 }
 
-/// With a configured token, every request but `/health` needs `Authorization: Bearer TOKEN`.
+/// With a configured token, every request but `/health` needs `Authorization: Bearer TOKEN`
+/// (the data token or the admin token). Destructive maintenance (retention, orphan
+/// collection) needs the admin token; with a data token and no admin token it is refused.
 async fn authorize(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &core.config.token
-        && req.uri().path() != "/health"
-    {
+    let path = req.uri().path();
+    let destructive = path == "/maintenance/retention" || path == "/maintenance/orphans";
+    let (token, admin) = (&core.config.token, &core.config.admin_token);
+    if (token.is_some() || admin.is_some()) && path != "/health" {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
-        if !ok {
+        let is = |t: &Option<String>| {
+            t.as_ref()
+                .zip(given)
+                .is_some_and(|(t, g)| constant_time_eq(g.as_bytes(), t.as_bytes()))
+        };
+        let (is_admin, is_data) = (is(admin), is(token));
+        let refusal = if !is_admin && !is_data {
+            Some(ApiError::Unauthorized)
+        } else if destructive && !is_admin {
+            Some(ApiError::Forbidden(if admin.is_some() {
+                "retention and orphan collection need the admin token".into()
+            } else {
+                "retention and orphan collection over REST need an admin token (start the server with --admin-token or --admin-token-file)".into()
+            }))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
             drain(&mut req.into_body().into_data_stream()).await;
-            return ApiError::Unauthorized.into_response();
+            return e.into_response();
         }
     }
     next.run(req).await
@@ -295,6 +314,12 @@ async fn run_maintenance(
         return Err(ApiError::BadRequest(
             "keep must be at least 1: the latest version is always kept".into(),
         ));
+    }
+    if job == Job::Orphans && params.grace < config.min_orphans_grace {
+        return Err(ApiError::BadRequest(format!(
+            "grace must be at least {} s on this server (its --min-orphans-grace)",
+            config.min_orphans_grace.as_secs()
+        )));
     }
     let run = maintenance.start(job, params)?;
     let lines = futures::stream::unfold(Some(run), |state| async move {

@@ -70,6 +70,9 @@ pub struct MaintenanceConfig {
     /// Off by default: deleting history is the owner's decision.
     pub retention_every: Option<Duration>,
     pub keep_versions: u64,
+    /// The least grace a requested orphan collection may give (`grace_secs` below it is
+    /// refused): a slip of the hand cannot delete content a write is using.
+    pub min_orphans_grace: Duration,
 }
 
 impl Default for MaintenanceConfig {
@@ -80,6 +83,7 @@ impl Default for MaintenanceConfig {
             orphans_grace: Duration::from_secs(3600),
             retention_every: None,
             keep_versions: 5,
+            min_orphans_grace: Duration::from_secs(600),
         }
     }
 }

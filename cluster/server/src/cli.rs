@@ -48,6 +48,10 @@ enum Command {
         /// delete everything.
         #[arg(long, conflicts_with = "token")]
         no_token: bool,
+        /// The token that runs retention and orphan collection over REST [default: the one
+        /// in ROOT/admin-token, created on first start, private].
+        #[arg(long, env = "DOS_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "no_token")]
+        admin_token: Option<String>,
         #[command(flatten)]
         maintenance: MaintenanceArgs,
         /// Uploads untouched this long are deleted; shards removed by orphan collection stay
@@ -81,6 +85,13 @@ enum Command {
         /// Require `Authorization: Bearer TOKEN` on every request.
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The one token that runs retention and orphan collection over REST (without it,
+        /// and with --token, they are refused over REST).
+        #[arg(long, env = "DOS_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// File holding the admin token (private to its owner).
+        #[arg(long, env = "DOS_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+        admin_token_file: Option<PathBuf>,
         #[command(flatten)]
         maintenance: MaintenanceArgs,
     },
@@ -168,6 +179,9 @@ struct MaintenanceArgs {
     /// Versions of each name kept by background retention.
     #[arg(long, env = "DOS_KEEP_VERSIONS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     keep_versions: u64,
+    /// The least grace an orphan collection asked for over REST may give.
+    #[arg(long, env = "DOS_MIN_ORPHANS_GRACE", default_value = "10m", value_parser = humantime::parse_duration)]
+    min_orphans_grace: Duration,
 }
 
 impl MaintenanceArgs {
@@ -178,6 +192,7 @@ impl MaintenanceArgs {
             orphans_grace: self.orphans_grace,
             retention_every: self.retention_every.0,
             keep_versions: self.keep_versions,
+            min_orphans_grace: self.min_orphans_grace,
         }
     }
 }
@@ -221,6 +236,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             token,
             no_token,
+            admin_token,
             maintenance,
             temp_ttl,
             shard_path,
@@ -247,9 +263,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(t)
                 }
             };
+            let admin_token = match admin_token.filter(|t| !t.is_empty()) {
+                Some(t) => Some(t),
+                None if no_token => None,
+                None => {
+                    let path = root.join("admin-token");
+                    Some(
+                        dos_server::secret::load_or_create_token(&path)
+                            .with_context(|| format!("token file {}", path.display()))?,
+                    )
+                }
+            };
             let mut config = LocalConfig::new(root, listen);
             config.temp_ttl = temp_ttl;
             config.token = token;
+            config.admin_token = admin_token;
             config.maintenance = maintenance.config();
             config.shard_path = shard_path.into();
             run_local(config).await
@@ -262,6 +290,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             secret,
             secret_file,
             token,
+            admin_token,
+            admin_token_file,
             maintenance,
         } => {
             let secret = match secret {
@@ -272,6 +302,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let meta = metadata_engine(es_server, &metadata_db)?;
             let mut config = ApiConfig::new(secret);
             config.token = token.filter(|t| !t.is_empty());
+            config.admin_token = match admin_token_file {
+                Some(path) => Some(
+                    dos_server::secret::read_private(&path)
+                        .with_context(|| format!("admin token file {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => admin_token.filter(|t| !t.is_empty()),
+            };
             config.maintenance = maintenance.config();
             run_api(listen, config, meta, &rabbitmq).await
         }

@@ -45,6 +45,9 @@ pub struct LocalConfig {
     pub listen: SocketAddr,
     /// Bearer token required from clients, if any.
     pub token: Option<String>,
+    /// The token that runs retention and orphan collection over REST (see
+    /// `ApiConfig::admin_token`).
+    pub admin_token: Option<String>,
     /// How many data servers (at least six).
     pub data_servers: usize,
     /// A request body idle for this long is cut off with 408.
@@ -72,6 +75,7 @@ impl std::fmt::Debug for LocalConfig {
             .field("root", &self.root)
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("data_servers", &self.data_servers)
             .field("shard_path", &self.shard_path)
             .finish_non_exhaustive()
@@ -84,6 +88,7 @@ impl LocalConfig {
             root,
             listen,
             token: None,
+            admin_token: None,
             data_servers: TOTAL_SHARDS,
             body_idle_timeout: std::time::Duration::from_secs(60),
             maintenance: MaintenanceConfig::default(),
@@ -195,6 +200,7 @@ impl LocalCluster {
         }
         let mut api_config = ApiConfig::new(secret);
         api_config.token = config.token.clone();
+        api_config.admin_token = config.admin_token.clone();
         api_config.body_idle_timeout = config.body_idle_timeout;
         api_config.maintenance = config.maintenance.clone();
         api_config.shard_stall_timeout = config.shard_stall_timeout;

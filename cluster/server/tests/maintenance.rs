@@ -369,3 +369,70 @@ async fn maintain_command_runs_jobs_in_order_and_summarises() {
     );
     cluster.shutdown().await;
 }
+
+/// Destructive maintenance needs the admin token: the data token runs scrub, not retention or
+/// orphan collection; a server with a data token and no admin token refuses those over REST;
+/// and a grace below the server's minimum is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destructive_maintenance_needs_the_admin_token_and_a_minimum_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _) = start_with(&dir.path().join("a"), |c| {
+        c.token = Some("data-token-0123456789".into());
+        c.admin_token = Some("admin-token-0123456789".into());
+        c.maintenance.min_orphans_grace = Duration::from_secs(600);
+    })
+    .await;
+    let api = format!("http://{}", cluster.api_addr());
+    let as_ = |token: &str| {
+        Client::builder(api.clone())
+            .token(token.to_string())
+            .build()
+            .unwrap()
+    };
+    let status = |client: Client, path: &'static str| async move {
+        client
+            .request(dos_client::reqwest::Method::POST, path)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let data = as_("data-token-0123456789");
+    let admin = as_("admin-token-0123456789");
+    assert_eq!(status(data.clone(), "/maintenance/retention").await, 403);
+    assert_eq!(status(data.clone(), "/maintenance/orphans").await, 403);
+    assert_eq!(status(as_("wrong"), "/maintenance/scrub").await, 401);
+    run(&data, "scrub", None, None).await;
+    run(&admin, "retention", Some(3), None).await;
+    run(&admin, "orphans", None, Some(Duration::from_secs(3600))).await;
+    // The admin token serves ordinary requests too.
+    admin
+        .put_bytes("by-admin", b"x".to_vec(), &attrs())
+        .await
+        .unwrap();
+    assert_eq!(
+        status(admin.clone(), "/maintenance/orphans?grace_secs=0").await,
+        400,
+        "below the minimum grace"
+    );
+    cluster.shutdown().await;
+
+    let (cluster, _) = start_with(&dir.path().join("b"), |c| {
+        c.token = Some("data-token-0123456789".into());
+    })
+    .await;
+    let data = Client::builder(format!("http://{}", cluster.api_addr()))
+        .token("data-token-0123456789".to_string())
+        .build()
+        .unwrap();
+    let resp = data
+        .request(dos_client::reqwest::Method::POST, "/maintenance/retention")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("admin token"), "{text}");
+    cluster.shutdown().await;
+}

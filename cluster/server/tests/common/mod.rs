@@ -87,6 +87,8 @@ pub async fn start_with(
     // These tests find and damage shard files on disk: every shard gets a file. The pack
     // files of small shards have tests of their own (`packs.rs`, and the store's).
     config.pack_small = false;
+    // Tests collect orphans at once.
+    config.maintenance.min_orphans_grace = Duration::ZERO;
     change(&mut config);
     let token = config.token.clone();
     let cluster = LocalCluster::start(config)
