@@ -504,10 +504,8 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                     // Retention and orphan collection over REST take their own token.
                     let admin_token = match &token_file {
                         Some(_) => Some(
-                            dos_server::secret::load_or_create_token(
-                                &data_dir.join("admin-token"),
-                            )
-                            .context("the admin token file")?,
+                            dos_server::secret::load_or_create_token(&data_dir.join("admin-token"))
+                                .context("the admin token file")?,
                         ),
                         None => None,
                     };

@@ -137,6 +137,7 @@ fn store_status(e: &ShardStoreError) -> StatusCode {
         ShardStoreError::OffsetMismatch { .. } => StatusCode::CONFLICT,
         ShardStoreError::Corrupt(_) => StatusCode::NOT_FOUND,
         ShardStoreError::TooNew(_) => StatusCode::PRECONDITION_FAILED,
+        ShardStoreError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         ShardStoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
             StatusCode::INSUFFICIENT_STORAGE
         }

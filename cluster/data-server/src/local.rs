@@ -63,6 +63,7 @@ fn store_error(e: ShardStoreError) -> ShardError {
         }
         ShardStoreError::Corrupt(_) => ShardError::Corrupt,
         ShardStoreError::TooNew(_) => ShardError::TooNew,
+        ShardStoreError::Busy(m) => ShardError::Failed(m),
         ShardStoreError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => ShardError::Full,
         ShardStoreError::Io(e) => ShardError::Failed(e.to_string()),
     }

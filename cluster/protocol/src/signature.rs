@@ -149,17 +149,26 @@ mod tests {
             server_id: "ds-2",
             ..r
         };
-        assert!(verify(b"k", &elsewhere, Some(&h), 1000).is_none(), "another server");
+        assert!(
+            verify(b"k", &elsewhere, Some(&h), 1000).is_none(),
+            "another server"
+        );
         let ranged = Request {
             range: Some("bytes=0-9"),
             ..r
         };
-        assert!(verify(b"k", &ranged, Some(&h), 1000).is_none(), "another range");
+        assert!(
+            verify(b"k", &ranged, Some(&h), 1000).is_none(),
+            "another range"
+        );
         let body = Request {
             body_sha256: Some("00"),
             ..r
         };
-        assert!(verify(b"k", &body, Some(&h), 1000).is_none(), "another body");
+        assert!(
+            verify(b"k", &body, Some(&h), 1000).is_none(),
+            "another body"
+        );
         assert!(verify(b"k", &r, None, 1000).is_none());
         assert!(verify(b"k", &r, Some("garbage"), 1000).is_none());
         // The old form (no nonce, nothing bound) is refused.

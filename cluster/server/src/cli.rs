@@ -50,7 +50,12 @@ enum Command {
         no_token: bool,
         /// The token that runs retention and orphan collection over REST [default: the one
         /// in ROOT/admin-token, created on first start, private].
-        #[arg(long, env = "DOS_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "no_token")]
+        #[arg(
+            long,
+            env = "DOS_ADMIN_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "no_token"
+        )]
         admin_token: Option<String>,
         #[command(flatten)]
         maintenance: MaintenanceArgs,

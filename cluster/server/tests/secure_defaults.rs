@@ -185,7 +185,9 @@ async fn signed_internal_requests_work_once_for_one_server_range_and_body() {
         "127.0.0.1:0".parse().unwrap(),
     );
     config.shard_path = dos_server::local::ShardPath::Http;
-    let cluster = dos_server::local::LocalCluster::start(config).await.unwrap();
+    let cluster = dos_server::local::LocalCluster::start(config)
+        .await
+        .unwrap();
     let secret = hex::decode(
         std::fs::read_to_string(dir.path().join("root/secret"))
             .unwrap()
@@ -230,10 +232,21 @@ async fn signed_internal_requests_work_once_for_one_server_range_and_body() {
     };
     let get = reqwest::Method::GET;
     let sig = for_a(None, None, "GET", list);
-    assert_eq!(send(a, get.clone(), list, &sig, None, None, vec![]).await, 200);
-    assert_eq!(send(a, get.clone(), list, &sig, None, None, vec![]).await, 403, "replayed");
+    assert_eq!(
+        send(a, get.clone(), list, &sig, None, None, vec![]).await,
+        200
+    );
+    assert_eq!(
+        send(a, get.clone(), list, &sig, None, None, vec![]).await,
+        403,
+        "replayed"
+    );
     let sig = for_a(None, None, "GET", list);
-    assert_eq!(send(b, get.clone(), list, &sig, None, None, vec![]).await, 403, "another server");
+    assert_eq!(
+        send(b, get.clone(), list, &sig, None, None, vec![]).await,
+        403,
+        "another server"
+    );
 
     // A whole shard: stored with its signed body; another body under that signature is not.
     let shard = b"shard bytes".to_vec();
@@ -249,7 +262,19 @@ async fn signed_internal_requests_work_once_for_one_server_range_and_body() {
         "a body other than the signed one"
     );
     let sig = for_a(None, Some(&digest), "PUT", &path);
-    assert_eq!(send(a, put.clone(), &path, &sig, None, Some(&digest), shard.clone()).await, 201);
+    assert_eq!(
+        send(
+            a,
+            put.clone(),
+            &path,
+            &sig,
+            None,
+            Some(&digest),
+            shard.clone()
+        )
+        .await,
+        201
+    );
     let sig = for_a(None, None, "PUT", &path);
     assert_eq!(
         send(a, put, &path, &sig, None, Some(&digest), shard).await,
@@ -259,9 +284,15 @@ async fn signed_internal_requests_work_once_for_one_server_range_and_body() {
 
     // Ranges: the signed one is served, another one under the same signature is not.
     let sig = for_a(Some("bytes=0-3"), None, "GET", &path);
-    assert_eq!(send(a, get.clone(), &path, &sig, Some("bytes=0-9"), None, vec![]).await, 403);
+    assert_eq!(
+        send(a, get.clone(), &path, &sig, Some("bytes=0-9"), None, vec![]).await,
+        403
+    );
     let sig = for_a(Some("bytes=0-3"), None, "GET", &path);
-    assert_eq!(send(a, get, &path, &sig, Some("bytes=0-3"), None, vec![]).await, 206);
+    assert_eq!(
+        send(a, get, &path, &sig, Some("bytes=0-3"), None, vec![]).await,
+        206
+    );
     cluster.shutdown().await;
 }
 

@@ -41,6 +41,9 @@ pub enum ShardStoreError {
     /// A conditional removal found the shard newer than allowed.
     #[error("{0}")]
     TooNew(String),
+    /// Too much in progress here now; retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
 }

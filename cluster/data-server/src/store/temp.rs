@@ -1,6 +1,11 @@
 //! Uploads in progress: `temp/<id>.json` (what is being uploaded) and `temp/<id>.part`
 //! (header and records received so far). Writes are piece by piece; a commit appends the
 //! index, fsyncs, renames into `objects/` and fsyncs the directory.
+//!
+//! A `.part` file is open only while a call uses it (an upload waiting for its next bytes
+//! holds no descriptor), and a data server keeps at most [`MAX_TEMP_UPLOADS`] uploads at once:
+//! a flood of `POST`s cannot use up its descriptors, and past the cap new uploads are refused
+//! (503) until old ones finish or expire.
 
 use std::collections::hash_map::Entry;
 use std::fs::{self, File, OpenOptions};
@@ -25,10 +30,14 @@ struct TempMeta {
     length: Option<u64>,
 }
 
+/// Uploads in progress a data server keeps at most.
+pub const MAX_TEMP_UPLOADS: usize = 10_000;
+
 pub(super) struct TempUpload {
     meta: TempMeta,
     hash: ContentHash,
-    file: File,
+    /// The `.part` file, opened by each call that uses it.
+    part: PathBuf,
     /// File offset of each record received.
     offsets: Vec<u64>,
     /// Raw bytes received.
@@ -39,6 +48,13 @@ pub(super) struct TempUpload {
 }
 
 use dos_protocol::shard::{TempStatus, UNKNOWN_CONTENT, valid_temp_id as valid_id};
+
+impl TempUpload {
+    /// The `.part` file, open for this call.
+    fn open(&self) -> io::Result<File> {
+        OpenOptions::new().read(true).write(true).open(&self.part)
+    }
+}
 
 impl ShardStore {
     fn temp_path(&self, id: &str, ext: &str) -> PathBuf {
@@ -57,25 +73,38 @@ impl ShardStore {
                 "no shard index {shard}"
             )));
         }
+        if self
+            .temps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+            >= MAX_TEMP_UPLOADS
+        {
+            return Err(ShardStoreError::Busy(format!(
+                "{MAX_TEMP_UPLOADS} uploads are in progress here; retry once some finish"
+            )));
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let meta = TempMeta {
             hash: hash.to_hex(),
             shard,
             length,
         };
+        let part = self.temp_path(&id, "part");
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(self.temp_path(&id, "part"))?;
+            .open(&part)?;
         format::write_header(&mut file, hash, shard)?;
+        drop(file);
         let json = serde_json::to_vec(&meta)
             .map_err(|e| ShardStoreError::BadRequest(format!("temp metadata: {e}")))?;
         fs::write(self.temp_path(&id, "json"), json)?;
         let upload = TempUpload {
             meta,
             hash: *hash,
-            file,
+            part,
             offsets: Vec::new(),
             received: 0,
             end: format::HEADER_LEN,
@@ -114,10 +143,8 @@ impl ShardStore {
         let bad = |m: &str| ShardStoreError::Corrupt(format!("upload {id}: {m}"));
         let meta: TempMeta = serde_json::from_slice(json).map_err(|_| bad("bad metadata"))?;
         let hash = ContentHash::from_hex(&meta.hash).map_err(|_| bad("bad hash"))?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.temp_path(id, "part"))?;
+        let part = self.temp_path(id, "part");
+        let mut file = OpenOptions::new().read(true).write(true).open(&part)?;
         let (h, s) = format::read_header(&mut file)?;
         if h != hash || s != meta.shard {
             return Err(bad("header does not match metadata"));
@@ -146,7 +173,7 @@ impl ShardStore {
         Ok(TempUpload {
             meta,
             hash,
-            file,
+            part,
             offsets,
             received,
             end: pos,
@@ -203,10 +230,11 @@ impl ShardStore {
                 "the upload already ended with a short piece".into(),
             ));
         }
+        let file = t.open()?;
         if offset < t.received {
             let keep = (offset / PIECE_SIZE as u64) as usize;
             let cut = t.offsets[keep];
-            t.file.set_len(cut)?;
+            file.set_len(cut)?;
             t.offsets.truncate(keep);
             t.end = cut;
             t.received = offset;
@@ -214,9 +242,8 @@ impl ShardStore {
         let record = format::encode_record_parts(piece, &mut t.policy);
         let at = t.end;
         // Header and payload written where they go, the payload not copied into a buffer.
-        t.file.write_all_at(&record.header, at)?;
-        t.file
-            .write_all_at(&record.payload, at + format::RECORD_HEADER_LEN as u64)?;
+        file.write_all_at(&record.header, at)?;
+        file.write_all_at(&record.payload, at + format::RECORD_HEADER_LEN as u64)?;
         t.offsets.push(at);
         t.end = at + record.len() as u64;
         t.received = end;
@@ -229,13 +256,14 @@ impl ShardStore {
     /// Verified raw bytes of piece `k` of an upload in progress.
     pub fn read_temp_piece(&self, id: &str, k: usize) -> Result<Vec<u8>, ShardStoreError> {
         let t = self.temp(id)?;
-        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = t.lock().unwrap_or_else(PoisonError::into_inner);
         let offset = *t
             .offsets
             .get(k)
             .ok_or_else(|| ShardStoreError::BadRequest(format!("piece {k} not received")))?;
-        t.file.seek(SeekFrom::Start(offset))?;
-        Ok(format::read_record(&mut t.file)?)
+        let mut file = t.open()?;
+        file.seek(SeekFrom::Start(offset))?;
+        Ok(format::read_record(&mut file)?)
     }
 
     /// Makes upload `id` a committed shard of `hash` (the hash it was created under, or any
@@ -262,16 +290,18 @@ impl ShardStore {
                 "upload {id} cannot be committed as content {hash}"
             )));
         }
+        let mut file = t.open()?;
         if hash != t.hash {
             // Streamed content: its hash is known now; the header says it from here on.
-            format::set_header_hash(&t.file, &hash)?;
+            format::set_header_hash(&file, &hash)?;
             t.hash = hash;
         }
         let at = t.end;
-        t.file.seek(SeekFrom::Start(at))?;
+        file.seek(SeekFrom::Start(at))?;
         let (offsets, received) = (t.offsets.clone(), t.received);
-        format::write_index(&mut t.file, &offsets, received)?;
-        t.file.sync_all()?;
+        format::write_index(&mut file, &offsets, received)?;
+        file.sync_all()?;
+        drop(file);
         let dest = self.shard_path(&t.hash, t.meta.shard);
         let fan = dest
             .parent()

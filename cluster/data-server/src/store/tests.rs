@@ -454,3 +454,48 @@ fn compaction_under_concurrent_reads_and_writes_loses_nothing() {
         assert!(store.shards_of(h).is_empty());
     }
 }
+
+/// Descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[test]
+fn uploads_in_progress_hold_no_descriptor_and_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ShardStore::open(dir.path()).unwrap();
+    let hash = ContentHash::of(b"many uploads");
+    let before = open_fds();
+    let mut ids = Vec::new();
+    for i in 0..200u32 {
+        let id = store.create_temp(&hash, (i % 6) as u8, None).unwrap();
+        store.write_piece(&id, 0, &data(PIECE_SIZE, i)).unwrap();
+        ids.push(id);
+    }
+    // Other tests of this binary run at once and open files too: allow a little.
+    assert!(
+        open_fds() < before + 20,
+        "{} descriptors for 200 uploads",
+        open_fds() - before
+    );
+    // They still work: one goes on and commits, one is read back.
+    store
+        .write_piece(&ids[0], PIECE_SIZE as u64, &data(10, 0))
+        .unwrap();
+    store.commit(&ids[0], PIECE_SIZE as u64 + 10, None).unwrap();
+    assert_eq!(
+        store.read_temp_piece(&ids[1], 0).unwrap(),
+        data(PIECE_SIZE, 1)
+    );
+    // Up to the cap, then refused (Busy: the HTTP interface answers 503).
+    for _ in ids.len() - 1..temp::MAX_TEMP_UPLOADS {
+        store.create_temp(&hash, 0, Some(1)).unwrap();
+    }
+    assert!(matches!(
+        store.create_temp(&hash, 0, Some(1)),
+        Err(ShardStoreError::Busy(_))
+    ));
+    // One finished: room for one more.
+    store.abort(&ids[1]).unwrap();
+    store.create_temp(&hash, 0, Some(1)).unwrap();
+}
