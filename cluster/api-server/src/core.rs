@@ -32,6 +32,9 @@ pub struct ApiConfig {
     /// A request body that sends nothing for this long is cut off (408); what it had sent
     /// stays in temp uploads, which expire.
     pub body_idle_timeout: Duration,
+    /// How slowly a request body may arrive on average (past a grace period); slower is
+    /// cut off (408).
+    pub body_pace: crate::pipeline::write::BodyPace,
     /// A shard stream that delivers nothing for this long is given up and replaced by
     /// another shard (a data server that hangs cannot stall a read for longer).
     pub shard_stall_timeout: Duration,
@@ -52,6 +55,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("locate_timeout", &self.locate_timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("body_pace", &self.body_pace)
             .field("shard_stall_timeout", &self.shard_stall_timeout)
             .field("shard_call_timeout", &self.shard_call_timeout)
             .field("maintenance", &self.maintenance)
@@ -69,6 +73,7 @@ impl ApiConfig {
             locate_timeout: Duration::from_millis(500),
             max_in_flight: 1024,
             body_idle_timeout: Duration::from_secs(60),
+            body_pace: Default::default(),
             shard_stall_timeout: Duration::from_secs(10),
             shard_call_timeout: Duration::from_secs(120),
             maintenance: MaintenanceConfig::default(),

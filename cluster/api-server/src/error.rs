@@ -45,6 +45,8 @@ pub enum ApiError {
     Overloaded,
     #[error("the request body stalled: nothing arrived for {secs} s")]
     BodyStalled { secs: u64 },
+    #[error("the request body arrives slower than {min_rate} bytes a second; nothing was stored")]
+    BodyTooSlow { min_rate: u64 },
     #[error("request line and headers exceed {limit} bytes")]
     HeadersTooLarge { limit: usize },
     /// Temporarily impossible; the client may retry.
@@ -65,7 +67,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyStalled { .. } | ApiError::BodyTooSlow { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ApiError::RangeNotSatisfiable { .. } | ApiError::OffsetMismatch { .. } => {
                 StatusCode::RANGE_NOT_SATISFIABLE
             }
@@ -122,7 +126,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::Forbidden(_) => k::DENIED,
             ApiError::Conflict(_) => k::CONFLICT,
             ApiError::Overloaded => k::BUSY,
-            ApiError::BodyStalled { .. } => k::TIMEOUT,
+            ApiError::BodyStalled { .. } | ApiError::BodyTooSlow { .. } => k::TIMEOUT,
             ApiError::NotEnoughServers { .. }
             | ApiError::ShardsUnavailable { .. }
             | ApiError::ShardWrite(_)

@@ -451,7 +451,10 @@ async fn put_object(
         Ok(v) => Ok(json_record(StatusCode::OK, &v)),
         Err(e) => {
             // A stalled body is not waited for again.
-            if !matches!(e, ApiError::BodyStalled { .. }) {
+            if !matches!(
+                e,
+                ApiError::BodyStalled { .. } | ApiError::BodyTooSlow { .. }
+            ) {
                 drain(&mut body).await;
             }
             Err(e)
@@ -575,7 +578,10 @@ async fn put_temp(
         }
         Err(e) => {
             // A stalled body is not waited for again.
-            if !matches!(e, ApiError::BodyStalled { .. }) {
+            if !matches!(
+                e,
+                ApiError::BodyStalled { .. } | ApiError::BodyTooSlow { .. }
+            ) {
                 drain(&mut body).await;
             }
             Err(e)

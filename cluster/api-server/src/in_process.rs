@@ -51,7 +51,7 @@ pub fn store_error(e: ApiError) -> StoreError {
         ApiError::Unauthorized | ApiError::Forbidden(_) => StoreError::Denied(message),
         ApiError::Conflict(_) => StoreError::Conflict(message),
         ApiError::Overloaded => StoreError::Busy(message),
-        ApiError::BodyStalled { .. } => StoreError::Timeout(message),
+        ApiError::BodyStalled { .. } | ApiError::BodyTooSlow { .. } => StoreError::Timeout(message),
         ApiError::NotEnoughServers { .. }
         | ApiError::ShardsUnavailable { .. }
         | ApiError::ShardWrite(_)

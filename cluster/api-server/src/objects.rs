@@ -13,7 +13,7 @@ use sha2::Digest as _;
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::pipeline::read::{Decoder, ReadPlan};
-use crate::pipeline::write::{Deadlines, encode_stream, hash_stream, store_content};
+use crate::pipeline::write::{BodyLimits, Deadlines, encode_stream, hash_stream, store_content};
 use crate::placement;
 
 pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> NewVersion {
@@ -53,7 +53,7 @@ where
     if let Some(existing) = known {
         // Known content: the bytes are still read and hashed (proof of possession), but no
         // shard is written.
-        let (hash, size) = hash_stream(body, core.config.body_idle_timeout).await?;
+        let (hash, size) = hash_stream(body, BodyLimits::of(core)).await?;
         if hash != digest || size != existing.size {
             return Err(ApiError::DigestMismatch);
         }
@@ -72,7 +72,7 @@ where
         return Ok(rec);
     }
     let servers = placement::choose_servers(core)?;
-    let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
+    let (codec, limits) = (&core.codec, BodyLimits::of(core));
     let size = store_content(
         &core.shards,
         Deadlines::of(core),
@@ -87,7 +87,7 @@ where
                 sha2::Sha256::new(),
                 0,
                 content_length,
-                idle,
+                limits,
             )
             .await?;
             if ContentHash(encoded.hasher.finalize().into()) != digest {

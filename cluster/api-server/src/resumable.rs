@@ -22,7 +22,7 @@ use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{add_known_version, record_new_content};
 use crate::pipeline::read::PieceReader;
-use crate::pipeline::write::{Deadlines, ShardTarget, Uploads, encode_stream};
+use crate::pipeline::write::{BodyLimits, Deadlines, ShardTarget, Uploads, encode_stream};
 use crate::placement;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -252,10 +252,10 @@ where
 {
     let targets = token.targets(&core.bus.live_servers());
     let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
-    let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
+    let (codec, limits) = (&core.codec, BodyLimits::of(core));
     let encoded = uploads
         .write(0, |writers| {
-            encode_stream(codec, body, writers, Sha256::new(), 0, None, idle)
+            encode_stream(codec, body, writers, Sha256::new(), 0, None, limits)
         })
         .await;
     let encoded = match encoded {
@@ -425,10 +425,18 @@ where
     let mut accepted_now = offset;
     if offset < token.size {
         let piece_offset = offset / BLOCK_SIZE as u64 * PIECE_SIZE as u64;
-        let (codec, idle) = (&core.codec, core.config.body_idle_timeout);
+        let (codec, limits) = (&core.codec, BodyLimits::of(core));
         let encoded = uploads
             .write(piece_offset, |writers| {
-                encode_stream(codec, body, writers, hasher, offset, Some(token.size), idle)
+                encode_stream(
+                    codec,
+                    body,
+                    writers,
+                    hasher,
+                    offset,
+                    Some(token.size),
+                    limits,
+                )
             })
             .await?;
         hasher = encoded.hasher;

@@ -52,6 +52,8 @@ pub struct LocalConfig {
     pub data_servers: usize,
     /// A request body idle for this long is cut off with 408.
     pub body_idle_timeout: std::time::Duration,
+    /// How slowly a request body may arrive (see `ApiConfig::body_pace`).
+    pub body_pace: dos_api_server::pipeline::write::BodyPace,
     /// Background scrub, retention and orphan collection.
     pub maintenance: MaintenanceConfig,
     /// Uploads untouched this long are deleted (and removed shards leave garbage/).
@@ -91,6 +93,7 @@ impl LocalConfig {
             admin_token: None,
             data_servers: TOTAL_SHARDS,
             body_idle_timeout: std::time::Duration::from_secs(60),
+            body_pace: Default::default(),
             maintenance: MaintenanceConfig::default(),
             temp_ttl: std::time::Duration::from_secs(24 * 3600),
             shard_path: ShardPath::default(),
@@ -202,6 +205,7 @@ impl LocalCluster {
         api_config.token = config.token.clone();
         api_config.admin_token = config.admin_token.clone();
         api_config.body_idle_timeout = config.body_idle_timeout;
+        api_config.body_pace = config.body_pace;
         api_config.maintenance = config.maintenance.clone();
         api_config.shard_stall_timeout = config.shard_stall_timeout;
         api_config.shard_call_timeout = config.shard_call_timeout;

@@ -65,3 +65,63 @@ async fn stalled_upload_is_cut_off() {
     assert_eq!(client.get("after", None).await.unwrap(), body);
     cluster.shutdown().await;
 }
+
+/// A body that trickles in (a few bytes at a time, never idle long enough for the idle
+/// timeout) is cut off once it arrives slower than the minimum rate; other clients are
+/// served meanwhile, and nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn trickling_body_is_cut_off_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LocalConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.body_idle_timeout = Duration::from_secs(60);
+    config.body_pace = dos_api_server::pipeline::write::BodyPace {
+        min_rate: 10_000,
+        grace: Duration::from_secs(1),
+    };
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let addr = cluster.api_addr();
+    let body = vec![7u8; 100_000];
+    let digest = ContentHash::of(&body).digest_header();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /objects/trickle HTTP/1.1\r\nHost: x\r\nDigest: {digest}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let client = Client::new(format!("http://{addr}")).unwrap();
+    let mut answer = Vec::new();
+    let mut served = false;
+    for chunk in body.chunks(100) {
+        // 100 bytes every 50 ms: 2 KB/s, far under the minimum.
+        if s.write_all(chunk).await.is_err() {
+            // The server answered and closed: the answer is there to read.
+            let mut buf = vec![0u8; 512];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await
+            {
+                answer.extend_from_slice(&buf[..n]);
+            }
+            break;
+        }
+        if !served {
+            let t = Instant::now();
+            client
+                .put_bytes("other", b"meanwhile".to_vec(), &WriteAttributes::default())
+                .await
+                .unwrap();
+            assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+            served = true;
+        }
+        let mut buf = vec![0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            answer.extend_from_slice(&buf[..n]);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "never cut off");
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("slower than"), "{answer}");
+    assert!(client.versions("trickle").await.unwrap().is_empty());
+    cluster.shutdown().await;
+}

@@ -362,20 +362,75 @@ impl ShardWriters {
     }
 }
 
+/// How slowly a request body may arrive: past `grace`, on average at least `min_rate` bytes
+/// a second since its first byte was awaited (a body trickling a byte a minute would
+/// otherwise hold its request slot for ever, each byte resetting the idle timeout).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+impl Default for BodyPace {
+    fn default() -> Self {
+        Self {
+            min_rate: 1024,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reading one request body: the idle timeout and the pace.
+pub struct BodyLimits {
+    pub idle: Duration,
+    pub pace: BodyPace,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl BodyLimits {
+    pub fn new(idle: Duration, pace: BodyPace) -> Self {
+        Self {
+            idle,
+            pace,
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// The limits of the server in `core`, starting now.
+    pub fn of(core: &crate::core::Core) -> Self {
+        Self::new(core.config.body_idle_timeout, core.config.body_pace)
+    }
+}
+
 /// The next chunk of a request body, or [`ApiError::BodyStalled`] when the client sent
-/// nothing for `idle`.
+/// nothing for the idle time, or [`ApiError::BodyTooSlow`] when it sends too slowly.
 async fn next_frame<S, E>(
     body: &mut S,
-    idle: std::time::Duration,
+    limits: &mut BodyLimits,
 ) -> ApiResult<Option<Result<Bytes, E>>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
-    tokio::time::timeout(idle, body.next())
+    let frame = tokio::time::timeout(limits.idle, body.next())
         .await
         .map_err(|_| ApiError::BodyStalled {
-            secs: idle.as_secs(),
-        })
+            secs: limits.idle.as_secs(),
+        })?;
+    if let Some(Ok(f)) = &frame {
+        limits.bytes += f.len() as u64;
+    }
+    let elapsed = limits.started.elapsed();
+    if frame.is_some()
+        && elapsed > limits.pace.grace
+        && (limits.bytes as f64) < limits.pace.min_rate as f64 * elapsed.as_secs_f64()
+    {
+        return Err(ApiError::BodyTooSlow {
+            min_rate: limits.pace.min_rate,
+        });
+    }
+    Ok(frame)
 }
 
 /// What streaming a body produced.
@@ -397,7 +452,7 @@ pub async fn encode_stream<S, E>(
     hasher: Sha256,
     already: u64,
     total: Option<u64>,
-    idle: std::time::Duration,
+    limits: BodyLimits,
 ) -> ApiResult<(Encoded, ShardWriters)>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -440,12 +495,13 @@ where
     });
 
     let mut body = body;
+    let mut limits = limits;
     let mut buf = BytesMut::with_capacity(BLOCK_SIZE);
     let mut received = already;
     let mut encoder_gone = false;
     let mut read_error = None;
     loop {
-        let frame = match next_frame(&mut body, idle).await {
+        let frame = match next_frame(&mut body, &mut limits).await {
             Ok(Some(Ok(f))) => f,
             Ok(None) => break,
             Ok(Some(Err(e))) => {
@@ -501,17 +557,18 @@ where
 
 /// Hashes a body without storing it (a PUT of content the store already has still proves it
 /// has the bytes). Returns the hash and the size.
-pub async fn hash_stream<S, E>(body: S, idle: std::time::Duration) -> ApiResult<(ContentHash, u64)>
+pub async fn hash_stream<S, E>(body: S, limits: BodyLimits) -> ApiResult<(ContentHash, u64)>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
     let mut body = body;
+    let mut limits = limits;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut buf = BytesMut::new();
     loop {
-        let frame = next_frame(&mut body, idle).await?;
+        let frame = next_frame(&mut body, &mut limits).await?;
         let done = frame.is_none();
         if let Some(f) = frame {
             let f = f.map_err(|e| ApiError::BadRequest(format!("reading request body: {e}")))?;
