@@ -84,6 +84,45 @@ impl LocateResponder for Holds {
     }
 }
 
+/// A consumer of everything published to `exchange`, on a queue of its own (what anyone
+/// with access to the broker can set up).
+async fn listen_to(channel: &lapin::Channel, exchange: &str) -> lapin::Consumer {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
 async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -216,40 +255,7 @@ async fn malformed_messages_are_dropped() {
         .await
         .unwrap();
     let rogue = conn.create_channel().await.unwrap();
-    let queue = rogue
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    rogue
-        .queue_bind(
-            queue.name().clone(),
-            config.data_exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut requests = rogue
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut requests = listen_to(&rogue, &config.data_exchange).await;
     let rogue_pub = rogue.clone();
     let rogue_task = tokio::spawn(async move {
         while let Some(Ok(delivery)) = requests.next().await {
@@ -537,47 +543,8 @@ async fn forged_and_replayed_messages_change_nothing() {
     let rogue = conn.create_channel().await.unwrap();
     // The attacker listens to both exchanges: it sees heartbeats (to replay them) and
     // locate requests (to answer them).
-    let listen = |exchange: String| {
-        let rogue = rogue.clone();
-        async move {
-            let queue = rogue
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-            rogue
-                .queue_bind(
-                    queue.name().clone(),
-                    exchange.as_str().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-            rogue
-                .basic_consume(
-                    queue.name().clone(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap()
-        }
-    };
-    let mut heartbeats = listen(config.api_exchange.clone()).await;
-    let mut requests = listen(config.data_exchange.clone()).await;
+    let mut heartbeats = listen_to(&rogue, &config.api_exchange).await;
+    let mut requests = listen_to(&rogue, &config.data_exchange).await;
     let rogue_pub = rogue.clone();
     let wrong = dos_bus::seal::Sealer::new(Some(b"not the cluster secret!!".to_vec()));
     let rogue_task = tokio::spawn(async move {
