@@ -362,9 +362,18 @@ impl Client {
         }
     }
 
+    /// The URL of an upload `location`: a path on this client's server, or an absolute URL
+    /// of the same server. An absolute URL elsewhere is refused: the request would carry the
+    /// bearer token to it.
     fn location_url(&self, location: &str) -> Result<String, ClientError> {
         if location.starts_with("http://") || location.starts_with("https://") {
-            Ok(location.to_owned())
+            match location.strip_prefix(&*self.base) {
+                Some(rest) if rest.starts_with('/') => Ok(location.to_owned()),
+                _ => Err(ClientError::InvalidInput(format!(
+                    "upload location {location:?} is not on {}; the token is not sent elsewhere",
+                    self.base
+                ))),
+            }
         } else if location.starts_with('/') {
             Ok(self.url(location))
         } else {
@@ -962,6 +971,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_locations_stay_on_the_clients_server() {
+        let c = Client::builder("http://127.0.0.1:23333")
+            .token("t0k3n")
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.location_url("/temp/abc").unwrap(),
+            "http://127.0.0.1:23333/temp/abc"
+        );
+        assert!(c.location_url("http://127.0.0.1:23333/temp/abc").is_ok());
+        for elsewhere in [
+            "http://198.18.0.66/temp/abc",
+            "http://127.0.0.1:23334/temp/abc",
+            "http://127.0.0.1:23333.evil/temp",
+            "https://127.0.0.1:23333/temp/abc",
+            "temp/abc",
+        ] {
+            assert!(
+                matches!(c.location_url(elsewhere), Err(ClientError::InvalidInput(_))),
+                "{elsewhere}"
+            );
+        }
+    }
 
     #[test]
     fn builder_validates_input() {
