@@ -43,6 +43,8 @@ pub struct ApiConfig {
     pub shard_call_timeout: Duration,
     /// Background scrub, retention and orphan collection.
     pub maintenance: MaintenanceConfig,
+    /// Connections at once and the request head deadline of the REST listener.
+    pub conn_limits: dos_worker::http::ConnLimits,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("shard_stall_timeout", &self.shard_stall_timeout)
             .field("shard_call_timeout", &self.shard_call_timeout)
             .field("maintenance", &self.maintenance)
+            .field("conn_limits", &self.conn_limits)
             .finish()
     }
 }
@@ -77,6 +80,7 @@ impl ApiConfig {
             shard_stall_timeout: Duration::from_secs(10),
             shard_call_timeout: Duration::from_secs(120),
             maintenance: MaintenanceConfig::default(),
+            conn_limits: Default::default(),
         }
     }
 }

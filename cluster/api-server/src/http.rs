@@ -20,9 +20,7 @@ use dos_protocol::{
 };
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
@@ -77,20 +75,6 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(check_request_head))
         .layer(middleware::from_fn_with_state(limit, limit_in_flight))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `cancel`, then lets requests in flight finish. Small
-/// answers must not wait for delayed ACKs, so every connection gets TCP_NODELAY.
-pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) {
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let serve = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned());
-    if let Err(e) = serve.await {
-        tracing::error!(error = %e, "API listener failed");
-    }
 }
 
 impl IntoResponse for ApiError {

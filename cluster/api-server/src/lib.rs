@@ -92,7 +92,10 @@ impl ApiServer {
             core: core.clone(),
             maintenance: maintenance.clone(),
         });
-        workers.spawn_once("http listener", |cancel| http::serve(listener, app, cancel));
+        let limits = core.config.conn_limits;
+        workers.spawn_once("http listener", move |cancel| {
+            dos_worker::http::serve(listener, app, cancel, limits, "API")
+        });
         tracing::info!(%addr, "API server started");
         Ok(Self {
             addr,

@@ -98,23 +98,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `cancel`, with TCP_NODELAY on every connection.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let serve = axum::serve(listener, router).with_graceful_shutdown(cancel.cancelled_owned());
-    if let Err(e) = serve.await {
-        tracing::error!(error = %e, "data server HTTP listener failed");
-    }
-}
-
 /// Errors of this interface, mapped to a status once.
 #[derive(Debug, thiserror::Error)]
 pub enum DataServerError {

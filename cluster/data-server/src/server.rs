@@ -39,6 +39,8 @@ pub struct DataServerConfig {
     pub secret: Option<Vec<u8>>,
     /// Whole small shards go to pack files (see `store::pack`); off, each is a file.
     pub pack_small: bool,
+    /// Connections at once and the request head deadline (HTTP).
+    pub conn_limits: dos_worker::http::ConnLimits,
 }
 
 impl std::fmt::Debug for DataServerConfig {
@@ -61,6 +63,7 @@ impl DataServerConfig {
             temp_ttl: Duration::from_secs(24 * 3600),
             secret: None,
             pack_small: true,
+            conn_limits: Default::default(),
         }
     }
 }
@@ -161,8 +164,9 @@ impl DataServer {
                     secret: config.secret.as_deref().map(Arc::from),
                     nonces: Arc::default(),
                 });
-                workers.spawn_once("http listener", |cancel| {
-                    crate::http::serve(listener, app, cancel)
+                let limits = config.conn_limits;
+                workers.spawn_once("http listener", move |cancel| {
+                    dos_worker::http::serve(listener, app, cancel, limits, "data server")
                 });
                 (bound.to_string(), None)
             }

@@ -54,6 +54,8 @@ pub struct LocalConfig {
     pub body_idle_timeout: std::time::Duration,
     /// How slowly a request body may arrive (see `ApiConfig::body_pace`).
     pub body_pace: dos_api_server::pipeline::write::BodyPace,
+    /// Connections at once and the request head deadline of every HTTP listener.
+    pub conn_limits: dos_worker::http::ConnLimits,
     /// Background scrub, retention and orphan collection.
     pub maintenance: MaintenanceConfig,
     /// Uploads untouched this long are deleted (and removed shards leave garbage/).
@@ -94,6 +96,7 @@ impl LocalConfig {
             data_servers: TOTAL_SHARDS,
             body_idle_timeout: std::time::Duration::from_secs(60),
             body_pace: Default::default(),
+            conn_limits: Default::default(),
             maintenance: MaintenanceConfig::default(),
             temp_ttl: std::time::Duration::from_secs(24 * 3600),
             shard_path: ShardPath::default(),
@@ -137,6 +140,7 @@ struct DataStart {
     secret: Vec<u8>,
     temp_ttl: std::time::Duration,
     pack_small: bool,
+    conn_limits: dos_worker::http::ConnLimits,
     /// The in-process registry, or `None` for HTTP.
     local: Option<Arc<LocalShards>>,
 }
@@ -151,6 +155,7 @@ impl DataStart {
         config.secret = Some(self.secret.clone());
         config.temp_ttl = self.temp_ttl;
         config.pack_small = self.pack_small;
+        config.conn_limits = self.conn_limits;
         Ok(DataServer::start(config, self.bus.clone()).await?)
     }
 }
@@ -195,6 +200,7 @@ impl LocalCluster {
             secret: secret.clone(),
             temp_ttl: config.temp_ttl,
             pack_small: config.pack_small,
+            conn_limits: config.conn_limits,
             local,
         };
         let mut data = Vec::new();
@@ -206,6 +212,7 @@ impl LocalCluster {
         api_config.admin_token = config.admin_token.clone();
         api_config.body_idle_timeout = config.body_idle_timeout;
         api_config.body_pace = config.body_pace;
+        api_config.conn_limits = config.conn_limits;
         api_config.maintenance = config.maintenance.clone();
         api_config.shard_stall_timeout = config.shard_stall_timeout;
         api_config.shard_call_timeout = config.shard_call_timeout;

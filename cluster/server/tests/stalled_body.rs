@@ -125,3 +125,62 @@ async fn trickling_body_is_cut_off_and_others_are_served() {
     assert!(client.versions("trickle").await.unwrap().is_empty());
     cluster.shutdown().await;
 }
+
+/// Slow heads: hundreds of connections that send half a request head and then nothing are
+/// cut off after the header deadline, and other clients are served within a second all along;
+/// past the connection cap, new connections wait for a slot instead of using up descriptors.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_heads_are_cut_off_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LocalConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.conn_limits = dos_worker::http::ConnLimits {
+        max_connections: 400,
+        header_read_timeout: Duration::from_secs(2),
+    };
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let addr = cluster.api_addr();
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let client = Client::new(format!("http://{addr}")).unwrap();
+    let t = Instant::now();
+    client.health(Duration::from_secs(5)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // After the deadline every slow connection is closed by the server.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => closed += 1,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, slow.len(), "slow heads still open");
+    drop(slow);
+
+    // The cap: 400 idle connections take every slot; one more waits until the deadline
+    // frees slots, then is served.
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let served = client.health(Duration::from_secs(10)).await;
+    assert!(served.is_ok(), "{served:?}");
+    let waited = t.elapsed();
+    assert!(
+        waited > Duration::from_millis(500) && waited < Duration::from_secs(6),
+        "waited {waited:?} for a slot"
+    );
+    drop(idle);
+    cluster.shutdown().await;
+}

@@ -20,6 +20,8 @@
 //! # }
 //! ```
 
+pub mod http;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
