@@ -89,7 +89,9 @@ impl ClientBuilder {
             .connect_timeout(self.connect_timeout)
             .no_proxy()
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60));
+            // Under the API server's 30 s request head deadline, which also closes idle
+            // connections: the client lets go of them first.
+            .pool_idle_timeout(Duration::from_secs(20));
         if let Some(t) = self.response_timeout {
             http = http.read_timeout(t);
         }

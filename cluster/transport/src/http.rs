@@ -47,6 +47,9 @@ impl HttpTransport {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .pool_max_idle_per_host(32)
+            // Under the data servers' 30 s request head deadline, which also closes idle
+            // connections: this side lets go of them first.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())

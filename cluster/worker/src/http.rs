@@ -25,8 +25,9 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 pub struct ConnLimits {
     /// Connections served at once.
     pub max_connections: usize,
-    /// A request head (line and headers) must arrive within this once its first byte is
-    /// awaited.
+    /// A request head (line and headers) must arrive within this once the connection waits
+    /// for it; so a keep-alive connection left idle this long is closed too (clients of
+    /// this project keep idle connections for less: see their pool timeouts).
     pub header_read_timeout: Duration,
 }
 
@@ -34,7 +35,7 @@ impl Default for ConnLimits {
     fn default() -> Self {
         Self {
             max_connections: 8192,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
