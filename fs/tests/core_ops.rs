@@ -23,6 +23,13 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|_| None)
+}
+
+/// A fixture whose core gets the write-back journal `journal` makes in the fixture's folder.
+fn fixture_with(
+    journal: impl FnOnce(&std::path::Path) -> Option<dosfs::core::journal::Journal>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let cache = BlockCache::open(CacheConfig {
         min_free_disk_bytes: 0,
@@ -35,8 +42,12 @@ fn fixture() -> Fixture {
     let store = Arc::new(FaultyStore::new(memory.clone(), faults.clone()));
     let mut config = FsConfig::new(0, 0);
     config.attr_ttl = Duration::ZERO;
+    let mut core = FsCore::new(store, cache, staging, config);
+    if let Some(j) = journal(dir.path()) {
+        core = core.with_journal(j);
+    }
     Fixture {
-        core: FsCore::new(store, cache, staging, config),
+        core,
         memory,
         faults,
         _dir: dir,
@@ -185,10 +196,10 @@ async fn a_read_cut_off_by_the_network_is_an_error_not_short_bytes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn write_back_journals_closes_and_a_file_deleted_while_pending_never_reaches_the_store() {
-    let mut f = fixture();
+    let f = fixture_with(|dir| {
+        Some(dosfs::core::journal::Journal::open(&dir.join("writeback")).unwrap())
+    });
     let journal_dir = f._dir.path().join("writeback");
-    let journal = dosfs::core::journal::Journal::open(&journal_dir).unwrap();
-    f.core = std::mem::replace(&mut f.core, fixture().core).with_journal(journal);
     // The store refuses every upload: closes still succeed (the bytes are in the journal).
     f.faults
         .fail(Op::Put, StoreError::Transport("the store is away".into()));
