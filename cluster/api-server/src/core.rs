@@ -93,4 +93,6 @@ pub struct Core {
     pub config: ApiConfig,
     /// Where reads that met a bad shard ask for a repair.
     pub repairs: RepairQueue,
+    /// Block hashes of streamed uploads waiting for the request that finishes them.
+    pub received: crate::resumable::ReceivedBlocks,
 }

@@ -33,6 +33,9 @@ pub enum ApiError {
     NotEnoughServers { live: usize },
     #[error("only {available} of the 4 shards needed are readable")]
     ShardsUnavailable { available: usize },
+    /// Fewer than four shards give a block that matches its recorded hash.
+    #[error("fewer than 4 shards hold the right bytes of block {block}; no wrong byte was served")]
+    Unverifiable { block: u64 },
     /// A data server did not take or commit its shard.
     #[error("writing shards failed: {0}")]
     ShardWrite(ShardError),
@@ -75,6 +78,7 @@ impl ApiError {
             }
             ApiError::NotEnoughServers { .. }
             | ApiError::ShardsUnavailable { .. }
+            | ApiError::Unverifiable { .. }
             | ApiError::ShardWrite(_)
             | ApiError::ShardRead(_)
             | ApiError::Unavailable(_)
@@ -129,6 +133,7 @@ impl ApiError {
             ApiError::BodyStalled { .. } | ApiError::BodyTooSlow { .. } => k::TIMEOUT,
             ApiError::NotEnoughServers { .. }
             | ApiError::ShardsUnavailable { .. }
+            | ApiError::Unverifiable { .. }
             | ApiError::ShardWrite(_)
             | ApiError::ShardRead(_)
             | ApiError::Unavailable(_) => k::UNAVAILABLE,

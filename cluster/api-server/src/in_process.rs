@@ -54,6 +54,7 @@ pub fn store_error(e: ApiError) -> StoreError {
         ApiError::BodyStalled { .. } | ApiError::BodyTooSlow { .. } => StoreError::Timeout(message),
         ApiError::NotEnoughServers { .. }
         | ApiError::ShardsUnavailable { .. }
+        | ApiError::Unverifiable { .. }
         | ApiError::ShardWrite(_)
         | ApiError::ShardRead(_)
         | ApiError::Unavailable(_) => StoreError::Unavailable(message),

@@ -80,6 +80,7 @@ impl ApiServer {
             codec: dos_erasure::Codec::new(),
             config,
             repairs,
+            received: Default::default(),
         });
         let workers = Arc::new(Supervisor::new());
         workers.spawn(Arc::new(repair::RepairWorker::new(

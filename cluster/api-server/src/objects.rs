@@ -4,16 +4,17 @@
 use bytes::Bytes;
 use dos_metadata::{ContentRecord, NewVersion};
 use dos_protocol::{
-    BLOCK_SIZE, ByteRange, ContentHash, ObjectName, ServerInfo, VersionRecord, WriteAttributes,
-    block_count, now_ns, shard_len,
+    BLOCK_SIZE, BlockHashes, ByteRange, ContentHash, ObjectName, ServerInfo, VersionRecord,
+    WriteAttributes, block_count, now_ns, shard_len,
 };
 use futures::Stream;
-use sha2::Digest as _;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::pipeline::read::{Decoder, ReadPlan};
-use crate::pipeline::write::{BodyLimits, Deadlines, encode_stream, hash_stream, store_content};
+use crate::pipeline::write::{
+    BodyLimits, ContentDigest, Deadlines, encode_stream, hash_stream, store_content,
+};
 use crate::placement;
 
 pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> NewVersion {
@@ -73,7 +74,7 @@ where
     }
     let servers = placement::choose_servers(core)?;
     let (codec, limits) = (&core.codec, BodyLimits::of(core));
-    let size = store_content(
+    let (size, blocks) = store_content(
         &core.shards,
         Deadlines::of(core),
         &digest,
@@ -84,22 +85,28 @@ where
                 codec,
                 body,
                 writers,
-                sha2::Sha256::new(),
+                ContentDigest::default(),
                 0,
                 content_length,
                 limits,
             )
             .await?;
-            if ContentHash(encoded.hasher.finalize().into()) != digest {
+            let size = encoded.accepted;
+            let (hash, blocks) = encoded.digest.finish(size);
+            if hash != digest {
                 return Err(ApiError::DigestMismatch);
             }
-            let size = encoded.accepted;
-            Ok(((size, shard_len(size)), writers))
+            Ok((((size, blocks), shard_len(size)), writers))
         },
     )
     .await?;
     let placed: Vec<ServerInfo> = servers.into_iter().map(|(_, s)| s).collect();
-    record_new_content(core, name, digest, size, &placed, &attrs).await
+    let stored = Stored {
+        hash: digest,
+        size,
+        blocks,
+    };
+    record_new_content(core, name, stored, &placed, &attrs).await
 }
 
 /// A version of content that is stored already; the caller has just touched its record (so
@@ -140,20 +147,29 @@ async fn supersede(core: &Core, rec: &VersionRecord, attrs: &WriteAttributes) {
     }
 }
 
+/// Content whose shards were just committed: its hash, size and block hashes.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub hash: ContentHash,
+    pub size: u64,
+    pub blocks: BlockHashes,
+}
+
 /// Records where new content's shards went and the version that refers to it (one
 /// metadata transaction where the engine has them).
 pub async fn record_new_content(
     core: &Core,
     name: &ObjectName,
-    hash: ContentHash,
-    size: u64,
+    stored: Stored,
     servers: &[ServerInfo],
     attrs: &WriteAttributes,
 ) -> ApiResult<VersionRecord> {
+    let Stored { hash, size, blocks } = stored;
     let content = ContentRecord {
         hash,
         size,
         placement: servers.iter().map(|s| s.id.clone()).collect(),
+        blocks,
     };
     let rec = core
         .meta
@@ -212,6 +228,7 @@ pub async fn open_read(
         first_block,
         end_block,
         stall_timeout: core.config.shard_stall_timeout,
+        blocks: content.blocks.clone(),
     };
     let decoder = Decoder::open(core.shards.clone(), core.codec.clone(), plan).await;
     match decoder {

@@ -69,6 +69,10 @@ pub enum ShardFault {
     Missing(ServerInfo),
     /// No live server could be reached for it: rebuild elsewhere if a spare server exists.
     Unreachable,
+    /// Its server served bytes that do not match the recorded block hashes (its own checks
+    /// passed, so it is not believed): rebuild on a spare server when one exists, else
+    /// write it again there.
+    Wrong(ServerInfo),
 }
 
 /// Where each bad shard is rebuilt: on the server that lost it when that server is live,
@@ -82,9 +86,12 @@ pub fn repair_targets(
     let mut used: Vec<ServerId> = holding.iter().map(|s| s.id.clone()).collect();
     let mut targets = Vec::new();
     for (shard, fault) in bad {
+        let spare = || live.iter().find(|s| !used.contains(&s.id)).cloned();
+        let is_live = |s: &ServerInfo| live.iter().any(|l| l.id == s.id);
         let target = match fault {
-            ShardFault::Missing(s) if live.iter().any(|l| l.id == s.id) => Some(s.clone()),
-            _ => live.iter().find(|s| !used.contains(&s.id)).cloned(),
+            ShardFault::Missing(s) if is_live(s) => Some(s.clone()),
+            ShardFault::Wrong(s) => spare().or_else(|| is_live(s).then(|| s.clone())),
+            _ => spare(),
         };
         if let Some(t) = target {
             used.push(t.id.clone());

@@ -4,7 +4,7 @@
 //! the object), then records the new placement with a conditional update that never
 //! overwrites a concurrent change. The reader is never slowed or blocked by it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use async_trait::async_trait;
@@ -21,23 +21,27 @@ use crate::pipeline::write::{Deadlines, store_content};
 use crate::placement::{self, Holders, ShardFault};
 use crate::probe::probe;
 
-/// Hashes waiting for repair; a hash already queued or in progress is not queued twice.
+/// Shards a read found serving wrong bytes, with their servers.
+pub type WrongShards = Vec<(u8, ServerInfo)>;
+
+/// Hashes waiting for repair, each with the shards found serving wrong bytes; a hash already
+/// queued or in progress is not queued twice (its wrong shards are added to the entry).
 #[derive(Clone)]
 pub struct RepairQueue {
     tx: mpsc::Sender<ContentHash>,
-    pending: Arc<Mutex<HashSet<ContentHash>>>,
+    pending: Arc<Mutex<HashMap<ContentHash, WrongShards>>>,
 }
 
 /// The receiving end of the queue, handed to the worker.
 pub struct RepairInbox {
     rx: mpsc::Receiver<ContentHash>,
-    pending: Arc<Mutex<HashSet<ContentHash>>>,
+    pending: Arc<Mutex<HashMap<ContentHash, WrongShards>>>,
 }
 
 /// A queue and its inbox; at most `capacity` hashes wait.
 pub fn queue(capacity: usize) -> (RepairQueue, RepairInbox) {
     let (tx, rx) = mpsc::channel(capacity);
-    let pending = Arc::<Mutex<HashSet<ContentHash>>>::default();
+    let pending = Arc::<Mutex<HashMap<ContentHash, WrongShards>>>::default();
     (
         RepairQueue {
             tx,
@@ -50,8 +54,23 @@ pub fn queue(capacity: usize) -> (RepairQueue, RepairInbox) {
 impl RepairQueue {
     /// Queues `hash`; drops the request (logged) when the queue is full.
     pub fn request(&self, hash: ContentHash) {
+        self.request_with(hash, Vec::new());
+    }
+
+    /// Queues `hash`, whose shards `wrong` served bytes that do not match the recorded
+    /// hashes (repair rebuilds them whatever their servers say about them).
+    pub fn request_with(&self, hash: ContentHash, wrong: WrongShards) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if pending.insert(hash) && self.tx.try_send(hash).is_err() {
+        if let Some(known) = pending.get_mut(&hash) {
+            for w in wrong {
+                if !known.contains(&w) {
+                    known.push(w);
+                }
+            }
+            return;
+        }
+        pending.insert(hash, wrong);
+        if self.tx.try_send(hash).is_err() {
             pending.remove(&hash);
             tracing::warn!(%hash, "repair queue full; the scrub job will catch it");
         }
@@ -97,7 +116,14 @@ impl Worker for RepairWorker {
             let Some(core) = self.core.upgrade() else {
                 return Ok(());
             };
-            match repair(&core, &hash).await {
+            let wrong = inbox
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&hash)
+                .cloned()
+                .unwrap_or_default();
+            match repair(&core, &hash, &wrong).await {
                 Ok(o) if !o.rebuilt.is_empty() => {
                     tracing::info!(%hash, shards = ?o.rebuilt, "shards rebuilt")
                 }
@@ -119,12 +145,17 @@ pub struct RepairOutcome {
     pub rebuilt: Vec<u8>,
 }
 
-/// Checks every shard of `hash` and rebuilds the ones that are missing or corrupt.
-pub async fn repair(core: &Core, hash: &ContentHash) -> ApiResult<RepairOutcome> {
+/// Checks every shard of `hash` and rebuilds the ones that are missing or corrupt, and the
+/// ones in `wrong` (found serving wrong bytes by a read; their servers' checks pass).
+pub async fn repair(
+    core: &Core,
+    hash: &ContentHash,
+    wrong: &[(u8, ServerInfo)],
+) -> ApiResult<RepairOutcome> {
     let Some(content) = core.meta.get_content(hash).await? else {
         return Ok(RepairOutcome::default());
     };
-    let holders = placement::holders(core, &content).await;
+    let mut holders = placement::holders(core, &content).await;
     if content.size == 0 {
         // Empty shards cannot be probed by a ranged read; a holder that answers is trusted.
         return Ok(RepairOutcome::default());
@@ -139,10 +170,24 @@ pub async fn repair(core: &Core, hash: &ContentHash) -> ApiResult<RepairOutcome>
             .map(drop)
     })
     .await;
-    if probed.bad.is_empty() {
+    let mut bad = probed.bad.clone();
+    let mut holding = probed.holding();
+    for (shard, server) in wrong {
+        // Not read from that server again (its own checks would pass).
+        if let Some(h) = holders.get_mut(usize::from(*shard)) {
+            h.retain(|s| s.id != server.id);
+        }
+        if !bad.iter().any(|(s, _)| s == shard) {
+            bad.push((*shard, ShardFault::Wrong(server.clone())));
+        }
+        if !holding.iter().any(|s| s.id == server.id) {
+            holding.push(server.clone());
+        }
+    }
+    if bad.is_empty() {
         return Ok(RepairOutcome::default());
     }
-    rebuild(core, &content, holders, &probed.bad, &probed.holding()).await
+    rebuild(core, &content, holders, &bad, &holding).await
 }
 
 /// Rebuilds `bad` shards of `content` from the good ones and records where they now live.
@@ -172,6 +217,7 @@ pub async fn rebuild(
         first_block: 0,
         end_block: block_count(content.size),
         stall_timeout: core.config.shard_stall_timeout,
+        blocks: content.blocks.clone(),
     };
     let length = shard_len(content.size);
     let (shards, codec, w) = (&core.shards, &core.codec, &want);

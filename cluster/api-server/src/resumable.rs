@@ -8,21 +8,23 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use dos_protocol::{
-    BLOCK_SIZE, ContentHash, EntryKind, ObjectName, PIECE_SIZE, ServerId, ServerInfo, TOTAL_SHARDS,
-    VersionRecord, WriteAttributes, shard_len,
+    BLOCK_SIZE, BlockHashes, ContentHash, EntryKind, ObjectName, PIECE_SIZE, ServerId, ServerInfo,
+    TOTAL_SHARDS, VersionRecord, WriteAttributes, shard_len,
 };
 use futures::Stream;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 
 use dos_protocol::shard::UNKNOWN_CONTENT;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::objects::{add_known_version, record_new_content};
+use crate::objects::{Stored, add_known_version, record_new_content};
 use crate::pipeline::read::PieceReader;
-use crate::pipeline::write::{BodyLimits, Deadlines, ShardTarget, Uploads, encode_stream};
+use crate::pipeline::write::{
+    BodyLimits, ContentDigest, Deadlines, ShardTarget, Uploads, encode_stream,
+};
 use crate::placement;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -255,7 +257,15 @@ where
     let (codec, limits) = (&core.codec, BodyLimits::of(core));
     let encoded = uploads
         .write(0, |writers| {
-            encode_stream(codec, body, writers, Sha256::new(), 0, None, limits)
+            encode_stream(
+                codec,
+                body,
+                writers,
+                ContentDigest::default(),
+                0,
+                None,
+                limits,
+            )
         })
         .await;
     let encoded = match encoded {
@@ -265,7 +275,8 @@ where
             return Err(e);
         }
     };
-    let hash = ContentHash(encoded.hasher.finalize().into());
+    let (hash, blocks) = encoded.digest.finish(encoded.accepted);
+    core.received.keep(hash, blocks);
     let received = UploadToken {
         hash,
         size: encoded.accepted,
@@ -309,7 +320,24 @@ pub async fn finish(
             "this upload lost bytes it had received (a data server restarted?)".into(),
         ));
     }
-    make_version(core, token, &uploads, &attrs).await
+    let blocks = match core.received.take(&token.hash) {
+        Some(b) => b,
+        // Received by another API server, or before this one restarted: the block hashes
+        // are computed again from the shard uploads (and the content hash checked with them).
+        None => {
+            let digest =
+                read_back(core, &uploads.targets, token.size, ContentDigest::default()).await?;
+            let (hash, blocks) = digest.finish(token.size);
+            if hash != token.hash {
+                uploads.abort().await;
+                return Err(ApiError::Unavailable(
+                    "the shard uploads no longer hold what was received; send it again".into(),
+                ));
+            }
+            blocks
+        }
+    };
+    make_version(core, token, &uploads, &attrs, blocks).await
 }
 
 /// The end of an upload whose bytes all arrived and match: commits the shards (or drops them
@@ -319,6 +347,7 @@ async fn make_version(
     token: &UploadToken,
     uploads: &Uploads,
     attrs: &WriteAttributes,
+    blocks: BlockHashes,
 ) -> ApiResult<VersionRecord> {
     let hash = token.hash;
     if core.meta.touch_content(&hash).await?.is_some() {
@@ -327,15 +356,12 @@ async fn make_version(
         return add_known_version(core, &token.name, hash, token.size, attrs).await;
     }
     uploads.commit(shard_len(token.size), &hash).await?;
-    record_new_content(
-        core,
-        &token.name,
+    let stored = Stored {
         hash,
-        token.size,
-        &uploads.servers(),
-        attrs,
-    )
-    .await
+        size: token.size,
+        blocks,
+    };
+    record_new_content(core, &token.name, stored, &uploads.servers(), attrs).await
 }
 
 /// Object bytes accepted so far: whole blocks every shard has, or the whole object.
@@ -418,9 +444,9 @@ where
     }
     let targets = token.targets(&core.bus.live_servers());
     let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
-    let mut hasher = Sha256::new();
+    let mut digest = ContentDigest::default();
     if offset > 0 {
-        hasher = prime_hasher(core, &uploads.targets, offset, hasher).await?;
+        digest = read_back(core, &uploads.targets, offset, digest).await?;
     }
     let mut accepted_now = offset;
     if offset < token.size {
@@ -432,14 +458,14 @@ where
                     codec,
                     body,
                     writers,
-                    hasher,
+                    digest,
                     offset,
                     Some(token.size),
                     limits,
                 )
             })
             .await?;
-        hasher = encoded.hasher;
+        digest = encoded.digest;
         accepted_now += encoded.accepted;
     }
     if accepted_now < token.size {
@@ -447,24 +473,24 @@ where
             accepted: accepted_now,
         });
     }
-    let hash = ContentHash(hasher.finalize().into());
+    let (hash, blocks) = digest.finish(token.size);
     if hash != token.hash {
         uploads.abort().await;
         return Err(ApiError::DigestMismatch);
     }
-    let v = make_version(core, token, &uploads, &token.attrs()).await?;
+    let v = make_version(core, token, &uploads, &token.attrs(), blocks).await?;
     Ok(PutOutcome::Done(v))
 }
 
 /// Feeds the first `offset` object bytes (whole blocks), read back from the four data shard
-/// uploads, into `hasher`, so that the final digest covers every byte without the API server
+/// uploads, into `digest`, so that the final digests cover every byte without the API server
 /// keeping state between requests.
-async fn prime_hasher(
+async fn read_back(
     core: &Core,
     targets: &[ShardTarget],
     offset: u64,
-    mut hasher: Sha256,
-) -> ApiResult<Sha256> {
+    mut digest: ContentDigest,
+) -> ApiResult<ContentDigest> {
     // `offset` is a whole number of blocks, or the whole object (an upload whose bytes all
     // arrived but whose version was not made yet).
     let size = offset;
@@ -492,14 +518,45 @@ async fn prime_hasher(
             block.extend_from_slice(&p.map_err(ApiError::ShardWrite)?);
         }
         block.truncate((size - b * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize);
-        hasher = tokio::task::spawn_blocking(move || {
-            hasher.update(&block);
-            hasher
+        digest = tokio::task::spawn_blocking(move || {
+            digest.update(&block);
+            digest
         })
         .await
         .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))?;
     }
-    Ok(hasher)
+    Ok(digest)
+}
+
+/// Block hashes of streamed uploads received by this server whose version is not made yet,
+/// kept from the `PUT` for the `POST` that finishes it (a bounded number; one not found is
+/// computed again from the shard uploads).
+pub struct ReceivedBlocks(std::sync::Mutex<lru::LruCache<ContentHash, BlockHashes>>);
+
+impl Default for ReceivedBlocks {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(256).unwrap_or(std::num::NonZeroUsize::MIN),
+        )))
+    }
+}
+
+impl ReceivedBlocks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<ContentHash, BlockHashes>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn keep(&self, hash: ContentHash, blocks: BlockHashes) {
+        self.lock().put(hash, blocks);
+    }
+
+    /// The block hashes of `hash`; they stay (another upload of the same content may
+    /// finish with them) until pushed out.
+    pub fn take(&self, hash: &ContentHash) -> Option<BlockHashes> {
+        self.lock().get(hash).cloned()
+    }
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub fn object_bytes(
             }
         }
         if !decoder.faults().is_empty() {
-            repairs.request(decoder.hash());
+            repairs.request_with(decoder.hash(), decoder.wrong_shards());
         }
     });
     ReceiverStream::new(rx)

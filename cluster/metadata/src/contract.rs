@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use dos_protocol::{ContentHash, EntryKind, ObjectName, ServerId};
+use dos_protocol::{BLOCK_SIZE, BlockHashes, ContentHash, EntryKind, ObjectName, ServerId};
 
 use crate::{ContentRecord, ListQuery, MetadataStore, NewVersion, PlacementMove, VersionsFrom};
 
@@ -233,6 +233,7 @@ pub async fn contents_round_trip<S: MetadataStore>(store: &S) {
         hash: h,
         size: 7,
         placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+        blocks: BlockHashes::default(),
     };
     store.put_content(&rec).await.unwrap();
     assert_eq!(store.get_content(&h).await.unwrap(), Some(rec.clone()));
@@ -242,6 +243,43 @@ pub async fn contents_round_trip<S: MetadataStore>(store: &S) {
     };
     store.put_content(&moved).await.unwrap();
     assert_eq!(store.get_content(&h).await.unwrap(), Some(moved));
+
+    // Content of three blocks keeps the hash of each through every operation.
+    let big = ContentRecord {
+        hash: ContentHash::of(b"big"),
+        size: 2 * BLOCK_SIZE as u64 + 1,
+        placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+        blocks: BlockHashes::new((0..3u8).map(|i| ContentHash::of(&[i])).collect()),
+    };
+    store.put_content(&big).await.unwrap();
+    assert_eq!(
+        store.get_content(&big.hash).await.unwrap(),
+        Some(big.clone())
+    );
+    let mv = PlacementMove {
+        shard: 2,
+        from: ServerId("s2".into()),
+        to: ServerId("x".into()),
+    };
+    assert!(store.update_placement(&big.hash, &[mv]).await.unwrap());
+    let got = store.get_content(&big.hash).await.unwrap().unwrap();
+    assert_eq!(
+        got.blocks, big.blocks,
+        "a placement change keeps the block hashes"
+    );
+    let touched = store.touch_content(&big.hash).await.unwrap().unwrap();
+    assert_eq!(touched.blocks, big.blocks);
+    let listed = store.list_contents(None, 100).await.unwrap();
+    let found = listed.iter().find(|c| c.hash == big.hash).unwrap();
+    assert_eq!(found.blocks, big.blocks);
+    // Hashes that cannot belong to the size are refused and change nothing.
+    let wrong = ContentRecord {
+        hash: ContentHash::of(b"wrong"),
+        blocks: BlockHashes::new(vec![ContentHash::of(b"0")]),
+        ..big
+    };
+    assert!(store.put_content(&wrong).await.is_err());
+    assert_eq!(store.get_content(&wrong.hash).await.unwrap(), None);
 }
 
 pub async fn placement_moves_are_conditional<S: MetadataStore>(store: &S) {
@@ -263,6 +301,7 @@ pub async fn placement_moves_are_conditional<S: MetadataStore>(store: &S) {
         hash: h,
         size: 7,
         placement: ["a", "b", "c", "d", "e", "f"].map(s).to_vec(),
+        blocks: BlockHashes::default(),
     };
     store.put_content(&rec).await.unwrap();
     assert!(
@@ -299,6 +338,7 @@ pub async fn content_and_version_together<S: MetadataStore>(store: &S) {
         hash: h,
         size: 6,
         placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+        blocks: BlockHashes::default(),
     };
     let v = store
         .add_version_with_content(
@@ -339,6 +379,7 @@ pub async fn known_content_versions<S: MetadataStore>(store: &S) {
         hash: h,
         size: 11,
         placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+        blocks: BlockHashes::default(),
     };
     store.put_content(&rec).await.unwrap();
     let v = store
@@ -381,6 +422,7 @@ fn content(bytes: &[u8]) -> ContentRecord {
         hash: ContentHash::of(bytes),
         size: bytes.len() as u64,
         placement: (0..6).map(|i| ServerId(format!("s{i}"))).collect(),
+        blocks: BlockHashes::default(),
     }
 }
 

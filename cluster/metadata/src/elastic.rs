@@ -80,7 +80,7 @@ use dos_protocol::{ContentHash, ListPage, ObjectName, VersionRecord};
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::Url;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
-use elasticsearch::indices::{IndicesCreateParts, IndicesGetMappingParts};
+use elasticsearch::indices::{IndicesCreateParts, IndicesGetMappingParts, IndicesPutMappingParts};
 use elasticsearch::params::Refresh;
 use elasticsearch::{CreateParts, DeleteParts, Elasticsearch, GetParts, IndexParts, SearchParts};
 use serde_json::{Value, json};
@@ -279,8 +279,9 @@ impl ElasticStore {
     }
 
     /// Creates the three indices with their mappings, leaving existing ones alone (after
-    /// checking their mappings). Returns one line per index: "created index X" or "index X
-    /// already exists".
+    /// checking their mappings, and adding the fields an index made by an older version
+    /// lacks). Returns one line per index: "created index X", "index X already exists" or
+    /// "index X gained fields …".
     pub async fn create_indices(&self) -> Result<Vec<String>, MetadataError> {
         let mut done = Vec::new();
         for kind in IndexKind::ALL {
@@ -298,8 +299,15 @@ impl ElasticStore {
             } else if reply.status == 400
                 && reply.error_type() == Some("resource_already_exists_exception")
             {
+                let missing = self.missing_fields(kind).await?;
+                if missing.is_empty() {
+                    done.push(format!("index {index} already exists"));
+                } else {
+                    self.add_fields(kind, &missing).await?;
+                    let names: Vec<&str> = missing.iter().map(|(f, _)| *f).collect();
+                    done.push(format!("index {index} gained fields {}", names.join(", ")));
+                }
                 self.check_index(kind).await?;
-                done.push(format!("index {index} already exists"));
             } else {
                 return Err(reply.unexpected(&format!("create index {index}")));
             }
@@ -319,6 +327,46 @@ impl ElasticStore {
     }
 
     async fn check_index(&self, kind: IndexKind) -> Result<(), MetadataError> {
+        let mappings = self.mappings(kind).await?;
+        kind.check_mappings(self.index(kind), &mappings)
+    }
+
+    /// Fields this engine needs that the index does not map at all (an index made by an
+    /// older version); a field mapped with another type is not "missing" but `Corrupt`.
+    async fn missing_fields(
+        &self,
+        kind: IndexKind,
+    ) -> Result<Vec<(&'static str, &'static str)>, MetadataError> {
+        let mappings = self.mappings(kind).await?;
+        Ok(kind.missing_fields(&mappings))
+    }
+
+    async fn add_fields(
+        &self,
+        kind: IndexKind,
+        fields: &[(&'static str, &'static str)],
+    ) -> Result<(), MetadataError> {
+        let index = self.index(kind);
+        let properties: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|(f, ty)| (f.to_string(), json!({ "type": ty })))
+            .collect();
+        let sent = self
+            .client
+            .indices()
+            .put_mapping(IndicesPutMappingParts::Index(&[index]))
+            .body(json!({ "properties": properties }))
+            .send()
+            .await;
+        let reply = Reply::read("put mapping", sent).await?;
+        if reply.is_success() {
+            Ok(())
+        } else {
+            Err(reply.unexpected(&format!("put mapping of {index}")))
+        }
+    }
+
+    async fn mappings(&self, kind: IndexKind) -> Result<Value, MetadataError> {
         let index = self.index(kind);
         let sent = self
             .client
@@ -342,8 +390,9 @@ impl ElasticStore {
             .filter(|o| o.len() == 1)
             .and_then(|o| o.values().next())
             .and_then(|i| i.get("mappings"))
+            .cloned()
             .ok_or_else(|| reply.unexpected(&format!("get mapping of {index}")))?;
-        kind.check_mappings(index, mappings)
+        Ok(mappings)
     }
 
     /// Checks the indices once, before the first request of this store.
@@ -809,7 +858,8 @@ impl MetadataStore for ElasticStore {
         Ok(self
             .read_content(hash)
             .await?
-            .map(|(doc, _)| doc.into_record(*hash)))
+            .map(|(doc, _)| doc.into_record(*hash))
+            .transpose()?)
     }
 
     async fn put_content(&self, record: &ContentRecord) -> Result<(), MetadataError> {
@@ -866,7 +916,7 @@ impl MetadataStore for ElasticStore {
                 .index_doc(&self.contents, &content_id(hash), body, Some(at), None)
                 .await?
             {
-                return Ok(Some(doc.into_record(*hash)));
+                return doc.into_record(*hash).map(Some);
             }
         }
         Err(MetadataError::Unavailable(format!(
@@ -897,7 +947,7 @@ impl MetadataStore for ElasticStore {
                 let hash = ContentHash::from_base64(&doc.hash).map_err(|_| {
                     MetadataError::Corrupt(format!("content document hash {:?}", doc.hash))
                 })?;
-                Ok(doc.into_record(hash))
+                doc.into_record(hash)
             })
             .collect()
     }

@@ -14,7 +14,9 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 pub use dos_protocol::ListQuery;
-use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord};
+use dos_protocol::{
+    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -50,13 +52,15 @@ impl NewVersion {
     }
 }
 
-/// What the store knows about one content hash: its size and which data server holds each of
-/// its six shards (index = shard index).
+/// What the store knows about one content hash: its size, which data server holds each of
+/// its six shards (index = shard index), and the hash of each of its blocks, which every read
+/// checks (see [`BlockHashes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentRecord {
     pub hash: ContentHash,
     pub size: u64,
     pub placement: Vec<ServerId>,
+    pub blocks: BlockHashes,
 }
 
 /// One change to a content's placement: shard `shard` now lives on `to`, if its slot still
@@ -186,6 +190,20 @@ pub trait MetadataStore: Send + Sync + 'static {
 
 /// Applies `moves` to `placement` if every slot still names its `from` server; `false` (and
 /// nothing changed) otherwise. The engines' shared rule.
+/// Refuses a content record whose block hashes cannot belong to its size.
+pub(crate) fn check_blocks(record: &ContentRecord) -> Result<(), MetadataError> {
+    if record.blocks.fits(record.size) {
+        Ok(())
+    } else {
+        Err(MetadataError::BadRequest(format!(
+            "{} block hashes for content {} of {} bytes",
+            record.blocks.len(),
+            record.hash,
+            record.size
+        )))
+    }
+}
+
 pub(crate) fn apply_moves(placement: &mut [ServerId], moves: &[PlacementMove]) -> bool {
     let fits = moves.iter().all(|m| {
         placement

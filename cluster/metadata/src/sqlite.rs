@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use dos_protocol::{ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord, now_ns};
+use dos_protocol::{
+    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord, now_ns,
+};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::listing::{PageBuilder, Step};
@@ -49,19 +51,26 @@ CREATE TABLE IF NOT EXISTS contents (
     hash      BLOB    NOT NULL PRIMARY KEY,
     size      INTEGER NOT NULL,
     placement TEXT    NOT NULL,
-    touched   INTEGER NOT NULL DEFAULT 0
+    touched   INTEGER NOT NULL DEFAULT 0,
+    blocks    BLOB    NOT NULL DEFAULT x''
 ) WITHOUT ROWID;
 ";
 
-/// Adds `contents.touched` to a database created before it existed.
+/// Adds the columns of `contents` that a database created before them lacks (`touched`, and
+/// `blocks`: content stored before block hashes were recorded has none).
 fn migrate(conn: &Connection) -> Result<(), MetadataError> {
-    let has_touched = conn
-        .prepare("SELECT 1 FROM pragma_table_info('contents') WHERE name = 'touched'")
-        .and_then(|mut s| s.exists([]))
-        .map_err(db_err)?;
-    if !has_touched {
-        conn.execute_batch("ALTER TABLE contents ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
+    for (column, ty) in [
+        ("touched", "INTEGER NOT NULL DEFAULT 0"),
+        ("blocks", "BLOB NOT NULL DEFAULT x''"),
+    ] {
+        let present = conn
+            .prepare("SELECT 1 FROM pragma_table_info('contents') WHERE name = ?1")
+            .and_then(|mut s| s.exists([column]))
             .map_err(db_err)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE contents ADD COLUMN {column} {ty}"))
+                .map_err(db_err)?;
+        }
     }
     Ok(())
 }
@@ -379,7 +388,7 @@ impl MetadataStore for SqliteStore {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT hash, size, placement FROM contents WHERE hash > ?1 \
+                    "SELECT hash, size, placement, blocks FROM contents WHERE hash > ?1 \
                      ORDER BY hash LIMIT ?2",
                 )
                 .map_err(db_err)?;
@@ -389,16 +398,17 @@ impl MetadataStore for SqliteStore {
                         r.get::<_, Vec<u8>>(0)?,
                         r.get::<_, i64>(1)?,
                         r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
                     ))
                 })
                 .map_err(db_err)?;
             let mut out = Vec::new();
             for row in rows {
-                let (hash, size, placement) = row.map_err(db_err)?;
+                let (hash, size, placement, blocks) = row.map_err(db_err)?;
                 let hash = ContentHash(hash.try_into().map_err(|_| {
                     MetadataError::Corrupt("a content hash is not 32 bytes".into())
                 })?);
-                out.push(content_record(hash, size, &placement)?);
+                out.push(content_record(hash, size, &placement, &blocks)?);
             }
             Ok(out)
         })
@@ -446,16 +456,18 @@ impl MetadataStore for SqliteStore {
 
 /// Writes (or replaces) a content record, touched now.
 fn write_content(conn: &Connection, record: &ContentRecord) -> Result<(), MetadataError> {
+    crate::check_blocks(record)?;
     let placement = serde_json::to_string(&record.placement)
         .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
     conn.execute(
-        "INSERT OR REPLACE INTO contents (hash, size, placement, touched) \
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR REPLACE INTO contents (hash, size, placement, touched, blocks) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             record.hash.0.to_vec(),
             i64_of(record.size)?,
             placement,
-            now_ns()
+            now_ns(),
+            record.blocks.to_bytes()
         ],
     )
     .map_err(db_err)?;
@@ -518,15 +530,15 @@ fn read_content(
     conn: &Connection,
     hash: &ContentHash,
 ) -> Result<Option<ContentRecord>, MetadataError> {
-    let row: Option<(i64, String)> = conn
+    let row: Option<(i64, String, Vec<u8>)> = conn
         .query_row(
-            "SELECT size, placement FROM contents WHERE hash = ?1",
+            "SELECT size, placement, blocks FROM contents WHERE hash = ?1",
             [hash.0.to_vec()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(db_err)?;
-    row.map(|(size, placement)| content_record(*hash, size, &placement))
+    row.map(|(size, placement, blocks)| content_record(*hash, size, &placement, &blocks))
         .transpose()
 }
 
@@ -534,13 +546,20 @@ fn content_record(
     hash: ContentHash,
     size: i64,
     placement: &str,
+    blocks: &[u8],
 ) -> Result<ContentRecord, MetadataError> {
     let placement: Vec<ServerId> = serde_json::from_str(placement)
         .map_err(|e| MetadataError::Corrupt(format!("placement of {hash}: {e}")))?;
+    let size =
+        u64::try_from(size).map_err(|_| MetadataError::Corrupt(format!("size of {hash}")))?;
+    let blocks = BlockHashes::from_bytes(blocks)
+        .filter(|b| b.fits(size))
+        .ok_or_else(|| MetadataError::Corrupt(format!("block hashes of {hash}")))?;
     Ok(ContentRecord {
         hash,
-        size: u64::try_from(size).map_err(|_| MetadataError::Corrupt(format!("size of {hash}")))?,
+        size,
         placement,
+        blocks,
     })
 }
 
@@ -624,6 +643,40 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// A database made before `touched` and `blocks` existed opens, keeps its records (with
+    /// no block hashes) and stores new ones with them.
+    #[tokio::test]
+    async fn an_older_database_gains_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.sqlite");
+        let old = ContentHash::of(b"old");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE contents (hash BLOB NOT NULL PRIMARY KEY, size INTEGER NOT NULL, \
+                 placement TEXT NOT NULL) WITHOUT ROWID;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO contents (hash, size, placement) VALUES (?1, 3000000, '[\"a\"]')",
+                [old.0.to_vec()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let got = store.get_content(&old).await.unwrap().unwrap();
+        assert_eq!(got.size, 3_000_000);
+        assert!(got.blocks.is_empty(), "recorded before block hashes");
+        let new = ContentRecord {
+            hash: ContentHash::of(b"new"),
+            size: 3_000_000,
+            placement: vec![ServerId("a".into())],
+            blocks: BlockHashes::new(vec![old, old, old]),
+        };
+        store.put_content(&new).await.unwrap();
+        assert_eq!(store.get_content(&new.hash).await.unwrap(), Some(new));
     }
 
     #[tokio::test]

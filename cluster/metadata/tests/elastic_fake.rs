@@ -95,6 +95,43 @@ async fn create_indices_is_idempotent() {
     store.check_indices().await.unwrap();
 }
 
+/// A contents index made before block hashes were recorded is refused until setup adds the
+/// field; its records then read with no block hashes, and new ones keep theirs.
+#[tokio::test]
+async fn setup_adds_the_fields_an_older_index_lacks() {
+    let fake = FakeEs::start().await;
+    let store = ElasticStore::connect(&fake.url).unwrap();
+    store.create_indices().await.unwrap();
+    fake.create_index_raw(
+        "contents",
+        json!({
+            "hash": { "type": "keyword" },
+            "size": { "type": "long" },
+            "placement": { "type": "keyword" },
+            "touched": { "type": "long" },
+        }),
+    );
+    let store = ElasticStore::connect(&fake.url).unwrap();
+    match store.check_indices().await {
+        Err(MetadataError::Corrupt(m)) => assert!(m.contains("dos-server setup"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let lines = store.create_indices().await.unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("contents gained fields blocks")),
+        "{lines:?}"
+    );
+    store.check_indices().await.unwrap();
+    let rec = dos_metadata::ContentRecord {
+        hash: ContentHash::of(b"c"),
+        size: 3 << 20,
+        placement: vec![dos_protocol::ServerId("s".into())],
+        blocks: dos_protocol::BlockHashes::new(vec![ContentHash::of(b"b"); 3]),
+    };
+    store.put_content(&rec).await.unwrap();
+    assert_eq!(store.get_content(&rec.hash).await.unwrap(), Some(rec));
+}
+
 #[tokio::test]
 async fn an_index_with_the_original_mapping_is_refused() {
     let fake = FakeEs::start().await;

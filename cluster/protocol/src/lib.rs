@@ -4,6 +4,7 @@
 //! metadata engines and the filesystem all speak in these types, so a name, a hash, a range or a
 //! version means the same thing everywhere.
 
+mod blocks;
 mod hash;
 mod layout;
 mod name;
@@ -13,6 +14,7 @@ pub mod shard;
 pub mod signature;
 mod time;
 
+pub use blocks::BlockHashes;
 pub use hash::{ContentHash, HashParseError, parse_digest_header};
 pub use layout::{
     BLOCK_SIZE, DATA_SHARDS, PARITY_SHARDS, PIECE_SIZE, TOTAL_SHARDS, block_count, piece_len,

@@ -23,10 +23,17 @@ const MIB: usize = 1 << 20;
 /// An embedded cluster whose API server reaches its data servers through `faults`, with short
 /// deadlines so that a hung call fails within a second.
 async fn faulty_cluster() -> (LocalCluster, Client, Faults, tempfile::TempDir) {
+    faulty_cluster_of(6).await
+}
+
+async fn faulty_cluster_of(
+    data_servers: usize,
+) -> (LocalCluster, Client, Faults, tempfile::TempDir) {
     let faults = Faults::default();
     let f = faults.clone();
     let dir = tempfile::tempdir().unwrap();
     let (cluster, client) = start_with(&dir.path().join("root"), move |c| {
+        c.data_servers = data_servers;
         c.shard_stall_timeout = Duration::from_millis(500);
         c.shard_call_timeout = Duration::from_secs(1);
         c.transport_layer = Some(Arc::new(move |inner| {
@@ -256,5 +263,162 @@ async fn reads_need_four_shards_and_fail_cleanly_with_three() {
     );
     faults.clear();
     assert!(client.get("quorum/obj", None).await.unwrap() == body[..]);
+    cluster.shutdown().await;
+}
+
+/// The data server holding shard `shard` of `hash` (shard files on disk say where).
+fn holder_of(cluster: &LocalCluster, hash: &ContentHash, shard: u8) -> dos_protocol::ServerId {
+    let (server, _, _) = shard_files(cluster, hash)
+        .into_iter()
+        .find(|(_, s, _)| *s == shard)
+        .expect("the shard is stored");
+    cluster.data_servers()[server].clone().unwrap().id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lying_data_server_causes_a_degraded_read_and_a_repair_never_wrong_bytes() {
+    // Seven data servers: a spare exists for the shard the liar holds.
+    let (cluster, client, faults, _dir) = faulty_cluster_of(7).await;
+    let big = stored(&client, "lie/big", 5 * MIB + 123).await;
+    let small = data(100_000, 3);
+    client
+        .put_bytes("lie/small", small.clone(), &attrs())
+        .await
+        .unwrap();
+    // The same checks hold for content stored by the two other upload paths: a resumable
+    // upload sent in three parts, and a streamed upload of unknown length.
+    let parts = data(3 * MIB + 77, 21);
+    let parts_hash = ContentHash::of(&parts);
+    let loc = match client
+        .post("lie/parts", parts_hash, parts.len() as u64, &attrs())
+        .await
+        .unwrap()
+    {
+        dos_client::PostOutcome::Upload(loc) => loc,
+        dos_client::PostOutcome::Created(_) => panic!("new content needs an upload"),
+    };
+    for (from, to) in [(0, MIB), (MIB, 2 * MIB), (2 * MIB, parts.len())] {
+        client
+            .upload_chunk(&loc, from as u64, parts[from..to].to_vec())
+            .await
+            .unwrap();
+    }
+    let streamed = data(2 * MIB + 999, 22);
+    let loc = client.open_upload("lie/streamed", &attrs()).await.unwrap();
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = streamed
+        .chunks(100_000)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let got = client
+        .stream_upload(&loc, futures::stream::iter(chunks))
+        .await
+        .unwrap();
+    client
+        .finish_upload(&got.location, got.hash, &attrs())
+        .await
+        .unwrap();
+    let big_hash = ContentHash::of(&big);
+    let small_hash = ContentHash::of(&small);
+    for (name, body) in [("lie/parts", &parts), ("lie/streamed", &streamed)] {
+        let l = holder_of(&cluster, &ContentHash::of(body), 3);
+        faults
+            .on(Op::ReadShard, Fault::LieRead)
+            .server(&l)
+            .shard(3)
+            .apply();
+        assert!(client.get(name, None).await.unwrap() == body[..], "{name}");
+    }
+    // The holders of shard 0 of each answer every read with well-formed, wrong bytes (their
+    // own checksums pass: this is past them). The big object has up to two liars.
+    let liar = holder_of(&cluster, &big_hash, 0);
+    let small_liar = holder_of(&cluster, &small_hash, 0);
+    for l in [&liar, &small_liar] {
+        faults.on(Op::ReadShard, Fault::LieRead).server(l).apply();
+    }
+    assert!(
+        client.get("lie/big", None).await.unwrap() == big[..],
+        "exact bytes"
+    );
+    assert!(client.get("lie/small", None).await.unwrap() == small[..]);
+    let (_, part) = client
+        .get_range("lie/big", None, "bytes=1048570-3145800")
+        .await
+        .unwrap();
+    assert!(part == big[1_048_570..=3_145_800], "a range across blocks");
+    let (_, tail) = client
+        .get_range("lie/big", None, "bytes=-100")
+        .await
+        .unwrap();
+    assert!(tail == big[big.len() - 100..]);
+
+    // The repair rebuilds shard 0 on a server that is not the liar, and reads stop asking it.
+    let rebuilt = wait_until(Duration::from_secs(20), || async {
+        shard_files(&cluster, &big_hash)
+            .iter()
+            .filter(|(_, s, _)| *s == 0)
+            .count()
+            == 2
+    })
+    .await;
+    assert!(rebuilt, "shard 0 was rebuilt on a spare server");
+    // Once the new placement is recorded, reads stop asking the liar.
+    let asked_no_more = wait_until(Duration::from_secs(10), || async {
+        let asked = faults.calls_to(Op::ReadShard, &liar);
+        let got = client.get("lie/big", None).await.unwrap();
+        assert!(got == big[..]);
+        faults.calls_to(Op::ReadShard, &liar) == asked
+    })
+    .await;
+    assert!(
+        asked_no_more,
+        "the repaired object is no longer read from the liar"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_lying_data_servers_fail_the_read_and_serve_no_wrong_byte() {
+    let (cluster, client, faults, _dir) = faulty_cluster().await;
+    for (name, len) in [("liars/one-block", 300_000), ("liars/blocks", 3 * MIB + 1)] {
+        let body = stored(&client, name, len).await;
+        let hash = ContentHash::of(&body);
+        for shard in [0, 2, 5] {
+            let l = holder_of(&cluster, &hash, shard);
+            faults.on(Op::ReadShard, Fault::LieRead).server(&l).apply();
+        }
+        match client.get(name, None).await {
+            Ok(got) => panic!(
+                "{name}: a read with three liars returned {} bytes (right: {})",
+                got.len(),
+                got == body[..]
+            ),
+            Err(e) => {
+                // Either a clean 503 before the body, or a body cut off before its end.
+                if let Some(status) = e.status() {
+                    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{name}: {e}");
+                }
+            }
+        }
+        // A streamed read gets only right bytes before it is cut off.
+        let resp = client
+            .request(
+                dos_client::reqwest::Method::GET,
+                &format!("/objects/{name}"),
+            )
+            .send()
+            .await;
+        if let Ok(resp) = resp {
+            let mut got = Vec::new();
+            let mut stream = resp.bytes_stream();
+            use futures::StreamExt as _;
+            while let Some(Ok(chunk)) = stream.next().await {
+                got.extend_from_slice(&chunk);
+            }
+            assert!(got.len() < body.len(), "{name}: cut off");
+            assert!(got == body[..got.len()], "{name}: no wrong byte");
+        }
+        faults.clear();
+        assert!(client.get(name, None).await.unwrap() == body[..]);
+    }
     cluster.shutdown().await;
 }

@@ -46,6 +46,9 @@ pub enum Fault {
     StallRead { after: u64 },
     /// A read: the body delivers this many bytes of garbage (not what was asked), then ends.
     GarbageRead { len: usize },
+    /// A read: the body has the right length and shape but every byte is flipped (a lying
+    /// data server, or one whose disk changed bytes its own checksums cover).
+    LieRead,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +129,15 @@ impl Faults {
         self.inner().calls.iter().filter(|(o, _)| *o == op).count()
     }
 
+    /// Calls of `op` made so far to `server`.
+    pub fn calls_to(&self, op: Op, server: &ServerId) -> usize {
+        self.inner()
+            .calls
+            .iter()
+            .filter(|(o, s)| *o == op && s == server)
+            .count()
+    }
+
     /// The first fault that applies to this call, counting the call.
     fn take(&self, op: Op, server: &ServerId, shard: Option<u8>) -> Option<Fault> {
         let mut inner = self.inner();
@@ -182,6 +194,9 @@ fn shape_read(body: ShardBody, fault: Option<Fault>) -> ShardBody {
                 .collect();
             Box::pin(futures::stream::once(async move { Ok(Bytes::from(junk)) }))
         }
+        Some(Fault::LieRead) => Box::pin(
+            body.map(|chunk| chunk.map(|c| Bytes::from(c.iter().map(|b| !b).collect::<Vec<u8>>()))),
+        ),
         _ => body,
     }
 }

@@ -2,6 +2,12 @@
 //! block that holds the first byte asked for. A shard that fails (missing, corrupt, its
 //! server gone, or silent for longer than the stall deadline) is replaced by another one
 //! mid-stream and reported for repair.
+//!
+//! No data server is trusted with the bytes: every decoded block is checked against the hash
+//! recorded when it was written (see [`BlockHashes`]) before any of it leaves. A block that
+//! does not match is read from every shard, the four that give the recorded hash are found,
+//! and the shards that disagree are dropped and reported for repair (the read carries on,
+//! degraded); with fewer than four right shards the read fails, never serving wrong bytes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,7 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dos_erasure::Codec;
-use dos_protocol::{BLOCK_SIZE, ContentHash, DATA_SHARDS, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
+use dos_protocol::{
+    BLOCK_SIZE, BlockHashes, ContentHash, DATA_SHARDS, PIECE_SIZE, ServerInfo, TOTAL_SHARDS,
+};
 use dos_protocol::{piece_len, shard_len};
 use dos_transport::{ShardBody, ShardError, ShardTransport};
 use futures::{StreamExt, future};
@@ -28,6 +36,19 @@ pub struct ReadPlan {
     pub first_block: u64,
     pub end_block: u64,
     pub stall_timeout: Duration,
+    /// What each block must hash to.
+    pub blocks: BlockHashes,
+}
+
+impl ReadPlan {
+    fn expected(&self, block: u64) -> Option<ContentHash> {
+        self.blocks.expected(&self.hash, self.size, block)
+    }
+
+    /// Object bytes in block `block`.
+    fn block_len(&self, block: u64) -> usize {
+        (self.size - block * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize
+    }
 }
 
 struct Active {
@@ -87,10 +108,16 @@ impl Decoder {
 
     /// Opens streams (from block `block` on) until four are active.
     async fn fill(&mut self, block: u64) -> ApiResult<()> {
+        self.fill_to(block, DATA_SHARDS).await
+    }
+
+    /// Opens streams (from block `block` on) until `want` are active or no shard is left to
+    /// try; fails when fewer than four are active then.
+    async fn fill_to(&mut self, block: u64, want: usize) -> ApiResult<()> {
         let start = block * PIECE_SIZE as u64;
         let end = shard_len(self.plan.size).min(self.plan.end_block * PIECE_SIZE as u64);
         loop {
-            let need = DATA_SHARDS.saturating_sub(self.active_count());
+            let need = want.saturating_sub(self.active_count());
             if need == 0 {
                 return Ok(());
             }
@@ -100,6 +127,9 @@ impl Decoder {
                 .map(|i| i as u8)
                 .collect();
             if candidates.is_empty() {
+                if self.active_count() >= DATA_SHARDS {
+                    return Ok(());
+                }
                 return Err(ApiError::ShardsUnavailable {
                     available: self.active_count(),
                 });
@@ -134,6 +164,10 @@ impl Decoder {
     async fn read_pieces(&mut self, block: u64) -> ApiResult<Vec<Option<Segments>>> {
         let plen = piece_len(self.plan.size, block);
         let mut pieces: Vec<Option<Segments>> = vec![None; TOTAL_SHARDS];
+        if self.active_count() < DATA_SHARDS {
+            // Shards were dropped after the last block (they served wrong bytes).
+            self.fill(block).await?;
+        }
         loop {
             let reads = future::join_all(self.active.iter_mut().zip(pieces.iter()).map(
                 |(slot, have)| async move {
@@ -172,9 +206,86 @@ impl Decoder {
         }
         let block = self.next_block;
         let pieces = self.read_pieces(block).await?;
+        let len = self.plan.block_len(block);
+        let data = assemble(self.codec.clone(), pieces.clone(), len).await?;
+        let data = match self.plan.expected(block) {
+            Some(want) if segments_hash(&data).await? != want => {
+                let right = self.recover(block, pieces, want).await?;
+                let mut out = Vec::with_capacity(len);
+                let right: Vec<Option<Vec<u8>>> = right.into_iter().map(Some).collect();
+                dos_erasure::join_data(&right, len, &mut out);
+                vec![Bytes::from(out)]
+            }
+            _ => data,
+        };
         self.next_block += 1;
-        let len = (self.plan.size - block * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize;
-        assemble(self.codec.clone(), pieces, len).await.map(Some)
+        Ok(Some(data))
+    }
+
+    /// Block `block` decoded from `pieces` did not hash to `want`: reads its pieces from
+    /// every other shard, finds four that give the recorded hash, drops the shards that
+    /// disagree (reported for repair) and returns the six right pieces.
+    async fn recover(
+        &mut self,
+        block: u64,
+        mut pieces: Vec<Option<Segments>>,
+        want: ContentHash,
+    ) -> ApiResult<Vec<Vec<u8>>> {
+        tracing::warn!(hash = %self.plan.hash, block, "a block does not match its recorded hash; reading every shard");
+        // Streams opened now start at this block; the ones already open are past it.
+        let _ = self.fill_to(block, TOTAL_SHARDS).await;
+        let plen = piece_len(self.plan.size, block);
+        for (i, piece) in pieces.iter_mut().enumerate() {
+            if piece.is_some() {
+                continue;
+            }
+            let Some(active) = self.active[i].as_mut() else {
+                continue;
+            };
+            match active.reader.read_segments(plen).await {
+                Ok(p) => *piece = Some(p),
+                Err(e) => {
+                    let server = self.active[i].take().map(|a| a.server);
+                    self.failed[i] = Some(fault_of(&e, server));
+                }
+            }
+        }
+        let owned: Vec<Option<Vec<u8>>> = pieces
+            .into_iter()
+            .map(|p| p.map(|p| p.contiguous().to_vec()))
+            .collect();
+        let (codec, len) = (self.codec.clone(), self.plan.block_len(block));
+        let found = tokio::task::spawn_blocking(move || {
+            codec.recover_block(&owned, len, |b| ContentHash::of(b) == want)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))?;
+        let Some(found) = found else {
+            tracing::error!(hash = %self.plan.hash, block, "fewer than four shards hold the right bytes of a block");
+            return Err(ApiError::Unverifiable { block });
+        };
+        for i in found.wrong {
+            let server = self.active[i].take().map(|a| a.server);
+            tracing::warn!(hash = %self.plan.hash, block, shard = i, server = ?server.as_ref().map(|s| &s.id), "shard served bytes that do not match the recorded hash; dropped");
+            self.failed[i] = Some(match server {
+                Some(s) => ShardFault::Wrong(s),
+                None => ShardFault::Unreachable,
+            });
+        }
+        Ok(found.pieces)
+    }
+
+    /// Shards that served wrong bytes, and their servers: repair must not believe their
+    /// own checks.
+    pub fn wrong_shards(&self) -> Vec<(u8, ServerInfo)> {
+        self.failed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match f {
+                Some(ShardFault::Wrong(s)) => Some((i as u8, s.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Pieces of every shard for the next block, rebuilding the ones in `want` that are not
@@ -185,26 +296,54 @@ impl Decoder {
         }
         let block = self.next_block;
         let pieces = self.read_pieces(block).await?;
-        self.next_block += 1;
         let codec = self.codec.clone();
-        let want = want.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let mut owned: Vec<Option<Vec<u8>>> = pieces
+        let (len, expected) = (self.plan.block_len(block), self.plan.expected(block));
+        let given = pieces.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            let mut owned: Vec<Option<Vec<u8>>> = given
                 .into_iter()
                 .map(|p| p.map(|b| b.contiguous().to_vec()))
                 .collect();
             codec
                 .reconstruct(&mut owned)
                 .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))?;
-            Ok(Some(
-                want.iter()
-                    .map(|&i| Bytes::from(owned[usize::from(i)].take().unwrap_or_default()))
-                    .collect(),
-            ))
+            let right = expected.is_none_or(|want| {
+                let mut data = Vec::with_capacity(len);
+                dos_erasure::join_data(&owned, len, &mut data);
+                ContentHash::of(&data) == want
+            });
+            let owned: Vec<Vec<u8>> = owned.into_iter().map(Option::unwrap_or_default).collect();
+            Ok::<_, ApiError>((owned, right))
         })
         .await
-        .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))??;
+        let mut owned = match (decoded, expected) {
+            ((owned, true), _) | ((owned, false), None) => owned,
+            ((_, false), Some(want)) => self.recover(block, pieces, want).await?,
+        };
+        self.next_block += 1;
+        Ok(Some(
+            want.iter()
+                .map(|&i| Bytes::from(std::mem::take(&mut owned[usize::from(i)])))
+                .collect(),
+        ))
     }
+}
+
+/// SHA-256 of a block's bytes given as segments (on a blocking thread: a megabyte takes
+/// about a millisecond).
+async fn segments_hash(data: &[Bytes]) -> ApiResult<ContentHash> {
+    let data = data.to_vec();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for seg in &data {
+            h.update(seg);
+        }
+        ContentHash(h.finalize().into())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))
 }
 
 /// Joins the data pieces of a block, rebuilding missing ones from parity first.

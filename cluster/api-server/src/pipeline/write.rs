@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use dos_erasure::Codec;
 use dos_protocol::shard::{MAX_WHOLE_SHARD, TempStatus};
-use dos_protocol::{BLOCK_SIZE, ContentHash, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
+use dos_protocol::{BLOCK_SIZE, BlockHashes, ContentHash, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
 use dos_transport::{ShardError, ShardTransport};
 use futures::{Stream, StreamExt, future};
 use sha2::{Digest, Sha256};
@@ -433,15 +433,39 @@ where
     Ok(frame)
 }
 
+/// The digests of an object being stored: SHA-256 of all its bytes (its content hash, once
+/// finished) and of each block (recorded so that reads check every block they decode).
+#[derive(Clone, Default)]
+pub struct ContentDigest {
+    pub hasher: Sha256,
+    pub blocks: BlockHashes,
+}
+
+impl ContentDigest {
+    /// Feeds the next whole block (or the object's last, short one).
+    pub fn update(&mut self, block: &[u8]) {
+        self.hasher.update(block);
+        self.blocks.push(ContentHash::of(block));
+    }
+
+    /// The content hash and the block hashes worth recording for `size` bytes.
+    pub fn finish(self, size: u64) -> (ContentHash, BlockHashes) {
+        (
+            ContentHash(self.hasher.finalize().into()),
+            self.blocks.for_content(size),
+        )
+    }
+}
+
 /// What streaming a body produced.
 pub struct Encoded {
-    pub hasher: Sha256,
+    pub digest: ContentDigest,
     /// Object bytes accepted (whole blocks, plus the final short block when it ends the object).
     pub accepted: u64,
 }
 
-/// Streams `body` in blocks through SHA-256 and the encoder into `writers` (all six shards,
-/// in shard order). `already` bytes of the object were accepted before this body; `total` is
+/// Streams `body` in blocks through SHA-256 (of the object and of each block) and the
+/// encoder into `writers` (all six shards, in shard order). `already` bytes of the object were accepted before this body; `total` is
 /// the object size when known. A trailing partial block that does not end the object is
 /// dropped (the client resends it). Body reading, hashing/encoding (on a blocking thread) and
 /// the six uploads run concurrently.
@@ -449,7 +473,7 @@ pub async fn encode_stream<S, E>(
     codec: &Codec,
     body: S,
     writers: ShardWriters,
-    hasher: Sha256,
+    digest: ContentDigest,
     already: u64,
     total: Option<u64>,
     limits: BodyLimits,
@@ -462,13 +486,17 @@ where
     let codec = codec.clone();
     let encoder = tokio::spawn(async move {
         let mut writers = writers;
-        let mut hasher = hasher;
+        let ContentDigest {
+            mut hasher,
+            mut blocks,
+        } = digest;
         let mut accepted = 0u64;
         while let Some(block) = block_rx.recv().await {
             accepted += block.len() as u64;
             let codec = codec.clone();
-            // Hashing and encoding a block on two threads at once: SHA-256 is the longest
-            // step and it is sequential over the object, so it must not wait for the codec.
+            // Hashing and encoding a block on two threads at once: SHA-256 of the object is
+            // the longest step and it is sequential over the object, so it must not wait for
+            // the codec; the block's own hash goes with the encoding.
             let hashed = block.clone();
             let hashing = tokio::task::spawn_blocking(move || {
                 hasher.update(&hashed);
@@ -480,18 +508,20 @@ where
                     p.reserve_exact(PIECE_SIZE);
                 }
                 codec.encode_block(&block, &mut pieces);
-                pieces
+                (pieces, ContentHash::of(&block))
             });
-            let (h, pieces) = futures::future::join(hashing, encoding).await;
+            let (h, encoded) = futures::future::join(hashing, encoding).await;
             let failed =
                 |e: tokio::task::JoinError| ApiError::Internal(format!("encoder failed: {e}"));
             hasher = h.map_err(failed)?;
-            let pieces = pieces.map_err(failed)?;
+            let (pieces, block_hash) = encoded.map_err(failed)?;
+            blocks.push(block_hash);
             writers
                 .send(pieces.into_iter().map(Bytes::from).collect())
                 .await?;
         }
-        Ok::<_, ApiError>((Encoded { hasher, accepted }, writers))
+        let digest = ContentDigest { hasher, blocks };
+        Ok::<_, ApiError>((Encoded { digest, accepted }, writers))
     });
 
     let mut body = body;

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use dos_protocol::{ContentHash, EntryKind, ObjectName, ServerId, VersionRecord};
+use dos_protocol::{BlockHashes, ContentHash, EntryKind, ObjectName, ServerId, VersionRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -78,6 +78,10 @@ pub(crate) struct ContentDoc {
     /// collector leaves it alone for a grace period after that.
     #[serde(default)]
     pub touched: i64,
+    /// Base64 of the concatenated block hashes (see [`dos_protocol::BlockHashes`]); empty
+    /// for content of one block and content stored before they were recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub blocks: String,
 }
 
 fn long(what: &str, v: u64) -> Result<u64, MetadataError> {
@@ -135,20 +139,28 @@ impl VersionDoc {
 
 impl ContentDoc {
     pub fn from_record(rec: &ContentRecord) -> Result<Self, MetadataError> {
+        crate::check_blocks(rec)?;
         Ok(Self {
             hash: rec.hash.to_base64(),
             size: long("size", rec.size)?,
             placement: rec.placement.clone(),
             touched: dos_protocol::now_ns(),
+            blocks: rec.blocks.to_base64(),
         })
     }
 
-    pub fn into_record(self, hash: ContentHash) -> ContentRecord {
-        ContentRecord {
+    pub fn into_record(self, hash: ContentHash) -> Result<ContentRecord, MetadataError> {
+        let blocks = BlockHashes::from_base64(&self.blocks)
+            .filter(|b| b.fits(self.size))
+            .ok_or_else(|| {
+                MetadataError::Corrupt(format!("block hashes of {hash} in Elasticsearch"))
+            })?;
+        Ok(ContentRecord {
             hash,
             size: self.size,
             placement: self.placement,
-        }
+            blocks,
+        })
     }
 }
 
@@ -170,6 +182,7 @@ const CONTENT_FIELDS: &[(&str, &str)] = &[
     ("size", "long"),
     ("placement", "keyword"),
     ("touched", "long"),
+    ("blocks", "binary"),
 ];
 
 /// Which of the three indices; the expected fields of each.
@@ -220,6 +233,15 @@ impl IndexKind {
         })
     }
 
+    /// The fields of this index kind that `mappings` does not map at all.
+    pub fn missing_fields(self, mappings: &Value) -> Vec<(&'static str, &'static str)> {
+        let properties = mappings.get("properties");
+        self.fields()
+            .into_iter()
+            .filter(|(field, _)| properties.and_then(|p| p.get(field)).is_none())
+            .collect()
+    }
+
     /// Checks the `mappings` object of an existing index: every field must exist with the
     /// expected type (an index made by the original system, with an `integer` size or a
     /// `text` hash, is refused).
@@ -241,7 +263,8 @@ impl IndexKind {
                 None => {
                     return Err(MetadataError::Corrupt(format!(
                         "Elasticsearch index {index}: field {field} is not mapped \
-                         (expected {ty}); was the index made by another program?"
+                         (expected {ty}); run `dos-server setup` to add it to an index made \
+                         by an older version, or was the index made by another program?"
                     )));
                 }
             }

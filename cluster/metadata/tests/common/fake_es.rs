@@ -42,6 +42,8 @@ enum FieldType {
     Long,
     Integer,
     Boolean,
+    /// Base64, stored but not searchable.
+    Binary,
 }
 
 impl FieldType {
@@ -51,6 +53,7 @@ impl FieldType {
             "long" => Some(Self::Long),
             "integer" => Some(Self::Integer),
             "boolean" => Some(Self::Boolean),
+            "binary" => Some(Self::Binary),
             _ => None,
         }
     }
@@ -353,6 +356,9 @@ async fn handle(
         (&Method::GET, [index, "_mapping"]) => {
             check_params(&params, &[]).and_then(|()| get_mapping(&state, index))
         }
+        (&Method::PUT | &Method::POST, [index, "_mapping"]) => {
+            check_params(&params, &[]).and_then(|()| put_mapping(&mut state, index, json_body))
+        }
         (&Method::PUT | &Method::POST, [index, "_create", id]) => {
             check_params(&params, &["refresh"]).and_then(|()| {
                 write_doc(&mut state, index, id, json_body, &params, WriteMode::Create)
@@ -464,6 +470,38 @@ fn create_index(state: &mut State_, name: &str, body: Option<Value>) -> Result<R
     ))
 }
 
+/// `PUT /<index>/_mapping`: adds fields; changing the type of a mapped field is refused.
+fn put_mapping(state: &mut State_, name: &str, body: Option<Value>) -> Result<Response, Response> {
+    let index = state
+        .indices
+        .get_mut(name)
+        .ok_or_else(|| index_not_found(name))?;
+    let body = body.unwrap_or_else(|| json!({}));
+    let added = new_index(&body)?;
+    for (field, ty) in &added.fields {
+        if index.fields.get(field).is_some_and(|t| t != ty) {
+            return Err(bad_request(
+                "illegal_argument_exception",
+                format!("mapper [{field}] cannot be changed from its type"),
+            ));
+        }
+    }
+    let props = body.get("properties").cloned().unwrap_or_else(|| json!({}));
+    if let (Some(have), Some(new)) = (
+        index
+            .mappings
+            .get_mut("properties")
+            .and_then(Value::as_object_mut),
+        props.as_object(),
+    ) {
+        for (k, v) in new {
+            have.insert(k.clone(), v.clone());
+        }
+    }
+    index.fields.extend(added.fields);
+    Ok(reply(200, json!({ "acknowledged": true })))
+}
+
 fn get_mapping(state: &State_, name: &str) -> Result<Response, Response> {
     let index = state
         .indices
@@ -524,6 +562,10 @@ fn check_source(index: &Index, source: &Value) -> Result<(), Response> {
                 FieldType::Long => v.as_i64().is_some(),
                 FieldType::Integer => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
                 FieldType::Boolean => v.is_boolean(),
+                FieldType::Binary => v.as_str().is_some_and(|s| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+                }),
             };
             if !ok {
                 return Err(bad_request(
@@ -802,6 +844,7 @@ fn compare(ty: FieldType, doc: &Value, q: &Value) -> Result<Option<Ordering>, Re
                 .ok_or_else(|| parsing(format!("fake: numeric query value must be a long: {q}")))?;
             Ok(doc.as_i64().map(|d| d.cmp(&q)))
         }
+        FieldType::Binary => Err(parsing("fake: binary fields are not searchable".into())),
         FieldType::Boolean => {
             let q = q
                 .as_bool()
