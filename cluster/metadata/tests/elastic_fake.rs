@@ -118,7 +118,9 @@ async fn setup_adds_the_fields_an_older_index_lacks() {
     }
     let lines = store.create_indices().await.unwrap();
     assert!(
-        lines.iter().any(|l| l.contains("contents gained fields blocks")),
+        lines
+            .iter()
+            .any(|l| l.contains("contents gained fields blocks")),
         "{lines:?}"
     );
     store.check_indices().await.unwrap();
