@@ -42,6 +42,10 @@ enum Command {
         /// requires [default: the one in DATA_DIR/token, created on first mount, private].
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// CA certificate (PEM) to trust for an https:// API server [default: the system's
+        /// roots].
+        #[arg(long, env = "DOS_TLS_CA", requires = "api")]
+        tls_ca: Option<PathBuf>,
         /// Embedded store: serve its REST API without a token (any local user can then read,
         /// change and delete everything).
         #[arg(long, conflicts_with_all = ["token", "api"])]
@@ -169,6 +173,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             mountpoint,
             api,
             token,
+            tls_ca,
             no_token,
             data_dir,
             listen,
@@ -188,6 +193,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 api,
                 token,
+                tls_ca,
                 no_token,
                 data_dir: data_dir.unwrap_or_else(|| home_dir("XDG_DATA_HOME", ".local/share")),
                 listen,
@@ -417,10 +423,11 @@ fn locate_in_mount(
         bail!("give a file inside the mount, not the mount point");
     }
     // Without a token given, the one the mount's embedded store requires, from the file
-    // the daemon names (private to the user who mounted).
+    // the daemon names (private to the user who mounted); the CA it trusts, if any.
+    let stats = mount_stats(&mp)?;
     let token = match token {
         Some(t) => Some(t),
-        None => match mount_stats(&mp)?["store"]["token_file"].as_str() {
+        None => match stats["store"]["token_file"].as_str() {
             Some(file) => Some(
                 dos_server::secret::read_private(Path::new(file))
                     .with_context(|| format!("reading the mount's token in {file}"))?
@@ -434,6 +441,9 @@ fn locate_in_mount(
     if let Some(t) = token {
         b = b.token(t);
     }
+    if let Some(ca) = stats["store"]["tls_ca"].as_str() {
+        b = b.tls(dos_server::tls::client_config(Path::new(ca)).context("the mount's TLS CA")?);
+    }
     Ok((b.build()?, name))
 }
 
@@ -443,6 +453,8 @@ struct MountArgs {
     /// Remote API server; `None` starts the embedded cluster.
     api: Option<String>,
     token: Option<String>,
+    /// CA to trust for an https:// API server.
+    tls_ca: Option<PathBuf>,
     /// The embedded store's REST API needs no token.
     no_token: bool,
     /// Where the embedded cluster keeps its data.
@@ -462,6 +474,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
         args.data_dir.clone(),
         args.listen,
     );
+    let tls_ca = args.tls_ca.clone();
     Box::new(move || {
         Box::pin(async move {
             match api {
@@ -470,6 +483,10 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                     let mut builder = dos_client::Client::builder(url.clone());
                     if let Some(t) = &token {
                         builder = builder.token(t.clone());
+                    }
+                    if let Some(ca) = &tls_ca {
+                        builder = builder
+                            .tls(dos_server::tls::client_config(ca).context("TLS CA certificate")?);
                     }
                     let client = builder.build().context("building the HTTP client")?;
                     client
@@ -480,6 +497,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                         store: std::sync::Arc::new(client),
                         url,
                         token_file: None,
+                        tls_ca,
                         stop: None,
                     })
                 }
@@ -524,6 +542,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                         store: std::sync::Arc::new(cluster.store()),
                         url: format!("http://{}", cluster.api_addr()),
                         token_file,
+                        tls_ca: None,
                         stop: Some(Box::pin(cluster.shutdown())),
                     })
                 }

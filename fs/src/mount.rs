@@ -34,6 +34,8 @@ pub struct Backend {
     /// The file holding the token the embedded store's REST API requires (shown in
     /// `.dosfs/stats`, so that `dosfs versions` and `dosfs restore` find it).
     pub token_file: Option<PathBuf>,
+    /// The CA trusted for an https:// API server (shown in `.dosfs/stats` likewise).
+    pub tls_ca: Option<PathBuf>,
     /// Run after the unmount, once everything is uploaded (stops an embedded cluster).
     pub stop: Option<BoxFuture<'static, ()>>,
 }
@@ -123,6 +125,7 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     let mut fs_config = FsConfig::new(uid, gid);
     fs_config.read_memory_bytes = opts.memory_size / 4;
     fs_config.token_file = backend.token_file.clone();
+    fs_config.tls_ca = backend.tls_ca.clone();
     let mut core = FsCore::new(backend.store, cache, staging, fs_config);
     if opts.writeback {
         let dir = opts.cache_dir.join("writeback");

@@ -45,6 +45,8 @@ pub struct ApiConfig {
     pub maintenance: MaintenanceConfig,
     /// Connections at once and the request head deadline of the REST listener.
     pub conn_limits: dos_worker::http::ConnLimits,
+    /// When set, the REST listener speaks only TLS with this certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("shard_call_timeout", &self.shard_call_timeout)
             .field("maintenance", &self.maintenance)
             .field("conn_limits", &self.conn_limits)
+            .field("tls", &self.tls.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -81,6 +84,7 @@ impl ApiConfig {
             shard_call_timeout: Duration::from_secs(120),
             maintenance: MaintenanceConfig::default(),
             conn_limits: Default::default(),
+            tls: None,
         }
     }
 }

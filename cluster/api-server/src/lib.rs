@@ -93,9 +93,9 @@ impl ApiServer {
             core: core.clone(),
             maintenance: maintenance.clone(),
         });
-        let limits = core.config.conn_limits;
+        let (limits, tls) = (core.config.conn_limits, core.config.tls.clone());
         workers.spawn_once("http listener", move |cancel| {
-            dos_worker::http::serve(listener, app, cancel, limits, "API")
+            dos_worker::http::serve(listener, app, cancel, limits, tls, "API")
         });
         tracing::info!(%addr, "API server started");
         Ok(Self {

@@ -39,9 +39,17 @@ pub struct ClientBuilder {
     token: Option<String>,
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
+    tls: Option<rustls::ClientConfig>,
 }
 
 impl ClientBuilder {
+    /// For an `https://` API server: trust what this configuration trusts (a cluster's own
+    /// CA). Without it, `https://` servers are checked against the system's roots.
+    pub fn tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Sends `Authorization: Bearer TOKEN` on every request.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -65,9 +73,9 @@ impl ClientBuilder {
         let base = self.base_url.trim().trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base)
             .map_err(|e| ClientError::InvalidInput(format!("bad base URL {base:?}: {e}")))?;
-        if url.scheme() != "http" {
+        if url.scheme() != "http" && url.scheme() != "https" {
             return Err(ClientError::InvalidInput(format!(
-                "bad base URL {base:?}: only http:// is supported"
+                "bad base URL {base:?}: only http:// and https:// are supported"
             )));
         }
         if url.query().is_some() || url.fragment().is_some() {
@@ -94,6 +102,14 @@ impl ClientBuilder {
             .pool_idle_timeout(Duration::from_secs(20));
         if let Some(t) = self.response_timeout {
             http = http.read_timeout(t);
+        }
+        match self.tls {
+            Some(tls) => http = http.tls_backend_preconfigured(tls),
+            None => {
+                // The system's roots are checked with rustls' ring provider (the only one
+                // built); installing it twice is harmless.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
         }
         Ok(Client {
             http: http.build()?,
@@ -317,6 +333,7 @@ impl Client {
             token: None,
             connect_timeout: Duration::from_secs(10),
             response_timeout: None,
+            tls: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct DataServerConfig {
     pub pack_small: bool,
     /// Connections at once and the request head deadline (HTTP).
     pub conn_limits: dos_worker::http::ConnLimits,
+    /// When set, the HTTP interface speaks only TLS with this certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for DataServerConfig {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for DataServerConfig {
             .field("advertise", &self.advertise)
             .field("temp_ttl", &self.temp_ttl)
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("tls", &self.tls.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +67,7 @@ impl DataServerConfig {
             secret: None,
             pack_small: true,
             conn_limits: Default::default(),
+            tls: None,
         }
     }
 }
@@ -164,9 +168,9 @@ impl DataServer {
                     secret: config.secret.as_deref().map(Arc::from),
                     nonces: Arc::default(),
                 });
-                let limits = config.conn_limits;
+                let (limits, tls) = (config.conn_limits, config.tls.clone());
                 workers.spawn_once("http listener", move |cancel| {
-                    dos_worker::http::serve(listener, app, cancel, limits, "data server")
+                    dos_worker::http::serve(listener, app, cancel, limits, tls, "data server")
                 });
                 (bound.to_string(), None)
             }

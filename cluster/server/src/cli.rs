@@ -98,6 +98,12 @@ enum Command {
         #[arg(long, env = "DOS_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
         admin_token_file: Option<PathBuf>,
         #[command(flatten)]
+        tls: ServeTlsArgs,
+        /// CA certificate (PEM) that signed the data servers' certificates: with it, every
+        /// call to a data server is HTTPS and checked against it.
+        #[arg(long, env = "DOS_TLS_CA")]
+        tls_ca: Option<PathBuf>,
+        #[command(flatten)]
         maintenance: MaintenanceArgs,
     },
     /// Run one data server of a cluster.
@@ -128,6 +134,8 @@ enum Command {
         /// in garbage/ this long.
         #[arg(long, env = "DOS_TEMP_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
         temp_ttl: Duration,
+        #[command(flatten)]
+        tls: ServeTlsArgs,
     },
     /// Run maintenance jobs now on an API server, showing progress and a summary: retention,
     /// then orphan collection, then scrub (in that order when several are asked for).
@@ -142,6 +150,9 @@ enum Command {
         /// File holding the bearer token (`ROOT/token` of `dos-server local`).
         #[arg(long, env = "DOS_TOKEN_FILE", conflicts_with = "token")]
         token_file: Option<PathBuf>,
+        /// CA certificate (PEM) to trust for an https:// API server (default: the system's).
+        #[arg(long, env = "DOS_TLS_CA")]
+        tls_ca: Option<PathBuf>,
         /// Verify every object's SHA-256 and every shard; rebuild missing or corrupt shards.
         #[arg(long)]
         scrub: bool,
@@ -163,6 +174,34 @@ enum Command {
         #[arg(long, env = "ES_SERVER")]
         es_server: Option<String>,
     },
+}
+
+/// Serving HTTPS instead of HTTP.
+#[derive(clap::Args, Clone, Debug)]
+struct ServeTlsArgs {
+    /// Serve HTTPS only, with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "DOS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM, private to its owner); needs --tls-cert.
+    #[arg(long, env = "DOS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ServeTlsArgs {
+    fn config(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(
+                dos_server::tls::server_config(cert, key).context("TLS certificate")?,
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The client side of TLS: the CA in `path`, when given.
+fn tls_ca(path: Option<&std::path::Path>) -> anyhow::Result<Option<rustls::ClientConfig>> {
+    path.map(|p| dos_server::tls::client_config(p).context("TLS CA certificate"))
+        .transpose()
 }
 
 /// Background maintenance of an API server.
@@ -297,6 +336,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             admin_token,
             admin_token_file,
+            tls,
+            tls_ca: ca,
             maintenance,
         } => {
             let secret = match secret {
@@ -317,7 +358,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => admin_token.filter(|t| !t.is_empty()),
             };
             config.maintenance = maintenance.config();
-            run_api(listen, config, meta, &rabbitmq).await
+            config.tls = tls.config()?;
+            let ca = tls_ca(ca.as_deref())?;
+            run_api(listen, config, meta, &rabbitmq, ca).await
         }
         Command::Data {
             listen,
@@ -328,6 +371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             secret_file,
             insecure,
             temp_ttl,
+            tls,
         } => {
             let secret = match (secret.filter(|s| !s.is_empty()), secret_file) {
                 (Some(hex_secret), _) => Some(parse_secret(&hex_secret)?),
@@ -351,12 +395,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.advertise = advertise.filter(|a| !a.is_empty());
             config.secret = secret;
             config.temp_ttl = temp_ttl;
+            config.tls = tls.config()?;
             run_data(config, &rabbitmq).await
         }
         Command::Maintain {
             api,
             token,
             token_file,
+            tls_ca: ca,
             scrub,
             retention,
             orphans,
@@ -371,7 +417,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => token,
             };
-            run_maintain(&api, token, scrub, retention, orphans, grace).await
+            let ca = tls_ca(ca.as_deref())?;
+            run_maintain(&api, token, ca, scrub, retention, orphans, grace).await
         }
         Command::Setup {
             rabbitmq,
@@ -427,18 +474,24 @@ async fn run_api(
     config: ApiConfig,
     meta: Arc<dyn MetadataStore>,
     rabbitmq: &str,
+    data_tls: Option<rustls::ClientConfig>,
 ) -> anyhow::Result<()> {
     let mut bus_config = AmqpConfig::new(rabbitmq.to_string());
     bus_config.secret = Some(config.secret.clone());
     let bus = AmqpBus::connect(bus_config)
         .await
         .context("connecting to RabbitMQ")?;
-    let shards = HttpTransport::new(Duration::from_secs(5), Some(&config.secret))
+    let shards = HttpTransport::with_tls(Duration::from_secs(5), Some(&config.secret), data_tls)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let api = ApiServer::start(listen, config, meta, Arc::new(bus), Arc::new(shards))
         .await
         .context("starting the API server")?;
-    eprintln!("dos-server: API server on http://{}", api.addr);
+    eprintln!("dos-server: API server on {scheme}://{}", api.addr);
     shutdown_signal().await;
     api.shutdown().await;
     Ok(())
@@ -467,6 +520,7 @@ async fn run_data(config: DataServerConfig, rabbitmq: &str) -> anyhow::Result<()
 async fn run_maintain(
     api: &str,
     token: Option<String>,
+    tls: Option<rustls::ClientConfig>,
     scrub: bool,
     retention: Option<u64>,
     orphans: bool,
@@ -481,6 +535,9 @@ async fn run_maintain(
     let mut builder = dos_client::Client::builder(api.to_string());
     if let Some(t) = token.filter(|t| !t.is_empty()) {
         builder = builder.token(t);
+    }
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
     }
     let client = builder.build().context("API server address")?;
     let mut failed = false;

@@ -56,6 +56,8 @@ pub struct LocalConfig {
     pub body_pace: dos_api_server::pipeline::write::BodyPace,
     /// Connections at once and the request head deadline of every HTTP listener.
     pub conn_limits: dos_worker::http::ConnLimits,
+    /// Requests the API server serves at once (see `ApiConfig::max_in_flight`).
+    pub max_in_flight: usize,
     /// Background scrub, retention and orphan collection.
     pub maintenance: MaintenanceConfig,
     /// Uploads untouched this long are deleted (and removed shards leave garbage/).
@@ -97,6 +99,7 @@ impl LocalConfig {
             body_idle_timeout: std::time::Duration::from_secs(60),
             body_pace: Default::default(),
             conn_limits: Default::default(),
+            max_in_flight: 1024,
             maintenance: MaintenanceConfig::default(),
             temp_ttl: std::time::Duration::from_secs(24 * 3600),
             shard_path: ShardPath::default(),
@@ -213,6 +216,7 @@ impl LocalCluster {
         api_config.body_idle_timeout = config.body_idle_timeout;
         api_config.body_pace = config.body_pace;
         api_config.conn_limits = config.conn_limits;
+        api_config.max_in_flight = config.max_in_flight;
         api_config.maintenance = config.maintenance.clone();
         api_config.shard_stall_timeout = config.shard_stall_timeout;
         api_config.shard_call_timeout = config.shard_call_timeout;

@@ -51,6 +51,9 @@ async fn cluster_of_processes() {
     let Some((es, _dir, env)) = cluster_env().await else {
         return;
     };
+    // Every server of this cluster speaks only TLS, with certificates of a CA made for the
+    // run: the API servers call the data servers over HTTPS and check their certificates.
+    let env = env.with_tls();
 
     // setup: exchanges and indices, idempotent.
     for _ in 0..2 {
@@ -71,18 +74,48 @@ async fn cluster_of_processes() {
     let (p1, p2) = (free_port(), free_port());
     let _api1 = env.api("api1", p1);
     let _api2 = env.api("api2", p2);
-    let (u1, u2) = (
-        format!("http://127.0.0.1:{p1}"),
-        format!("http://127.0.0.1:{p2}"),
-    );
+    let (u1, u2) = (env.url(p1), env.url(p2));
     wait_for(
         "six live data servers on both API servers",
         Duration::from_secs(30),
-        || async { live(&u1).await >= 6 && live(&u2).await >= 6 },
+        || async { env.live(&u1).await >= 6 && env.live(&u2).await >= 6 },
     )
     .await;
-    let c1 = Client::new(u1.clone()).unwrap();
-    let c2 = Client::new(u2.clone()).unwrap();
+    let c1 = env.client(&u1);
+    let c2 = env.client(&u2);
+    // Plain HTTP to a TLS port, and TLS trusting only the system's roots, get nowhere.
+    let plain = Client::new(format!("http://127.0.0.1:{p1}")).unwrap();
+    assert!(plain.health(Duration::from_secs(5)).await.is_err());
+    let untrusting = Client::new(u1.clone()).unwrap();
+    let err = untrusting.health(Duration::from_secs(5)).await.unwrap_err();
+    eprintln!("a client without the CA: {err}");
+    // A data server, too, answers nothing but TLS.
+    let log = env.log("data2");
+    let data_addr: std::net::SocketAddr = log
+        .split("dos-server: data server ")
+        .nth(1)
+        .and_then(|rest| rest.split(" on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("the data server says where it listens");
+    let tls_data = reqwest::Client::builder()
+        .tls_backend_preconfigured(env.tls.as_ref().unwrap().client_config())
+        .build()
+        .unwrap()
+        .get(format!("https://{data_addr}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tls_data.status().is_success(),
+        "over TLS its health answers: {}",
+        tls_data.status()
+    );
+    let plain_data = reqwest::get(format!("http://{data_addr}/health")).await;
+    assert!(
+        plain_data.is_err(),
+        "plain HTTP to a TLS data server: {plain_data:?}"
+    );
 
     // Round trips; a write on one API server is read at once on the other.
     let mut stored = Vec::new();
@@ -248,7 +281,7 @@ async fn cluster_of_processes() {
     // reconnected broker.
     tokio::time::sleep(Duration::from_secs(17)).await;
     assert!(
-        live(&u1).await >= 6,
+        env.live(&u1).await >= 6,
         "heartbeats resumed after the broker restart"
     );
     c2.put_bytes("after-expiry", data(4321, 12), &attrs())

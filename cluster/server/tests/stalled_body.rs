@@ -136,6 +136,7 @@ async fn slow_heads_are_cut_off_and_others_are_served() {
     config.conn_limits = dos_worker::http::ConnLimits {
         max_connections: 400,
         header_read_timeout: Duration::from_secs(2),
+        ..Default::default()
     };
     let cluster = LocalCluster::start(config).await.unwrap();
     let addr = cluster.api_addr();
@@ -182,5 +183,62 @@ async fn slow_heads_are_cut_off_and_others_are_served() {
         "waited {waited:?} for a slot"
     );
     drop(idle);
+    cluster.shutdown().await;
+}
+
+/// Unread responses: clients that ask for a large object and never read the answer hold
+/// request slots only until the write deadline; then their connections are closed and other
+/// clients are served again.
+#[tokio::test(flavor = "multi_thread")]
+async fn unread_responses_free_their_slots_after_the_write_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LocalConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.max_in_flight = 8;
+    config.conn_limits = dos_worker::http::ConnLimits {
+        write_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let addr = cluster.api_addr();
+    let client = Client::new(format!("http://{addr}")).unwrap();
+    let big: Vec<u8> = (0..48u32 << 20).map(|i| (i % 251) as u8).collect();
+    client
+        .put_bytes("big", big, &WriteAttributes::default())
+        .await
+        .unwrap();
+    client
+        .put_bytes("small", b"small".to_vec(), &WriteAttributes::default())
+        .await
+        .unwrap();
+    let mut unread = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /objects/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        unread.push(s);
+    }
+    // The eight slots are held while the answers are being sent…
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = client.get("small", None).await;
+    assert_eq!(
+        held.as_ref().err().and_then(|e| e.status()),
+        Some(dos_client::reqwest::StatusCode::SERVICE_UNAVAILABLE),
+        "all slots busy: {held:?}"
+    );
+    // …and freed once the answers have waited for their readers past the deadline.
+    let t = Instant::now();
+    let served = loop {
+        match client.get("small", None).await {
+            Ok(b) => break b,
+            Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("never served again: {e}"),
+        }
+    };
+    assert_eq!(&served[..], b"small");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    drop(unread);
     cluster.shutdown().await;
 }

@@ -31,12 +31,14 @@ enum Retry {
     Idempotent,
 }
 
-/// HTTP to data servers.
+/// HTTP (or HTTPS) to data servers.
 #[derive(Clone)]
 pub struct HttpTransport {
     http: reqwest::Client,
     /// Signs every request (data servers of a secured cluster refuse unsigned ones).
     secret: Option<Arc<[u8]>>,
+    /// `http` or `https`: every data server of a cluster speaks the same.
+    scheme: &'static str,
 }
 
 impl HttpTransport {
@@ -44,7 +46,22 @@ impl HttpTransport {
     /// `secret` when given. Redirects are never followed (they would carry the signature
     /// elsewhere).
     pub fn new(connect_timeout: Duration, secret: Option<&[u8]>) -> Result<Self, ShardError> {
-        let http = reqwest::Client::builder()
+        Self::with_tls(connect_timeout, secret, None)
+    }
+
+    /// Like [`new`](Self::new); with `tls`, every call is HTTPS, and data servers must show
+    /// a certificate that configuration trusts (the cluster's CA) for their address.
+    pub fn with_tls(
+        connect_timeout: Duration,
+        secret: Option<&[u8]>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, ShardError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder
             .connect_timeout(connect_timeout)
             .pool_max_idle_per_host(32)
             // Under the data servers' 30 s request head deadline, which also closes idle
@@ -58,10 +75,11 @@ impl HttpTransport {
         Ok(Self {
             http,
             secret: secret.map(Arc::from),
+            scheme,
         })
     }
 
-    /// A request to `http://{addr}{path_and_query}`, signed when a secret is set.
+    /// A request to `{scheme}://{addr}{path_and_query}`, signed when a secret is set.
     fn req(
         &self,
         method: reqwest::Method,
@@ -83,7 +101,7 @@ impl HttpTransport {
     ) -> reqwest::RequestBuilder {
         let mut rb = self.http.request(
             method.clone(),
-            format!("http://{}{path_and_query}", server.addr),
+            format!("{}://{}{path_and_query}", self.scheme, server.addr),
         );
         if let Some(r) = range {
             rb = rb.header(reqwest::header::RANGE, r);

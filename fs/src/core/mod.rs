@@ -104,6 +104,8 @@ pub struct FsConfig {
     /// Where the token of the store's REST API is kept, when the mount made it (shown in
     /// `.dosfs/stats` for the `dosfs` commands that use REST).
     pub token_file: Option<std::path::PathBuf>,
+    /// The CA the mount trusts for an https:// API server (shown in `.dosfs/stats` too).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Files streaming to the store at once (each holds one upload request open).
@@ -119,6 +121,7 @@ impl FsConfig {
             attr_ttl: ATTR_TTL,
             stream_after: Some(1 << 20),
             token_file: None,
+            tls_ca: None,
         }
     }
 }

@@ -80,6 +80,7 @@ pub fn report(core: &FsCore) -> Bytes {
         "streamed_uploads": streamed,
         "store": {
             "token_file": core.config.token_file.as_ref().map(|p| p.display().to_string()),
+            "tls_ca": core.config.tls_ca.as_ref().map(|p| p.display().to_string()),
         },
         "process": {
             "pid": std::process::id(),

@@ -60,6 +60,53 @@ pub struct Env {
     pub es: String,
     pub dir: PathBuf,
     pub vhost: String,
+    /// When set, every server speaks only TLS with certificates of a CA made for the run.
+    pub tls: Option<Tls>,
+}
+
+/// A CA made for one run and one certificate it signed for 127.0.0.1 and localhost, which
+/// every server of the run serves with.
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    pub fn make(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dos test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let tls = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&tls.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&tls.cert, cert.pem()).unwrap();
+        std::fs::write(&tls.key, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        tls
+    }
+
+    /// What a client of the run trusts: its CA only.
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        dos_server::tls::client_config(&self.ca).unwrap()
+    }
 }
 
 impl Env {
@@ -88,7 +135,37 @@ impl Env {
             es: es.to_string(),
             dir: dir.to_path_buf(),
             vhost,
+            tls: None,
         }
+    }
+
+    /// This environment with TLS between every server and for its clients.
+    pub fn with_tls(mut self) -> Self {
+        self.tls = Some(Tls::make(&self.dir.join("tls")));
+        self
+    }
+
+    /// The URL of an API server of this environment on `port`.
+    pub fn url(&self, port: u16) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}")
+    }
+
+    /// A client of the API server at `url`, trusting the run's CA.
+    pub fn client(&self, url: &str) -> dos_client::Client {
+        let mut b = dos_client::Client::builder(url);
+        if let Some(tls) = &self.tls {
+            b = b.tls(tls.client_config());
+        }
+        b.build().unwrap()
+    }
+
+    /// Live data servers as the API server at `url` sees them (0 when it does not answer).
+    pub async fn live(&self, url: &str) -> usize {
+        self.client(url)
+            .health(Duration::from_secs(5))
+            .await
+            .map_or(0, |n| n as usize)
     }
 
     pub fn spawn(&self, name: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
@@ -101,6 +178,11 @@ impl Env {
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(tls) = &self.tls {
+            cmd.env("DOS_TLS_CERT", &tls.cert)
+                .env("DOS_TLS_KEY", &tls.key)
+                .env("DOS_TLS_CA", &tls.ca);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }
