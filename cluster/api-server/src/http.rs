@@ -18,6 +18,7 @@ use dos_protocol::{
     ContentHash, EntryKind, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns,
     headers as h, parse_digest_header, parse_range, parse_rfc3339_ns,
 };
+use dos_transport::request_id::RequestId;
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -74,7 +75,28 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(core, authorize))
         .layer(middleware::from_fn(check_request_head))
         .layer(middleware::from_fn_with_state(limit, limit_in_flight))
+        .layer(middleware::from_fn(with_request_id))
         .with_state(state)
+}
+
+/// Gives every request an id (the client's `x-request-id` when it has the form of one): a
+/// tracing span carrying it covers everything the request does (the data servers it calls
+/// get it too), and the response names it, so a failure a client reports can be found in
+/// the logs.
+async fn with_request_id(req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let id = RequestId::from_header(
+        req.headers()
+            .get(RequestId::HEADER_NAME)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = id.clone().scope(next.run(req).instrument(span)).await;
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        resp.headers_mut().insert(RequestId::HEADER_NAME, v);
+    }
+    resp
 }
 
 impl IntoResponse for ApiError {

@@ -32,7 +32,7 @@ pub fn object_bytes(
     let (tx, rx) = mpsc::channel(16);
     let (start, end) = range.map_or((0, size), |r| (r.start, r.end + 1));
     let repairs = core.repairs.clone();
-    tokio::spawn(async move {
+    tokio::spawn(dos_transport::request_id::carry(async move {
         let mut block_start = start / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
         'blocks: loop {
             match decoder.next_block().await {
@@ -63,7 +63,7 @@ pub fn object_bytes(
         if !decoder.faults().is_empty() {
             repairs.request_with(decoder.hash(), decoder.wrong_shards());
         }
-    });
+    }));
     ReceiverStream::new(rx)
 }
 

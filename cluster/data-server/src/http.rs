@@ -6,12 +6,15 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dos_protocol::shard::{ShardEntry, TempCreated, TempStatus, Verified};
 use dos_protocol::{ContentHash, parse_range};
+use dos_transport::request_id::RequestId;
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -95,7 +98,33 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             check_signature,
         ))
+        .layer(axum::middleware::from_fn(in_request_span))
         .with_state(state)
+}
+
+/// Logs everything a request causes under the id of the client request it serves (the API
+/// server sends it as `x-request-id`; see `dos_transport::request_id`).
+async fn in_request_span(req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let id = RequestId::from_header(
+        req.headers()
+            .get(RequestId::HEADER_NAME)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    async move {
+        let resp = next.run(req).await;
+        let status = resp.status();
+        if status.is_server_error() {
+            tracing::warn!(%status, "request failed");
+        } else if status.is_client_error() {
+            tracing::info!(%status, "request refused");
+        }
+        resp
+    }
+    .instrument(span)
+    .await
 }
 
 /// Errors of this interface, mapped to a status once.

@@ -55,6 +55,9 @@ pub mod headers {
     pub const ERROR: &str = "x-dos-error";
     /// On a 416 answer to an upload: the bytes the upload has accepted.
     pub const ACCEPTED: &str = "x-dos-accepted";
+    /// The id of one client request: made by the API server (or taken from the client's,
+    /// when it has the form of one), returned to the client, sent to data servers, logged.
+    pub const REQUEST_ID: &str = "x-request-id";
     /// `x-dos-upload: stream` on `POST /objects/NAME`: opens an upload of content whose
     /// digest and size are not known yet (sent without `Digest` and `Size`).
     pub const UPLOAD: &str = "x-dos-upload";

@@ -26,7 +26,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The certificates of a PEM file, at least one.
 pub fn load_certs(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path)?;
+    let pem = std::fs::read(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format_args!("not a PEM certificate file: {e}")))?;
@@ -41,7 +42,10 @@ pub fn load_certs(path: &Path) -> io::Result<Vec<CertificateDer<'static>>> {
 
 /// The private key of a PEM file, which only its owner may read.
 fn load_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
-    let pem = crate::secret::read_private(path)?;
+    let pem = crate::secret::read_private(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        _ => e,
+    })?;
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
         invalid(
             path,

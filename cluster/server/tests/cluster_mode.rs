@@ -169,6 +169,47 @@ async fn cluster_of_processes() {
     assert_eq!(c1.get("resumed", None).await.unwrap(), body);
     stored.push(("resumed".into(), body));
 
+    // One request followed end to end: the client's request id comes back, and the API server
+    // and the data server that lost a shard both log it.
+    let (name, body) = &stored[3];
+    let hash = ContentHash::of(body);
+    let lost = (1..=6)
+        .flat_map(|i| {
+            let dir = env
+                .dir
+                .join(format!("data{i}/objects/{}", &hash.to_hex()[..2]));
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(move |e| (i, e.path()))
+        })
+        .find(|(_, p)| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".0"))
+        })
+        .expect("shard 0 of the 3 MiB object is on disk");
+    std::fs::remove_file(&lost.1).unwrap();
+    let resp = c1
+        .request(reqwest::Method::GET, &format!("/objects/{name}"))
+        .header("x-request-id", "trace-me-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-me-1");
+    assert_eq!(&resp.bytes().await.unwrap()[..], &body[..], "degraded read");
+    let data_log = format!("data{}", lost.0);
+    wait_for(
+        "both sides log the request id",
+        Duration::from_secs(10),
+        || {
+            let seen =
+                env.log("api1").contains("trace-me-1") && env.log(&data_log).contains("trace-me-1");
+            async move { seen }
+        },
+    )
+    .await;
+
     // kill -9 of one data server: reads stay exact at once; writes get 503 once it expired.
     let victim = datas[0].take().unwrap();
     let victim_root = env.dir.join("data1");

@@ -106,6 +106,10 @@ impl HttpTransport {
         if let Some(r) = range {
             rb = rb.header(reqwest::header::RANGE, r);
         }
+        // A label for the logs of both sides, not covered by the signature.
+        if let Some(id) = crate::request_id::RequestId::current() {
+            rb = rb.header(crate::request_id::HEADER, id.as_str());
+        }
         if let Some(d) = body_sha256 {
             rb = rb.header(dos_protocol::headers::BODY_SHA256, d);
         }

@@ -16,6 +16,7 @@
 #[cfg(feature = "test-util")]
 pub mod faults;
 pub mod http;
+pub mod request_id;
 
 use std::pin::Pin;
 use std::time::Duration;

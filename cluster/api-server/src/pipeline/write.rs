@@ -243,14 +243,14 @@ impl ShardWriters {
             let (tx, rx) = mpsc::channel(2);
             let shards = shards.clone();
             let (server, id) = (t.server.clone(), t.temp_id.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.push(tokio::spawn(dos_transport::request_id::carry(async move {
                 shards
                     .write_temp(&server, &id, offset, Box::pin(ReceiverStream::new(rx)))
                     .await
                     .inspect_err(
                         |e| tracing::warn!(server = %server.id, error = %e, "shard upload failed"),
                     )
-            }));
+            })));
             senders.push(tx);
         }
         Self {
@@ -484,7 +484,7 @@ where
 {
     let (block_tx, mut block_rx) = mpsc::channel::<Bytes>(2);
     let codec = codec.clone();
-    let encoder = tokio::spawn(async move {
+    let encoder = tokio::spawn(dos_transport::request_id::carry(async move {
         let mut writers = writers;
         let ContentDigest {
             mut hasher,
@@ -522,7 +522,7 @@ where
         }
         let digest = ContentDigest { hasher, blocks };
         Ok::<_, ApiError>((Encoded { digest, accepted }, writers))
-    });
+    }));
 
     let mut body = body;
     let mut limits = limits;
