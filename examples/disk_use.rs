@@ -133,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let client = dos_client::Client::new(base.clone())?;
     let mut up = false;
     for _ in 0..100 {
+        dos_client::install_crypto_provider();
         if reqwest::get(format!("{base}/health")).await.is_ok() {
             up = true;
             break;

@@ -49,6 +49,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 async fn measure(url: &str, n: usize, label: &str) -> anyhow::Result<()> {
+    dos_client::install_crypto_provider();
     let http = reqwest::Client::new();
     for _ in 0..200 {
         let ok = match http.get(format!("{url}/health")).send().await {

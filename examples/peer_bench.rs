@@ -1986,6 +1986,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dirs.out.display()
     );
 
+    dos_client::install_crypto_provider();
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()

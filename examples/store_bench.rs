@@ -174,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
         .context("starting dos-server")?;
     let server = Server(child);
     let base = format!("http://{}", args.listen);
+    dos_client::install_crypto_provider();
     let http = reqwest::Client::new();
     for _ in 0..100 {
         if http.get(format!("{base}/health")).send().await.is_ok() {

@@ -32,6 +32,14 @@ const MAX_ERROR_BODY: usize = 4096;
 /// Read size when streaming a file to the server.
 const FILE_STREAM_CHUNK: usize = 256 * 1024;
 
+/// Makes rustls' ring provider the process's default (idempotent): reqwest needs one before it
+/// builds any client (it is built with `rustls-no-provider`, so that only ring is compiled).
+/// The project's clients call it themselves; code that builds a `reqwest::Client` of its own
+/// calls it first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Builds a [`Client`].
 #[derive(Clone)]
 pub struct ClientBuilder {
@@ -93,6 +101,7 @@ impl ClientBuilder {
             }
             None => None,
         };
+        install_crypto_provider();
         let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .no_proxy()
@@ -103,13 +112,8 @@ impl ClientBuilder {
         if let Some(t) = self.response_timeout {
             http = http.read_timeout(t);
         }
-        match self.tls {
-            Some(tls) => http = http.tls_backend_preconfigured(tls),
-            None => {
-                // The system's roots are checked with rustls' ring provider (the only one
-                // built); installing it twice is harmless.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-            }
+        if let Some(tls) = self.tls {
+            http = http.tls_backend_preconfigured(tls);
         }
         Ok(Client {
             http: http.build()?,

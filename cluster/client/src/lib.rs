@@ -26,7 +26,7 @@ pub mod workload;
 pub use bytes::Bytes;
 pub use client::{
     Client, ClientBuilder, ObjectStream, PostOutcome, RecordStream, Streamed, UploadProgress,
-    UploadSource,
+    UploadSource, install_crypto_provider,
 };
 pub use dos_protocol::{
     ContentHash, EntryKind, ListPage, ObjectName, VersionRecord, WriteAttributes,

@@ -98,6 +98,7 @@ async fn cluster_of_processes() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|a| a.parse().ok())
         .expect("the data server says where it listens");
+    dos_client::install_crypto_provider();
     let tls_data = reqwest::Client::builder()
         .tls_backend_preconfigured(env.tls.as_ref().unwrap().client_config())
         .build()

@@ -364,6 +364,7 @@ async fn embedded_process_killed_mid_upload() {
         }
     };
     let mut server = start();
+    dos_client::install_crypto_provider();
     let up = || async { reqwest::get(format!("{url}/health")).await.is_ok() };
     assert!(common::wait_until(Duration::from_secs(30), up).await);
     // It made its bearer token on first start, private to its owner.

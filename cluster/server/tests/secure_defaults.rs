@@ -121,6 +121,7 @@ fn the_embedded_store_requires_its_token_and_keeps_its_files_private() {
         .build()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    dos_client::install_crypto_provider();
     let http = reqwest::Client::new();
     let status = |token: Option<&str>| {
         let mut rb = http.get(format!("{base}/versions/"));
@@ -196,6 +197,7 @@ async fn signed_internal_requests_work_once_for_one_server_range_and_body() {
     .unwrap();
     let servers: Vec<_> = cluster.data_servers().into_iter().flatten().collect();
     let (a, b) = (&servers[0], &servers[1]);
+    dos_client::install_crypto_provider();
     let http = reqwest::Client::new();
     let send = |server: &dos_protocol::ServerInfo,
                 method: reqwest::Method,

@@ -57,6 +57,9 @@ impl HttpTransport {
         tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, ShardError> {
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // reqwest needs a process-wide rustls provider even for plain HTTP (ring is the only
+        // one built); installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder();
         if let Some(tls) = tls {
             builder = builder.tls_backend_preconfigured(tls);

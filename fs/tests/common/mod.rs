@@ -454,11 +454,14 @@ impl Rest {
         }
         Rest {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .default_headers(headers)
-                .build()
-                .unwrap(),
+            http: {
+                dos_client::install_crypto_provider();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .default_headers(headers)
+                    .build()
+                    .unwrap()
+            },
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

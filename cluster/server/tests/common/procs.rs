@@ -234,6 +234,7 @@ impl Drop for Env {
 }
 
 pub async fn live(url: &str) -> usize {
+    dos_client::install_crypto_provider();
     let Ok(resp) = reqwest::get(format!("{url}/health")).await else {
         return 0;
     };
