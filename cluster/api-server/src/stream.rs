@@ -14,15 +14,17 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::pipeline::read::Decoder;
+use crate::pipeline::read::{Decoder, RawBlock, sha256_of};
 
 /// Chunks of a body; an error ends it (the client sees a truncated transfer, never wrong
 /// bytes).
 pub type Chunks<E> = ReceiverStream<Result<Bytes, E>>;
 
 /// Runs the decoder on its own task, sending exactly the bytes of `range` (all of a `size`
-/// byte object when `None`). Shards found bad on the way are queued for repair at the end.
-/// The task stops as soon as the receiver is dropped.
+/// byte object when `None`). Each block is hashed (on a blocking thread) while the next one
+/// is read, and sent only once its hash matches the recorded one (or it was rebuilt from
+/// shards that do), so checking costs no time on the read's path. Shards found bad on the
+/// way are queued for repair at the end. The task stops as soon as the receiver is dropped.
 pub fn object_bytes(
     core: &Arc<Core>,
     mut decoder: Decoder,
@@ -33,29 +35,62 @@ pub fn object_bytes(
     let (start, end) = range.map_or((0, size), |r| (r.start, r.end + 1));
     let repairs = core.repairs.clone();
     tokio::spawn(dos_transport::request_id::carry(async move {
-        let mut block_start = start / BLOCK_SIZE as u64 * BLOCK_SIZE as u64;
-        'blocks: loop {
-            match decoder.next_block().await {
-                Ok(Some(segments)) => {
-                    for seg in segments {
-                        let seg_end = block_start + seg.len() as u64;
-                        let from = start.saturating_sub(block_start).min(seg.len() as u64) as usize;
-                        let to =
-                            (end.min(seg_end).saturating_sub(block_start) as usize).min(seg.len());
-                        block_start = seg_end;
-                        if from < to && tx.send(Ok(seg.slice(from..to))).await.is_err() {
-                            break 'blocks;
+        let mut out = Trimmed {
+            tx,
+            block_start: start / BLOCK_SIZE as u64 * BLOCK_SIZE as u64,
+            start,
+            end,
+        };
+        let mut pending: Option<(RawBlock, Hashing)> = None;
+        loop {
+            // The next block is read while the one before it is hashed.
+            let hashed = async {
+                match &mut pending {
+                    Some((_, h)) => Some(h.await),
+                    None => None,
+                }
+            };
+            let (next, hashed) = tokio::join!(decoder.next_raw(), hashed);
+            if let Some((raw, _)) = pending.take() {
+                let hash = match hashed {
+                    Some(Ok(h)) => Some(h),
+                    Some(Err(e)) => {
+                        out.fail(ApiError::Internal(format!("hasher failed: {e}")))
+                            .await;
+                        break;
+                    }
+                    None => None,
+                };
+                match decoder.checked(raw, hash).await {
+                    Ok(data) => {
+                        if !out.send(data).await {
+                            break;
                         }
-                        if seg_end >= end {
-                            break 'blocks;
-                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(hash = %decoder.hash(), error = %e, "read failed mid-stream");
+                        out.fail(e).await;
+                        break;
+                    }
+                }
+            }
+            match next {
+                Ok(Some(raw)) if raw.expected.is_some() => {
+                    let data = raw.data.clone();
+                    let hashing = tokio::task::spawn_blocking(move || sha256_of(&data));
+                    pending = Some((raw, hashing));
+                }
+                Ok(Some(raw)) => {
+                    // Nothing recorded to check it against (content stored before block
+                    // hashes were kept).
+                    if !out.send(raw.data).await {
+                        break;
                     }
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(hash = %decoder.hash(), error = %e, "read failed mid-stream");
-                    // The receiver may be gone already; the body ends either way.
-                    let _ = tx.send(Err(e)).await;
+                    out.fail(e).await;
                     break;
                 }
             }
@@ -65,6 +100,46 @@ pub fn object_bytes(
         }
     }));
     ReceiverStream::new(rx)
+}
+
+type Hashing = tokio::task::JoinHandle<dos_protocol::ContentHash>;
+
+/// Sends the part of each block inside `[start, end)`.
+struct Trimmed {
+    tx: mpsc::Sender<Result<Bytes, ApiError>>,
+    block_start: u64,
+    start: u64,
+    end: u64,
+}
+
+impl Trimmed {
+    /// Sends what of `segments` (the next block) the range holds; `false` once the range is
+    /// complete or the receiver is gone.
+    async fn send(&mut self, segments: Vec<Bytes>) -> bool {
+        for seg in segments {
+            let seg_end = self.block_start + seg.len() as u64;
+            let from = self
+                .start
+                .saturating_sub(self.block_start)
+                .min(seg.len() as u64) as usize;
+            let to =
+                (self.end.min(seg_end).saturating_sub(self.block_start) as usize).min(seg.len());
+            self.block_start = seg_end;
+            if from < to && self.tx.send(Ok(seg.slice(from..to))).await.is_err() {
+                return false;
+            }
+            if seg_end >= self.end {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Ends the body with an error (the client sees a cut-off transfer, never wrong bytes).
+    async fn fail(&self, e: ApiError) {
+        // The receiver may be gone already; the body ends either way.
+        let _ = self.tx.send(Err(e)).await;
+    }
 }
 
 /// Gzips a byte stream on a blocking thread.

@@ -199,64 +199,103 @@ impl Decoder {
         }
     }
 
-    /// The object bytes of the next block, as consecutive segments, or `None` after the last.
+    /// The object bytes of the next block, checked against its recorded hash, as consecutive
+    /// segments, or `None` after the last.
     pub async fn next_block(&mut self) -> ApiResult<Option<Vec<Bytes>>> {
+        match self.next_raw().await? {
+            Some(raw) => {
+                let hash = match raw.expected {
+                    Some(_) => Some(segments_hash(&raw.data).await?),
+                    None => None,
+                };
+                self.checked(raw, hash).await.map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The next block as decoded, not yet checked: the caller hashes it (overlapping the
+    /// next block's reads, see `stream::object_bytes`) and hands both to
+    /// [`checked`](Self::checked) before serving a byte of it.
+    pub async fn next_raw(&mut self) -> ApiResult<Option<RawBlock>> {
         if self.next_block >= self.plan.end_block {
             return Ok(None);
         }
         let block = self.next_block;
         let pieces = self.read_pieces(block).await?;
         let len = self.plan.block_len(block);
-        let data = assemble(self.codec.clone(), pieces.clone(), len).await?;
-        let data = match self.plan.expected(block) {
-            Some(want) if segments_hash(&data).await? != want => {
-                let right = self.recover(block, pieces, want).await?;
-                let mut out = Vec::with_capacity(len);
-                let right: Vec<Option<Vec<u8>>> = right.into_iter().map(Some).collect();
-                dos_erasure::join_data(&right, len, &mut out);
-                vec![Bytes::from(out)]
-            }
-            _ => data,
-        };
+        let data = assemble(self.codec.clone(), pieces, len).await?;
         self.next_block += 1;
-        Ok(Some(data))
+        Ok(Some(RawBlock {
+            block,
+            data,
+            expected: self.plan.expected(block),
+        }))
     }
 
-    /// Block `block` decoded from `pieces` did not hash to `want`: reads its pieces from
-    /// every other shard, finds four that give the recorded hash, drops the shards that
-    /// disagree (reported for repair) and returns the six right pieces.
-    async fn recover(
+    /// `raw`'s bytes when `hash` (their SHA-256) is what is recorded for the block (or nothing
+    /// is recorded); else the right bytes, rebuilt from shards that give the recorded hash
+    /// (the others are dropped and reported for repair), or an error.
+    pub async fn checked(
         &mut self,
-        block: u64,
-        mut pieces: Vec<Option<Segments>>,
-        want: ContentHash,
-    ) -> ApiResult<Vec<Vec<u8>>> {
-        tracing::warn!(hash = %self.plan.hash, block, "a block does not match its recorded hash; reading every shard");
-        // Streams opened now start at this block; the ones already open are past it.
-        let _ = self.fill_to(block, TOTAL_SHARDS).await;
-        let plen = piece_len(self.plan.size, block);
-        for (i, piece) in pieces.iter_mut().enumerate() {
-            if piece.is_some() {
-                continue;
+        raw: RawBlock,
+        hash: Option<ContentHash>,
+    ) -> ApiResult<Vec<Bytes>> {
+        match raw.expected {
+            Some(want) if hash != Some(want) => {
+                let len = self.plan.block_len(raw.block);
+                let right = self.recover_at(raw.block, want).await?;
+                let right: Vec<Option<Vec<u8>>> = right.into_iter().map(Some).collect();
+                let mut out = Vec::with_capacity(len);
+                dos_erasure::join_data(&right, len, &mut out);
+                Ok(vec![Bytes::from(out)])
             }
-            let Some(active) = self.active[i].as_mut() else {
-                continue;
-            };
-            match active.reader.read_segments(plen).await {
-                Ok(p) => *piece = Some(p),
+            _ => Ok(raw.data),
+        }
+    }
+
+    /// Block `block` did not hash to `want`: reads its piece from every shard not given up
+    /// on (streams of their own, opened at that block), finds four that give the recorded
+    /// hash, drops the shards that disagree (reported for repair; the streams of this read
+    /// stop using them) and returns the six right pieces.
+    async fn recover_at(&mut self, block: u64, want: ContentHash) -> ApiResult<Vec<Vec<u8>>> {
+        tracing::warn!(hash = %self.plan.hash, block, "a block does not match its recorded hash; reading every shard");
+        let start = block * PIECE_SIZE as u64;
+        let plen = piece_len(self.plan.size, block);
+        let end = start + plen as u64;
+        let candidates: Vec<u8> = (0..TOTAL_SHARDS)
+            .filter(|i| self.failed[*i].is_none())
+            .map(|i| i as u8)
+            .collect();
+        let (shards, hash, stall) = (&self.shards, self.plan.hash, self.plan.stall_timeout);
+        let opened = probe(
+            &self.plan.holders,
+            &candidates,
+            |shard, server| async move {
+                let open = shards.read_shard(&server, &hash, shard, start, end);
+                match tokio::time::timeout(stall, open).await {
+                    Ok(body) => body,
+                    Err(_) => Err(ShardError::Timeout(stall)),
+                }
+            },
+        )
+        .await;
+        let mut pieces: Vec<Option<Vec<u8>>> = vec![None; TOTAL_SHARDS];
+        let mut servers: Vec<Option<ServerInfo>> = vec![None; TOTAL_SHARDS];
+        for (i, server, body) in opened.good {
+            match PieceReader::new(body, stall).read(plen).await {
+                Ok(p) => {
+                    pieces[usize::from(i)] = Some(p.to_vec());
+                    servers[usize::from(i)] = Some(server);
+                }
                 Err(e) => {
-                    let server = self.active[i].take().map(|a| a.server);
-                    self.failed[i] = Some(fault_of(&e, server));
+                    tracing::info!(shard = i, error = %e, "shard unreadable while checking a block")
                 }
             }
         }
-        let owned: Vec<Option<Vec<u8>>> = pieces
-            .into_iter()
-            .map(|p| p.map(|p| p.contiguous().to_vec()))
-            .collect();
         let (codec, len) = (self.codec.clone(), self.plan.block_len(block));
         let found = tokio::task::spawn_blocking(move || {
-            codec.recover_block(&owned, len, |b| ContentHash::of(b) == want)
+            codec.recover_block(&pieces, len, |b| ContentHash::of(b) == want)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))?;
@@ -265,8 +304,9 @@ impl Decoder {
             return Err(ApiError::Unverifiable { block });
         };
         for i in found.wrong {
-            let server = self.active[i].take().map(|a| a.server);
+            let server = servers[i].take();
             tracing::warn!(hash = %self.plan.hash, block, shard = i, server = ?server.as_ref().map(|s| &s.id), "shard served bytes that do not match the recorded hash; dropped");
+            self.active[i] = None;
             self.failed[i] = Some(match server {
                 Some(s) => ShardFault::Wrong(s),
                 None => ShardFault::Unreachable,
@@ -298,9 +338,8 @@ impl Decoder {
         let pieces = self.read_pieces(block).await?;
         let codec = self.codec.clone();
         let (len, expected) = (self.plan.block_len(block), self.plan.expected(block));
-        let given = pieces.clone();
         let decoded = tokio::task::spawn_blocking(move || {
-            let mut owned: Vec<Option<Vec<u8>>> = given
+            let mut owned: Vec<Option<Vec<u8>>> = pieces
                 .into_iter()
                 .map(|p| p.map(|b| b.contiguous().to_vec()))
                 .collect();
@@ -319,7 +358,7 @@ impl Decoder {
         .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))??;
         let mut owned = match (decoded, expected) {
             ((owned, true), _) | ((owned, false), None) => owned,
-            ((_, false), Some(want)) => self.recover(block, pieces, want).await?,
+            ((_, false), Some(want)) => self.recover_at(block, want).await?,
         };
         self.next_block += 1;
         Ok(Some(
@@ -330,20 +369,31 @@ impl Decoder {
     }
 }
 
-/// SHA-256 of a block's bytes given as segments (on a blocking thread: a megabyte takes
-/// about a millisecond).
+/// A decoded block not yet checked against its recorded hash (see [`Decoder::next_raw`]).
+pub struct RawBlock {
+    pub block: u64,
+    pub data: Vec<Bytes>,
+    /// What it must hash to; `None` when nothing is recorded.
+    pub expected: Option<ContentHash>,
+}
+
+/// SHA-256 of a block's bytes given as segments (about half a millisecond a megabyte: call
+/// it on a blocking thread).
+pub fn sha256_of(data: &[Bytes]) -> ContentHash {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for seg in data {
+        h.update(seg);
+    }
+    ContentHash(h.finalize().into())
+}
+
+/// [`sha256_of`] on a blocking thread.
 async fn segments_hash(data: &[Bytes]) -> ApiResult<ContentHash> {
     let data = data.to_vec();
-    tokio::task::spawn_blocking(move || {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        for seg in &data {
-            h.update(seg);
-        }
-        ContentHash(h.finalize().into())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))
+    tokio::task::spawn_blocking(move || sha256_of(&data))
+        .await
+        .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))
 }
 
 /// Joins the data pieces of a block, rebuilding missing ones from parity first.
