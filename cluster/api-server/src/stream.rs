@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
-use crate::pipeline::read::{Decoder, RawBlock, sha256_of};
+use crate::pipeline::read::{Decoder, RawBlock};
 
 /// Chunks of a body; an error ends it (the client sees a truncated transfer, never wrong
 /// bytes).
@@ -52,16 +52,16 @@ pub fn object_bytes(
             };
             let (next, hashed) = tokio::join!(decoder.next_raw(), hashed);
             if let Some((raw, _)) = pending.take() {
-                let hash = match hashed {
-                    Some(Ok(h)) => Some(h),
+                let right = match hashed {
+                    Some(Ok(right)) => right,
                     Some(Err(e)) => {
                         out.fail(ApiError::Internal(format!("hasher failed: {e}")))
                             .await;
                         break;
                     }
-                    None => None,
+                    None => true,
                 };
-                match decoder.checked(raw, hash).await {
+                match decoder.checked(raw, right).await {
                     Ok(data) => {
                         if !out.send(data).await {
                             break;
@@ -76,8 +76,9 @@ pub fn object_bytes(
             }
             match next {
                 Ok(Some(raw)) if raw.expected.is_some() => {
-                    let data = raw.data.clone();
-                    let hashing = tokio::task::spawn_blocking(move || sha256_of(&data));
+                    let (data, want) = (raw.data.clone(), raw.expected);
+                    let hashing =
+                        tokio::task::spawn_blocking(move || want.is_none_or(|w| w.matches(&data)));
                     pending = Some((raw, hashing));
                 }
                 Ok(Some(raw)) => {
@@ -102,7 +103,8 @@ pub fn object_bytes(
     ReceiverStream::new(rx)
 }
 
-type Hashing = tokio::task::JoinHandle<dos_protocol::ContentHash>;
+/// Whether a block has its recorded hash, being worked out on a blocking thread.
+type Hashing = tokio::task::JoinHandle<bool>;
 
 /// Sends the part of each block inside `[start, end)`.
 struct Trimmed {

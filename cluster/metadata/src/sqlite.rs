@@ -52,16 +52,16 @@ CREATE TABLE IF NOT EXISTS contents (
     size      INTEGER NOT NULL,
     placement TEXT    NOT NULL,
     touched   INTEGER NOT NULL DEFAULT 0,
-    blocks    BLOB    NOT NULL DEFAULT x''
+    blake3_blocks BLOB NOT NULL DEFAULT x''
 ) WITHOUT ROWID;
 ";
 
 /// Adds the columns of `contents` that a database created before them lacks (`touched`, and
-/// `blocks`: content stored before block hashes were recorded has none).
+/// `blake3_blocks`: content stored before block hashes were recorded has none).
 fn migrate(conn: &Connection) -> Result<(), MetadataError> {
     for (column, ty) in [
         ("touched", "INTEGER NOT NULL DEFAULT 0"),
-        ("blocks", "BLOB NOT NULL DEFAULT x''"),
+        ("blake3_blocks", "BLOB NOT NULL DEFAULT x''"),
     ] {
         let present = conn
             .prepare("SELECT 1 FROM pragma_table_info('contents') WHERE name = ?1")
@@ -388,7 +388,7 @@ impl MetadataStore for SqliteStore {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT hash, size, placement, blocks FROM contents WHERE hash > ?1 \
+                    "SELECT hash, size, placement, blake3_blocks FROM contents WHERE hash > ?1 \
                      ORDER BY hash LIMIT ?2",
                 )
                 .map_err(db_err)?;
@@ -460,7 +460,7 @@ fn write_content(conn: &Connection, record: &ContentRecord) -> Result<(), Metada
     let placement = serde_json::to_string(&record.placement)
         .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
     conn.execute(
-        "INSERT OR REPLACE INTO contents (hash, size, placement, touched, blocks) \
+        "INSERT OR REPLACE INTO contents (hash, size, placement, touched, blake3_blocks) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             record.hash.0.to_vec(),
@@ -532,7 +532,7 @@ fn read_content(
 ) -> Result<Option<ContentRecord>, MetadataError> {
     let row: Option<(i64, String, Vec<u8>)> = conn
         .query_row(
-            "SELECT size, placement, blocks FROM contents WHERE hash = ?1",
+            "SELECT size, placement, blake3_blocks FROM contents WHERE hash = ?1",
             [hash.0.to_vec()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )

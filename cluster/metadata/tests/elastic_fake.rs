@@ -120,7 +120,7 @@ async fn setup_adds_the_fields_an_older_index_lacks() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("contents gained fields blocks")),
+            .any(|l| l.contains("contents gained fields blake3_blocks")),
         "{lines:?}"
     );
     store.check_indices().await.unwrap();

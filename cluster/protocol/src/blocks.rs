@@ -1,9 +1,12 @@
-//! Block hashes: the SHA-256 of each block of an object's bytes (see [`crate::BLOCK_SIZE`]),
-//! computed by the API server while it encodes the object and recorded with its content.
-//! Every block a reader decodes is checked against them before a byte of it is served, so a
-//! data server that serves wrong bytes (a lying or broken server whose own checksums pass)
-//! causes a degraded read, never wrong bytes to a client. Content of one block needs none:
-//! its content hash is the hash of its only block.
+//! Block hashes: the BLAKE3 hash of each block of an object's bytes (see
+//! [`crate::BLOCK_SIZE`]), computed by the API server while it encodes the object and
+//! recorded with its content. Every block a reader decodes is checked against them before a
+//! byte of it is served, so a data server that serves wrong bytes (a lying or broken server
+//! whose own checksums pass) causes a degraded read, never wrong bytes to a client. Content of
+//! one block needs none: its content hash (SHA-256) is the hash of its only block.
+//!
+//! BLAKE3 rather than SHA-256 for the blocks: it is as hard to forge and about three times
+//! cheaper here (several GB/s on one core), and every byte read is hashed once more.
 
 use std::fmt;
 
@@ -12,10 +15,48 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::{BLOCK_SIZE, ContentHash, block_count};
 
-/// The recorded hash of every block of a content, in block order; empty when the content has
-/// one block (its content hash serves) or was written before block hashes were recorded.
+/// The recorded BLAKE3 hash of every block of a content, in block order; empty when the
+/// content has one block (its content hash serves) or was written before block hashes were
+/// recorded.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct BlockHashes(Vec<ContentHash>);
+
+/// What one block must hash to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// The content's own SHA-256 (content of one block).
+    Sha256(ContentHash),
+    /// The recorded BLAKE3 of the block.
+    Blake3(ContentHash),
+}
+
+impl Expected {
+    /// Whether the block given as consecutive segments has this hash.
+    pub fn matches<B: AsRef<[u8]>>(&self, segments: &[B]) -> bool {
+        match self {
+            Expected::Sha256(want) => {
+                use sha2::Digest as _;
+                let mut h = sha2::Sha256::new();
+                for s in segments {
+                    h.update(s.as_ref());
+                }
+                ContentHash(h.finalize().into()) == *want
+            }
+            Expected::Blake3(want) => {
+                let mut h = blake3::Hasher::new();
+                for s in segments {
+                    h.update(s.as_ref());
+                }
+                ContentHash(*h.finalize().as_bytes()) == *want
+            }
+        }
+    }
+}
+
+/// The BLAKE3 hash of one block, as recorded.
+pub fn block_hash(block: &[u8]) -> ContentHash {
+    ContentHash(*blake3::hash(block).as_bytes())
+}
 
 impl BlockHashes {
     pub fn new(hashes: Vec<ContentHash>) -> Self {
@@ -50,14 +91,15 @@ impl BlockHashes {
 
     /// The hash block `block` of content `hash` (of `size` bytes) must have, or `None` when
     /// nothing is recorded for it (content stored before block hashes were kept).
-    pub fn expected(&self, hash: &ContentHash, size: u64, block: u64) -> Option<ContentHash> {
+    pub fn expected(&self, hash: &ContentHash, size: u64, block: u64) -> Option<Expected> {
         if size <= BLOCK_SIZE as u64 {
-            return (block == 0).then_some(*hash);
+            return (block == 0).then_some(Expected::Sha256(*hash));
         }
         usize::try_from(block)
             .ok()
             .and_then(|b| self.0.get(b))
             .copied()
+            .map(Expected::Blake3)
     }
 
     /// The hashes concatenated, 32 bytes each (how the metadata engines store them).
@@ -102,21 +144,20 @@ mod tests {
     fn expected_hashes() {
         let h = ContentHash::of(b"object");
         let none = BlockHashes::default();
-        assert_eq!(
-            none.expected(&h, 10, 0),
-            Some(h),
-            "one block: the content hash"
-        );
+        let one = none.expected(&h, 6, 0).unwrap();
+        assert_eq!(one, Expected::Sha256(h), "one block: the content hash");
+        assert!(one.matches(&[&b"obj"[..], &b"ect"[..]]) && !one.matches(&[b"objecT"]));
         assert_eq!(none.expected(&h, 10, 1), None);
         assert_eq!(
             none.expected(&h, BLOCK_SIZE as u64 + 1, 0),
             None,
             "not recorded"
         );
-        let blocks = BlockHashes::new(vec![ContentHash::of(b"0"), ContentHash::of(b"1")]);
+        let blocks = BlockHashes::new(vec![block_hash(b"0"), block_hash(b"1")]);
         let size = BLOCK_SIZE as u64 + 1;
         assert!(blocks.fits(size) && !blocks.fits(10 * BLOCK_SIZE as u64));
-        assert_eq!(blocks.expected(&h, size, 1), Some(ContentHash::of(b"1")));
+        let second = blocks.expected(&h, size, 1).unwrap();
+        assert!(second.matches(&[b"1"]) && !second.matches(&[b"0"]));
         assert_eq!(blocks.expected(&h, size, 2), None);
         assert!(blocks.clone().for_content(10).is_empty());
         assert_eq!(

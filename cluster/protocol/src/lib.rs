@@ -14,7 +14,7 @@ pub mod shard;
 pub mod signature;
 mod time;
 
-pub use blocks::BlockHashes;
+pub use blocks::{BlockHashes, Expected, block_hash};
 pub use hash::{ContentHash, HashParseError, parse_digest_header};
 pub use layout::{
     BLOCK_SIZE, DATA_SHARDS, PARITY_SHARDS, PIECE_SIZE, TOTAL_SHARDS, block_count, piece_len,

@@ -16,7 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dos_erasure::Codec;
 use dos_protocol::{
-    BLOCK_SIZE, BlockHashes, ContentHash, DATA_SHARDS, PIECE_SIZE, ServerInfo, TOTAL_SHARDS,
+    BLOCK_SIZE, BlockHashes, ContentHash, DATA_SHARDS, Expected, PIECE_SIZE, ServerInfo,
+    TOTAL_SHARDS,
 };
 use dos_protocol::{piece_len, shard_len};
 use dos_transport::{ShardBody, ShardError, ShardTransport};
@@ -41,7 +42,7 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    fn expected(&self, block: u64) -> Option<ContentHash> {
+    fn expected(&self, block: u64) -> Option<Expected> {
         self.blocks.expected(&self.hash, self.size, block)
     }
 
@@ -204,11 +205,11 @@ impl Decoder {
     pub async fn next_block(&mut self) -> ApiResult<Option<Vec<Bytes>>> {
         match self.next_raw().await? {
             Some(raw) => {
-                let hash = match raw.expected {
-                    Some(_) => Some(segments_hash(&raw.data).await?),
-                    None => None,
+                let right = match raw.expected {
+                    Some(want) => matches(want, &raw.data).await?,
+                    None => true,
                 };
-                self.checked(raw, hash).await.map(Some)
+                self.checked(raw, right).await.map(Some)
             }
             None => Ok(None),
         }
@@ -233,16 +234,12 @@ impl Decoder {
         }))
     }
 
-    /// `raw`'s bytes when `hash` (their SHA-256) is what is recorded for the block (or nothing
-    /// is recorded); else the right bytes, rebuilt from shards that give the recorded hash
-    /// (the others are dropped and reported for repair), or an error.
-    pub async fn checked(
-        &mut self,
-        raw: RawBlock,
-        hash: Option<ContentHash>,
-    ) -> ApiResult<Vec<Bytes>> {
+    /// `raw`'s bytes when `right` (they have the recorded hash, or nothing is recorded);
+    /// else the right bytes, rebuilt from shards that give the recorded hash (the others are
+    /// dropped and reported for repair), or an error.
+    pub async fn checked(&mut self, raw: RawBlock, right: bool) -> ApiResult<Vec<Bytes>> {
         match raw.expected {
-            Some(want) if hash != Some(want) => {
+            Some(want) if !right => {
                 let len = self.plan.block_len(raw.block);
                 let right = self.recover_at(raw.block, want).await?;
                 let right: Vec<Option<Vec<u8>>> = right.into_iter().map(Some).collect();
@@ -258,7 +255,7 @@ impl Decoder {
     /// on (streams of their own, opened at that block), finds four that give the recorded
     /// hash, drops the shards that disagree (reported for repair; the streams of this read
     /// stop using them) and returns the six right pieces.
-    async fn recover_at(&mut self, block: u64, want: ContentHash) -> ApiResult<Vec<Vec<u8>>> {
+    async fn recover_at(&mut self, block: u64, want: Expected) -> ApiResult<Vec<Vec<u8>>> {
         tracing::warn!(hash = %self.plan.hash, block, "a block does not match its recorded hash; reading every shard");
         let start = block * PIECE_SIZE as u64;
         let plen = piece_len(self.plan.size, block);
@@ -295,7 +292,7 @@ impl Decoder {
         }
         let (codec, len) = (self.codec.clone(), self.plan.block_len(block));
         let found = tokio::task::spawn_blocking(move || {
-            codec.recover_block(&pieces, len, |b| ContentHash::of(b) == want)
+            codec.recover_block(&pieces, len, |b| want.matches(&[b]))
         })
         .await
         .map_err(|e| ApiError::Internal(format!("decoder failed: {e}")))?;
@@ -349,7 +346,7 @@ impl Decoder {
             let right = expected.is_none_or(|want| {
                 let mut data = Vec::with_capacity(len);
                 dos_erasure::join_data(&owned, len, &mut data);
-                ContentHash::of(&data) == want
+                want.matches(&[data])
             });
             let owned: Vec<Vec<u8>> = owned.into_iter().map(Option::unwrap_or_default).collect();
             Ok::<_, ApiError>((owned, right))
@@ -374,24 +371,13 @@ pub struct RawBlock {
     pub block: u64,
     pub data: Vec<Bytes>,
     /// What it must hash to; `None` when nothing is recorded.
-    pub expected: Option<ContentHash>,
+    pub expected: Option<Expected>,
 }
 
-/// SHA-256 of a block's bytes given as segments (about half a millisecond a megabyte: call
-/// it on a blocking thread).
-pub fn sha256_of(data: &[Bytes]) -> ContentHash {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for seg in data {
-        h.update(seg);
-    }
-    ContentHash(h.finalize().into())
-}
-
-/// [`sha256_of`] on a blocking thread.
-async fn segments_hash(data: &[Bytes]) -> ApiResult<ContentHash> {
+/// Whether `data` (a block as segments) hashes to `want`, on a blocking thread.
+async fn matches(want: Expected, data: &[Bytes]) -> ApiResult<bool> {
     let data = data.to_vec();
-    tokio::task::spawn_blocking(move || sha256_of(&data))
+    tokio::task::spawn_blocking(move || want.matches(&data))
         .await
         .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))
 }

@@ -434,7 +434,7 @@ where
 }
 
 /// The digests of an object being stored: SHA-256 of all its bytes (its content hash, once
-/// finished) and of each block (recorded so that reads check every block they decode).
+/// finished) and BLAKE3 of each block (recorded so that reads check every block they decode).
 #[derive(Clone, Default)]
 pub struct ContentDigest {
     pub hasher: Sha256,
@@ -445,7 +445,7 @@ impl ContentDigest {
     /// Feeds the next whole block (or the object's last, short one).
     pub fn update(&mut self, block: &[u8]) {
         self.hasher.update(block);
-        self.blocks.push(ContentHash::of(block));
+        self.blocks.push(dos_protocol::block_hash(block));
     }
 
     /// The content hash and the block hashes worth recording for `size` bytes.
@@ -464,7 +464,7 @@ pub struct Encoded {
     pub accepted: u64,
 }
 
-/// Streams `body` in blocks through SHA-256 (of the object and of each block) and the
+/// Streams `body` in blocks through SHA-256 (of the object), BLAKE3 (of each block) and the
 /// encoder into `writers` (all six shards, in shard order). `already` bytes of the object were accepted before this body; `total` is
 /// the object size when known. A trailing partial block that does not end the object is
 /// dropped (the client resends it). Body reading, hashing/encoding (on a blocking thread) and
@@ -508,7 +508,7 @@ where
                     p.reserve_exact(PIECE_SIZE);
                 }
                 codec.encode_block(&block, &mut pieces);
-                (pieces, ContentHash::of(&block))
+                (pieces, dos_protocol::block_hash(&block))
             });
             let (h, encoded) = futures::future::join(hashing, encoding).await;
             let failed =

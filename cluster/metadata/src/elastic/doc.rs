@@ -81,7 +81,7 @@ pub(crate) struct ContentDoc {
     /// Base64 of the concatenated block hashes (see [`dos_protocol::BlockHashes`]); empty
     /// for content of one block and content stored before they were recorded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub blocks: String,
+    pub blake3_blocks: String,
 }
 
 fn long(what: &str, v: u64) -> Result<u64, MetadataError> {
@@ -145,12 +145,12 @@ impl ContentDoc {
             size: long("size", rec.size)?,
             placement: rec.placement.clone(),
             touched: dos_protocol::now_ns(),
-            blocks: rec.blocks.to_base64(),
+            blake3_blocks: rec.blocks.to_base64(),
         })
     }
 
     pub fn into_record(self, hash: ContentHash) -> Result<ContentRecord, MetadataError> {
-        let blocks = BlockHashes::from_base64(&self.blocks)
+        let blocks = BlockHashes::from_base64(&self.blake3_blocks)
             .filter(|b| b.fits(self.size))
             .ok_or_else(|| {
                 MetadataError::Corrupt(format!("block hashes of {hash} in Elasticsearch"))
@@ -182,7 +182,7 @@ const CONTENT_FIELDS: &[(&str, &str)] = &[
     ("size", "long"),
     ("placement", "keyword"),
     ("touched", "long"),
-    ("blocks", "binary"),
+    ("blake3_blocks", "binary"),
 ];
 
 /// Which of the three indices; the expected fields of each.
