@@ -60,3 +60,6 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace -- --test-threads=2
+echo "== pjdfstest on a dosfs mount (fs/pjdfstest/ci.sh)"
+cargo build --quiet -p dosfs --bin dosfs
+./fs/pjdfstest/ci.sh target/debug/dosfs
