@@ -216,10 +216,13 @@ fn apply(m: &mut Model, op: &Op) -> Option<Outcome> {
                 data.clear();
             }
             let end = *offset as usize + len;
-            if data.len() < end {
+            // A write of no bytes changes nothing (POSIX; the kernel does not even pass it on).
+            if data.len() < end && *len > 0 {
                 data.resize(end, 0);
             }
-            data[*offset as usize..end].copy_from_slice(&bytes_of(*len, *seed));
+            if *len > 0 {
+                data[*offset as usize..end].copy_from_slice(&bytes_of(*len, *seed));
+            }
             m.0.insert(path.clone(), Node::File { data, mode });
             Some(Ok(()))
         }
