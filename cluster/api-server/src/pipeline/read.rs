@@ -135,19 +135,8 @@ impl Decoder {
                     available: self.active_count(),
                 });
             }
-            let (shards, hash, stall) = (&self.shards, self.plan.hash, self.plan.stall_timeout);
-            let opened = probe(
-                &self.plan.holders,
-                &candidates,
-                |shard, server| async move {
-                    let open = shards.read_shard(&server, &hash, shard, start, end);
-                    match tokio::time::timeout(stall, open).await {
-                        Ok(body) => body,
-                        Err(_) => Err(ShardError::Timeout(stall)),
-                    }
-                },
-            )
-            .await;
+            let opened = open_streams(&self.shards, &self.plan, &candidates, start, end).await;
+            let stall = self.plan.stall_timeout;
             for (i, server, body) in opened.good {
                 self.active[usize::from(i)] = Some(Active {
                     reader: PieceReader::new(body, stall),
@@ -264,19 +253,8 @@ impl Decoder {
             .filter(|i| self.failed[*i].is_none())
             .map(|i| i as u8)
             .collect();
-        let (shards, hash, stall) = (&self.shards, self.plan.hash, self.plan.stall_timeout);
-        let opened = probe(
-            &self.plan.holders,
-            &candidates,
-            |shard, server| async move {
-                let open = shards.read_shard(&server, &hash, shard, start, end);
-                match tokio::time::timeout(stall, open).await {
-                    Ok(body) => body,
-                    Err(_) => Err(ShardError::Timeout(stall)),
-                }
-            },
-        )
-        .await;
+        let stall = self.plan.stall_timeout;
+        let opened = open_streams(&self.shards, &self.plan, &candidates, start, end).await;
         let mut pieces: Vec<Option<Vec<u8>>> = vec![None; TOTAL_SHARDS];
         let mut servers: Vec<Option<ServerInfo>> = vec![None; TOTAL_SHARDS];
         for (i, server, body) in opened.good {
@@ -372,6 +350,26 @@ pub struct RawBlock {
     pub data: Vec<Bytes>,
     /// What it must hash to; `None` when nothing is recorded.
     pub expected: Option<Expected>,
+}
+
+/// Opens a stream of raw bytes `[start, end)` of each shard in `candidates` of the plan's
+/// content, from the first holder that answers within the stall deadline.
+async fn open_streams(
+    shards: &Arc<dyn ShardTransport>,
+    plan: &ReadPlan,
+    candidates: &[u8],
+    start: u64,
+    end: u64,
+) -> crate::probe::Probe<ShardBody> {
+    let (hash, stall) = (plan.hash, plan.stall_timeout);
+    probe(&plan.holders, candidates, |shard, server| async move {
+        let open = shards.read_shard(&server, &hash, shard, start, end);
+        match tokio::time::timeout(stall, open).await {
+            Ok(body) => body,
+            Err(_) => Err(ShardError::Timeout(stall)),
+        }
+    })
+    .await
 }
 
 /// Whether `data` (a block as segments) hashes to `want`, on a blocking thread.
