@@ -85,13 +85,9 @@ pub fn router(state: AppState) -> Router {
 /// the logs.
 async fn with_request_id(req: Request, next: Next) -> Response {
     use tracing::Instrument as _;
-    let id = RequestId::from_header(
-        req.headers()
-            .get(RequestId::HEADER_NAME)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let span =
-        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let given = req.headers().get(RequestId::HEADER_NAME);
+    let id = RequestId::from_header(given.and_then(|v| v.to_str().ok()));
+    let span = id.span(req.method().as_str(), req.uri().path());
     let mut resp = id.clone().scope(next.run(req).instrument(span)).await;
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(RequestId::HEADER_NAME, v);

@@ -106,13 +106,9 @@ pub fn router(state: AppState) -> Router {
 /// server sends it as `x-request-id`; see `dos_transport::request_id`).
 async fn in_request_span(req: Request, next: Next) -> Response {
     use tracing::Instrument as _;
-    let id = RequestId::from_header(
-        req.headers()
-            .get(RequestId::HEADER_NAME)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let span =
-        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let given = req.headers().get(RequestId::HEADER_NAME);
+    let id = RequestId::from_header(given.and_then(|v| v.to_str().ok()));
+    let span = id.span(req.method().as_str(), req.uri().path());
     async move {
         let resp = next.run(req).await;
         let status = resp.status();

@@ -42,6 +42,11 @@ impl RequestId {
         }
     }
 
+    /// The tracing span everything a request causes is logged under.
+    pub fn span(&self, method: &str, path: &str) -> tracing::Span {
+        tracing::info_span!("request", id = %self, method, path)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -109,16 +109,10 @@ impl Decoder {
 
     /// Opens streams (from block `block` on) until four are active.
     async fn fill(&mut self, block: u64) -> ApiResult<()> {
-        self.fill_to(block, DATA_SHARDS).await
-    }
-
-    /// Opens streams (from block `block` on) until `want` are active or no shard is left to
-    /// try; fails when fewer than four are active then.
-    async fn fill_to(&mut self, block: u64, want: usize) -> ApiResult<()> {
         let start = block * PIECE_SIZE as u64;
         let end = shard_len(self.plan.size).min(self.plan.end_block * PIECE_SIZE as u64);
         loop {
-            let need = want.saturating_sub(self.active_count());
+            let need = DATA_SHARDS.saturating_sub(self.active_count());
             if need == 0 {
                 return Ok(());
             }
@@ -128,9 +122,6 @@ impl Decoder {
                 .map(|i| i as u8)
                 .collect();
             if candidates.is_empty() {
-                if self.active_count() >= DATA_SHARDS {
-                    return Ok(());
-                }
                 return Err(ApiError::ShardsUnavailable {
                     available: self.active_count(),
                 });
