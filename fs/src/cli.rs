@@ -314,6 +314,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     mode: Some(v.mode),
                     mtime_ns: Some(dos_protocol::now_ns()),
                     supersedes: None,
+                    posix: v.posix,
                 };
                 client.post(&name, v.hash, v.size, &attrs).await
             })?;

@@ -19,7 +19,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{ATTR_TTL, Attr, FsCore, Kind, Opened, PassthroughFile};
+use crate::core::{ATTR_TTL, Attr, Caller, FsCore, Kind, Opened, PassthroughFile, SetAttr};
 use crate::error::FsError;
 
 pub struct DosFs {
@@ -146,26 +146,22 @@ fn to_errno(e: FsError) -> Errno {
 
 impl Ids {
     fn file_attr(self, a: &Attr) -> FileAttr {
-        let t = UNIX_EPOCH + Duration::from_nanos(a.mtime_ns.max(0) as u64);
-        let (kind, nlink) = match a.kind {
-            Kind::File => (FileType::RegularFile, 1),
-            Kind::Dir => (FileType::Directory, 2),
-            Kind::Symlink => (FileType::Symlink, 1),
-        };
+        let nlink = if a.kind == Kind::Dir { 2 } else { 1 };
         FileAttr {
             ino: INodeNo(a.ino),
             size: a.size,
             blocks: a.size.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            kind,
+            atime: system_time(a.atime_ns),
+            mtime: system_time(a.mtime_ns),
+            ctime: system_time(a.ctime_ns),
+            crtime: system_time(a.mtime_ns),
+            kind: file_kind(a.kind),
             perm: (a.perm & 0o7777) as u16,
             nlink: if a.unlinked { 0 } else { nlink },
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
+            // Versions that recorded no owner (written over REST) are the mounting user's.
+            uid: a.uid.unwrap_or(self.uid),
+            gid: a.gid.unwrap_or(self.gid),
+            rdev: a.rdev,
             blksize: 1 << 20,
             flags: 0,
         }
@@ -197,6 +193,41 @@ fn name_string(name: &OsStr) -> Result<String, Errno> {
     name.to_str().map(str::to_owned).ok_or(Errno::EINVAL)
 }
 
+/// A time in nanoseconds since the epoch, which may be before it.
+fn system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// Who sent a request. The supplementary groups are read from `/proc` only when `groups`
+/// (a rule needs them, and only for a caller other than root).
+fn caller(req: &Request, groups: bool) -> Caller {
+    let (uid, gid) = (req.uid(), req.gid());
+    let groups = if groups && uid != 0 {
+        supplementary_groups(req.pid())
+    } else {
+        Vec::new()
+    };
+    Caller { uid, gid, groups }
+}
+
+/// The `Groups:` line of `/proc/PID/status` (empty when the process is gone).
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 fn time_ns(t: TimeOrNow) -> i64 {
     let t = match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -204,7 +235,7 @@ fn time_ns(t: TimeOrNow) -> i64 {
     };
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(_) => 0,
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
     }
 }
 
@@ -213,6 +244,10 @@ fn file_kind(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -294,13 +329,13 @@ impl Filesystem for DosFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -310,11 +345,18 @@ impl Filesystem for DosFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Ownership is the mounting user's; chown is accepted and changes nothing.
-        let mtime = mtime.map(time_ns);
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime_ns: atime.map(time_ns),
+            mtime_ns: mtime.map(time_ns),
+        };
+        let caller = caller(req, gid.is_some());
         let ids = self.ids;
         self.spawn(
-            move |core| async move { core.setattr(ino.0, mode, size, mtime).await },
+            move |core| async move { core.setattr(ino.0, &set, &caller).await },
             move |r| ids.attr(reply, r),
         );
     }
@@ -331,7 +373,7 @@ impl Filesystem for DosFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -343,8 +385,32 @@ impl Filesystem for DosFs {
             Err(e) => return reply.error(e),
         };
         let ids = self.ids;
+        let caller = caller(req, false);
         self.spawn(
-            move |core| async move { core.mkdir(parent.0, &name, mode & !umask).await },
+            move |core| async move { core.mkdir(parent.0, &name, mode & !umask, &caller).await },
+            move |r| ids.entry(reply, r),
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = match name_string(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ids = self.ids;
+        let caller = caller(req, false);
+        let mode = mode & !(umask & 0o7777);
+        self.spawn(
+            move |core| async move { core.mknod(parent.0, &name, mode, rdev, &caller).await },
             move |r| ids.entry(reply, r),
         );
     }
@@ -373,7 +439,7 @@ impl Filesystem for DosFs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -384,8 +450,9 @@ impl Filesystem for DosFs {
             _ => return reply.error(Errno::EINVAL),
         };
         let ids = self.ids;
+        let caller = caller(req, false);
         self.spawn(
-            move |core| async move { core.symlink(parent.0, &name, &target).await },
+            move |core| async move { core.symlink(parent.0, &name, &target, &caller).await },
             move |r| ids.entry(reply, r),
         );
     }
@@ -672,7 +739,7 @@ impl Filesystem for DosFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -685,8 +752,9 @@ impl Filesystem for DosFs {
             Err(e) => return reply.error(e),
         };
         let ids = self.ids;
+        let caller = caller(req, false);
         self.spawn(
-            move |core| async move { core.create(parent.0, &name, mode & !umask).await },
+            move |core| async move { core.create(parent.0, &name, mode & !umask, &caller).await },
             move |r| match r {
                 Ok((a, fh)) => reply.created(
                     &ATTR_TTL,

@@ -181,9 +181,10 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
         fuser::MountOption::DefaultPermissions,
     ];
     if uid == 0 {
-        config
-            .mount_options
-            .push(fuser::MountOption::CUSTOM("allow_other".into()));
+        // Every user may use a mount made by root (the kernel checks their permissions on
+        // the owners and modes dosfs reports): `allow_other`, given as fuser's ACL so that
+        // fuser, which filters requests by uid itself, does not refuse other users'.
+        config.acl = fuser::SessionACL::All;
     }
     // These threads only read requests and hand them to the runtime (see `fuse`): the work
     // in progress is tasks, as many as the kernel sends, not threads.

@@ -20,7 +20,7 @@ use dos_cache::{BlockCache, CacheConfig, StagingArea};
 use dos_protocol::{ObjectName, WriteAttributes};
 use dos_store::ObjectStore;
 use dos_store::memory::MemoryStore;
-use dosfs::core::{FsConfig, FsCore, Kind, ROOT_INO};
+use dosfs::core::{Caller, FsConfig, FsCore, Kind, ROOT_INO, SetAttr};
 use dosfs::error::FsError;
 use proptest::prelude::*;
 
@@ -432,7 +432,7 @@ impl Harness {
                     }
                     Err(e) if e.errno() == libc::ENOENT => {
                         self.core
-                            .create(parent, &name, 0o644)
+                            .create(parent, &name, 0o644, &Caller::root())
                             .await
                             .map_err(errno)?
                             .1
@@ -450,7 +450,7 @@ impl Harness {
             Op::Truncate { path, size } => {
                 let (ino, _) = self.ino(path).await?;
                 self.core
-                    .setattr(ino, None, Some(*size), None)
+                    .setattr(ino, &SetAttr::size(*size), &Caller::root())
                     .await
                     .map(drop)
                     .map_err(errno)
@@ -471,7 +471,11 @@ impl Harness {
                 if self.core.lookup(p, &n).await.is_ok() {
                     return Err(libc::EEXIST);
                 }
-                self.core.mkdir(p, &n, 0o755).await.map(drop).map_err(errno)
+                self.core
+                    .mkdir(p, &n, 0o755, &Caller::root())
+                    .await
+                    .map(drop)
+                    .map_err(errno)
             }
             Op::Rmdir { path } => {
                 let (p, n) = self.parent(path).await?;
@@ -481,7 +485,7 @@ impl Harness {
             Op::Chmod { path, mode } => {
                 let (ino, _) = self.ino(path).await?;
                 self.core
-                    .setattr(ino, Some(*mode), None, None)
+                    .setattr(ino, &SetAttr::mode(*mode), &Caller::root())
                     .await
                     .map(drop)
                     .map_err(errno)
@@ -492,7 +496,7 @@ impl Harness {
                     return Err(libc::EEXIST);
                 }
                 self.core
-                    .symlink(p, &n, target)
+                    .symlink(p, &n, target, &Caller::root())
                     .await
                     .map(drop)
                     .map_err(errno)
@@ -576,6 +580,7 @@ impl Harness {
                         target: String::from_utf8(self.core.readlink(a.ino).await.unwrap())
                             .unwrap(),
                     },
+                    other => panic!("{path}: the model makes no {other:?}"),
                 };
                 model.0.insert(path, node);
             }

@@ -13,7 +13,7 @@ use dos_protocol::{ObjectName, WriteAttributes};
 use dos_store::faults::{Faults, FaultyStore, Op};
 use dos_store::memory::MemoryStore;
 use dos_store::{ObjectStore, StoreError};
-use dosfs::core::{FsConfig, FsCore, ROOT_INO};
+use dosfs::core::{Caller, FsConfig, FsCore, ROOT_INO, SetAttr};
 
 struct Fixture {
     core: FsCore,
@@ -142,7 +142,11 @@ async fn store_failures_become_the_errno_they_mean() {
         ("new", b"hello".to_vec(), &[Op::Put][..]),
         ("large", large, &[Op::FinishUpload, Op::Post][..]),
     ] {
-        let (_, fh) = f.core.create(ROOT_INO, name, 0o644).await.unwrap();
+        let (_, fh) = f
+            .core
+            .create(ROOT_INO, name, 0o644, &Caller::root())
+            .await
+            .unwrap();
         f.core.write(fh, 0, &bytes).await.unwrap();
         for op in ops {
             f.faults
@@ -204,7 +208,11 @@ async fn write_back_journals_closes_and_a_file_deleted_while_pending_never_reach
     f.faults
         .fail(Op::Put, StoreError::Transport("the store is away".into()));
     for name in ["kept", "deleted", "renamed"] {
-        let (_, fh) = f.core.create(ROOT_INO, name, 0o640).await.unwrap();
+        let (_, fh) = f
+            .core
+            .create(ROOT_INO, name, 0o640, &Caller::root())
+            .await
+            .unwrap();
         f.core.write(fh, 0, name.as_bytes()).await.unwrap();
         f.core.flush(fh).await.unwrap();
         f.core.release(fh).await.unwrap();
@@ -302,7 +310,11 @@ async fn write_in_order(f: &Fixture, fh: u64, data: &[u8]) {
 async fn a_file_written_in_order_streams_while_it_is_written_and_its_close_finishes_it() {
     let f = fixture();
     let data = pattern((5 << 20) + 17, 1);
-    let (_, fh) = f.core.create(ROOT_INO, "big", 0o640).await.unwrap();
+    let (_, fh) = f
+        .core
+        .create(ROOT_INO, "big", 0o640, &Caller::root())
+        .await
+        .unwrap();
     write_in_order(&f, fh, &data).await;
     // The upload is under way before the close.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -336,7 +348,11 @@ async fn writes_out_of_order_truncates_and_failed_streams_upload_the_file_whole(
     let f = fixture();
     // An overwrite in the middle after the stream started.
     let mut data = pattern(3 << 20, 2);
-    let (_, fh) = f.core.create(ROOT_INO, "patched", 0o644).await.unwrap();
+    let (_, fh) = f
+        .core
+        .create(ROOT_INO, "patched", 0o644, &Caller::root())
+        .await
+        .unwrap();
     write_in_order(&f, fh, &data).await;
     f.core.write(fh, 100, b"patch").await.unwrap();
     data[100..105].copy_from_slice(b"patch");
@@ -347,10 +363,14 @@ async fn writes_out_of_order_truncates_and_failed_streams_upload_the_file_whole(
 
     // Cut short, then written on from there.
     let data = pattern(3 << 20, 3);
-    let (attr, fh) = f.core.create(ROOT_INO, "cut", 0o644).await.unwrap();
+    let (attr, fh) = f
+        .core
+        .create(ROOT_INO, "cut", 0o644, &Caller::root())
+        .await
+        .unwrap();
     write_in_order(&f, fh, &data).await;
     f.core
-        .setattr(attr.ino, None, Some(1 << 20), None)
+        .setattr(attr.ino, &SetAttr::size(1 << 20), &Caller::root())
         .await
         .unwrap();
     f.core.write(fh, 1 << 20, b"end").await.unwrap();
@@ -367,7 +387,11 @@ async fn writes_out_of_order_truncates_and_failed_streams_upload_the_file_whole(
         f.faults
             .fail_times(op, StoreError::Transport("connection reset".into()), 1);
         let data = pattern((2 << 20) + 5, 4);
-        let (_, fh) = f.core.create(ROOT_INO, name, 0o644).await.unwrap();
+        let (_, fh) = f
+            .core
+            .create(ROOT_INO, name, 0o644, &Caller::root())
+            .await
+            .unwrap();
         write_in_order(&f, fh, &data).await;
         f.core.flush(fh).await.unwrap();
         f.core.release(fh).await.unwrap();
@@ -377,7 +401,11 @@ async fn writes_out_of_order_truncates_and_failed_streams_upload_the_file_whole(
     }
     // Small files never stream.
     let opened = f.faults.calls(Op::OpenUpload);
-    let (_, fh) = f.core.create(ROOT_INO, "small", 0o644).await.unwrap();
+    let (_, fh) = f
+        .core
+        .create(ROOT_INO, "small", 0o644, &Caller::root())
+        .await
+        .unwrap();
     write_in_order(&f, fh, &pattern(1 << 20, 5)).await;
     f.core.release(fh).await.unwrap();
     assert_eq!(f.faults.calls(Op::OpenUpload), opened);

@@ -15,8 +15,8 @@ use axum::routing::{any, get, put};
 use bytes::Bytes;
 use dos_metadata::{ListQuery, VersionsFrom};
 use dos_protocol::{
-    ContentHash, EntryKind, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns,
-    headers as h, parse_digest_header, parse_range, parse_rfc3339_ns,
+    ContentHash, EntryKind, ObjectName, PosixAttrs, VersionRecord, WriteAttributes,
+    format_rfc3339_ns, headers as h, parse_digest_header, parse_range, parse_rfc3339_ns,
 };
 use dos_transport::request_id::RequestId;
 use futures::StreamExt;
@@ -409,11 +409,39 @@ fn attrs_of(headers: &HeaderMap) -> ApiResult<WriteAttributes> {
                 .map_err(|_| ApiError::BadRequest(format!("bad {}: {v:?}", h::SUPERSEDES)))?,
         ),
     };
+    let id = |key: &str| -> ApiResult<Option<u32>> {
+        header_str(headers, key)?
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| ApiError::BadRequest(format!("bad {key}: {v:?}")))
+            })
+            .transpose()
+    };
+    let posix = PosixAttrs {
+        uid: id(h::UID)?,
+        gid: id(h::GID)?,
+        rdev: id(h::RDEV)?.unwrap_or(0),
+        atime_ns: match header_str(headers, h::ATIME)? {
+            None => None,
+            Some(t) => Some(
+                parse_rfc3339_ns(t)
+                    .ok_or_else(|| ApiError::BadRequest(format!("bad {}: {t:?}", h::ATIME)))?,
+            ),
+        },
+    };
+    if posix.rdev != 0 && !matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+        return Err(ApiError::BadRequest(format!(
+            "{} is for chardev and blockdev versions only",
+            h::RDEV
+        )));
+    }
     Ok(WriteAttributes {
         kind,
         mode,
         mtime_ns,
         supersedes,
+        posix,
     })
 }
 
@@ -654,6 +682,20 @@ async fn get_object(
     set(hd, h::MODE, format!("{:o}", record.mode));
     set(hd, h::MTIME, format_rfc3339_ns(record.mtime_ns));
     set(hd, h::KIND, record.kind.as_str().into());
+    set(hd, h::CTIME, format_rfc3339_ns(record.ctime_ns));
+    let p = &record.posix;
+    if let Some(uid) = p.uid {
+        set(hd, h::UID, uid.to_string());
+    }
+    if let Some(gid) = p.gid {
+        set(hd, h::GID, gid.to_string());
+    }
+    if p.rdev != 0 {
+        set(hd, h::RDEV, p.rdev.to_string());
+    }
+    if let Some(ns) = p.atime_ns {
+        set(hd, h::ATIME, format_rfc3339_ns(ns));
+    }
     set(hd, "vary", "accept-encoding".into());
     if let Some(r) = range {
         set(hd, "content-range", r.content_range(record.size));

@@ -24,6 +24,8 @@ pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> New
         mtime_ns: attrs.mtime_ns.unwrap_or_else(now_ns),
         mode: attrs.mode.unwrap_or_else(|| attrs.kind.default_mode()),
         kind: attrs.kind,
+        posix: attrs.posix,
+        ctime_ns: now_ns(),
     }
 }
 
@@ -260,8 +262,8 @@ pub async fn delete(core: &Core, name: &ObjectName) -> ApiResult<VersionRecord> 
         .await?)
 }
 
-/// Makes version `version` of `name` its latest again: a new version with that content and
-/// mode, dated now. No bytes move.
+/// Makes version `version` of `name` its latest again: a new version with that content,
+/// mode and owner, dated now. No bytes move.
 pub async fn restore(core: &Core, name: &ObjectName, version: u64) -> ApiResult<VersionRecord> {
     let (old, hash) = resolve(core, name, Some(version)).await?;
     let attrs = WriteAttributes {
@@ -269,6 +271,7 @@ pub async fn restore(core: &Core, name: &ObjectName, version: u64) -> ApiResult<
         mode: Some(old.mode),
         mtime_ns: Some(now_ns()),
         supersedes: None,
+        posix: old.posix,
     };
     match core.meta.touch_content(&hash).await? {
         Some(_) => add_known_version(core, name, hash, old.size, &attrs).await,

@@ -8,8 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use dos_protocol::{
-    BLOCK_SIZE, BlockHashes, ContentHash, EntryKind, ObjectName, PIECE_SIZE, ServerId, ServerInfo,
-    TOTAL_SHARDS, VersionRecord, WriteAttributes, shard_len,
+    BLOCK_SIZE, BlockHashes, ContentHash, EntryKind, ObjectName, PIECE_SIZE, PosixAttrs, ServerId,
+    ServerInfo, TOTAL_SHARDS, VersionRecord, WriteAttributes, shard_len,
 };
 use futures::Stream;
 use hmac::{Hmac, Mac};
@@ -35,6 +35,9 @@ pub struct UploadToken {
     pub kind: EntryKind,
     pub mode: Option<u32>,
     pub mtime_ns: Option<i64>,
+    /// Owner, group, device number, access time given at `POST` (absent: none).
+    #[serde(default, skip_serializing_if = "is_unset")]
+    pub posix: PosixAttrs,
     /// Data server and upload id of each shard, in shard order.
     pub shards: Vec<(ServerId, String, String)>,
     /// Unix seconds after which the token is refused.
@@ -83,6 +86,7 @@ impl UploadToken {
             kind: attrs.kind,
             mode: attrs.mode,
             mtime_ns: attrs.mtime_ns,
+            posix: attrs.posix,
             shards: uploads
                 .targets
                 .iter()
@@ -127,8 +131,13 @@ impl UploadToken {
             mtime_ns: self.mtime_ns,
             // New content cannot supersede anything (see `objects::supersede`).
             supersedes: None,
+            posix: self.posix,
         }
     }
+}
+
+fn is_unset(p: &PosixAttrs) -> bool {
+    *p == PosixAttrs::default()
 }
 
 fn unix_now() -> u64 {
@@ -291,8 +300,9 @@ where
 }
 
 /// `POST /temp/TOKEN` of a received upload, with the client's own digest of what it sent:
-/// when it matches what arrived, the shards are committed and the version made. A mode or
-/// mtime in `given` replaces the one given at `POST` (a writer knows them only at the end).
+/// when it matches what arrived, the shards are committed and the version made. A mode,
+/// mtime or owner in `given` replaces the one given at `POST` (a writer knows them only at
+/// the end).
 pub async fn finish(
     core: &Core,
     token: &UploadToken,
@@ -302,6 +312,11 @@ pub async fn finish(
     let attrs = WriteAttributes {
         mode: given.mode.or(token.mode),
         mtime_ns: given.mtime_ns.or(token.mtime_ns),
+        posix: if is_unset(&given.posix) {
+            token.posix
+        } else {
+            given.posix
+        },
         ..token.attrs()
     };
     if token.stage != Stage::Received {
@@ -590,6 +605,12 @@ mod tests {
             kind: EntryKind::File,
             mode: Some(0o600),
             mtime_ns: Some(5),
+            posix: PosixAttrs {
+                uid: Some(1000),
+                gid: Some(1000),
+                rdev: 0,
+                atime_ns: None,
+            },
             shards: (0..6)
                 .map(|i| {
                     (

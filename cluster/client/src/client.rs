@@ -267,6 +267,19 @@ fn with_attrs(mut rb: RequestBuilder, attrs: &WriteAttributes) -> RequestBuilder
     if let Some(v) = attrs.supersedes {
         rb = rb.header(headers::SUPERSEDES, v.to_string());
     }
+    let p = &attrs.posix;
+    if let Some(uid) = p.uid {
+        rb = rb.header(headers::UID, uid.to_string());
+    }
+    if let Some(gid) = p.gid {
+        rb = rb.header(headers::GID, gid.to_string());
+    }
+    if p.rdev != 0 {
+        rb = rb.header(headers::RDEV, p.rdev.to_string());
+    }
+    if let Some(ns) = p.atime_ns {
+        rb = rb.header(headers::ATIME, format_rfc3339_ns(ns));
+    }
     rb
 }
 

@@ -1,5 +1,6 @@
 use dos_protocol::{
-    ByteRange, ContentHash, EntryKind, ObjectName, VersionRecord, headers, parse_rfc3339_ns,
+    ByteRange, ContentHash, EntryKind, ObjectName, PosixAttrs, VersionRecord, headers,
+    parse_rfc3339_ns,
 };
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, HeaderMap};
@@ -20,6 +21,10 @@ pub struct ObjectMeta {
     /// Nanoseconds since the epoch.
     pub mtime_ns: i64,
     pub kind: EntryKind,
+    /// Owner, group, device number, access time (absent headers: not recorded).
+    pub posix: PosixAttrs,
+    /// When the version was made.
+    pub ctime_ns: i64,
     /// For a 206 answer, the bytes of the object the body carries.
     pub range: Option<ByteRange>,
 }
@@ -35,6 +40,8 @@ impl ObjectMeta {
             mtime_ns: self.mtime_ns,
             mode: self.mode,
             kind: self.kind,
+            posix: self.posix,
+            ctime_ns: self.ctime_ns,
         }
     }
 
@@ -75,6 +82,35 @@ impl ObjectMeta {
         let kind_text = text(headers::KIND)?;
         let kind = EntryKind::parse(kind_text)
             .ok_or_else(|| bad(format!("bad {} header {kind_text:?}", headers::KIND)))?;
+        let optional = |key: &str| -> Result<Option<&str>, ClientError> {
+            h.get(key)
+                .map(|v| {
+                    v.to_str()
+                        .map(str::trim)
+                        .map_err(|_| bad(format!("{key} header is not ASCII")))
+                })
+                .transpose()
+        };
+        let id = |key: &str| -> Result<Option<u32>, ClientError> {
+            optional(key)?
+                .map(|t| {
+                    t.parse()
+                        .map_err(|_| bad(format!("bad {key} header {t:?}")))
+                })
+                .transpose()
+        };
+        let time = |key: &str| -> Result<Option<i64>, ClientError> {
+            optional(key)?
+                .map(|t| parse_rfc3339_ns(t).ok_or_else(|| bad(format!("bad {key} header {t:?}"))))
+                .transpose()
+        };
+        let posix = PosixAttrs {
+            uid: id(headers::UID)?,
+            gid: id(headers::GID)?,
+            rdev: id(headers::RDEV)?.unwrap_or(0),
+            atime_ns: time(headers::ATIME)?,
+        };
+        let ctime_ns = time(headers::CTIME)?.unwrap_or(mtime_ns);
         let (size, range) = if status == StatusCode::PARTIAL_CONTENT {
             let cr = text(CONTENT_RANGE.as_str())?;
             let (range, size) =
@@ -97,6 +133,8 @@ impl ObjectMeta {
             mode,
             mtime_ns,
             kind,
+            posix,
+            ctime_ns,
             range,
         })
     }

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 
-use dos_protocol::{BLOCK_SIZE, BlockHashes, ContentHash, EntryKind, ObjectName, ServerId};
+use dos_protocol::{
+    BLOCK_SIZE, BlockHashes, ContentHash, EntryKind, ObjectName, PosixAttrs, ServerId,
+};
 
 use crate::{ContentRecord, ListQuery, MetadataStore, NewVersion, PlacementMove, VersionsFrom};
 
@@ -25,6 +27,8 @@ pub async fn put<S: MetadataStore>(store: &S, name: &ObjectName, content: &[u8])
                 mtime_ns: 1_000,
                 mode: 0o644,
                 kind: EntryKind::File,
+                posix: PosixAttrs::default(),
+                ctime_ns: 1_001,
             },
         )
         .await
@@ -73,6 +77,10 @@ pub async fn versions_are_consecutive<S: MetadataStore>(store: &S) {
     assert_eq!(latest.size, 3);
     assert_eq!(latest.mode, 0o644);
     assert_eq!(latest.mtime_ns, 1_000);
+    assert_eq!(
+        (latest.ctime_ns, latest.posix),
+        (1_001, PosixAttrs::default())
+    );
     let first = store.get_version(&a, Some(1)).await.unwrap().unwrap();
     assert_eq!(first.hash, Some(ContentHash::of(b"one")));
     assert_eq!(store.get_version(&a, Some(3)).await.unwrap(), None);
@@ -84,8 +92,16 @@ pub async fn versions_are_consecutive<S: MetadataStore>(store: &S) {
                 size: 5 << 30,
                 hash: Some(ContentHash::of(b"big")),
                 mtime_ns: 0,
-                mode: 0o600,
-                kind: EntryKind::File,
+                mode: 0o4600,
+                kind: EntryKind::BlockDevice,
+                // Owner, device number and times round-trip (u32::MAX: ids are unsigned).
+                posix: PosixAttrs {
+                    uid: Some(u32::MAX - 1),
+                    gid: Some(0),
+                    rdev: u32::MAX,
+                    atime_ns: Some(-3),
+                },
+                ctime_ns: 1_700_000_000_123_456_789,
             },
         )
         .await
@@ -349,6 +365,8 @@ pub async fn content_and_version_together<S: MetadataStore>(store: &S) {
                 mtime_ns: 5,
                 mode: 0o600,
                 kind: EntryKind::File,
+                posix: PosixAttrs::default(),
+                ctime_ns: 6,
             },
             &rec,
         )
@@ -368,6 +386,13 @@ pub async fn known_content_versions<S: MetadataStore>(store: &S) {
         mtime_ns: 7,
         mode: 0o644,
         kind: EntryKind::File,
+        posix: PosixAttrs {
+            uid: Some(7),
+            gid: None,
+            rdev: 0,
+            atime_ns: None,
+        },
+        ctime_ns: 8,
     };
     // No such content: nothing is added.
     assert_eq!(

@@ -9,7 +9,8 @@
 //! - `metadata`: one document per version, `_id` = `<name>_<version>`; fields `name`
 //!   (keyword), `version` (long), `size` (long, so objects of 2 GiB and more work), `hash`
 //!   (keyword, base64 SHA-256, `""` for a delete marker), `mtime` (long, ns), `mode` (integer),
-//!   `kind` (keyword). A name longer than 491 bytes (an `_id` holds at most 512) or starting
+//!   `kind` (keyword), `uid`, `gid`, `rdev`, `atime` and `ctime` (long; absent when not
+//!   recorded, and `dos-server setup` adds them to an index made before them). A name longer than 491 bytes (an `_id` holds at most 512) or starting
 //!   with `#` is keyed by `#<hex SHA-256 of the name>` instead; every read checks the stored
 //!   `name`.
 //! - `heads`: one document per name, `_id` = the name (same keying), holding the fields of the
@@ -759,15 +760,7 @@ impl MetadataStore for ElasticStore {
         let first = head.as_ref().map_or(0, |h| h.doc.doc.version) + 1;
         // Each 409 means that number is taken: try the next one.
         for version in (first..).take(MAX_CREATE_ATTEMPTS as usize) {
-            let rec = VersionRecord {
-                name: name.clone(),
-                version,
-                size: new.size,
-                hash: new.hash,
-                mtime_ns: new.mtime_ns,
-                mode: new.mode,
-                kind: new.kind,
-            };
+            let rec = new.record(name.clone(), version);
             let body = serde_json::to_value(VersionDoc::from_record(&rec)?)
                 .map_err(|e| MetadataError::Corrupt(e.to_string()))?;
             let id = version_id(name.as_str(), version);

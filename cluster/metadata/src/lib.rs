@@ -15,7 +15,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 pub use dos_protocol::ListQuery;
 use dos_protocol::{
-    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord,
+    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId, VersionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,10 @@ pub struct NewVersion {
     pub mtime_ns: i64,
     pub mode: u32,
     pub kind: EntryKind,
+    /// Owner, group, device number, access time.
+    pub posix: PosixAttrs,
+    /// When the version is made (its ctime).
+    pub ctime_ns: i64,
 }
 
 impl NewVersion {
@@ -48,6 +52,23 @@ impl NewVersion {
             mtime_ns,
             mode: 0,
             kind: EntryKind::File,
+            posix: PosixAttrs::default(),
+            ctime_ns: mtime_ns,
+        }
+    }
+
+    /// The record of this version once it is version `version` of `name`.
+    pub fn record(&self, name: ObjectName, version: u64) -> VersionRecord {
+        VersionRecord {
+            name,
+            version,
+            size: self.size,
+            hash: self.hash,
+            mtime_ns: self.mtime_ns,
+            mode: self.mode,
+            kind: self.kind,
+            posix: self.posix,
+            ctime_ns: self.ctime_ns,
         }
     }
 }

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use dos_protocol::{
-    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, ServerId, VersionRecord, now_ns,
+    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId, VersionRecord,
+    now_ns,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
@@ -35,6 +36,11 @@ CREATE TABLE IF NOT EXISTS versions (
     mtime   INTEGER NOT NULL,
     mode    INTEGER NOT NULL,
     kind    TEXT    NOT NULL,
+    uid     INTEGER,
+    gid     INTEGER,
+    rdev    INTEGER NOT NULL DEFAULT 0,
+    atime   INTEGER,
+    ctime   INTEGER,
     PRIMARY KEY (name, version)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS versions_by_hash ON versions(hash);
@@ -45,7 +51,12 @@ CREATE TABLE IF NOT EXISTS live (
     hash    BLOB,
     mtime   INTEGER NOT NULL,
     mode    INTEGER NOT NULL,
-    kind    TEXT    NOT NULL
+    kind    TEXT    NOT NULL,
+    uid     INTEGER,
+    gid     INTEGER,
+    rdev    INTEGER NOT NULL DEFAULT 0,
+    atime   INTEGER,
+    ctime   INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contents (
     hash      BLOB    NOT NULL PRIMARY KEY,
@@ -56,19 +67,33 @@ CREATE TABLE IF NOT EXISTS contents (
 ) WITHOUT ROWID;
 ";
 
-/// Adds the columns of `contents` that a database created before them lacks (`touched`, and
-/// `blake3_blocks`: content stored before block hashes were recorded has none).
+/// Adds the columns that a database created before them lacks: `touched` and `blake3_blocks`
+/// of `contents` (content stored before block hashes were recorded has none), and the POSIX
+/// attributes of versions (versions made before them have no owner recorded, and their
+/// ctime is their mtime).
 fn migrate(conn: &Connection) -> Result<(), MetadataError> {
-    for (column, ty) in [
-        ("touched", "INTEGER NOT NULL DEFAULT 0"),
-        ("blake3_blocks", "BLOB NOT NULL DEFAULT x''"),
-    ] {
+    let mut columns = vec![
+        ("contents", "touched", "INTEGER NOT NULL DEFAULT 0"),
+        ("contents", "blake3_blocks", "BLOB NOT NULL DEFAULT x''"),
+    ];
+    for table in ["versions", "live"] {
+        columns.extend([
+            (table, "uid", "INTEGER"),
+            (table, "gid", "INTEGER"),
+            (table, "rdev", "INTEGER NOT NULL DEFAULT 0"),
+            (table, "atime", "INTEGER"),
+            (table, "ctime", "INTEGER"),
+        ]);
+    }
+    for (table, column, ty) in columns {
         let present = conn
-            .prepare("SELECT 1 FROM pragma_table_info('contents') WHERE name = ?1")
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))
             .and_then(|mut s| s.exists([column]))
             .map_err(db_err)?;
         if !present {
-            conn.execute_batch(&format!("ALTER TABLE contents ADD COLUMN {column} {ty}"))
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
                 .map_err(db_err)?;
         }
     }
@@ -135,6 +160,11 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VersionRecord, Met
     let mtime_ns: i64 = row.get(4)?;
     let mode: i64 = row.get(5)?;
     let kind: String = row.get(6)?;
+    let uid: Option<i64> = row.get(7)?;
+    let gid: Option<i64> = row.get(8)?;
+    let rdev: i64 = row.get(9)?;
+    let atime_ns: Option<i64> = row.get(10)?;
+    let ctime_ns: Option<i64> = row.get(11)?;
     Ok((|| {
         let corrupt = |what: &str| MetadataError::Corrupt(format!("{what} of {name:?}"));
         Ok(VersionRecord {
@@ -148,11 +178,25 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VersionRecord, Met
             mtime_ns,
             mode: u32::try_from(mode).map_err(|_| corrupt("mode"))?,
             kind: EntryKind::parse(&kind).ok_or_else(|| corrupt("kind"))?,
+            posix: PosixAttrs {
+                uid: uid
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|_| corrupt("uid"))?,
+                gid: gid
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|_| corrupt("gid"))?,
+                rdev: u32::try_from(rdev).map_err(|_| corrupt("rdev"))?,
+                atime_ns,
+            },
+            ctime_ns: ctime_ns.unwrap_or(mtime_ns),
         })
     })())
 }
 
-const COLUMNS: &str = "name, version, size, hash, mtime, mode, kind";
+const COLUMNS: &str = "name, version, size, hash, mtime, mode, kind, uid, gid, rdev, atime, ctime";
+const PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12";
 
 fn collect_versions(
     stmt: &mut rusqlite::Statement<'_>,
@@ -498,16 +542,21 @@ fn insert_version(
         hash,
         new.mtime_ns,
         new.mode,
-        new.kind.as_str()
+        new.kind.as_str(),
+        new.posix.uid,
+        new.posix.gid,
+        new.posix.rdev,
+        new.posix.atime_ns,
+        new.ctime_ns
     ];
     tx.execute(
-        &format!("INSERT INTO versions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!("INSERT INTO versions ({COLUMNS}) VALUES ({PLACEHOLDERS})"),
         row,
     )
     .map_err(db_err)?;
     if new.hash.is_some() {
         tx.execute(
-            &format!("INSERT OR REPLACE INTO live ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+            &format!("INSERT OR REPLACE INTO live ({COLUMNS}) VALUES ({PLACEHOLDERS})"),
             row,
         )
         .map_err(db_err)?;
@@ -515,15 +564,7 @@ fn insert_version(
         tx.execute("DELETE FROM live WHERE name = ?1", [name.as_str()])
             .map_err(db_err)?;
     }
-    Ok(VersionRecord {
-        name,
-        version: version as u64,
-        size: new.size,
-        hash: new.hash,
-        mtime_ns: new.mtime_ns,
-        mode: new.mode,
-        kind: new.kind,
-    })
+    Ok(new.record(name, version as u64))
 }
 
 fn read_content(
@@ -677,6 +718,69 @@ mod tests {
         };
         store.put_content(&new).await.unwrap();
         assert_eq!(store.get_content(&new.hash).await.unwrap(), Some(new));
+    }
+
+    /// Versions of a database made before the POSIX attributes read back with no owner and
+    /// their mtime as ctime; new ones keep theirs, in the old tables.
+    #[tokio::test]
+    async fn older_versions_gain_the_posix_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.sqlite");
+        let name = ObjectName::new("old").unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for table in ["versions", "live"] {
+                let key = if table == "live" {
+                    "name TEXT NOT NULL PRIMARY KEY, version INTEGER NOT NULL"
+                } else {
+                    "name TEXT NOT NULL, version INTEGER NOT NULL"
+                };
+                let pk = if table == "live" {
+                    ""
+                } else {
+                    ", PRIMARY KEY (name, version)"
+                };
+                conn.execute_batch(&format!(
+                    "CREATE TABLE {table} ({key}, size INTEGER NOT NULL, hash BLOB, \
+                     mtime INTEGER NOT NULL, mode INTEGER NOT NULL, kind TEXT NOT NULL{pk}) \
+                     WITHOUT ROWID;"
+                ))
+                .unwrap();
+                conn.execute(
+                    &format!(
+                        "INSERT INTO {table} (name, version, size, hash, mtime, mode, kind) \
+                         VALUES ('old', 1, 1, ?1, 42, 420, 'file')"
+                    ),
+                    [ContentHash::of(b"x").0.to_vec()],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let v = store.get_version(&name, None).await.unwrap().unwrap();
+        assert_eq!(
+            (v.posix, v.ctime_ns, v.mode),
+            (PosixAttrs::default(), 42, 0o644)
+        );
+        let posix = PosixAttrs {
+            uid: Some(1000),
+            gid: Some(100),
+            rdev: 0,
+            atime_ns: Some(41),
+        };
+        let new = NewVersion {
+            size: 1,
+            hash: Some(ContentHash::of(b"x")),
+            mtime_ns: 42,
+            mode: 0o600,
+            kind: EntryKind::File,
+            posix,
+            ctime_ns: 43,
+        };
+        let made = store.add_version(&name, new.clone()).await.unwrap();
+        assert_eq!(made, new.record(name.clone(), 2));
+        let v = store.get_version(&name, None).await.unwrap().unwrap();
+        assert_eq!(v, made);
     }
 
     #[tokio::test]

@@ -404,6 +404,8 @@ async fn an_interrupted_write_is_found_and_the_head_repaired() {
                     mtime_ns: 5,
                     mode: 0o600,
                     kind: EntryKind::File,
+                    posix: Default::default(),
+                    ctime_ns: 5,
                 },
             )
             .await,
@@ -468,6 +470,8 @@ async fn out_of_range_values_are_bad_requests() {
                 mtime_ns: 0,
                 mode: 0o644,
                 kind: EntryKind::File,
+                posix: Default::default(),
+                ctime_ns: 0,
             },
         )
         .await;

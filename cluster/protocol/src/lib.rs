@@ -23,8 +23,8 @@ pub use layout::{
 pub use name::{MAX_NAME_BYTES, NameError, ObjectName, encode_path, valid_percent_utf8};
 pub use range::{ByteRange, RangeError, parse_range};
 pub use record::{
-    EntryKind, ListEntry, ListPage, ListQuery, LocateReply, ServerId, ServerInfo, VersionRecord,
-    WriteAttributes,
+    EntryKind, ListEntry, ListPage, ListQuery, LocateReply, PosixAttrs, ServerId, ServerInfo,
+    VersionRecord, WriteAttributes,
 };
 pub use time::{format_rfc3339_ns, now_ns, parse_rfc3339_ns};
 
@@ -38,8 +38,18 @@ pub mod headers {
     pub const MODE: &str = "x-dos-mode";
     /// Modification time (RFC 3339 with nanoseconds) stored with a version.
     pub const MTIME: &str = "x-dos-mtime";
-    /// `file`, `dir` or `symlink`.
+    /// `file`, `dir`, `symlink`, `fifo`, `socket`, `chardev` or `blockdev`.
     pub const KIND: &str = "x-dos-kind";
+    /// Owner (decimal user id) stored with a version; absent when not recorded.
+    pub const UID: &str = "x-dos-uid";
+    /// Group (decimal group id) stored with a version; absent when not recorded.
+    pub const GID: &str = "x-dos-gid";
+    /// Device number (decimal) of a `chardev` or `blockdev` version.
+    pub const RDEV: &str = "x-dos-rdev";
+    /// Access time (RFC 3339 with nanoseconds) stored with a version, when set.
+    pub const ATIME: &str = "x-dos-atime";
+    /// On an answer: when the version was made (RFC 3339 with nanoseconds): its ctime.
+    pub const CTIME: &str = "x-dos-ctime";
     /// On a PUT or POST: the version the new one replaces (see
     /// [`WriteAttributes::supersedes`](crate::WriteAttributes)).
     pub const SUPERSEDES: &str = "x-dos-supersedes";

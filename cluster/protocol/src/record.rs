@@ -11,6 +11,16 @@ pub enum EntryKind {
     File,
     Dir,
     Symlink,
+    /// A named pipe (metadata only: no content).
+    Fifo,
+    /// A UNIX socket's name (metadata only).
+    Socket,
+    /// A character device node; its number is [`PosixAttrs::rdev`] (metadata only).
+    #[serde(rename = "chardev")]
+    CharDevice,
+    /// A block device node; its number is [`PosixAttrs::rdev`] (metadata only).
+    #[serde(rename = "blockdev")]
+    BlockDevice,
 }
 
 impl EntryKind {
@@ -19,6 +29,10 @@ impl EntryKind {
             EntryKind::File => "file",
             EntryKind::Dir => "dir",
             EntryKind::Symlink => "symlink",
+            EntryKind::Fifo => "fifo",
+            EntryKind::Socket => "socket",
+            EntryKind::CharDevice => "chardev",
+            EntryKind::BlockDevice => "blockdev",
         }
     }
 
@@ -27,6 +41,10 @@ impl EntryKind {
             "file" => Some(EntryKind::File),
             "dir" => Some(EntryKind::Dir),
             "symlink" => Some(EntryKind::Symlink),
+            "fifo" => Some(EntryKind::Fifo),
+            "socket" => Some(EntryKind::Socket),
+            "chardev" => Some(EntryKind::CharDevice),
+            "blockdev" => Some(EntryKind::BlockDevice),
             _ => None,
         }
     }
@@ -36,8 +54,49 @@ impl EntryKind {
             EntryKind::File => 0o644,
             EntryKind::Dir => 0o755,
             EntryKind::Symlink => 0o777,
+            EntryKind::Fifo
+            | EntryKind::Socket
+            | EntryKind::CharDevice
+            | EntryKind::BlockDevice => 0o644,
         }
     }
+
+    /// A FIFO, socket or device node: a name with attributes and no content.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDevice | EntryKind::BlockDevice
+        )
+    }
+}
+
+/// The POSIX attributes a version keeps besides its kind, mode and mtime: what dosfs needs to
+/// show a file as a local filesystem would. A client that sets none of them (curl) leaves
+/// them out, and dosfs shows such a version as owned by the mounting user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct PosixAttrs {
+    /// Owner (user id); `None`: not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group id; `None`: not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Device number of a character or block device node (0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u32,
+    /// Access time as last set (reads do not change it: dosfs is `noatime`); `None`: the
+    /// mtime.
+    #[serde(
+        rename = "atime",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_rfc3339"
+    )]
+    pub atime_ns: Option<i64>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// Attributes a writer may set on a new version.
@@ -53,6 +112,8 @@ pub struct WriteAttributes {
     /// client folds attribute changes into the save they follow with it (dosfs: `tar`'s
     /// `utimens` and `chmod` after a file's close give one version, not three).
     pub supersedes: Option<u64>,
+    /// Owner, group, device number and access time.
+    pub posix: PosixAttrs,
 }
 
 /// One version of a name. A delete marker has `hash: None` and size 0.
@@ -67,6 +128,12 @@ pub struct VersionRecord {
     pub mtime_ns: i64,
     pub mode: u32,
     pub kind: EntryKind,
+    #[serde(flatten)]
+    pub posix: PosixAttrs,
+    /// When this version was made (the store's clock): POSIX's ctime, since every change
+    /// of a file's data or attributes makes a version.
+    #[serde(rename = "ctime", with = "rfc3339", default)]
+    pub ctime_ns: i64,
 }
 
 impl VersionRecord {
@@ -166,6 +233,26 @@ mod rfc3339 {
     }
 }
 
+mod opt_rfc3339 {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(ns: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ns {
+            Some(ns) => s.serialize_str(&format_rfc3339_ns(*ns)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => parse_rfc3339_ns(&s)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("bad RFC 3339 time")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,8 +267,11 @@ mod tests {
             mtime_ns: 1_000_000_001,
             mode: 0o644,
             kind: EntryKind::File,
+            posix: PosixAttrs::default(),
+            ctime_ns: 1_000_000_002,
         };
         let json = serde_json::to_string(&rec).unwrap();
+        assert!(!json.contains("uid"), "unset owners are left out: {json}");
         assert!(json.contains(r#""hash":"""#), "{json}");
         assert!(
             json.contains(r#""mtime":"1970-01-01T00:00:01.000000001Z""#),
@@ -189,5 +279,38 @@ mod tests {
         );
         let back: VersionRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rec);
+        let rec = VersionRecord {
+            kind: EntryKind::CharDevice,
+            posix: PosixAttrs {
+                uid: Some(65534),
+                gid: Some(0),
+                rdev: 0x0103,
+                atime_ns: Some(7),
+            },
+            ..rec
+        };
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(json.contains(r#""kind":"chardev""#), "{json}");
+        assert!(json.contains(r#""uid":65534"#), "{json}");
+        let back: VersionRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for k in [
+            EntryKind::File,
+            EntryKind::Dir,
+            EntryKind::Symlink,
+            EntryKind::Fifo,
+            EntryKind::Socket,
+            EntryKind::CharDevice,
+            EntryKind::BlockDevice,
+        ] {
+            assert_eq!(EntryKind::parse(k.as_str()), Some(k));
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+        assert_eq!(EntryKind::parse("door"), None);
     }
 }

@@ -230,7 +230,12 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         ("x-dos-mode", "zzz"),
         ("x-dos-mode", "99999999999"),
         ("x-dos-mtime", "yesterday"),
-        ("x-dos-kind", "socket"),
+        ("x-dos-kind", "door"),
+        ("x-dos-uid", "-1"),
+        ("x-dos-uid", "4294967296"),
+        ("x-dos-gid", "wheel"),
+        ("x-dos-rdev", "259"),
+        ("x-dos-atime", "yesterday"),
     ] {
         let headers: Vec<(&str, &str)> = if k == "Digest" {
             vec![(k, v)]

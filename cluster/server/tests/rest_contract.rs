@@ -19,7 +19,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dos_client::dos_protocol::{BLOCK_SIZE, headers as h};
+use dos_client::dos_protocol::{BLOCK_SIZE, PosixAttrs, headers as h};
 use dos_client::reqwest::{Method, Response, StatusCode};
 use dos_client::{
     Bytes, Client, ContentHash, EntryKind, PostOutcome, UploadProgress, UploadSource,
@@ -685,6 +685,12 @@ async fn head_and_get_headers() {
         mode: Some(0o640),
         mtime_ns: Some(1_700_000_000_123_456_789),
         supersedes: None,
+        posix: PosixAttrs {
+            uid: Some(1000),
+            gid: Some(100),
+            rdev: 0,
+            atime_ns: Some(1_600_000_000_000_000_001),
+        },
     };
     let rec = client
         .put_bytes("h/x.txt", body.clone(), &written)
@@ -719,6 +725,20 @@ async fn head_and_get_headers() {
                 "{what}"
             );
             assert_eq!(hd(h::KIND).as_deref(), Some("file"), "{what}");
+            assert_eq!(hd(h::UID).as_deref(), Some("1000"), "{what}");
+            assert_eq!(hd(h::GID).as_deref(), Some("100"), "{what}");
+            assert_eq!(hd(h::RDEV), None, "{what}: no device number on a file");
+            assert_eq!(
+                hd(h::ATIME).as_deref(),
+                Some("2020-09-13T12:26:40.000000001Z"),
+                "{what}"
+            );
+            let ctime = hd(h::CTIME).and_then(|t| dos_client::dos_protocol::parse_rfc3339_ns(&t));
+            assert_eq!(
+                ctime,
+                Some(rec.ctime_ns),
+                "{what}: ctime is when the version was made"
+            );
             let got = resp.bytes().await.unwrap();
             if method == Method::HEAD {
                 assert!(got.is_empty(), "HEAD has no body");
@@ -1798,6 +1818,7 @@ async fn restart_keeps_every_object() {
     put(&client, "r/big", &big).await;
     put(&client, "r/empty", b"").await;
     let mode = WriteAttributes {
+        posix: PosixAttrs::default(),
         kind: EntryKind::File,
         mode: Some(0o600),
         mtime_ns: Some(1_600_000_000_000_000_001),
@@ -1906,6 +1927,7 @@ async fn one_data_server_down() {
 async fn listing_with_prefix_delimiter_and_cursor() {
     let (_cluster, client, _dir) = start().await;
     let a_attrs = WriteAttributes {
+        posix: PosixAttrs::default(),
         kind: EntryKind::File,
         mode: Some(0o600),
         mtime_ns: Some(1_650_000_000_000_000_042),

@@ -8,7 +8,8 @@
 
 use bytes::Bytes;
 use dos_protocol::{
-    BLOCK_SIZE, ByteRange, ContentHash, EntryKind, ListQuery, ObjectName, WriteAttributes,
+    BLOCK_SIZE, ByteRange, ContentHash, EntryKind, ListQuery, ObjectName, PosixAttrs,
+    WriteAttributes, now_ns,
 };
 use futures::TryStreamExt;
 
@@ -300,28 +301,112 @@ pub async fn restore_makes_a_new_version(store: &dyn ObjectStore) {
 }
 
 pub async fn attributes_round_trip(store: &dyn ObjectStore) {
+    let owned = PosixAttrs {
+        uid: Some(65534),
+        gid: Some(65533),
+        rdev: 0,
+        atime_ns: Some(1_600_000_000_000_000_007),
+    };
+    let device = PosixAttrs {
+        uid: Some(0),
+        gid: Some(0),
+        rdev: (8 << 8) | 1,
+        atime_ns: None,
+    };
     let cases = [
-        ("c/attr/file", EntryKind::File, Some(0o640), &b"x"[..]),
-        ("c/attr/dir", EntryKind::Dir, Some(0o700), &b""[..]),
-        ("c/attr/link", EntryKind::Symlink, None, &b"../target"[..]),
+        (
+            "c/attr/file",
+            EntryKind::File,
+            Some(0o640),
+            &b"x"[..],
+            owned,
+        ),
+        (
+            "c/attr/dir",
+            EntryKind::Dir,
+            Some(0o700),
+            &b""[..],
+            PosixAttrs::default(),
+        ),
+        (
+            "c/attr/link",
+            EntryKind::Symlink,
+            None,
+            &b"../target"[..],
+            owned,
+        ),
+        (
+            "c/attr/fifo",
+            EntryKind::Fifo,
+            Some(0o4755),
+            &b""[..],
+            owned,
+        ),
+        (
+            "c/attr/sock",
+            EntryKind::Socket,
+            Some(0o755),
+            &b""[..],
+            owned,
+        ),
+        (
+            "c/attr/chr",
+            EntryKind::CharDevice,
+            Some(0o600),
+            &b""[..],
+            device,
+        ),
+        (
+            "c/attr/blk",
+            EntryKind::BlockDevice,
+            Some(0o600),
+            &b""[..],
+            device,
+        ),
     ];
-    for (n, kind, mode, content) in cases {
+    for (n, kind, mode, content, posix) in cases {
         let a = WriteAttributes {
             kind,
             mode,
             mtime_ns: Some(1_700_000_000_123_456_789),
             supersedes: None,
+            posix,
         };
+        let before = now_ns();
         let rec = store
             .put_bytes(&name(n), &a, Bytes::copy_from_slice(content))
             .await
             .unwrap();
+        let after = now_ns();
         let head = store.head(&name(n), None).await.unwrap();
         assert_eq!(head, rec);
         assert_eq!(head.kind, kind, "{n}");
         assert_eq!(head.mode, mode.unwrap_or(kind.default_mode()), "{n}");
         assert_eq!(head.mtime_ns, 1_700_000_000_123_456_789, "{n}");
+        assert_eq!(head.posix, posix, "{n}");
+        // Microseconds of slack: REST carries times to the nanosecond, clocks may differ
+        // by rounding between the test and the store only.
+        assert!(
+            (before - 1_000..=after + 1_000).contains(&head.ctime_ns),
+            "{n}: the ctime is when the version was made"
+        );
         assert_eq!(get_all(store, &name(n), None).await, content, "{n}");
+        let listed = store
+            .list(&ListQuery {
+                prefix: n.to_string(),
+                delimiter: Some('/'),
+                cursor: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.entries,
+            vec![head.clone()],
+            "{n}: listings carry the same"
+        );
+        let versions = store.all_versions(&name(n)).await.unwrap();
+        assert_eq!(versions.last(), Some(&head), "{n}: so do version lists");
     }
     let list = store.all_versions(&name("c/attr/dir")).await.unwrap();
     assert_eq!(list[0].kind, EntryKind::Dir);

@@ -306,8 +306,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// One page of the latest live versions under a prefix, grouped by a delimiter.
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage>;
 
-    /// Makes version `version` of `name` its latest again: a new version with that content
-    /// and mode, dated now. No bytes move.
+    /// Makes version `version` of `name` its latest again: a new version with that content,
+    /// mode and owner, dated now. No bytes move.
     async fn restore(&self, name: &ObjectName, version: u64) -> StoreResult<VersionRecord> {
         let old = self.head(name, Some(version)).await?;
         let hash = old.hash.ok_or_else(|| {
@@ -318,6 +318,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             mode: Some(old.mode),
             mtime_ns: Some(now_ns()),
             supersedes: None,
+            posix: old.posix,
         };
         match self.post(name, hash, old.size, &attrs).await? {
             PostOutcome::Stored(rec) => Ok(rec),

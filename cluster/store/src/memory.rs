@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use dos_protocol::{
-    BLOCK_SIZE, ByteRange, ContentHash, ListPage, ListQuery, ObjectName, VersionRecord,
+    BLOCK_SIZE, ByteRange, ContentHash, ListPage, ListQuery, ObjectName, PosixAttrs, VersionRecord,
     WriteAttributes, now_ns,
 };
 use futures::StreamExt;
@@ -87,6 +87,12 @@ fn add_version(
             0
         },
         kind: attrs.kind,
+        posix: if hash.is_some() {
+            attrs.posix
+        } else {
+            PosixAttrs::default()
+        },
+        ctime_ns: now_ns(),
     };
     // The version right before, with the same content, gives way (like the real store).
     if let Some(old) = attrs.supersedes
@@ -388,6 +394,11 @@ impl ObjectStore for MemoryStore {
         let attrs = WriteAttributes {
             mode: attrs.mode.or(u.attrs.mode),
             mtime_ns: attrs.mtime_ns.or(u.attrs.mtime_ns),
+            posix: if attrs.posix == PosixAttrs::default() {
+                u.attrs.posix
+            } else {
+                attrs.posix
+            },
             ..u.attrs
         };
         state.contents.entry(u.hash).or_insert(u.received.freeze());

@@ -36,17 +36,7 @@ fn parse_version(name: &str) -> Option<u64> {
 }
 
 fn dir_attr(ino: u64, mtime_ns: i64) -> Attr {
-    Attr {
-        ino,
-        kind: Kind::Dir,
-        size: 0,
-        perm: 0o555,
-        mtime_ns,
-        hash: None,
-        version: None,
-        read_only: true,
-        unlinked: false,
-    }
+    Attr::read_only(ino, Kind::Dir, 0, 0o555, mtime_ns)
 }
 
 pub fn control_attr(core: &FsCore, key: NodeKey) -> Attr {
@@ -61,25 +51,24 @@ async fn file_versions(core: &FsCore, path: &str) -> FsResult<Vec<VersionRecord>
     let all = core.store.all_versions(&super::object_name(path)?).await?;
     Ok(all
         .into_iter()
-        .filter(|v| v.hash.is_some() && v.kind != EntryKind::Dir)
+        .filter(|v| v.hash.is_some() && v.kind != EntryKind::Dir && !v.kind.is_special())
         .collect())
 }
 
 fn version_attr(core: &FsCore, path: &str, rec: &VersionRecord) -> Attr {
+    let ino = core.ino_of(NodeKey::HistoryVersion(path.to_string(), rec.version));
+    let kind = if rec.kind == EntryKind::Symlink {
+        Kind::Symlink
+    } else {
+        Kind::File
+    };
     Attr {
-        ino: core.ino_of(NodeKey::HistoryVersion(path.to_string(), rec.version)),
-        kind: if rec.kind == EntryKind::Symlink {
-            Kind::Symlink
-        } else {
-            Kind::File
-        },
-        size: rec.size,
-        perm: 0o444,
-        mtime_ns: rec.mtime_ns,
+        ctime_ns: rec.ctime_ns,
+        uid: rec.posix.uid,
+        gid: rec.posix.gid,
         hash: rec.hash,
         version: Some(rec.version),
-        read_only: true,
-        unlinked: false,
+        ..Attr::read_only(ino, kind, rec.size, 0o444, rec.mtime_ns)
     }
 }
 
@@ -188,6 +177,8 @@ mod tests {
             mtime_ns: 1_795_713_195_000_000_000,
             mode: 0o644,
             kind: EntryKind::File,
+            posix: Default::default(),
+            ctime_ns: 1_795_713_195_000_000_000,
         };
         let n = version_file_name("d/notes.txt", &rec);
         assert_eq!(n, "v000003_20261126T171315Z.txt");

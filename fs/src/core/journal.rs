@@ -5,8 +5,10 @@
 //! <cache-dir>/writeback/<n, 16 digits>.log    records, append only
 //! <cache-dir>/writeback/<n, 16 digits>.done   seqs of its records uploaded since (u64 LE)
 //!
-//! record   48 B  "DOSWBRC1" | seq u64 | mode u32 | path len u32 | mtime ns i64 | size u64
-//!                | journaled ns i64
+//! record   64 B  "DOSWBRC2" | seq u64 | mode u32 | path len u32 | mtime ns i64 | size u64
+//!                | journaled ns i64 | uid u32 | gid u32 | atime ns i64
+//!                (u32::MAX, i64::MIN: not recorded; a 48 B "DOSWBRC1" header of an older
+//!                version, without the last three, is read too)
 //!          path bytes, then the file's bytes, then 8 B: CRC32C(header, path, bytes) u32
 //!                | "END!"
 //! ```
@@ -27,9 +29,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-const MAGIC: &[u8; 8] = b"DOSWBRC1";
+use dos_protocol::PosixAttrs;
+
+const MAGIC: &[u8; 8] = b"DOSWBRC2";
+/// Records written before owners were kept: 48 B headers.
+const MAGIC_V1: &[u8; 8] = b"DOSWBRC1";
+const HEADER_V1_LEN: usize = 48;
 const END: &[u8; 4] = b"END!";
-const HEADER_LEN: usize = 48;
+const HEADER_LEN: usize = 64;
+const NO_ID: u32 = u32::MAX;
+const NO_TIME: i64 = i64::MIN;
 /// The active log takes no new record past this size.
 const ROLL_AT: u64 = 64 << 20;
 
@@ -41,6 +50,8 @@ pub struct Record {
     pub path: String,
     pub mode: u32,
     pub mtime_ns: i64,
+    /// Owner, group and access time (no device number: only regular files are journaled).
+    pub posix: PosixAttrs,
     pub size: u64,
     /// When the close was made durable here (ns since the epoch).
     pub journaled_ns: i64,
@@ -92,7 +103,16 @@ fn header(rec: &Record) -> [u8; HEADER_LEN] {
     h[24..32].copy_from_slice(&rec.mtime_ns.to_le_bytes());
     h[32..40].copy_from_slice(&rec.size.to_le_bytes());
     h[40..48].copy_from_slice(&rec.journaled_ns.to_le_bytes());
+    h[48..52].copy_from_slice(&rec.posix.uid.unwrap_or(NO_ID).to_le_bytes());
+    h[52..56].copy_from_slice(&rec.posix.gid.unwrap_or(NO_ID).to_le_bytes());
+    h[56..64].copy_from_slice(&rec.posix.atime_ns.unwrap_or(NO_TIME).to_le_bytes());
     h
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -103,12 +123,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// The whole record at the start of `b` (a log read into memory): it and its length.
 fn parse(b: &[u8], log: u64, at: u64) -> Option<(Record, usize)> {
-    if b.len() < HEADER_LEN || &b[..8] != MAGIC {
+    let header_len = match b.get(..8)? {
+        m if m == MAGIC => HEADER_LEN,
+        m if m == MAGIC_V1 => HEADER_V1_LEN,
+        _ => return None,
+    };
+    if b.len() < header_len {
         return None;
     }
     let path_len = u32::from_le_bytes(b[20..24].try_into().ok()?) as usize;
     let size = u64_at(b, 32);
-    let data_at = HEADER_LEN + path_len;
+    let data_at = header_len + path_len;
     let end = data_at.checked_add(usize::try_from(size).ok()?)?;
     if b.len() < end + 8 || &b[end + 4..end + 8] != END {
         return None;
@@ -117,15 +142,28 @@ fn parse(b: &[u8], log: u64, at: u64) -> Option<(Record, usize)> {
     if crc32c::crc32c(&b[..end]) != crc {
         return None;
     }
-    let path = std::str::from_utf8(&b[HEADER_LEN..data_at])
+    let path = std::str::from_utf8(&b[header_len..data_at])
         .ok()?
         .to_string();
+    let posix = if header_len == HEADER_LEN {
+        let id = |v: u32| (v != NO_ID).then_some(v);
+        let atime = u64_at(b, 56) as i64;
+        PosixAttrs {
+            uid: id(u32_at(b, 48)),
+            gid: id(u32_at(b, 52)),
+            rdev: 0,
+            atime_ns: (atime != NO_TIME).then_some(atime),
+        }
+    } else {
+        PosixAttrs::default()
+    };
     Some((
         Record {
             seq: u64_at(b, 8),
             path,
             mode: u32::from_le_bytes(b[16..20].try_into().ok()?),
             mtime_ns: u64_at(b, 24) as i64,
+            posix,
             size,
             journaled_ns: u64_at(b, 40) as i64,
             log,
@@ -269,6 +307,7 @@ impl Journal {
         path: &str,
         mode: u32,
         mtime_ns: i64,
+        posix: PosixAttrs,
         size: u64,
     ) -> io::Result<Record> {
         let (file, end, rec) = {
@@ -291,6 +330,7 @@ impl Journal {
                 path: path.to_string(),
                 mode,
                 mtime_ns,
+                posix,
                 size,
                 journaled_ns: dos_protocol::now_ns(),
                 log: active,

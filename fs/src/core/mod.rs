@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use dos_cache::{BlockCache, StagingArea};
 use dos_protocol::{
-    ContentHash, EntryKind, ListQuery, ObjectName, VersionRecord, WriteAttributes, now_ns,
+    ContentHash, EntryKind, ListQuery, ObjectName, PosixAttrs, VersionRecord, WriteAttributes,
+    now_ns,
 };
 use dos_store::{ObjectStore, PostOutcome, StoreError};
 
@@ -55,6 +56,86 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    fn of(k: EntryKind) -> Self {
+        match k {
+            EntryKind::File => Kind::File,
+            EntryKind::Dir => Kind::Dir,
+            EntryKind::Symlink => Kind::Symlink,
+            EntryKind::Fifo => Kind::Fifo,
+            EntryKind::Socket => Kind::Socket,
+            EntryKind::CharDevice => Kind::CharDevice,
+            EntryKind::BlockDevice => Kind::BlockDevice,
+        }
+    }
+}
+
+/// Who asks for an operation (the FUSE request's credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (read only where a rule needs them: a chown of the group).
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    pub fn root() -> Self {
+        Self {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// What a `setattr` changes (`None`: left as it is). Times are nanoseconds since the epoch;
+/// the adapter turns `UTIME_NOW` into the current time and `UTIME_OMIT` into `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime_ns: Option<i64>,
+    pub mtime_ns: Option<i64>,
+}
+
+impl SetAttr {
+    pub fn size(size: u64) -> Self {
+        Self {
+            size: Some(size),
+            ..Self::default()
+        }
+    }
+
+    pub fn mode(mode: u32) -> Self {
+        Self {
+            mode: Some(mode),
+            ..Self::default()
+        }
+    }
+
+    pub fn mtime(mtime_ns: i64) -> Self {
+        Self {
+            mtime_ns: Some(mtime_ns),
+            ..Self::default()
+        }
+    }
 }
 
 /// Attributes of one node, as the adapter reports them.
@@ -63,15 +144,46 @@ pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
-    /// Permission bits.
+    /// Permission bits (with setuid, setgid and sticky).
     pub perm: u32,
     pub mtime_ns: i64,
+    /// Access time (dosfs is `noatime`: reads do not change it).
+    pub atime_ns: i64,
+    /// When data or attributes last changed.
+    pub ctime_ns: i64,
+    /// Owner and group; `None`: not recorded (the adapter shows the mounting user's).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Device number of a device node.
+    pub rdev: u32,
     pub hash: Option<ContentHash>,
     pub version: Option<u64>,
     /// Under `.dosfs`: nothing there can be changed.
     pub read_only: bool,
     /// Deleted while still open (link count 0).
     pub unlinked: bool,
+}
+
+impl Attr {
+    /// A read-only node of `.dosfs` (history, stats), owned by the mounting user.
+    pub(crate) fn read_only(ino: u64, kind: Kind, size: u64, perm: u32, mtime_ns: i64) -> Self {
+        Self {
+            ino,
+            kind,
+            size,
+            perm,
+            mtime_ns,
+            atime_ns: mtime_ns,
+            ctime_ns: mtime_ns,
+            uid: None,
+            gid: None,
+            rdev: 0,
+            hash: None,
+            version: None,
+            read_only: true,
+            unlinked: false,
+        }
+    }
 }
 
 /// What the store says one path is.
@@ -81,6 +193,16 @@ pub(crate) enum Entry {
     Object(VersionRecord),
     /// A directory that exists only because names live under it.
     ImpliedDir,
+}
+
+/// The longest path a symlink may hold (Linux's `PATH_MAX`, with its NUL).
+const PATH_MAX: usize = 4095;
+
+/// A node about to be made by `create_object`.
+struct New {
+    kind: EntryKind,
+    mode: u32,
+    rdev: u32,
 }
 
 pub struct DirEntry {
@@ -151,6 +273,9 @@ pub struct FsCore {
     /// The versions this mount made lately, by path: what a following attribute change
     /// folds into (see [`FOLD_WINDOW`]).
     saves: Mutex<HashMap<String, (Instant, u64)>>,
+    /// When this mount last added, removed or renamed an entry of each directory (ns): its
+    /// mtime and ctime from then on, unless its record was changed later (see `dir_time`).
+    dir_times: Mutex<HashMap<String, i64>>,
     /// The write-back journal (`--writeback`), if on.
     pub(crate) journal: Option<Arc<journal::Journal>>,
     pub(crate) journal_changed: tokio::sync::Notify,
@@ -231,6 +356,7 @@ impl FsCore {
             staged: Mutex::default(),
             orphans: Mutex::default(),
             saves: Mutex::default(),
+            dir_times: Mutex::default(),
             journal: None,
             journal_changed: tokio::sync::Notify::new(),
             uploads: Mutex::default(),
@@ -427,14 +553,19 @@ impl FsCore {
         Ok(Entry::ImpliedDir)
     }
 
-    fn attr_of(&self, ino: u64, entry: &Entry) -> Attr {
-        match entry {
+    fn attr_of(&self, ino: u64, path: &str, entry: &Entry) -> Attr {
+        let mut attr = match entry {
             Entry::ImpliedDir => Attr {
                 ino,
                 kind: Kind::Dir,
                 size: 0,
                 perm: 0o755,
                 mtime_ns: self.started_ns,
+                atime_ns: self.started_ns,
+                ctime_ns: self.started_ns,
+                uid: None,
+                gid: None,
+                rdev: 0,
                 hash: None,
                 version: None,
                 read_only: false,
@@ -442,20 +573,82 @@ impl FsCore {
             },
             Entry::Object(r) => Attr {
                 ino,
-                kind: match r.kind {
-                    EntryKind::File => Kind::File,
-                    EntryKind::Dir => Kind::Dir,
-                    EntryKind::Symlink => Kind::Symlink,
-                },
+                kind: Kind::of(r.kind),
                 size: if r.kind == EntryKind::Dir { 0 } else { r.size },
                 perm: r.mode & 0o7777,
                 mtime_ns: r.mtime_ns,
+                atime_ns: r.posix.atime_ns.unwrap_or(r.mtime_ns),
+                ctime_ns: r.ctime_ns,
+                uid: r.posix.uid,
+                gid: r.posix.gid,
+                rdev: r.posix.rdev,
                 hash: r.hash,
                 version: Some(r.version),
                 read_only: false,
                 unlinked: false,
             },
+        };
+        if attr.kind == Kind::Dir
+            && let Some(t) = self.dir_time(path)
+            && t > attr.ctime_ns
+        {
+            attr.mtime_ns = t;
+            attr.ctime_ns = t;
         }
+        attr
+    }
+
+    /// When this mount last changed the entries of directory `path`.
+    fn dir_time(&self, path: &str) -> Option<i64> {
+        lock(&self.dir_times).get(path).copied()
+    }
+
+    /// An entry `path` was added, removed or renamed: its directory's mtime and ctime are
+    /// now. Kept in this mount's memory (at most [`ENTRY_CAP`] directories; past it the
+    /// older half is dropped, and those show their stored times again).
+    pub(crate) fn dir_changed(&self, path: &str) {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        self.touch_dir(parent);
+    }
+
+    fn touch_dir(&self, dir: &str) {
+        let now = now_ns();
+        let mut times = lock(&self.dir_times);
+        if times.len() >= ENTRY_CAP && !times.contains_key(dir) {
+            let mut all: Vec<i64> = times.values().copied().collect();
+            all.sort_unstable();
+            let cut = all[all.len() / 2];
+            times.retain(|_, t| *t > cut);
+        }
+        times.insert(dir.to_string(), now);
+    }
+
+    /// The owner, group and mode of a node made now at `path` by `caller`: the caller's ids,
+    /// or the directory's group when the directory is setgid (a directory made there is
+    /// setgid too).
+    pub(crate) async fn new_owner(
+        &self,
+        path: &str,
+        caller: &Caller,
+        mode: u32,
+        is_dir: bool,
+    ) -> FsResult<(PosixAttrs, u32)> {
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        let dir = self.path_attr(parent).await?;
+        let mut owner = PosixAttrs {
+            uid: Some(caller.uid),
+            gid: Some(caller.gid),
+            rdev: 0,
+            atime_ns: None,
+        };
+        let mut mode = mode;
+        if dir.perm & 0o2000 != 0 {
+            owner.gid = Some(dir.gid.unwrap_or(self.config.gid));
+            if is_dir {
+                mode |= 0o2000;
+            }
+        }
+        Ok((owner, mode))
     }
 
     /// Attributes of a namespace path, with a file being written shown as staged.
@@ -465,7 +658,7 @@ impl FsCore {
             return write::staged_attr(ino, &staged);
         }
         let entry = self.entry(path).await?;
-        Ok(self.attr_of(ino, &entry))
+        Ok(self.attr_of(ino, path, &entry))
     }
 
     /// Looks `name` up in `parent`; on success the kernel holds one more reference to the
@@ -503,7 +696,7 @@ impl FsCore {
                         .head(&object_name(&r.name)?, Some(r.version))
                         .await
                     {
-                        return Ok(self.attr_of(ino, &Entry::Object(rec)));
+                        return Ok(self.attr_of(ino, &r.name, &Entry::Object(rec)));
                     }
                 }
                 Handle::Dir(_) => {}
@@ -578,9 +771,9 @@ impl FsCore {
                 if path.is_empty() && name == CONTROL_DIR {
                     continue;
                 }
+                let kind = Kind::of(rec.kind);
                 let entry = Entry::Object(rec);
                 let ino = self.ino_of(NodeKey::Path(full.clone()));
-                let kind = self.attr_of(ino, &entry).kind;
                 self.remember(&full, entry);
                 if seen.insert(name.clone()) {
                     out.push(DirEntry { ino, name, kind });
@@ -696,37 +889,86 @@ impl FsCore {
         self.take_handle(fh);
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str, mode: u32) -> FsResult<Attr> {
-        self.create_object(
-            parent,
-            name,
-            bytes::Bytes::new(),
-            EntryKind::Dir,
-            mode & 0o7777,
-        )
-        .await
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        caller: &Caller,
+    ) -> FsResult<Attr> {
+        let new = New {
+            kind: EntryKind::Dir,
+            mode: mode & 0o7777,
+            rdev: 0,
+        };
+        self.create_object(parent, name, bytes::Bytes::new(), new, caller)
+            .await
     }
 
-    /// Stores a new, not yet existing name with `content` (a directory marker or a symlink).
+    /// mknod: a FIFO, socket or device node (a name with attributes and no content), or an
+    /// empty regular file. `mode` has the file type bits.
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        caller: &Caller,
+    ) -> FsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFIFO => EntryKind::Fifo,
+            libc::S_IFSOCK => EntryKind::Socket,
+            libc::S_IFCHR => EntryKind::CharDevice,
+            libc::S_IFBLK => EntryKind::BlockDevice,
+            libc::S_IFREG | 0 => EntryKind::File,
+            _ => return Err(FsError::Invalid(format!("mknod of file type {mode:#o}"))),
+        };
+        if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) && !caller.is_root() {
+            return Err(FsError::NotPermitted("only root makes device nodes"));
+        }
+        let rdev = if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+            rdev
+        } else {
+            0
+        };
+        let new = New {
+            kind,
+            mode: mode & 0o7777,
+            rdev,
+        };
+        self.create_object(parent, name, bytes::Bytes::new(), new, caller)
+            .await
+    }
+
+    /// Stores a new, not yet existing name with `content` (a directory marker, a symlink, a
+    /// special file, an empty file), owned by `caller`.
     async fn create_object(
         &self,
         parent: u64,
         name: &str,
         content: bytes::Bytes,
-        kind: EntryKind,
-        mode: u32,
+        new: New,
+        caller: &Caller,
     ) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
+        if self.staged_of(&path).is_some() {
+            return Err(FsError::Exists);
+        }
         match self.entry(&path).await {
             Ok(_) => return Err(FsError::Exists),
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
+        let (mut posix, mode) = self
+            .new_owner(&path, caller, new.mode, new.kind == EntryKind::Dir)
+            .await?;
+        posix.rdev = new.rdev;
         let attrs = WriteAttributes {
-            kind,
+            kind: new.kind,
             mode: Some(mode),
             mtime_ns: Some(now_ns()),
             supersedes: None,
+            posix,
         };
         let rec = self
             .store
@@ -734,9 +976,10 @@ impl FsCore {
             .await?;
         let ino = self.entered(NodeKey::Path(path.clone()));
         self.saved(&path, &rec);
+        self.dir_changed(&path);
         let entry = Entry::Object(rec);
         self.remember(&path, entry.clone());
-        Ok(self.attr_of(ino, &entry))
+        Ok(self.attr_of(ino, &path, &entry))
     }
 
     /// True when nothing lives under directory `path`.
@@ -762,6 +1005,8 @@ impl FsCore {
             self.delete_quiet(&path).await?;
         }
         self.forget_entry(&path);
+        self.dir_changed(&path);
+        lock(&self.dir_times).remove(&path);
         Ok(())
     }
 
@@ -797,13 +1042,27 @@ impl FsCore {
         }
         self.forget_entry(&path);
         self.forget_save(&path);
+        self.dir_changed(&path);
         Ok(())
     }
 
-    pub async fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<Attr> {
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        caller: &Caller,
+    ) -> FsResult<Attr> {
+        if target.len() > PATH_MAX {
+            return Err(FsError::NameTooLong);
+        }
         let content = bytes::Bytes::copy_from_slice(target.as_bytes());
-        self.create_object(parent, name, content, EntryKind::Symlink, 0o777)
-            .await
+        let new = New {
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            rdev: 0,
+        };
+        self.create_object(parent, name, content, new, caller).await
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
@@ -902,6 +1161,12 @@ impl FsCore {
         self.forget_entry(&to);
         self.restage(&from, &to);
         lock(&self.inodes).rename(&from, &to);
+        self.dir_changed(&from);
+        self.dir_changed(&to);
+        if is_dir {
+            // A moved directory's ctime changes (its `..` did).
+            self.touch_dir(&to);
+        }
         Ok(())
     }
 
@@ -918,6 +1183,7 @@ impl FsCore {
             mode: Some(rec.mode),
             mtime_ns: Some(rec.mtime_ns),
             supersedes,
+            posix: rec.posix,
         };
         match self
             .store
@@ -944,20 +1210,21 @@ impl FsCore {
         }
     }
 
-    /// chmod, utimens, truncate.
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        size: Option<u64>,
-        mtime_ns: Option<i64>,
-    ) -> FsResult<Attr> {
+    /// chmod, chown, utimens, truncate, with the POSIX rules: only root changes the owner;
+    /// the owner (or root) changes the mode, and the group to one of the owner's groups; a
+    /// change of owner or group of anything but a directory clears setuid, and setgid when
+    /// the group may execute (as Linux does). The kernel (`default_permissions`) checks the
+    /// same first; these rules make the core safe on its own.
+    pub async fn setattr(&self, ino: u64, set: &SetAttr, caller: &Caller) -> FsResult<Attr> {
         let path = self.writable_path(ino)?;
-        if path.is_empty() {
-            return self.getattr(ino).await;
+        let current = self.getattr(ino).await?;
+        let set = self.permitted(&current, set, caller)?;
+        if path.is_empty() || set == SetAttr::default() {
+            // The root has no record to keep attributes in.
+            return Ok(current);
         }
         if let Some(staged) = self.staged_of(&path) {
-            write::set_staged(&staged, mode, size, mtime_ns)?;
+            write::set_staged(&staged, &set)?;
             if lock(&staged).opens == 0 {
                 // Closed already (its last upload may still be running): settle it now.
                 self.settle(&staged).await?;
@@ -967,44 +1234,107 @@ impl FsCore {
         let entry = self.entry(&path).await?;
         let Entry::Object(rec) = entry else {
             // An implied directory has nothing to keep attributes in; make it a marker.
-            if mode.is_some() || mtime_ns.is_some() {
-                let rec = self
-                    .store
-                    .put_bytes(
-                        &object_name(&path)?,
-                        &WriteAttributes {
-                            kind: EntryKind::Dir,
-                            mode: mode.map(|m| m & 0o7777),
-                            mtime_ns,
-                            supersedes: None,
+            let base = self.attr_of(ino, &path, &Entry::ImpliedDir);
+            let rec = self
+                .store
+                .put_bytes(
+                    &object_name(&path)?,
+                    &WriteAttributes {
+                        kind: EntryKind::Dir,
+                        mode: Some(set.mode.map_or(base.perm, |m| m & 0o7777)),
+                        mtime_ns: Some(set.mtime_ns.unwrap_or(base.mtime_ns)),
+                        supersedes: None,
+                        posix: PosixAttrs {
+                            uid: set.uid,
+                            gid: set.gid,
+                            rdev: 0,
+                            atime_ns: set.atime_ns,
                         },
-                        bytes::Bytes::new(),
-                    )
-                    .await?;
-                self.remember(&path, Entry::Object(rec));
-            }
+                    },
+                    bytes::Bytes::new(),
+                )
+                .await?;
+            self.remember(&path, Entry::Object(rec));
             return self.getattr(ino).await;
         };
-        if let Some(size) = size
+        if let Some(size) = set.size
             && rec.kind == EntryKind::File
-            && size != rec.size
         {
             // Truncate a file nobody has open: stage it, cut it, upload it.
-            let staged = self.stage(&path, false, false).await?;
-            write::set_staged(&staged, mode, Some(size), mtime_ns)?;
+            let staged = self.stage(&path, false, false, None).await?;
+            write::set_staged(&staged, &set)?;
             self.settle(&staged).await?;
+            let _ = size;
             return self.getattr(ino).await;
         }
-        let new_mode = mode.map(|m| m & 0o7777).unwrap_or(rec.mode);
-        let new_mtime = mtime_ns.unwrap_or(rec.mtime_ns);
-        if new_mode != rec.mode || new_mtime != rec.mtime_ns {
-            let mut changed = rec.clone();
-            changed.mode = new_mode;
-            changed.mtime_ns = new_mtime;
-            let fold = self.fold_into(&path).filter(|v| *v == rec.version);
-            self.copy_version(&changed, &path, fold).await?;
+        let mut changed = rec.clone();
+        if let Some(m) = set.mode {
+            changed.mode = m & 0o7777;
         }
+        if let Some(t) = set.mtime_ns {
+            changed.mtime_ns = t;
+        }
+        if set.uid.is_some() {
+            changed.posix.uid = set.uid;
+        }
+        if set.gid.is_some() {
+            changed.posix.gid = set.gid;
+        }
+        if let Some(t) = set.atime_ns {
+            // The access time so far was the mtime: keep that one when only atime moves.
+            changed.posix.atime_ns = Some(t);
+        }
+        // Every change makes a version, even to the same values: its ctime moves, as on
+        // Linux. One made right after this mount's last save of the file replaces it.
+        let fold = self.fold_into(&path).filter(|v| *v == rec.version);
+        self.copy_version(&changed, &path, fold).await?;
         self.getattr(ino).await
+    }
+
+    /// `set` as the rules allow it for `caller` on a node with attributes `current`, with
+    /// the setuid and setgid bits a chown clears; or why not.
+    fn permitted(&self, current: &Attr, set: &SetAttr, caller: &Caller) -> FsResult<SetAttr> {
+        let mut set = set.clone();
+        let uid = current.uid.unwrap_or(self.config.uid);
+        let gid = current.gid.unwrap_or(self.config.gid);
+        let owner = caller.is_root() || caller.uid == uid;
+        if set.uid.is_some_and(|u| u != uid) && !caller.is_root() {
+            return Err(FsError::NotPermitted("only root changes a file's owner"));
+        }
+        if let Some(g) = set.gid
+            && g != gid
+            && !caller.is_root()
+            && !(caller.uid == uid && caller.in_group(g))
+        {
+            return Err(FsError::NotPermitted(
+                "the group can be changed only by the owner, to one of its groups",
+            ));
+        }
+        if set.mode.is_some() && !owner {
+            return Err(FsError::NotPermitted("only the owner changes the mode"));
+        }
+        if (set.uid.is_some() || set.gid.is_some()) && current.kind != Kind::Dir {
+            let mut mode = set.mode.unwrap_or(current.perm);
+            mode &= !0o4000;
+            if mode & 0o010 != 0 {
+                mode &= !0o2000;
+            }
+            if mode != set.mode.unwrap_or(current.perm) {
+                set.mode = Some(mode);
+            }
+        }
+        if let Some(size) = set.size {
+            match current.kind {
+                Kind::Dir => return Err(FsError::IsDir),
+                Kind::File => {}
+                _ => return Err(FsError::Invalid("only regular files have a size".into())),
+            }
+            if size == current.size && set.mode.is_none() && set.mtime_ns.is_none() {
+                // Nothing changes (as on ext4, a truncate to the same size is no change).
+                set.size = None;
+            }
+        }
+        Ok(set)
     }
 
     /// `pending` while the latest bytes of `path` are not in the store yet (open and

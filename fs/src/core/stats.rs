@@ -9,18 +9,9 @@ use super::{Attr, FsCore, Kind, NodeKey};
 pub const STATS_FILE: &str = "stats";
 
 pub fn attr(core: &FsCore) -> Attr {
-    Attr {
-        ino: core.ino_of(NodeKey::Stats),
-        kind: Kind::File,
-        // Its length is only known when it is read (opened with direct I/O).
-        size: 0,
-        perm: 0o444,
-        mtime_ns: dos_protocol::now_ns(),
-        hash: None,
-        version: None,
-        read_only: true,
-        unlinked: false,
-    }
+    // Its length is only known when it is read (opened with direct I/O).
+    let ino = core.ino_of(NodeKey::Stats);
+    Attr::read_only(ino, Kind::File, 0, 0o444, dos_protocol::now_ns())
 }
 
 /// A field of `/proc/self/status` in bytes (`VmRSS:  1234 kB`).

@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dos_cache::StagingFile;
-use dos_protocol::{ContentHash, EntryKind, VersionRecord, WriteAttributes, now_ns};
+use dos_protocol::{ContentHash, EntryKind, PosixAttrs, VersionRecord, WriteAttributes, now_ns};
 use dos_store::{Content, PostOutcome, StoreError, UploadId, UploadProgress};
 use sha2::{Digest, Sha256};
 
 use super::journal::Record;
 use super::passthrough::Opened;
 use super::stream::Streaming;
-use super::{Attr, Entry, FsCore, Handle, Kind, NodeKey, lock};
+use super::{Attr, Caller, Entry, FsCore, Handle, Kind, NodeKey, SetAttr, lock};
 use crate::error::{FsError, FsResult};
 use std::collections::HashMap;
 
@@ -31,6 +31,10 @@ pub struct Staged {
     dirty: bool,
     mode: u32,
     mtime_ns: Option<i64>,
+    /// Owner, group and access time it will be uploaded with.
+    posix: PosixAttrs,
+    /// When its data or attributes last changed (its ctime until it is uploaded).
+    ctime_ns: i64,
     /// Open handles on it.
     pub(crate) opens: usize,
     /// Deleted while open: never uploaded.
@@ -74,12 +78,18 @@ const UPLOADS_AT_ONCE: usize = 4;
 pub fn staged_attr(ino: u64, staged: &Arc<Mutex<Staged>>) -> FsResult<Attr> {
     let s = lock(staged);
     let size = s.file.file().metadata()?.len();
+    let mtime_ns = s.mtime_ns.unwrap_or(s.ctime_ns);
     Ok(Attr {
         ino,
         kind: Kind::File,
         size,
         perm: s.mode,
-        mtime_ns: s.mtime_ns.unwrap_or_else(now_ns),
+        mtime_ns,
+        atime_ns: s.posix.atime_ns.unwrap_or(mtime_ns),
+        ctime_ns: s.ctime_ns,
+        uid: s.posix.uid,
+        gid: s.posix.gid,
+        rdev: 0,
         hash: None,
         version: None,
         read_only: false,
@@ -87,27 +97,39 @@ pub fn staged_attr(ino: u64, staged: &Arc<Mutex<Staged>>) -> FsResult<Attr> {
     })
 }
 
-pub fn set_staged(
-    staged: &Arc<Mutex<Staged>>,
-    mode: Option<u32>,
-    size: Option<u64>,
-    mtime_ns: Option<i64>,
-) -> FsResult<()> {
+pub fn set_staged(staged: &Arc<Mutex<Staged>>, set: &SetAttr) -> FsResult<()> {
     let mut s = lock(staged);
-    if let Some(m) = mode {
+    let now = now_ns();
+    if s.mtime_ns.is_none() {
+        // The data last changed at the last change so far: this one is of attributes.
+        s.mtime_ns = Some(s.ctime_ns);
+    }
+    if let Some(m) = set.mode {
         s.mode = m & 0o7777;
     }
-    if let Some(size) = size {
+    if set.uid.is_some() {
+        s.posix.uid = set.uid;
+    }
+    if set.gid.is_some() {
+        s.posix.gid = set.gid;
+    }
+    if set.atime_ns.is_some() {
+        s.posix.atime_ns = set.atime_ns;
+    }
+    if let Some(size) = set.size {
         s.file.file().set_len(size)?;
-        s.mtime_ns = None;
         // A stream carries the bytes up to here: gone with them (a cut to zero starts over).
         s.stream = None;
         s.sequential = size == 0;
         s.seq_end = 0;
     }
-    if let Some(t) = mtime_ns {
+    if let Some(t) = set.mtime_ns {
         s.mtime_ns = Some(t);
+    } else if set.size.is_some() {
+        // A truncate changes the data: its mtime is now (kept, not the upload's time).
+        s.mtime_ns = Some(now);
     }
+    s.ctime_ns = now;
     s.dirty = true;
     s.generation += 1;
     Ok(())
@@ -166,6 +188,13 @@ fn read_whole(file: &File, offset: u64, size: u64) -> std::io::Result<Content> {
     Ok(Content::from_bytes(buf))
 }
 
+/// The attributes a file's bytes are stored with.
+struct FileMeta {
+    mode: u32,
+    mtime_ns: i64,
+    posix: PosixAttrs,
+}
+
 /// When [`FsCore::upload_if`] uploads a dirty staged file.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Upload {
@@ -184,11 +213,13 @@ impl FsCore {
     /// release running meanwhile then sees the file reopened and leaves it (and its upload)
     /// to the new handle, instead of uploading a state nobody closed, such as the empty file
     /// an `O_TRUNC` open leaves before its writes.
+    /// A file made now takes `new_owner` (the creator's ids; `None`: not recorded).
     pub(crate) async fn stage(
         &self,
         path: &str,
         truncate: bool,
         open: bool,
+        new_owner: Option<PosixAttrs>,
     ) -> FsResult<Arc<Mutex<Staged>>> {
         let found = {
             let map = lock(&self.staged);
@@ -200,7 +231,7 @@ impl FsCore {
         };
         if let Some(s) = found {
             if truncate {
-                set_staged(&s, None, Some(0), None)?;
+                set_staged(&s, &SetAttr::size(0))?;
             }
             return Ok(s);
         }
@@ -208,13 +239,26 @@ impl FsCore {
         let mut mode = 0o644;
         let mut dirty = truncate;
         let mut sequential = truncate;
+        let mut posix = new_owner.unwrap_or_default();
+        let mut ctime_ns = now_ns();
+        let mut mtime_ns = None;
         match self.entry(path).await {
             Ok(Entry::Object(rec)) if rec.kind == EntryKind::File => {
                 mode = rec.mode;
+                posix = rec.posix;
+                if !truncate {
+                    ctime_ns = rec.ctime_ns;
+                    mtime_ns = Some(rec.mtime_ns);
+                }
                 if !truncate && rec.size > 0 {
                     self.download_into(&rec, file.file_mut()).await?;
                 }
                 sequential |= rec.size == 0;
+            }
+            Ok(Entry::Object(rec)) if rec.kind.is_special() => {
+                return Err(FsError::NotSupported(
+                    "FIFOs, sockets and device nodes hold no data here",
+                ));
             }
             Ok(_) => return Err(FsError::IsDir),
             Err(FsError::NotFound) => {
@@ -229,7 +273,9 @@ impl FsCore {
             file,
             dirty,
             mode,
-            mtime_ns: None,
+            mtime_ns,
+            posix,
+            ctime_ns,
             opens: 0,
             unlinked: false,
             uploading: Arc::default(),
@@ -270,7 +316,7 @@ impl FsCore {
             _ => return Err(FsError::ReadOnly("file history cannot be changed")),
         };
         let reserved = self.reserve_normal(ino).await?;
-        let staged = self.stage(&path, truncate, true).await?;
+        let staged = self.stage(&path, truncate, true, None).await?;
         let fh = self.new_handle(Handle::Write { staged });
         reserved.bind(fh);
         Ok(Opened {
@@ -291,12 +337,25 @@ impl FsCore {
         Some(self.new_handle(Handle::Write { staged }))
     }
 
-    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> FsResult<(Attr, u64)> {
+    /// Creates (or truncates, as `open(O_CREAT|O_TRUNC)` does) file `name`, owned by
+    /// `caller` when it is new.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        caller: &Caller,
+    ) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
         let ino = self.ino_of(NodeKey::Path(path.clone()));
+        let (owner, mode) = self.new_owner(&path, caller, mode & 0o7777, false).await?;
         let reserved = self.reserve_normal(ino).await?;
-        let staged = self.stage(&path, true, true).await?;
-        lock(&staged).mode = mode & 0o7777;
+        let existed = self.staged_of(&path).is_some() || self.entry(&path).await.is_ok();
+        let staged = self.stage(&path, true, true, Some(owner)).await?;
+        if !existed {
+            lock(&staged).mode = mode;
+            self.dir_changed(&path);
+        }
         let mut attr = staged_attr(ino, &staged)?;
         let fh = self.new_handle(Handle::Write { staged });
         reserved.bind(fh);
@@ -316,6 +375,7 @@ impl FsCore {
         s.dirty = true;
         s.generation += 1;
         s.mtime_ns = None;
+        s.ctime_ns = now_ns();
         if s.sequential && offset == s.seq_end {
             s.seq_end += data.len() as u64;
             match &s.stream {
@@ -350,6 +410,7 @@ impl FsCore {
             mode: Some(s.mode),
             mtime_ns: None,
             supersedes: None,
+            posix: s.posix,
         };
         s.stream = Some(Streaming::start(
             self.store.clone(),
@@ -369,15 +430,15 @@ impl FsCore {
         stream: Streaming,
         path: &str,
         size: u64,
-        mode: u32,
-        mtime_ns: Option<i64>,
+        meta: &FileMeta,
     ) -> FsResult<VersionRecord> {
         let streamed = stream.finish(size).await?;
         let attrs = WriteAttributes {
             kind: EntryKind::File,
-            mode: Some(mode),
-            mtime_ns: Some(mtime_ns.unwrap_or_else(now_ns)),
+            mode: Some(meta.mode),
+            mtime_ns: Some(meta.mtime_ns),
             supersedes: None,
+            posix: meta.posix,
         };
         let rec = self
             .store
@@ -475,7 +536,7 @@ impl FsCore {
     async fn upload_if(&self, staged: &Arc<Mutex<Staged>>, when: Upload) -> FsResult<()> {
         let uploading = lock(staged).uploading.clone();
         let _in_flight = uploading.lock().await;
-        let (path, file, mode, mtime_ns, generation, stream) = {
+        let (path, file, meta, generation, stream) = {
             let mut s = lock(staged);
             if !s.dirty || s.unlinked || (when == Upload::UnlessOpen && s.opens > 0) {
                 return Ok(());
@@ -489,8 +550,11 @@ impl FsCore {
             (
                 s.path.clone(),
                 s.file.file().try_clone()?,
-                s.mode,
-                s.mtime_ns,
+                FileMeta {
+                    mode: s.mode,
+                    mtime_ns: s.mtime_ns.unwrap_or(s.ctime_ns),
+                    posix: s.posix,
+                },
                 s.generation,
                 stream.map(|st| (st, s.seq_end)),
             )
@@ -504,11 +568,13 @@ impl FsCore {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
             let (j, p) = (journal.clone(), path.to_string());
-            let mtime = mtime_ns.unwrap_or_else(now_ns);
+            let mtime = meta.mtime_ns;
             let size = file.metadata()?.len();
-            tokio::task::spawn_blocking(move || j.add(&file, &p, mode, mtime, size))
-                .await
-                .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
+            tokio::task::spawn_blocking(move || {
+                j.add(&file, &p, meta.mode, mtime, meta.posix, size)
+            })
+            .await
+            .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
             {
                 let mut s = lock(staged);
                 s.journaled += 1;
@@ -523,7 +589,7 @@ impl FsCore {
         let size = file.metadata()?.len();
         let streamed = match stream {
             Some((st, end)) if end == size => {
-                match self.finish_stream(st, path, size, mode, mtime_ns).await {
+                match self.finish_stream(st, path, size, &meta).await {
                     Ok(rec) => Some(rec),
                     Err(e) => {
                         // The staging file has every byte: it goes whole instead.
@@ -536,13 +602,14 @@ impl FsCore {
         };
         let rec = match streamed {
             Some(rec) => rec,
-            None => self.store_file(path, file, 0, size, mode, mtime_ns).await?,
+            None => self.store_file(path, file, 0, size, &meta).await?,
         };
         {
             let mut s = lock(staged);
             if s.generation == generation {
                 s.dirty = false;
                 s.mtime_ns = Some(rec.mtime_ns);
+                s.ctime_ns = rec.ctime_ns;
             }
         }
         self.remember(path, Entry::Object(rec));
@@ -558,14 +625,14 @@ impl FsCore {
         file: File,
         offset: u64,
         size: u64,
-        mode: u32,
-        mtime_ns: Option<i64>,
+        meta: &FileMeta,
     ) -> FsResult<VersionRecord> {
         let name = super::object_name(path)?;
         let attrs = WriteAttributes {
             kind: EntryKind::File,
-            mode: Some(mode),
-            mtime_ns: Some(mtime_ns.unwrap_or_else(now_ns)),
+            mode: Some(meta.mode),
+            mtime_ns: Some(meta.mtime_ns),
+            posix: meta.posix,
             // A save right after one of ours (the attributes `tar` sets after a close, a
             // second close of the same bytes) replaces it: one version per save.
             supersedes: self.fold_into(path),
@@ -623,6 +690,7 @@ impl FsCore {
                     && latest.hash == Some(hash)
                     && latest.mode == rec.mode
                     && latest.mtime_ns == rec.mtime_ns
+                    && latest.posix == rec.posix
                 {
                     stored = Some(latest);
                 }
@@ -630,7 +698,12 @@ impl FsCore {
             let v = match stored {
                 Some(v) => v,
                 None => {
-                    self.store_file(&rec.path, file, offset, size, rec.mode, Some(rec.mtime_ns))
+                    let meta = FileMeta {
+                        mode: rec.mode,
+                        mtime_ns: rec.mtime_ns,
+                        posix: rec.posix,
+                    };
+                    self.store_file(&rec.path, file, offset, size, &meta)
                         .await?
                 }
             };

@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use dos_protocol::{BlockHashes, ContentHash, EntryKind, ObjectName, ServerId, VersionRecord};
+use dos_protocol::{
+    BlockHashes, ContentHash, EntryKind, ObjectName, PosixAttrs, ServerId, VersionRecord,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -54,6 +56,23 @@ pub(crate) struct VersionDoc {
     pub mtime: i64,
     pub mode: u32,
     pub kind: String,
+    /// Owner, group (absent: not recorded), device number (absent: 0), access time (ns,
+    /// absent: not set) and ctime (ns, absent in versions made before it was kept: the
+    /// mtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<i64>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// The latest version of a name, as stored in the `heads` index.
@@ -110,6 +129,11 @@ impl VersionDoc {
             mtime: rec.mtime_ns,
             mode: rec.mode,
             kind: rec.kind.as_str().to_string(),
+            uid: rec.posix.uid,
+            gid: rec.posix.gid,
+            rdev: rec.posix.rdev,
+            atime: rec.posix.atime_ns,
+            ctime: Some(rec.ctime_ns),
         })
     }
 
@@ -133,6 +157,13 @@ impl VersionDoc {
             mtime_ns: self.mtime,
             mode: self.mode,
             kind: EntryKind::parse(&self.kind).ok_or_else(|| corrupt("kind"))?,
+            posix: PosixAttrs {
+                uid: self.uid,
+                gid: self.gid,
+                rdev: self.rdev,
+                atime_ns: self.atime,
+            },
+            ctime_ns: self.ctime.unwrap_or(self.mtime),
         })
     }
 }
@@ -173,6 +204,11 @@ const VERSION_FIELDS: &[(&str, &str)] = &[
     ("mtime", "long"),
     ("mode", "integer"),
     ("kind", "keyword"),
+    ("uid", "long"),
+    ("gid", "long"),
+    ("rdev", "long"),
+    ("atime", "long"),
+    ("ctime", "long"),
 ];
 
 const HEAD_EXTRA_FIELDS: &[(&str, &str)] = &[("live", "boolean")];
@@ -306,6 +342,13 @@ mod tests {
             mtime_ns: -5,
             mode: 0o755,
             kind: EntryKind::Dir,
+            posix: PosixAttrs {
+                uid: Some(0),
+                gid: Some(u32::MAX),
+                rdev: 0,
+                atime_ns: Some(3),
+            },
+            ctime_ns: 9,
         };
         let doc = VersionDoc::from_record(&rec).unwrap();
         let json = serde_json::to_value(&doc).unwrap();
@@ -338,6 +381,11 @@ mod tests {
                 mtime: 0,
                 mode: 0,
                 kind: "file".into(),
+                uid: None,
+                gid: None,
+                rdev: 0,
+                atime: None,
+                ctime: Some(1),
             },
             live: false,
         };
@@ -345,6 +393,19 @@ mod tests {
         assert_eq!(json["live"], json!(false));
         assert_eq!(json["name"], json!("a"));
         assert_eq!(serde_json::from_value::<HeadDoc>(json).unwrap(), head);
+    }
+
+    /// A version written before the POSIX fields has none of them: no owner, and its mtime
+    /// as ctime.
+    #[test]
+    fn older_version_docs_read_without_the_posix_fields() {
+        let json = json!({"name": "a", "version": 1, "size": 0, "hash": "", "mtime": 7,
+            "mode": 420, "kind": "file"});
+        let rec = serde_json::from_value::<VersionDoc>(json)
+            .unwrap()
+            .into_record()
+            .unwrap();
+        assert_eq!((rec.posix, rec.ctime_ns), (PosixAttrs::default(), 7));
     }
 
     #[test]
