@@ -52,7 +52,7 @@ def run_file(path: Path, workdir: Path, timeout: int) -> tuple[dict[int, str], i
     return results, planned, note
 
 
-TRIED = re.compile(r"tried '(?:-u \d+ -g \d+(?: -\S+)* )?([a-z_]+)([^']*)', expected ([^,]+), got (.*)$")
+TRIED = re.compile(r"tried '(?:-u \d+ -g \d+(?: -\S+)* )?([a-z_]+)([^']*)', expected (.+?), got (.*)$")
 
 
 def reason(message: str) -> str:
@@ -62,31 +62,32 @@ def reason(message: str) -> str:
     if not m:
         if "missing" in message:
             return "the test file ended before this case"
-        # Only `test_check` prints a bare `not ok`: the suite's time comparisons.
-        return "timestamps: a ctime/mtime/atime comparison fails (issue 13 part 4)"
+        # Only `test_check` prints a bare `not ok`: the suite's comparisons of two stats
+        # (times, and link counts after a link).
+        return "a comparison of two stats fails (times, or link counts after a link)"
     op, args, expected, got = m.group(1), m.group(2), m.group(3), m.group(4).strip()
     as_other = "-u " in message
-    if op in ("mkfifo", "mknod", "bind") and got in ("ENOSYS", "EPERM", "EOPNOTSUPP"):
-        return "special files (FIFO, socket, device node) are refused (issue 13 part 2)"
     if op == "link":
-        return "hard links are refused (issue 13 part 3)"
-    if op in ("chown", "lchown", "fchown"):
-        return "ownership is not kept: chown is accepted and dropped (issue 13 part 1)"
-    if op in ("stat", "lstat", "fstat") and ("uid" in args or "gid" in args):
-        return "ownership is not kept: uid and gid are the mounting user's (issue 13 part 1)"
-    if op in ("stat", "lstat", "fstat") and ("ctime" in args or "mtime" in args or "atime" in args):
-        return "timestamps: ctime and directory times do not follow POSIX (issue 13 part 4)"
-    if op in ("stat", "lstat", "fstat") and "mode" in args:
-        return "mode bits: setuid/setgid/sticky not kept or cleared as POSIX says (issue 13 part 1)"
+        return "hard links are not supported: link() gives EPERM (issue 13 part 3)"
+    if got == "ENAMETOOLONG" and len(args) > 1024:
+        return "a path over 1,024 bytes: the store's name limit (SPEC section 3) gives ENAMETOOLONG"
     if op in ("stat", "lstat", "fstat") and "nlink" in args:
-        return "link counts do not follow hard links and directories (issue 13 part 3)"
-    if op in ("lstat", "stat") and "inode" in args:
-        return "an entry is still visible after a rename over it, or has another inode (issue 13)"
+        return "link counts: no hard links, and a directory counts 2 whatever its subdirectories"
     if got in ("ENOENT", "EEXIST") and expected == "0":
         return f"{op} gave {got}: follows from an earlier failed step of the same file"
+    if op in ("chown", "lchown", "fchown"):
+        return f"ownership rules: {op} gave {got}, expected {expected}"
+    if op in ("stat", "lstat", "fstat") and ("uid" in args or "gid" in args):
+        return "ownership: uid or gid not what POSIX gives"
+    if op in ("stat", "lstat", "fstat") and ("ctime" in args or "mtime" in args or "atime" in args):
+        return "timestamps: ctime and directory times do not follow POSIX"
+    if op in ("stat", "lstat", "fstat") and "mode" in args:
+        return "mode bits: setuid/setgid/sticky not kept or cleared as POSIX says"
+    if op in ("lstat", "stat") and "inode" in args:
+        return "an entry is still visible after a rename over it, or has another inode"
     if as_other:
-        return f"permission checks as another user ({op} gave {got}, expected {expected}; issue 13 part 1)"
-    return f"{op} gave {got}, expected {expected} (issue 13 part 5)"
+        return f"permission checks as another user ({op} gave {got}, expected {expected})"
+    return f"{op} gave {got}, expected {expected}"
 
 
 def load_expected(path: Path) -> dict[str, str]:
@@ -136,7 +137,9 @@ def main() -> int:
             total += 1
             r = results.get(n)
             key = f"{rel} {n}"
-            if r is not None and r.startswith("ok"):
+            # A TODO case's failure is the suite's known failure on this OS (TAP, as
+            # `prove` counts it): ext4 gives the same, so it is not dosfs's.
+            if r is not None and (r.startswith("ok") or "# TODO" in r):
                 passed += 1
             else:
                 failing[key] = (r or f"not ok - missing ({note or 'the file ended early'})")

@@ -62,6 +62,8 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::Local(e) => match e.raw_os_error() {
                 Some(libc::ENOSPC) => libc::ENOSPC,
+                // A length past what the staging filesystem takes (truncate to petabytes).
+                Some(libc::EFBIG) => libc::EFBIG,
                 _ => libc::EIO,
             },
             FsError::NoSpace => libc::ENOSPC,

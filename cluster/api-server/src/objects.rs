@@ -17,8 +17,16 @@ use crate::pipeline::write::{
 };
 use crate::placement;
 
-pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> NewVersion {
-    NewVersion {
+/// The version `attrs` describe, of content `hash` of `size` bytes; a FIFO, socket or device
+/// node with content is refused (they are names with attributes only).
+pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> ApiResult<NewVersion> {
+    if attrs.kind.is_special() && size != 0 {
+        return Err(ApiError::BadRequest(format!(
+            "a {} version holds no content ({size} bytes sent)",
+            attrs.kind.as_str()
+        )));
+    }
+    Ok(NewVersion {
         size,
         hash: Some(hash),
         mtime_ns: attrs.mtime_ns.unwrap_or_else(now_ns),
@@ -26,7 +34,7 @@ pub fn new_version(hash: ContentHash, size: u64, attrs: &WriteAttributes) -> New
         kind: attrs.kind,
         posix: attrs.posix,
         ctime_ns: now_ns(),
-    }
+    })
 }
 
 /// Bodies up to this size are read whole before anything is written for them.
@@ -45,6 +53,10 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
+    if attrs.kind.is_special() && digest != ContentHash::of(b"") {
+        // Refused before any byte is stored (the version would be refused after).
+        new_version(digest, 1, &attrs)?;
+    }
     // A small body arrives at once: a read now and one touch once the body is in (one
     // metadata write fewer); a large one is touched first, so that the orphan collector
     // keeps the content while the body streams.
@@ -64,7 +76,7 @@ where
         // orphan collector's grace period need not cover a slow upload.
         let rec = core
             .meta
-            .add_known_version(name, new_version(digest, size, &attrs))
+            .add_known_version(name, new_version(digest, size, &attrs)?)
             .await?
             .ok_or_else(|| {
                 ApiError::Unavailable(
@@ -122,7 +134,7 @@ pub async fn add_known_version(
 ) -> ApiResult<VersionRecord> {
     let rec = core
         .meta
-        .add_version(name, new_version(hash, size, attrs))
+        .add_version(name, new_version(hash, size, attrs)?)
         .await?;
     supersede(core, &rec, attrs).await;
     Ok(rec)
@@ -175,7 +187,7 @@ pub async fn record_new_content(
     };
     let rec = core
         .meta
-        .add_version_with_content(name, new_version(hash, size, attrs), &content)
+        .add_version_with_content(name, new_version(hash, size, attrs)?, &content)
         .await?;
     supersede(core, &rec, attrs).await;
     Ok(rec)

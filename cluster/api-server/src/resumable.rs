@@ -197,6 +197,8 @@ pub async fn post(
     size: u64,
     attrs: WriteAttributes,
 ) -> ApiResult<PostOutcome> {
+    // A special kind with content is refused before an upload is opened for it.
+    crate::objects::new_version(hash, size, &attrs)?;
     if let Some(existing) = core.meta.touch_content(&hash).await? {
         if existing.size != size {
             return Err(ApiError::BadRequest(format!(

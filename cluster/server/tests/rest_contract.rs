@@ -2257,7 +2257,82 @@ async fn resumable_upload_continues_after_a_restart() {
     cluster.shutdown().await;
 }
 
+/// FIFOs, sockets and device nodes are names with attributes: stored without content, with
+/// their device number; content or a device number on another kind is 400 and changes
+/// nothing.
+async fn special_kinds_hold_no_content() {
+    let (_cluster, client, _dir) = start().await;
+    let empty = format!("SHA-256={}", ContentHash::of(b"").to_base64());
+    let x = format!("SHA-256={}", ContentHash::of(b"x").to_base64());
+    let resp = send(
+        &client,
+        Method::PUT,
+        "/objects/dev/null",
+        &[
+            ("Digest", &empty),
+            (h::KIND, "chardev"),
+            (h::RDEV, "259"),
+            (h::UID, "0"),
+        ],
+        Some(Vec::new()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let head = send(&client, Method::HEAD, "/objects/dev/null", &[], None).await;
+    assert_eq!(header(&head, h::KIND).as_deref(), Some("chardev"));
+    assert_eq!(header(&head, h::RDEV).as_deref(), Some("259"));
+    assert_eq!(header(&head, h::UID).as_deref(), Some("0"));
+    for (kind, rdev) in [("fifo", None), ("socket", None), ("blockdev", Some("1"))] {
+        let mut headers = vec![("Digest", x.as_str()), (h::KIND, kind)];
+        if let Some(r) = rdev {
+            headers.push((h::RDEV, r));
+        }
+        let resp = send(
+            &client,
+            Method::PUT,
+            "/objects/dev/x",
+            &headers,
+            Some(b"x".to_vec()),
+        )
+        .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "{kind} with content"
+        );
+        let resp = send(
+            &client,
+            Method::POST,
+            "/objects/dev/x",
+            &[("Digest", x.as_str()), ("Size", "1"), (h::KIND, kind)],
+            None,
+        )
+        .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::BAD_REQUEST,
+            "POST of a {kind} with content"
+        );
+    }
+    let resp = send(
+        &client,
+        Method::PUT,
+        "/objects/dev/x",
+        &[("Digest", &empty), (h::RDEV, "5")],
+        Some(Vec::new()),
+    )
+    .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "a device number on a file"
+    );
+    let gone = send(&client, Method::HEAD, "/objects/dev/x", &[], None).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND, "nothing was stored");
+}
+
 crate::on_both_shard_paths! {
+    special_kinds_hold_no_content,
     put_then_get_returns_identical_bytes,
     put_with_bad_digest_is_400_and_stores_nothing,
     early_rejections_reach_the_client,

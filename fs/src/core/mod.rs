@@ -1262,8 +1262,10 @@ impl FsCore {
         {
             // Truncate a file nobody has open: stage it, cut it, upload it.
             let staged = self.stage(&path, false, false, None).await?;
-            write::set_staged(&staged, &set)?;
+            let cut = write::set_staged(&staged, &set);
+            // Settled either way: a refused length (EFBIG) leaves the file as it was.
             self.settle(&staged).await?;
+            cut?;
             let _ = size;
             return self.getattr(ino).await;
         }
@@ -1310,7 +1312,12 @@ impl FsCore {
                 "the group can be changed only by the owner, to one of its groups",
             ));
         }
-        if set.mode.is_some() && !owner {
+        // Anyone who may write a file may clear its setuid and setgid bits: the kernel does
+        // so on a write by someone else (it sends the mode without them).
+        let only_clears = set
+            .mode
+            .is_some_and(|m| m & 0o7777 == current.perm & 0o7777 & !0o6000);
+        if set.mode.is_some() && !owner && !only_clears {
             return Err(FsError::NotPermitted("only the owner changes the mode"));
         }
         if (set.uid.is_some() || set.gid.is_some()) && current.kind != Kind::Dir {

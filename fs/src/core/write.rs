@@ -33,6 +33,8 @@ pub struct Staged {
     mtime_ns: Option<i64>,
     /// Owner, group and access time it will be uploaded with.
     posix: PosixAttrs,
+    /// Staged for a name that did not exist (until `create` takes note of it).
+    made: bool,
     /// When its data or attributes last changed (its ctime until it is uploaded).
     ctime_ns: i64,
     /// Open handles on it.
@@ -242,6 +244,7 @@ impl FsCore {
         let mut posix = new_owner.unwrap_or_default();
         let mut ctime_ns = now_ns();
         let mut mtime_ns = None;
+        let mut made = false;
         match self.entry(path).await {
             Ok(Entry::Object(rec)) if rec.kind == EntryKind::File => {
                 mode = rec.mode;
@@ -264,6 +267,7 @@ impl FsCore {
             Err(FsError::NotFound) => {
                 dirty = true;
                 sequential = true;
+                made = true;
             }
             Err(e) => return Err(e),
         }
@@ -275,6 +279,7 @@ impl FsCore {
             mode,
             mtime_ns,
             posix,
+            made,
             ctime_ns,
             opens: 0,
             unlinked: false,
@@ -350,9 +355,9 @@ impl FsCore {
         let ino = self.ino_of(NodeKey::Path(path.clone()));
         let (owner, mode) = self.new_owner(&path, caller, mode & 0o7777, false).await?;
         let reserved = self.reserve_normal(ino).await?;
-        let existed = self.staged_of(&path).is_some() || self.entry(&path).await.is_ok();
         let staged = self.stage(&path, true, true, Some(owner)).await?;
-        if !existed {
+        let made = std::mem::take(&mut lock(&staged).made);
+        if made {
             lock(&staged).mode = mode;
             self.dir_changed(&path);
         }
