@@ -384,3 +384,23 @@ async fn names_past_the_limits_are_refused() {
         libc::ENAMETOOLONG
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn directory_times_are_stored_at_unmount() {
+    let f = fixture();
+    let root = Caller::root();
+    let d = f.core.mkdir(ROOT_INO, "d", 0o755, &root).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, fh) = f.core.create(d.ino, "x", 0o644, &root).await.unwrap();
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    let moved = f.core.getattr(d.ino).await.unwrap().mtime_ns;
+    assert!(moved > d.mtime_ns);
+    assert_eq!(
+        f.head("d").await.mtime_ns,
+        d.mtime_ns,
+        "in memory until unmount"
+    );
+    assert!(f.core.flush_all().await.is_empty());
+    assert_eq!(f.head("d").await.mtime_ns, moved, "stored at unmount");
+}

@@ -1409,6 +1409,52 @@ impl FsCore {
             }
         }
         self.drain_journal().await;
+        if let Err(e) = self.store_dir_times().await {
+            failures.push((String::new(), e));
+        }
         failures
+    }
+
+    /// Stores the directory times this mount moved (entries added, removed, renamed) in the
+    /// directories' records, so that a remount shows them (unmount, SIGTERM). Not done for
+    /// each entry: that would be a metadata write per file of a `tar x`.
+    pub async fn store_dir_times(&self) -> FsResult<()> {
+        let times: Vec<(String, i64)> = lock(&self.dir_times).drain().collect();
+        for (dir, t) in times {
+            if dir.is_empty() {
+                continue;
+            }
+            let stored = match self.entry(&dir).await {
+                Ok(Entry::Object(rec)) if rec.kind == EntryKind::Dir => {
+                    if rec.ctime_ns >= t {
+                        continue;
+                    }
+                    let mut changed = rec.clone();
+                    changed.mtime_ns = t;
+                    self.copy_version(&changed, &dir, None).await.map(drop)
+                }
+                Ok(Entry::ImpliedDir) => {
+                    let attrs = WriteAttributes {
+                        kind: EntryKind::Dir,
+                        mode: None,
+                        mtime_ns: Some(t),
+                        supersedes: None,
+                        posix: PosixAttrs::default(),
+                    };
+                    self.store
+                        .put_bytes(&object_name(&dir)?, &attrs, bytes::Bytes::new())
+                        .await
+                        .map(drop)
+                        .map_err(FsError::from)
+                }
+                // Gone, or not a directory any more.
+                Ok(_) | Err(FsError::NotFound) => continue,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
+                tracing::warn!(dir, error = %e, "could not store a directory's times");
+            }
+        }
+        Ok(())
     }
 }
