@@ -404,3 +404,27 @@ async fn directory_times_are_stored_at_unmount() {
     assert!(f.core.flush_all().await.is_empty());
     assert_eq!(f.head("d").await.mtime_ns, moved, "stored at unmount");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_open_for_reading_keeps_answering_after_its_unlink() {
+    let f = fixture();
+    let root = Caller::root();
+    let (a, fh) = f.core.create(ROOT_INO, "a", 0o640, &root).await.unwrap();
+    f.core.write(fh, 0, b"still here").await.unwrap();
+    f.core.flush(fh).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    let rfh = f.core.open(a.ino, false, false).await.unwrap().fh;
+    f.core.unlink(ROOT_INO, "a").await.unwrap();
+    assert_eq!(errno(f.core.lookup(ROOT_INO, "a").await), libc::ENOENT);
+    let st = f.core.getattr(a.ino).await.unwrap();
+    assert!(st.unlinked, "link count 0");
+    assert_eq!((st.size, st.perm), (10, 0o640));
+    assert_eq!(f.core.getattr_open(a.ino, rfh).await.unwrap(), st);
+    assert_eq!(&f.core.read(rfh, 0, 64).await.unwrap()[..], b"still here");
+    f.core.release(rfh).await.unwrap();
+    assert_eq!(
+        errno(f.core.getattr(a.ino).await),
+        libc::ENOENT,
+        "gone with its last handle"
+    );
+}

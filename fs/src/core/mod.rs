@@ -270,6 +270,9 @@ pub struct FsCore {
     staged: Mutex<HashMap<String, Arc<Mutex<Staged>>>>,
     /// Files deleted while open for writing, by inode, until their last close.
     orphans: Mutex<HashMap<u64, Arc<Mutex<Staged>>>>,
+    /// The last version of names deleted while open only for reading, by inode, until the
+    /// last handle goes: `fstat` of the open file keeps answering (link count 0).
+    pub(crate) unlinked_open: Mutex<HashMap<u64, VersionRecord>>,
     /// The versions this mount made lately, by path: what a following attribute change
     /// folds into (see [`FOLD_WINDOW`]).
     saves: Mutex<HashMap<String, (Instant, u64)>>,
@@ -355,6 +358,7 @@ impl FsCore {
             last_purge: Mutex::new(Instant::now()),
             staged: Mutex::default(),
             orphans: Mutex::default(),
+            unlinked_open: Mutex::default(),
             saves: Mutex::default(),
             dir_times: Mutex::default(),
             journal: None,
@@ -687,6 +691,9 @@ impl FsCore {
 
     /// Attributes through an open handle (fstat): an open file keeps working after unlink.
     pub async fn getattr_open(&self, ino: u64, fh: u64) -> FsResult<Attr> {
+        if lock(&self.unlinked_open).contains_key(&ino) {
+            return self.getattr(ino).await;
+        }
         if let Ok(h) = self.handle(fh) {
             match &*h.lock().await {
                 Handle::Write { staged, .. } => return write::staged_attr(ino, staged),
@@ -715,6 +722,13 @@ impl FsCore {
         let orphan = lock(&self.orphans).get(&ino).cloned();
         if let Some(staged) = orphan {
             return write::staged_attr(ino, &staged);
+        }
+        let unlinked = lock(&self.unlinked_open).get(&ino).cloned();
+        if let Some(rec) = unlinked {
+            let path = rec.name.as_str().to_string();
+            let mut attr = self.attr_of(ino, &path, &Entry::Object(rec));
+            attr.unlinked = true;
+            return Ok(attr);
         }
         match self.node(ino)? {
             NodeKey::Path(p) => self.path_attr(&p).await,
@@ -1026,19 +1040,27 @@ impl FsCore {
             lock(&self.orphans).insert(ino, staged);
             lock(&self.inodes).detach(&path);
         }
-        match self.entry(&path).await {
+        let rec = match self.entry(&path).await {
             Ok(Entry::Object(r)) if r.kind == EntryKind::Dir => return Err(FsError::IsDir),
             Ok(Entry::ImpliedDir) => return Err(FsError::IsDir),
-            Ok(_) => {}
+            Ok(Entry::Object(r)) => r,
             Err(FsError::NotFound) => {
                 return Ok(());
             }
             Err(e) => return Err(e),
-        }
+        };
         match self.store.delete(&object_name(&path)?).await {
             Ok(_) => {}
             Err(e) if e.is_not_found() => return Err(FsError::NotFound),
             Err(e) => return Err(e.into()),
+        }
+        let ino = self.ino_of(NodeKey::Path(path.clone()));
+        if lock(&self.io).is_open(ino) {
+            // Open for reading (the staged case is above): the handles keep reading the
+            // version they opened, and fstat answers until the last of them goes; the name
+            // gets a new inode if it is made again.
+            lock(&self.unlinked_open).insert(ino, rec);
+            lock(&self.inodes).detach(&path);
         }
         self.forget_entry(&path);
         self.forget_save(&path);

@@ -112,6 +112,11 @@ impl IoModes {
             .is_none_or(|io| io.normal == 0 && (io.passthrough == 0 || io.hash == Some(hash)))
     }
 
+    /// Whether any handle has `ino` open.
+    pub(crate) fn is_open(&self, ino: u64) -> bool {
+        self.inodes.contains_key(&ino)
+    }
+
     fn has_passthrough(&self, ino: u64) -> bool {
         self.inodes.get(&ino).is_some_and(|io| io.passthrough > 0)
     }
@@ -239,13 +244,21 @@ impl FsCore {
         self.io_changed.notify_waiters();
     }
 
-    /// Drops the open mode of a released handle.
+    /// Drops the open mode of a released handle; an inode it leaves with no open handle
+    /// stops being kept for `fstat` after an unlink.
     pub(crate) fn forget_io(&self, fh: u64) {
         let mut io = lock(&self.io);
+        let mut closed = None;
         if let Some((ino, mode)) = io.handles.remove(&fh) {
             io.remove(ino, mode);
+            if !io.is_open(ino) {
+                closed = Some(ino);
+            }
         }
         drop(io);
+        if let Some(ino) = closed {
+            lock(&self.unlinked_open).remove(&ino);
+        }
         self.io_changed.notify_waiters();
     }
 }
