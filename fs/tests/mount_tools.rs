@@ -1469,3 +1469,72 @@ fn a_large_sequential_write_streams_to_the_store_before_its_close() {
     assert_eq!(m.rest().get("patched.bin").as_deref(), Some(&want[..]));
     assert_eq!(read(&m.path("patched.bin")), want);
 }
+
+/// As root, `rsync -a` and `tar -xp` keep owners, groups and a setgid directory; REST shows
+/// the owners; other users get what the modes give them (issue 13).
+#[test]
+fn owners_survive_rsync_a_and_tar_xp() {
+    require_tool("rsync");
+    require_tool("setpriv");
+    let m = Mount::new();
+    let work = tempdir();
+    let src = work.path().join("src");
+    sh(
+        work.path(),
+        &format!(
+            "mkdir -p {s}/d && echo a > {s}/d/f && chown 1000:1000 {s}/d && chmod 2750 {s}/d \
+             && chown 1001:1002 {s}/d/f",
+            s = src.display()
+        ),
+    );
+    sh(
+        work.path(),
+        &format!("rsync -a {}/ {}/", src.display(), m.path("r").display()),
+    );
+    std::fs::create_dir(m.path("t")).unwrap();
+    sh(
+        work.path(),
+        &format!(
+            "tar -C {} -cf t.tar d && tar -C {} -xpf t.tar",
+            src.display(),
+            m.path("t").display()
+        ),
+    );
+    let rest = m.rest();
+    for dst in ["r", "t"] {
+        let d = std::fs::metadata(m.path(&format!("{dst}/d"))).unwrap();
+        assert_eq!(
+            (d.uid(), d.gid(), d.mode() & 0o7777),
+            (1000, 1000, 0o2750),
+            "{dst}/d"
+        );
+        let f = std::fs::metadata(m.path(&format!("{dst}/d/f"))).unwrap();
+        assert_eq!((f.uid(), f.gid()), (1001, 1002), "{dst}/d/f");
+        let rec = rest.versions(&format!("{dst}/d/f")).pop().unwrap();
+        assert_eq!(
+            (rec.posix.uid, rec.posix.gid),
+            (Some(1001), Some(1002)),
+            "{dst}/d/f over REST"
+        );
+    }
+    let as_user = |uid: &str, args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", uid, "--clear-groups"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let t_d = m.path("t/d");
+    let t_d = t_d.to_str().unwrap();
+    let other = as_user("1003", &["ls", t_d]);
+    assert!(
+        !other.status.success(),
+        "a stranger may not enter a 2750 directory"
+    );
+    let owner = as_user("1000", &["ls", t_d]);
+    assert!(
+        owner.status.success(),
+        "its owner lists it: {}",
+        String::from_utf8_lossy(&owner.stderr)
+    );
+}
