@@ -36,7 +36,7 @@ pub struct UploadToken {
     pub mode: Option<u32>,
     pub mtime_ns: Option<i64>,
     /// Owner, group, device number, access time given at `POST` (absent: none).
-    #[serde(default, skip_serializing_if = "is_unset")]
+    #[serde(default, skip_serializing_if = "PosixAttrs::is_unset")]
     pub posix: PosixAttrs,
     /// Data server and upload id of each shard, in shard order.
     pub shards: Vec<(ServerId, String, String)>,
@@ -134,10 +134,6 @@ impl UploadToken {
             posix: self.posix,
         }
     }
-}
-
-fn is_unset(p: &PosixAttrs) -> bool {
-    *p == PosixAttrs::default()
 }
 
 fn unix_now() -> u64 {
@@ -314,11 +310,7 @@ pub async fn finish(
     let attrs = WriteAttributes {
         mode: given.mode.or(token.mode),
         mtime_ns: given.mtime_ns.or(token.mtime_ns),
-        posix: if is_unset(&given.posix) {
-            token.posix
-        } else {
-            given.posix
-        },
+        posix: given.posix.or(token.posix),
         ..token.attrs()
     };
     if token.stage != Stage::Received {

@@ -95,6 +95,19 @@ pub struct PosixAttrs {
     pub atime_ns: Option<i64>,
 }
 
+impl PosixAttrs {
+    /// Nothing recorded (what a writer that sets none of them sends).
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// These, or `earlier` when these are unset (attributes given at the end of an upload
+    /// replace those given at its start).
+    pub fn or(self, earlier: Self) -> Self {
+        if self.is_unset() { earlier } else { self }
+    }
+}
+
 fn is_zero(v: &u32) -> bool {
     *v == 0
 }

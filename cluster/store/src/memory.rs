@@ -394,11 +394,7 @@ impl ObjectStore for MemoryStore {
         let attrs = WriteAttributes {
             mode: attrs.mode.or(u.attrs.mode),
             mtime_ns: attrs.mtime_ns.or(u.attrs.mtime_ns),
-            posix: if attrs.posix == PosixAttrs::default() {
-                u.attrs.posix
-            } else {
-                attrs.posix
-            },
+            posix: attrs.posix.or(u.attrs.posix),
             ..u.attrs
         };
         state.contents.entry(u.hash).or_insert(u.received.freeze());

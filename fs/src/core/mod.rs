@@ -1279,16 +1279,13 @@ impl FsCore {
             self.remember(&path, Entry::Object(rec));
             return self.getattr(ino).await;
         };
-        if let Some(size) = set.size
-            && rec.kind == EntryKind::File
-        {
+        if set.size.is_some() && rec.kind == EntryKind::File {
             // Truncate a file nobody has open: stage it, cut it, upload it.
             let staged = self.stage(&path, false, false, None).await?;
             let cut = write::set_staged(&staged, &set);
             // Settled either way: a refused length (EFBIG) leaves the file as it was.
             self.settle(&staged).await?;
             cut?;
-            let _ = size;
             return self.getattr(ino).await;
         }
         let mut changed = rec.clone();

@@ -356,9 +356,15 @@ impl FsCore {
         let (owner, mode) = self.new_owner(&path, caller, mode & 0o7777, false).await?;
         let reserved = self.reserve_normal(ino).await?;
         let staged = self.stage(&path, true, true, Some(owner)).await?;
-        let made = std::mem::take(&mut lock(&staged).made);
+        let made = {
+            let mut s = lock(&staged);
+            let made = std::mem::take(&mut s.made);
+            if made {
+                s.mode = mode;
+            }
+            made
+        };
         if made {
-            lock(&staged).mode = mode;
             self.dir_changed(&path);
         }
         let mut attr = staged_attr(ino, &staged)?;
