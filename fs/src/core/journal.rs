@@ -495,3 +495,61 @@ impl Journal {
         self.lock().logs.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A record of the format before owners (v1, 48 B header) is read, with no owner; a v2
+    /// record keeps owner, group and atime across a reopen.
+    #[test]
+    fn v1_records_are_read_and_v2_keeps_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let wb = dir.path().join("writeback");
+        fs::create_dir_all(&wb).unwrap();
+        let (path, body) = ("a/old.txt", b"old bytes");
+        let mut rec = Vec::new();
+        rec.extend_from_slice(MAGIC_V1);
+        rec.extend_from_slice(&7u64.to_le_bytes());
+        rec.extend_from_slice(&0o640u32.to_le_bytes());
+        rec.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&42i64.to_le_bytes());
+        rec.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        rec.extend_from_slice(&43i64.to_le_bytes());
+        assert_eq!(rec.len(), HEADER_V1_LEN);
+        rec.extend_from_slice(path.as_bytes());
+        rec.extend_from_slice(body);
+        let crc = crc32c::crc32c(&rec);
+        rec.extend_from_slice(&crc.to_le_bytes());
+        rec.extend_from_slice(END);
+        fs::write(log_path(&wb, 0, "log"), &rec).unwrap();
+
+        let j = Journal::open(&wb).unwrap();
+        let old = j.pending();
+        assert_eq!(old.len(), 1);
+        assert_eq!((old[0].seq, old[0].mode, old[0].mtime_ns), (7, 0o640, 42));
+        assert_eq!(
+            (old[0].path.as_str(), old[0].posix),
+            (path, PosixAttrs::default())
+        );
+
+        let src = dir.path().join("src");
+        fs::write(&src, b"new").unwrap();
+        let posix = PosixAttrs {
+            uid: Some(1000),
+            gid: Some(0),
+            rdev: 0,
+            atime_ns: Some(-5),
+        };
+        j.add(&File::open(&src).unwrap(), "b", 0o600, 9, posix, 3)
+            .unwrap();
+        drop(j);
+        let j = Journal::open(&wb).unwrap();
+        let all = j.pending();
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[1].posix, posix);
+        let unset = all.iter().find(|r| r.path == "a/old.txt").unwrap();
+        assert_eq!(unset.posix, PosixAttrs::default());
+    }
+}
