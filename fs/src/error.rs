@@ -27,6 +27,8 @@ pub enum FsError {
     NotPermitted(&'static str),
     #[error("no such attribute")]
     NoAttr,
+    #[error("too many links")]
+    TooManyLinks,
     #[error("busy: {0}")]
     Busy(&'static str),
     #[error("buffer too small")]
@@ -57,6 +59,7 @@ impl FsError {
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::NoAttr => libc::ENODATA,
+            FsError::TooManyLinks => libc::EMLINK,
             FsError::Busy(_) => libc::ETXTBSY,
             FsError::Range => libc::ERANGE,
             FsError::BadHandle => libc::EBADF,

@@ -146,7 +146,7 @@ fn to_errno(e: FsError) -> Errno {
 
 impl Ids {
     fn file_attr(self, a: &Attr) -> FileAttr {
-        let nlink = if a.kind == Kind::Dir { 2 } else { 1 };
+        let nlink = if a.kind == Kind::Dir { 2 } else { a.nlink };
         FileAttr {
             ino: INodeNo(a.ino),
             size: a.size,
@@ -488,13 +488,20 @@ impl Filesystem for DosFs {
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        tracing::info!("hard links are not supported by dosfs");
-        reply.error(Errno::EPERM);
+        let newname = match name_string(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let ids = self.ids;
+        self.spawn(
+            move |core| async move { core.link(ino.0, newparent.0, &newname).await },
+            move |r| ids.entry(reply, r),
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

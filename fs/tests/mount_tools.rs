@@ -1538,3 +1538,67 @@ fn owners_survive_rsync_a_and_tar_xp() {
         String::from_utf8_lossy(&owner.stderr)
     );
 }
+
+/// Hard links through the kernel: `ln`, `tar` and `rsync -H` make them, all names share an
+/// inode, content and mode, a write through one is read through the other and over REST,
+/// and unlink of one keeps the other (issue 13).
+#[test]
+fn hard_links_work_with_ln_tar_and_rsync() {
+    require_tool("rsync");
+    let m = Mount::new();
+    let work = tempdir();
+    let src = work.path().join("src");
+    sh(
+        work.path(),
+        &format!(
+            "mkdir -p {s}/d && echo one > {s}/d/a && ln {s}/d/a {s}/b",
+            s = src.display()
+        ),
+    );
+    std::fs::create_dir(m.path("t")).unwrap();
+    sh(
+        work.path(),
+        &format!(
+            "tar -C {} -cf t.tar d b && tar -C {} -xf t.tar && rsync -aH {}/ {}/",
+            src.display(),
+            m.path("t").display(),
+            src.display(),
+            m.path("r").display()
+        ),
+    );
+    let rest = m.rest();
+    for dst in ["t", "r"] {
+        let a = std::fs::metadata(m.path(&format!("{dst}/d/a"))).unwrap();
+        let b = std::fs::metadata(m.path(&format!("{dst}/b"))).unwrap();
+        assert_eq!(
+            (a.ino(), a.nlink()),
+            (b.ino(), 2),
+            "{dst}: one file, two names"
+        );
+        assert_eq!(
+            rest.get(&format!("{dst}/b")).as_deref(),
+            Some(&b"one\n"[..])
+        );
+    }
+    sh(
+        work.path(),
+        &format!(
+            "echo changed >> {a} && chmod 600 {a}",
+            a = m.path("t/d/a").display()
+        ),
+    );
+    let b = m.path("t/b");
+    assert_eq!(std::fs::read(&b).unwrap(), b"one\nchanged\n");
+    assert_eq!(std::fs::metadata(&b).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(rest.get("t/b").as_deref(), Some(&b"one\nchanged\n"[..]));
+    sh(
+        work.path(),
+        &format!("ln {} {}", b.display(), m.path("t/c").display()),
+    );
+    assert_eq!(std::fs::metadata(&b).unwrap().nlink(), 3);
+    std::fs::remove_file(m.path("t/d/a")).unwrap();
+    let left = std::fs::metadata(&b).unwrap();
+    assert_eq!(left.nlink(), 2);
+    assert_eq!(std::fs::read(m.path("t/c")).unwrap(), b"one\nchanged\n");
+    assert_eq!(rest.get("t/d/a"), None);
+}

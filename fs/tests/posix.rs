@@ -383,6 +383,23 @@ async fn names_past_the_limits_are_refused() {
         errno(f.core.symlink(ROOT_INO, "l", &target, &root).await),
         libc::ENAMETOOLONG
     );
+    // Paths past Linux's PATH_MAX from the root work (a program gives them relative to a
+    // deep directory), up to the store's name limit.
+    let (mut dir, mut len, part) = (ROOT_INO, 0, "z".repeat(255));
+    while len + 2 * 256 <= dos_protocol::MAX_NAME_BYTES {
+        dir = f.core.mkdir(dir, &part, 0o755, &root).await.unwrap().ino;
+        len += 256;
+    }
+    assert!(len > 4096);
+    let (deep, fh) = f.core.create(dir, "f", 0o644, &root).await.unwrap();
+    f.core.release(fh).await.unwrap();
+    assert_eq!(f.core.getattr(deep.ino).await.unwrap().kind, Kind::File);
+    let last = f.core.mkdir(dir, &part, 0o755, &root).await.unwrap();
+    assert_eq!(
+        errno(f.core.mkdir(last.ino, "ab", 0o755, &root).await),
+        libc::ENAMETOOLONG,
+        "past the store's limit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -427,4 +444,147 @@ async fn a_file_open_for_reading_keeps_answering_after_its_unlink() {
         libc::ENOENT,
         "gone with its last handle"
     );
+}
+
+impl Fixture {
+    async fn write_file(&self, ino: u64, data: &[u8]) {
+        let fh = self.core.open(ino, true, true).await.unwrap().fh;
+        self.core.write(fh, 0, data).await.unwrap();
+        self.core.flush(fh).await.unwrap();
+        self.core.release(fh).await.unwrap();
+    }
+
+    async fn read_file(&self, ino: u64) -> Vec<u8> {
+        let fh = self.core.open(ino, false, false).await.unwrap().fh;
+        let data = self.core.read(fh, 0, 1 << 20).await.unwrap().to_vec();
+        self.core.release(fh).await.unwrap();
+        data
+    }
+
+    async fn get(&self, name: &str) -> Vec<u8> {
+        let read = self
+            .memory
+            .get(&ObjectName::new(name).unwrap(), None, None)
+            .await
+            .unwrap();
+        read.bytes().await.unwrap().to_vec()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hard_links_share_content_attributes_and_one_inode() {
+    let f = fixture();
+    let root = Caller::root();
+    let d = f.core.mkdir(ROOT_INO, "d", 0o755, &root).await.unwrap();
+    let a = f.file("a", 0o644, &root).await;
+    f.write_file(a.ino, b"first").await;
+    assert_eq!(f.core.getattr(a.ino).await.unwrap().nlink, 1);
+
+    let b = f.core.link(a.ino, d.ino, "b").await.unwrap();
+    assert_eq!((b.ino, b.nlink), (a.ino, 2), "one inode, two names");
+    assert_eq!(errno(f.core.link(a.ino, d.ino, "b").await), libc::EEXIST);
+    assert_eq!(errno(f.core.link(d.ino, ROOT_INO, "dd").await), libc::EPERM);
+    let a2 = f.core.lookup(ROOT_INO, "a").await.unwrap();
+    assert_eq!((a2.ino, a2.nlink), (a.ino, 2));
+    assert!(a2.ctime_ns > a.ctime_ns, "a link changes the file's ctime");
+
+    // A write through one name is read through the other, and over REST under both.
+    f.write_file(b.ino, b"second, longer").await;
+    assert_eq!(f.read_file(a.ino).await, b"second, longer");
+    assert_eq!(f.get("a").await, b"second, longer");
+    assert_eq!(f.get("d/b").await, b"second, longer");
+    assert_eq!(f.head("a").await.hash, f.head("d/b").await.hash);
+
+    // Attributes too.
+    let set = SetAttr {
+        mode: Some(0o600),
+        uid: Some(65534),
+        gid: Some(65533),
+        ..SetAttr::default()
+    };
+    f.core.setattr(a.ino, &set, &root).await.unwrap();
+    let seen = f.core.lookup(d.ino, "b").await.unwrap();
+    assert_eq!(
+        (seen.perm, seen.uid, seen.gid, seen.nlink),
+        (0o600, Some(65534), Some(65533), 2)
+    );
+    assert_eq!(f.head("d/b").await.mode, 0o600);
+
+    // A third name, a rename of one, an unlink of another: the rest stay.
+    let c = f.core.link(a.ino, ROOT_INO, "c").await.unwrap();
+    assert_eq!(c.nlink, 3);
+    f.core
+        .rename(d.ino, "b", ROOT_INO, "b2", false)
+        .await
+        .unwrap();
+    let b2 = f.core.lookup(ROOT_INO, "b2").await.unwrap();
+    assert_eq!((b2.ino, b2.nlink), (a.ino, 3));
+    f.core.unlink(ROOT_INO, "a").await.unwrap();
+    let left = f.core.getattr(a.ino).await.unwrap();
+    assert_eq!(
+        (left.nlink, left.size),
+        (2, 14),
+        "the inode answers through a name left"
+    );
+    assert!(left.ctime_ns >= b2.ctime_ns);
+    // A rename of one name over another of the same file changes nothing.
+    f.core
+        .rename(ROOT_INO, "c", ROOT_INO, "b2", false)
+        .await
+        .unwrap();
+    assert_eq!(f.core.lookup(ROOT_INO, "c").await.unwrap().nlink, 2);
+
+    // Renaming another file over a name: that name leaves the file.
+    let other = f.file("other", 0o644, &root).await;
+    f.core
+        .rename(ROOT_INO, "other", ROOT_INO, "c", false)
+        .await
+        .unwrap();
+    let c = f.core.lookup(ROOT_INO, "c").await.unwrap();
+    assert_eq!((c.ino, c.nlink), (other.ino, 1));
+    let b2 = f.core.lookup(ROOT_INO, "b2").await.unwrap();
+    assert_eq!((b2.ino, b2.nlink), (a.ino, 1));
+    assert_eq!(f.read_file(b2.ino).await, b"second, longer");
+
+    // A name written over REST (without the group) leaves it too.
+    let again = f.core.link(b2.ino, ROOT_INO, "again").await.unwrap();
+    assert_eq!(again.nlink, 2);
+    f.memory
+        .put_bytes(
+            &ObjectName::new("again").unwrap(),
+            &dos_protocol::WriteAttributes::default(),
+            bytes::Bytes::from_static(b"rest"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.core.getattr(b2.ino).await.unwrap().nlink, 1);
+    assert_eq!(f.get("b2").await, b"second, longer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn special_files_hard_link_and_moved_directories_keep_their_links() {
+    let f = fixture();
+    let root = Caller::root();
+    let d = f.core.mkdir(ROOT_INO, "d", 0o755, &root).await.unwrap();
+    let fifo = f
+        .core
+        .mknod(d.ino, "p", libc::S_IFIFO | 0o644, 0, &root)
+        .await
+        .unwrap();
+    let q = f.core.link(fifo.ino, ROOT_INO, "q").await.unwrap();
+    assert_eq!((q.kind, q.nlink, q.ino), (Kind::Fifo, 2, fifo.ino));
+    f.core
+        .rename(ROOT_INO, "d", ROOT_INO, "e", false)
+        .await
+        .unwrap();
+    let e = f.core.lookup(ROOT_INO, "e").await.unwrap();
+    let p = f.core.lookup(e.ino, "p").await.unwrap();
+    assert_eq!(
+        (p.ino, p.nlink),
+        (fifo.ino, 2),
+        "the group follows the move"
+    );
+    f.core.unlink(ROOT_INO, "q").await.unwrap();
+    assert_eq!(f.core.lookup(e.ino, "p").await.unwrap().nlink, 1);
+    assert_eq!(f.head("e/p").await.kind, EntryKind::Fifo);
 }

@@ -429,6 +429,13 @@ fn attrs_of(headers: &HeaderMap) -> ApiResult<WriteAttributes> {
                     .ok_or_else(|| ApiError::BadRequest(format!("bad {}: {t:?}", h::ATIME)))?,
             ),
         },
+        link: header_str(headers, h::LINK)?
+            .map(|v| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ApiError::BadRequest(format!("bad {}: {v:?}", h::LINK)))
+            })
+            .transpose()?,
     };
     if posix.rdev != 0 && !matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
         return Err(ApiError::BadRequest(format!(
@@ -695,6 +702,9 @@ async fn get_object(
     }
     if let Some(ns) = p.atime_ns {
         set(hd, h::ATIME, format_rfc3339_ns(ns));
+    }
+    if let Some(link) = p.link {
+        set(hd, h::LINK, link.to_string());
     }
     set(hd, "vary", "accept-encoding".into());
     if let Some(r) = range {

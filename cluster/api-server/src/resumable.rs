@@ -604,6 +604,7 @@ mod tests {
                 gid: Some(1000),
                 rdev: 0,
                 atime_ns: None,
+                link: None,
             },
             shards: (0..6)
                 .map(|i| {

@@ -280,6 +280,9 @@ fn with_attrs(mut rb: RequestBuilder, attrs: &WriteAttributes) -> RequestBuilder
     if let Some(ns) = p.atime_ns {
         rb = rb.header(headers::ATIME, format_rfc3339_ns(ns));
     }
+    if let Some(link) = p.link {
+        rb = rb.header(headers::LINK, link.to_string());
+    }
     rb
 }
 

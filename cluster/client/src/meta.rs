@@ -109,6 +109,12 @@ impl ObjectMeta {
             gid: id(headers::GID)?,
             rdev: id(headers::RDEV)?.unwrap_or(0),
             atime_ns: time(headers::ATIME)?,
+            link: optional(headers::LINK)?
+                .map(|t| {
+                    t.parse()
+                        .map_err(|_| bad(format!("bad {} header {t:?}", headers::LINK)))
+                })
+                .transpose()?,
         };
         let ctime_ns = time(headers::CTIME)?.unwrap_or(mtime_ns);
         let (size, range) = if status == StatusCode::PARTIAL_CONTENT {

@@ -100,6 +100,8 @@ pub async fn versions_are_consecutive<S: MetadataStore>(store: &S) {
                     gid: Some(0),
                     rdev: u32::MAX,
                     atime_ns: Some(-3),
+                    // Link groups are u64 and kept bit for bit.
+                    link: Some(u64::MAX - 5),
                 },
                 ctime_ns: 1_700_000_000_123_456_789,
             },
@@ -391,6 +393,7 @@ pub async fn known_content_versions<S: MetadataStore>(store: &S) {
             gid: None,
             rdev: 0,
             atime_ns: None,
+            link: None,
         },
         ctime_ns: 8,
     };

@@ -9,7 +9,7 @@
 //! - `metadata`: one document per version, `_id` = `<name>_<version>`; fields `name`
 //!   (keyword), `version` (long), `size` (long, so objects of 2 GiB and more work), `hash`
 //!   (keyword, base64 SHA-256, `""` for a delete marker), `mtime` (long, ns), `mode` (integer),
-//!   `kind` (keyword), `uid`, `gid`, `rdev`, `atime` and `ctime` (long; absent when not
+//!   `kind` (keyword), `uid`, `gid`, `rdev`, `atime`, `ctime` and `link` (long; absent when not
 //!   recorded, and `dos-server setup` adds them to an index made before them). A name longer than 491 bytes (an `_id` holds at most 512) or starting
 //!   with `#` is keyed by `#<hex SHA-256 of the name>` instead; every read checks the stored
 //!   `name`.

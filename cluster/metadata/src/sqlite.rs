@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS versions (
     rdev    INTEGER NOT NULL DEFAULT 0,
     atime   INTEGER,
     ctime   INTEGER,
+    link    INTEGER,
     PRIMARY KEY (name, version)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS versions_by_hash ON versions(hash);
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS live (
     gid     INTEGER,
     rdev    INTEGER NOT NULL DEFAULT 0,
     atime   INTEGER,
-    ctime   INTEGER
+    ctime   INTEGER,
+    link    INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contents (
     hash      BLOB    NOT NULL PRIMARY KEY,
@@ -83,6 +85,7 @@ fn migrate(conn: &Connection) -> Result<(), MetadataError> {
             (table, "rdev", "INTEGER NOT NULL DEFAULT 0"),
             (table, "atime", "INTEGER"),
             (table, "ctime", "INTEGER"),
+            (table, "link", "INTEGER"),
         ]);
     }
     for (table, column, ty) in columns {
@@ -165,6 +168,8 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VersionRecord, Met
     let rdev: i64 = row.get(9)?;
     let atime_ns: Option<i64> = row.get(10)?;
     let ctime_ns: Option<i64> = row.get(11)?;
+    // Stored bit for bit (SQLite integers are signed).
+    let link: Option<i64> = row.get(12)?;
     Ok((|| {
         let corrupt = |what: &str| MetadataError::Corrupt(format!("{what} of {name:?}"));
         Ok(VersionRecord {
@@ -189,14 +194,16 @@ fn version_from_row(row: &Row<'_>) -> rusqlite::Result<Result<VersionRecord, Met
                     .map_err(|_| corrupt("gid"))?,
                 rdev: u32::try_from(rdev).map_err(|_| corrupt("rdev"))?,
                 atime_ns,
+                link: link.map(|l| l as u64),
             },
             ctime_ns: ctime_ns.unwrap_or(mtime_ns),
         })
     })())
 }
 
-const COLUMNS: &str = "name, version, size, hash, mtime, mode, kind, uid, gid, rdev, atime, ctime";
-const PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12";
+const COLUMNS: &str =
+    "name, version, size, hash, mtime, mode, kind, uid, gid, rdev, atime, ctime, link";
+const PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13";
 
 fn collect_versions(
     stmt: &mut rusqlite::Statement<'_>,
@@ -547,7 +554,8 @@ fn insert_version(
         new.posix.gid,
         new.posix.rdev,
         new.posix.atime_ns,
-        new.ctime_ns
+        new.ctime_ns,
+        new.posix.link.map(|l| l as i64)
     ];
     tx.execute(
         &format!("INSERT INTO versions ({COLUMNS}) VALUES ({PLACEHOLDERS})"),
@@ -767,6 +775,7 @@ mod tests {
             gid: Some(100),
             rdev: 0,
             atime_ns: Some(41),
+            link: None,
         };
         let new = NewVersion {
             size: 1,

@@ -48,6 +48,8 @@ pub mod headers {
     pub const RDEV: &str = "x-dos-rdev";
     /// Access time (RFC 3339 with nanoseconds) stored with a version, when set.
     pub const ATIME: &str = "x-dos-atime";
+    /// The hard-link group (decimal) a version's name belongs to, when it has other names.
+    pub const LINK: &str = "x-dos-link";
     /// On an answer: when the version was made (RFC 3339 with nanoseconds): its ctime.
     pub const CTIME: &str = "x-dos-ctime";
     /// On a PUT or POST: the version the new one replaces (see

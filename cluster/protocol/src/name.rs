@@ -2,10 +2,12 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Longest object name accepted, in bytes of UTF-8.
-pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest object name accepted, in bytes of UTF-8: twice Linux's `PATH_MAX` (4,096), so a
+/// mounted tree takes any path a program can give in one call, from a directory itself up
+/// to `PATH_MAX` deep (SPEC §3 says 1,024; README, "Names", says why this is more).
+pub const MAX_NAME_BYTES: usize = 8192;
 
-/// A validated object name: UTF-8, 1..=1024 bytes, `/`-separated segments that are neither
+/// A validated object name: UTF-8, 1..=[`MAX_NAME_BYTES`] bytes, `/`-separated segments that are neither
 /// empty nor `.` nor `..`, no NUL. Names are compared exactly as decoded, so `%41` and `A`
 /// name the same object.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -93,6 +93,11 @@ pub struct PosixAttrs {
         with = "opt_rfc3339"
     )]
     pub atime_ns: Option<i64>,
+    /// The hard-link group this name belongs to (dosfs's inode number of the file, shared
+    /// by all its names); `None`: the name is the file's only one. See ARCHITECTURE.md,
+    /// "Hard links".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<u64>,
 }
 
 impl PosixAttrs {
@@ -299,6 +304,7 @@ mod tests {
                 gid: Some(0),
                 rdev: 0x0103,
                 atime_ns: Some(7),
+                link: None,
             },
             ..rec
         };

@@ -236,6 +236,7 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         ("x-dos-gid", "wheel"),
         ("x-dos-rdev", "259"),
         ("x-dos-atime", "yesterday"),
+        ("x-dos-link", "-2"),
     ] {
         let headers: Vec<(&str, &str)> = if k == "Digest" {
             vec![(k, v)]

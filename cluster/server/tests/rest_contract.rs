@@ -690,6 +690,7 @@ async fn head_and_get_headers() {
             gid: Some(100),
             rdev: 0,
             atime_ns: Some(1_600_000_000_000_000_001),
+            link: Some(u64::MAX),
         },
     };
     let rec = client
@@ -731,6 +732,11 @@ async fn head_and_get_headers() {
             assert_eq!(
                 hd(h::ATIME).as_deref(),
                 Some("2020-09-13T12:26:40.000000001Z"),
+                "{what}"
+            );
+            assert_eq!(
+                hd(h::LINK).as_deref(),
+                Some("18446744073709551615"),
                 "{what}"
             );
             let ctime = hd(h::CTIME).and_then(|t| dos_client::dos_protocol::parse_rfc3339_ns(&t));
@@ -1372,8 +1378,10 @@ async fn names_with_special_characters() {
         "100%/literal%41".to_string(),
         "deep/a/b/c/d/e/f/g/h/i/j/k.txt".to_string(),
         ".hidden/..dots/...".to_string(),
-        "x".repeat(1024),
-        "é".repeat(512),
+        "x".repeat(dos_client::dos_protocol::MAX_NAME_BYTES),
+        "é".repeat(dos_client::dos_protocol::MAX_NAME_BYTES / 2),
+        // A deep tree's path, as a mount stores it: longer than Linux's PATH_MAX.
+        vec!["d".repeat(255); 20].join("/"),
     ];
     for (i, name) in names.iter().enumerate() {
         let body = data(1000 + i, 140 + i as u64);
@@ -1423,13 +1431,15 @@ async fn names_with_special_characters() {
     }
 }
 
-/// SPEC §3: empty names, empty / `.` / `..` segments, NUL, invalid UTF-8 and names over 1024
-/// bytes are rejected with 400 on every method, and nothing is stored.
+/// SPEC §3: empty names, empty / `.` / `..` segments, NUL, invalid UTF-8 and names over the
+/// limit (8,192 bytes here, see `MAX_NAME_BYTES`) are rejected with 400 on every method, and
+/// nothing is stored.
 async fn bad_names_are_400() {
     let (cluster, client, _dir) = start().await;
     let addr = cluster.api_addr();
-    let long = "x".repeat(1025);
-    let long_multibyte = "%C3%A9".repeat(513);
+    let limit = dos_client::dos_protocol::MAX_NAME_BYTES;
+    let long = "x".repeat(limit + 1);
+    let long_multibyte = "%C3%A9".repeat(limit / 2 + 1);
     let paths = vec![
         "/objects/".to_string(),
         "/objects/..".into(),
@@ -1477,7 +1487,12 @@ async fn bad_names_are_400() {
     }
     assert_eq!(client.all_versions().await.unwrap(), vec![]);
     // The longest valid name is fine.
-    put(&client, &"y".repeat(1024), b"ok").await;
+    put(
+        &client,
+        &"y".repeat(dos_client::dos_protocol::MAX_NAME_BYTES),
+        b"ok",
+    )
+    .await;
 }
 
 /// A 55: unsupported methods answer 405 (with Allow and a one-line body).

@@ -306,12 +306,14 @@ pub async fn attributes_round_trip(store: &dyn ObjectStore) {
         gid: Some(65533),
         rdev: 0,
         atime_ns: Some(1_600_000_000_000_000_007),
+        link: Some(0x1234_5678_9abc),
     };
     let device = PosixAttrs {
         uid: Some(0),
         gid: Some(0),
         rdev: (8 << 8) | 1,
         atime_ns: None,
+        link: None,
     };
     let cases = [
         (

@@ -5,8 +5,12 @@
 //! A node's number is derived from its key (a hash; the next free number on a collision),
 //! so a listing can report the number a later lookup will give without taking a table
 //! entry: only lookups the kernel counts (and forgets) enter the table.
+//!
+//! The names of a hard-linked file share one number, its link group (the number its first
+//! name had when the second was made): each is an alias of the number, which resolves to
+//! one of them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 pub const ROOT_INO: u64 = 1;
@@ -31,6 +35,8 @@ pub struct Inodes {
     by_ino: HashMap<u64, NodeKey>,
     /// Lookups the kernel holds on each inode (`forget` gives them back).
     lookups: HashMap<u64, u64>,
+    /// The paths known to share each hard-linked number.
+    aliases: HashMap<u64, HashSet<String>>,
 }
 
 /// The number `key` gets when it is free: a 63-bit hash, never 0 or the root's.
@@ -52,6 +58,7 @@ impl Inodes {
             by_key: HashMap::new(),
             by_ino: HashMap::new(),
             lookups: HashMap::new(),
+            aliases: HashMap::new(),
         };
         s.by_key.insert(NodeKey::Path(String::new()), ROOT_INO);
         s.by_ino.insert(ROOT_INO, NodeKey::Path(String::new()));
@@ -67,6 +74,46 @@ impl Inodes {
         self.by_key.insert(key.clone(), i);
         self.by_ino.insert(i, key);
         i
+    }
+
+    /// The number of `path`, a name of the hard-linked file `link`: `link` itself, unless
+    /// another node holds that number in this mount (then the path's own number).
+    pub fn linked(&mut self, path: &str, link: u64) -> u64 {
+        let key = NodeKey::Path(path.to_string());
+        let aliases = self.aliases.entry(link).or_default();
+        let free = match self.by_ino.get(&link) {
+            None => true,
+            Some(NodeKey::Path(p)) => p == path || aliases.contains(p),
+            Some(_) => false,
+        };
+        if !free || link == ROOT_INO {
+            if aliases.is_empty() {
+                self.aliases.remove(&link);
+            }
+            return self.ino(key);
+        }
+        aliases.insert(path.to_string());
+        self.by_key.insert(key.clone(), link);
+        self.by_ino.entry(link).or_insert(key);
+        link
+    }
+
+    /// Like [`linked`](Self::linked), with one more reference held by the kernel.
+    pub fn looked_up_linked(&mut self, path: &str, link: u64) -> u64 {
+        let i = self.linked(path, link);
+        *self.lookups.entry(i).or_default() += 1;
+        i
+    }
+
+    /// `ino` (a hard-linked number) now resolves to `path`, one of its names.
+    pub fn repoint(&mut self, ino: u64, path: &str) {
+        let key = NodeKey::Path(path.to_string());
+        self.aliases
+            .entry(ino)
+            .or_default()
+            .insert(path.to_string());
+        self.by_key.insert(key.clone(), ino);
+        self.by_ino.insert(ino, key);
     }
 
     /// The number `key` has, or would get now, without entering it (for listings).
@@ -112,6 +159,12 @@ impl Inodes {
         if self.by_key.get(&key) == Some(&ino) {
             self.by_key.remove(&key);
         }
+        for alias in self.aliases.remove(&ino).unwrap_or_default() {
+            let k = NodeKey::Path(alias);
+            if self.by_key.get(&k) == Some(&ino) {
+                self.by_key.remove(&k);
+            }
+        }
         Some(key)
     }
 
@@ -136,7 +189,32 @@ impl Inodes {
     /// Forgets which inode `path` has (it was deleted): a new file there gets a new inode,
     /// while the old number still resolves for handles that are open on it.
     pub fn detach(&mut self, path: &str) {
-        self.by_key.remove(&NodeKey::Path(path.to_string()));
+        let key = NodeKey::Path(path.to_string());
+        if let Some(ino) = self.by_key.remove(&key) {
+            self.unalias(ino, &key);
+        }
+    }
+
+    /// `key` no longer names hard-linked `ino`: the number resolves to another known name.
+    fn unalias(&mut self, ino: u64, key: &NodeKey) {
+        let (Some(aliases), NodeKey::Path(path)) = (self.aliases.get_mut(&ino), key) else {
+            return;
+        };
+        aliases.remove(path);
+        if self.by_ino.get(&ino) == Some(key)
+            && let Some(other) = aliases.iter().next()
+        {
+            self.by_ino.insert(ino, NodeKey::Path(other.clone()));
+        }
+    }
+
+    /// The names known to share hard-linked `ino`.
+    #[cfg(test)]
+    pub fn aliases(&self, ino: u64) -> Vec<String> {
+        self.aliases
+            .get(&ino)
+            .map(|a| a.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Moves `from` (and everything under it) to `to`, keeping inode numbers.
@@ -160,14 +238,25 @@ impl Inodes {
             .cloned()
             .collect();
         for k in replaced {
-            self.by_key.remove(&k);
+            if let Some(i) = self.by_key.remove(&k) {
+                self.unalias(i, &k);
+            }
         }
         for (k, i) in moved {
             let NodeKey::Path(p) = &k else { continue };
-            let new = NodeKey::Path(format!("{to}{}", &p[from.len()..]));
+            let new_path = format!("{to}{}", &p[from.len()..]);
+            let new = NodeKey::Path(new_path.clone());
             self.by_key.remove(&k);
             self.by_key.insert(new.clone(), i);
-            self.by_ino.insert(i, new);
+            if let Some(aliases) = self.aliases.get_mut(&i) {
+                aliases.remove(p);
+                aliases.insert(new_path);
+                if self.by_ino.get(&i) == Some(&k) {
+                    self.by_ino.insert(i, new);
+                }
+            } else {
+                self.by_ino.insert(i, new);
+            }
         }
     }
 }
@@ -204,6 +293,30 @@ mod tests {
         assert_eq!(t.count(), 1);
         assert_eq!(t.key(seen), None);
         assert_eq!(t.forget(ROOT_INO, 1), None, "the root stays");
+    }
+
+    #[test]
+    fn hard_linked_names_share_a_number() {
+        let mut t = Inodes::new();
+        let a = t.looked_up(p("d/a"));
+        assert_eq!(t.linked("d/a", a), a);
+        assert_eq!(t.looked_up_linked("d/b", a), a);
+        assert_eq!(t.ino(p("d/b")), a);
+        t.detach("d/a");
+        assert_eq!(
+            t.key(a),
+            Some(p("d/b")),
+            "the number resolves to the name left"
+        );
+        t.rename("d", "e");
+        assert_eq!(t.key(a), Some(p("e/b")));
+        assert_eq!(t.aliases(a), vec!["e/b".to_string()]);
+        // Another node holding the number keeps it: the name gets its own.
+        let other = t.looked_up(p("x"));
+        assert_ne!(t.linked("y", other), other);
+        assert_eq!(t.forget(a, 2), Some(p("e/b")));
+        assert!(t.aliases(a).is_empty());
+        assert_ne!(t.peek(&p("e/b")), a, "forgotten with its names");
     }
 
     #[test]

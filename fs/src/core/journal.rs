@@ -5,10 +5,11 @@
 //! <cache-dir>/writeback/<n, 16 digits>.log    records, append only
 //! <cache-dir>/writeback/<n, 16 digits>.done   seqs of its records uploaded since (u64 LE)
 //!
-//! record   64 B  "DOSWBRC2" | seq u64 | mode u32 | path len u32 | mtime ns i64 | size u64
-//!                | journaled ns i64 | uid u32 | gid u32 | atime ns i64
-//!                (u32::MAX, i64::MIN: not recorded; a 48 B "DOSWBRC1" header of an older
-//!                version, without the last three, is read too)
+//! record   72 B  "DOSWBRC3" | seq u64 | mode u32 | path len u32 | mtime ns i64 | size u64
+//!                | journaled ns i64 | uid u32 | gid u32 | atime ns i64 | link group u64
+//!                (u32::MAX, i64::MIN, u64::MAX: not recorded; the 64 B "DOSWBRC2" header
+//!                of an older version, without the link group, and its 48 B "DOSWBRC1",
+//!                without the last four, are read too)
 //!          path bytes, then the file's bytes, then 8 B: CRC32C(header, path, bytes) u32
 //!                | "END!"
 //! ```
@@ -31,13 +32,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use dos_protocol::PosixAttrs;
 
-const MAGIC: &[u8; 8] = b"DOSWBRC2";
+const MAGIC: &[u8; 8] = b"DOSWBRC3";
 /// Records written before owners were kept: 48 B headers.
 const MAGIC_V1: &[u8; 8] = b"DOSWBRC1";
 const HEADER_V1_LEN: usize = 48;
+/// Records written before hard links were kept: 64 B headers.
+const MAGIC_V2: &[u8; 8] = b"DOSWBRC2";
+const HEADER_V2_LEN: usize = 64;
 const END: &[u8; 4] = b"END!";
-const HEADER_LEN: usize = 64;
+const HEADER_LEN: usize = 72;
 const NO_ID: u32 = u32::MAX;
+const NO_LINK: u64 = u64::MAX;
 const NO_TIME: i64 = i64::MIN;
 /// The active log takes no new record past this size.
 const ROLL_AT: u64 = 64 << 20;
@@ -50,7 +55,8 @@ pub struct Record {
     pub path: String,
     pub mode: u32,
     pub mtime_ns: i64,
-    /// Owner, group and access time (no device number: only regular files are journaled).
+    /// Owner, group, access time and link group (no device number: only regular files are
+    /// journaled).
     pub posix: PosixAttrs,
     pub size: u64,
     /// When the close was made durable here (ns since the epoch).
@@ -106,6 +112,7 @@ fn header(rec: &Record) -> [u8; HEADER_LEN] {
     h[48..52].copy_from_slice(&rec.posix.uid.unwrap_or(NO_ID).to_le_bytes());
     h[52..56].copy_from_slice(&rec.posix.gid.unwrap_or(NO_ID).to_le_bytes());
     h[56..64].copy_from_slice(&rec.posix.atime_ns.unwrap_or(NO_TIME).to_le_bytes());
+    h[64..72].copy_from_slice(&rec.posix.link.unwrap_or(NO_LINK).to_le_bytes());
     h
 }
 
@@ -125,6 +132,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 fn parse(b: &[u8], log: u64, at: u64) -> Option<(Record, usize)> {
     let header_len = match b.get(..8)? {
         m if m == MAGIC => HEADER_LEN,
+        m if m == MAGIC_V2 => HEADER_V2_LEN,
         m if m == MAGIC_V1 => HEADER_V1_LEN,
         _ => return None,
     };
@@ -145,14 +153,20 @@ fn parse(b: &[u8], log: u64, at: u64) -> Option<(Record, usize)> {
     let path = std::str::from_utf8(&b[header_len..data_at])
         .ok()?
         .to_string();
-    let posix = if header_len == HEADER_LEN {
+    let posix = if header_len >= HEADER_V2_LEN {
         let id = |v: u32| (v != NO_ID).then_some(v);
         let atime = u64_at(b, 56) as i64;
+        let link = if header_len == HEADER_LEN {
+            Some(u64_at(b, 64)).filter(|l| *l != NO_LINK)
+        } else {
+            None
+        };
         PosixAttrs {
             uid: id(u32_at(b, 48)),
             gid: id(u32_at(b, 52)),
             rdev: 0,
             atime_ns: (atime != NO_TIME).then_some(atime),
+            link,
         }
     } else {
         PosixAttrs::default()
@@ -501,10 +515,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// A record of the format before owners (v1, 48 B header) is read, with no owner; a v2
-    /// record keeps owner, group and atime across a reopen.
+    /// A record of the format before owners (v1, 48 B header) is read, with no owner; a
+    /// record keeps owner, group, atime and link group across a reopen.
     #[test]
-    fn v1_records_are_read_and_v2_keeps_owners() {
+    fn v1_records_are_read_and_new_ones_keep_owners() {
         let dir = tempfile::tempdir().unwrap();
         let wb = dir.path().join("writeback");
         fs::create_dir_all(&wb).unwrap();
@@ -541,6 +555,7 @@ mod tests {
             gid: Some(0),
             rdev: 0,
             atime_ns: Some(-5),
+            link: Some(77),
         };
         j.add(&File::open(&src).unwrap(), "b", 0o600, 9, posix, 3)
             .unwrap();

@@ -8,6 +8,7 @@
 mod history;
 mod inodes;
 pub mod journal;
+mod links;
 mod passthrough;
 mod read;
 mod stats;
@@ -162,6 +163,10 @@ pub struct Attr {
     pub read_only: bool,
     /// Deleted while still open (link count 0).
     pub unlinked: bool,
+    /// The hard-link group of a file with several names (see `links`).
+    pub link: Option<u64>,
+    /// Names of a file (a directory shows 2).
+    pub nlink: u32,
 }
 
 impl Attr {
@@ -182,6 +187,8 @@ impl Attr {
             version: None,
             read_only: true,
             unlinked: false,
+            link: None,
+            nlink: 1,
         }
     }
 }
@@ -279,6 +286,10 @@ pub struct FsCore {
     /// When this mount last added, removed or renamed an entry of each directory (ns): its
     /// mtime and ctime from then on, unless its record was changed later (see `dir_time`).
     dir_times: Mutex<HashMap<String, i64>>,
+    /// Records of hard-link groups read lately, by group (see `links`).
+    groups: Mutex<HashMap<u64, (Instant, links::Group)>>,
+    /// Held while a link group's record is read and rewritten.
+    group_changes: tokio::sync::Mutex<()>,
     /// The write-back journal (`--writeback`), if on.
     pub(crate) journal: Option<Arc<journal::Journal>>,
     pub(crate) journal_changed: tokio::sync::Notify,
@@ -361,6 +372,8 @@ impl FsCore {
             unlinked_open: Mutex::default(),
             saves: Mutex::default(),
             dir_times: Mutex::default(),
+            groups: Mutex::default(),
+            group_changes: tokio::sync::Mutex::new(()),
             journal: None,
             journal_changed: tokio::sync::Notify::new(),
             uploads: Mutex::default(),
@@ -574,6 +587,8 @@ impl FsCore {
                 version: None,
                 read_only: false,
                 unlinked: false,
+                link: None,
+                nlink: 1,
             },
             Entry::Object(r) => Attr {
                 ino,
@@ -590,6 +605,8 @@ impl FsCore {
                 version: Some(r.version),
                 read_only: false,
                 unlinked: false,
+                link: r.posix.link,
+                nlink: 1,
             },
         };
         if attr.kind == Kind::Dir
@@ -644,6 +661,7 @@ impl FsCore {
             gid: Some(caller.gid),
             rdev: 0,
             atime_ns: None,
+            link: None,
         };
         let mut mode = mode;
         if dir.perm & 0o2000 != 0 {
@@ -658,11 +676,21 @@ impl FsCore {
     /// Attributes of a namespace path, with a file being written shown as staged.
     async fn path_attr(&self, path: &str) -> FsResult<Attr> {
         let ino = self.ino_of(NodeKey::Path(path.to_string()));
-        if let Some(staged) = self.staged_of(path) {
-            return write::staged_attr(ino, &staged);
+        let attr = if let Some(staged) = self.staged_of(path) {
+            write::staged_attr(ino, &staged)?
+        } else {
+            let entry = self.entry(path).await?;
+            self.attr_of(ino, path, &entry)
+        };
+        self.with_links(path, attr).await
+    }
+
+    /// `attr` of `path`, with the number, link count and ctime of its hard-link group.
+    async fn with_links(&self, path: &str, attr: Attr) -> FsResult<Attr> {
+        match attr.link {
+            Some(id) => self.linked_attr(path, attr, id).await,
+            None => Ok(attr),
         }
-        let entry = self.entry(path).await?;
-        Ok(self.attr_of(ino, path, &entry))
     }
 
     /// Looks `name` up in `parent`; on success the kernel holds one more reference to the
@@ -680,6 +708,11 @@ impl FsCore {
                         return Err(FsError::NameTooLong);
                     }
                     let attr = self.path_attr(&path).await?;
+                    if let Some(id) = attr.link {
+                        let mut attr = attr;
+                        attr.ino = lock(&self.inodes).looked_up_linked(&path, id);
+                        return Ok(attr);
+                    }
                     (NodeKey::Path(path), attr)
                 }
             }
@@ -696,14 +729,19 @@ impl FsCore {
         }
         if let Ok(h) = self.handle(fh) {
             match &*h.lock().await {
-                Handle::Write { staged, .. } => return write::staged_attr(ino, staged),
+                Handle::Write { staged, .. } => {
+                    let attr = write::staged_attr(ino, staged)?;
+                    let path = lock(staged).path.clone();
+                    return self.with_links(&path, attr).await;
+                }
                 Handle::Read(r) => {
                     if let Ok(rec) = self
                         .store
                         .head(&object_name(&r.name)?, Some(r.version))
                         .await
                     {
-                        return Ok(self.attr_of(ino, &r.name, &Entry::Object(rec)));
+                        let attr = self.attr_of(ino, &r.name, &Entry::Object(rec));
+                        return self.with_links(&r.name, attr).await;
                     }
                 }
                 Handle::Dir(_) => {}
@@ -786,8 +824,11 @@ impl FsCore {
                     continue;
                 }
                 let kind = Kind::of(rec.kind);
+                let ino = match rec.posix.link {
+                    Some(id) => lock(&self.inodes).linked(&full, id),
+                    None => self.ino_of(NodeKey::Path(full.clone())),
+                };
                 let entry = Entry::Object(rec);
-                let ino = self.ino_of(NodeKey::Path(full.clone()));
                 self.remember(&full, entry);
                 if seen.insert(name.clone()) {
                     out.push(DirEntry { ino, name, kind });
@@ -1026,7 +1067,18 @@ impl FsCore {
 
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
-        if let Some(staged) = self.staged_of(&path) {
+        let staged = self.staged_of(&path);
+        let linked = staged.as_ref().and_then(|s| lock(s).posix.link);
+        let staged = match (staged, linked) {
+            (Some(s), Some(id)) if self.group_names(id).await?.iter().any(|n| *n != path) => {
+                // Other names of the file remain: it is stored now (and so under them all),
+                // and goes on under one of them (below).
+                self.upload(&s).await?;
+                None
+            }
+            (s, _) => s,
+        };
+        if let Some(staged) = staged {
             // Open for writing: it will not be uploaded on close. An upload in flight (the
             // release of a just-closed file) finishes first, and is deleted below.
             let uploading = lock(&staged).uploading.clone();
@@ -1055,7 +1107,17 @@ impl FsCore {
             Err(e) => return Err(e.into()),
         }
         let ino = self.ino_of(NodeKey::Path(path.clone()));
-        if lock(&self.io).is_open(ino) {
+        let left = match rec.posix.link {
+            Some(id) => self.left_group(id, &path).await?,
+            None => Vec::new(),
+        };
+        if let Some(other) = left.first() {
+            // A hard-linked file lives on under its other names; one open for writing
+            // goes on under one of them.
+            if self.staged_of(other).is_none() {
+                self.restage(&path, other);
+            }
+        } else if lock(&self.io).is_open(ino) {
             // Open for reading (the staged case is above): the handles keep reading the
             // version they opened, and fstat answers until the last of them goes; the name
             // gets a new inode if it is made again.
@@ -1146,6 +1208,13 @@ impl FsCore {
             if no_replace {
                 return Err(FsError::Exists);
             }
+            if let (Entry::Object(a), Entry::Object(b)) = (&entry, t)
+                && a.posix.link.is_some()
+                && a.posix.link == b.posix.link
+            {
+                // Two names of the same file: nothing changes (POSIX).
+                return Ok(());
+            }
             let target_dir = matches!(t, Entry::ImpliedDir)
                 || matches!(t, Entry::Object(r) if r.kind == EntryKind::Dir);
             match (is_dir, target_dir) {
@@ -1155,12 +1224,18 @@ impl FsCore {
                 _ => {}
             }
         }
+        // Names of hard-linked files that move: (group, old name, new name).
+        let mut moves = Vec::new();
         if is_dir {
             // Every name under the directory, then the directory marker itself.
             let (names, _) = self.store.list_all(&format!("{from}/"), None).await?;
             for rec in &names {
                 let rest = &rec.name.as_str()[from.len()..];
-                self.copy_version(rec, &format!("{to}{rest}"), None).await?;
+                let new = format!("{to}{rest}");
+                self.copy_version(rec, &new, None).await?;
+                if let Some(id) = rec.posix.link {
+                    moves.push((id, rec.name.as_str().to_string(), new));
+                }
             }
             if let Entry::Object(r) = &entry {
                 self.copy_version(r, &to, None).await?;
@@ -1178,6 +1253,18 @@ impl FsCore {
             };
             self.copy_version(r, &to, None).await?;
             self.delete_quiet(&from).await?;
+            if let Some(id) = r.posix.link {
+                moves.push((id, from.clone(), to.clone()));
+            }
+        }
+        if !moves.is_empty() {
+            self.renamed_in_groups(&moves).await?;
+        }
+        if let Some(Entry::Object(t)) = &target
+            && let Some(id) = t.posix.link
+        {
+            // The replaced name was one of a hard-linked file's: the others remain.
+            self.left_group(id, &to).await?;
         }
         self.forget_entry(&from);
         self.forget_entry(&to);
@@ -1271,6 +1358,7 @@ impl FsCore {
                             gid: set.gid,
                             rdev: 0,
                             atime_ns: set.atime_ns,
+                            link: None,
                         },
                     },
                     bytes::Bytes::new(),
@@ -1308,7 +1396,8 @@ impl FsCore {
         // Every change makes a version, even to the same values: its ctime moves, as on
         // Linux. One made right after this mount's last save of the file replaces it.
         let fold = self.fold_into(&path).filter(|v| *v == rec.version);
-        self.copy_version(&changed, &path, fold).await?;
+        let made = self.copy_version(&changed, &path, fold).await?;
+        self.propagate(&made).await?;
         self.getattr(ino).await
     }
 

@@ -32,7 +32,7 @@ pub struct Staged {
     mode: u32,
     mtime_ns: Option<i64>,
     /// Owner, group and access time it will be uploaded with.
-    posix: PosixAttrs,
+    pub(crate) posix: PosixAttrs,
     /// Staged for a name that did not exist (until `create` takes note of it).
     made: bool,
     /// When its data or attributes last changed (its ctime until it is uploaded).
@@ -96,6 +96,8 @@ pub fn staged_attr(ino: u64, staged: &Arc<Mutex<Staged>>) -> FsResult<Attr> {
         version: None,
         read_only: false,
         unlinked: s.unlinked,
+        link: s.posix.link,
+        nlink: 1,
     })
 }
 
@@ -623,8 +625,8 @@ impl FsCore {
                 s.ctime_ns = rec.ctime_ns;
             }
         }
-        self.remember(path, Entry::Object(rec));
-        Ok(())
+        self.remember(path, Entry::Object(rec.clone()));
+        self.propagate(&rec).await
     }
 
     /// Stores the bytes of `file` as the next version of `path`: up to [`SMALL_FILE`] in one
@@ -714,8 +716,11 @@ impl FsCore {
                         mtime_ns: rec.mtime_ns,
                         posix: rec.posix,
                     };
-                    self.store_file(&rec.path, file, offset, size, &meta)
-                        .await?
+                    let v = self
+                        .store_file(&rec.path, file, offset, size, &meta)
+                        .await?;
+                    self.propagate(&v).await?;
+                    v
                 }
             };
             let (j, seq) = (journal.clone(), rec.seq);

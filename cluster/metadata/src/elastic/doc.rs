@@ -69,6 +69,9 @@ pub(crate) struct VersionDoc {
     pub atime: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctime: Option<i64>,
+    /// The hard-link group, bit for bit as a signed long (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<i64>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -134,6 +137,7 @@ impl VersionDoc {
             rdev: rec.posix.rdev,
             atime: rec.posix.atime_ns,
             ctime: Some(rec.ctime_ns),
+            link: rec.posix.link.map(|l| l as i64),
         })
     }
 
@@ -162,6 +166,7 @@ impl VersionDoc {
                 gid: self.gid,
                 rdev: self.rdev,
                 atime_ns: self.atime,
+                link: self.link.map(|l| l as u64),
             },
             ctime_ns: self.ctime.unwrap_or(self.mtime),
         })
@@ -209,6 +214,7 @@ const VERSION_FIELDS: &[(&str, &str)] = &[
     ("rdev", "long"),
     ("atime", "long"),
     ("ctime", "long"),
+    ("link", "long"),
 ];
 
 const HEAD_EXTRA_FIELDS: &[(&str, &str)] = &[("live", "boolean")];
@@ -347,6 +353,7 @@ mod tests {
                 gid: Some(u32::MAX),
                 rdev: 0,
                 atime_ns: Some(3),
+                link: None,
             },
             ctime_ns: 9,
         };
@@ -386,6 +393,7 @@ mod tests {
                 rdev: 0,
                 atime: None,
                 ctime: Some(1),
+                link: None,
             },
             live: false,
         };
