@@ -99,4 +99,6 @@ pub struct Core {
     pub repairs: RepairQueue,
     /// Block hashes of streamed uploads waiting for the request that finishes them.
     pub received: crate::resumable::ReceivedBlocks,
+    /// Answer times and suspects among the data servers (see `health`).
+    pub health: Arc<crate::health::ServerHealth>,
 }

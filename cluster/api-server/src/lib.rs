@@ -5,7 +5,8 @@
 //!
 //! - [`core`]: the shared context (engines, codec, configuration); plain data.
 //! - [`objects`], [`resumable`]: what requests do. [`placement`]: where shards go and who
-//!   holds them. [`probe`]: asking every shard's holders, with a quorum result.
+//!   holds them. [`probe`]: asking every shard's holders, with a quorum result. [`health`]:
+//!   answer times and suspect data servers, which set the deadlines of shard calls.
 //! - [`pipeline`]: bytes between a body and six shard streams. [`stream`]: bodies going out.
 //! - [`repair`] and [`maintenance`]: the background work, run by a supervisor.
 //! - `http`: the thin axum adapter (the only module that knows HTTP); [`in_process`]: the same
@@ -14,6 +15,7 @@
 
 pub mod core;
 pub mod error;
+pub mod health;
 mod http;
 pub mod in_process;
 pub mod maintenance;
@@ -81,6 +83,7 @@ impl ApiServer {
             config,
             repairs,
             received: Default::default(),
+            health: Default::default(),
         });
         let workers = Arc::new(Supervisor::new());
         workers.spawn(Arc::new(repair::RepairWorker::new(

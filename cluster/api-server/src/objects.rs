@@ -88,7 +88,7 @@ where
     }
     let servers = placement::choose_servers(core)?;
     let (codec, limits) = (&core.codec, BodyLimits::of(core));
-    let (size, blocks) = store_content(
+    let ((size, blocks), placed) = store_content(
         &core.shards,
         Deadlines::of(core),
         &digest,
@@ -114,7 +114,7 @@ where
         },
     )
     .await?;
-    let placed: Vec<ServerInfo> = servers.into_iter().map(|(_, s)| s).collect();
+    let placed: Vec<ServerInfo> = placed.into_iter().map(|(_, s)| s).collect();
     let stored = Stored {
         hash: digest,
         size,
@@ -243,6 +243,7 @@ pub async fn open_read(
         end_block,
         stall_timeout: core.config.shard_stall_timeout,
         blocks: content.blocks.clone(),
+        health: core.health.clone(),
     };
     let decoder = Decoder::open(core.shards.clone(), core.codec.clone(), plan).await;
     match decoder {

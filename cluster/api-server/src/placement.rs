@@ -11,13 +11,15 @@ use crate::error::{ApiError, ApiResult};
 /// For each shard index, the live servers believed to hold it, tried in order.
 pub type Holders = Vec<Vec<ServerInfo>>;
 
-/// Six distinct live servers in random order (shard `i` goes to the `i`-th), or 503.
+/// Six distinct live servers in random order (shard `i` goes to the `i`-th), suspects (see
+/// `health`) only when fewer than six others are live; or 503.
 pub fn choose_servers(core: &Core) -> ApiResult<Vec<(u8, ServerInfo)>> {
     let mut live = core.bus.live_servers();
     if live.len() < TOTAL_SHARDS {
         return Err(ApiError::NotEnoughServers { live: live.len() });
     }
     live.shuffle(&mut rand::rng());
+    core.health.suspects_last(&mut live);
     live.truncate(TOTAL_SHARDS);
     Ok(live
         .into_iter()

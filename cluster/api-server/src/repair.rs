@@ -218,12 +218,13 @@ pub async fn rebuild(
         end_block: block_count(content.size),
         stall_timeout: core.config.shard_stall_timeout,
         blocks: content.blocks.clone(),
+        health: core.health.clone(),
     };
     let length = shard_len(content.size);
     let (shards, codec, w) = (&core.shards, &core.codec, &want);
     store_content(
         shards,
-        Deadlines::of(core),
+        Deadlines::of(core).without_spares(),
         &hash,
         &targets,
         Some(length),

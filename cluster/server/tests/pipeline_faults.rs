@@ -425,3 +425,70 @@ async fn three_lying_data_servers_fail_the_read_and_serve_no_wrong_byte() {
     }
     cluster.shutdown().await;
 }
+
+/// Issue 15: a data server whose link went silent (every call hangs) costs no read or write
+/// more than a moment, with the production deadlines (10 s stall, 120 s calls): reads race
+/// its shards with parity after the hedge deadline, writes give its shard to the seventh
+/// server, and from the first miss on it is suspect, so later requests do not wait for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_data_server_stalls_no_read_or_write() {
+    let faults = Faults::default();
+    let f = faults.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client) = start_with(&dir.path().join("root"), move |c| {
+        c.data_servers = 7;
+        c.transport_layer = Some(Arc::new(move |inner| {
+            Arc::new(FaultyTransport::new(inner, f.clone()))
+        }));
+    })
+    .await;
+    let mut objects = Vec::new();
+    for (i, len) in [100_000, 5 * MIB + 3, 1, 3 * MIB]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .enumerate()
+    {
+        let name = format!("silent/before/{i}");
+        objects.push((name.clone(), stored(&client, &name, len).await));
+    }
+    let silent = first_server(&cluster);
+    for op in [
+        Op::CreateTemp,
+        Op::WriteTemp,
+        Op::Commit,
+        Op::PutShard,
+        Op::ReadShard,
+    ] {
+        faults.on(op, Fault::Hang).server(&silent).apply();
+    }
+    let limit = Duration::from_secs(2);
+    let mut slowest = (Duration::ZERO, String::new());
+    let mut note = |what: String, took: Duration| {
+        if took > slowest.0 {
+            slowest = (took, what);
+        }
+    };
+    for round in 0..2 {
+        for (name, body) in &objects {
+            let started = Instant::now();
+            let got = client.get(name, None).await.unwrap();
+            assert!(got == body[..], "{name}: exact bytes");
+            note(format!("GET {name} (round {round})"), started.elapsed());
+        }
+        for (i, len) in [100_000, 3 * MIB + 1, 700_000].into_iter().enumerate() {
+            let name = format!("silent/after/{round}/{i}");
+            let body = data(len, 40 + i as u64);
+            let started = Instant::now();
+            client
+                .put_bytes(&name, body.clone(), &attrs())
+                .await
+                .unwrap_or_else(|e| panic!("PUT {name} with six servers answering: {e}"));
+            note(format!("PUT {name}"), started.elapsed());
+            assert!(client.get(&name, None).await.unwrap() == body[..]);
+        }
+    }
+    eprintln!("slowest operation with a silent server: {slowest:?}");
+    assert!(slowest.0 < limit, "{slowest:?}");
+    cluster.shutdown().await;
+}

@@ -3,6 +3,12 @@
 //! server gone, or silent for longer than the stall deadline) is replaced by another one
 //! mid-stream and reported for repair.
 //!
+//! Reads hedge: a shard stream that has not opened, or has not delivered its piece of a
+//! block, within the hedge deadline ([`ServerHealth::hedge_after`], a few times the usual
+//! answer time) is raced by another shard; the first four complete win, and a server that
+//! was outrun is suspect (tried last) from then on. A silent server costs a read about the
+//! hedge deadline, not the stall deadline.
+//!
 //! No data server is trusted with the bytes: every decoded block is checked against the hash
 //! recorded when it was written (see [`BlockHashes`]) before any of it leaves. A block that
 //! does not match is read from every shard, the four that give the recorded hash are found,
@@ -10,8 +16,8 @@
 //! degraded); with fewer than four right shards the read fails, never serving wrong bytes.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dos_erasure::Codec;
@@ -21,9 +27,11 @@ use dos_protocol::{
 };
 use dos_protocol::{piece_len, shard_len};
 use dos_transport::{ShardBody, ShardError, ShardTransport};
-use futures::{StreamExt, future};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 
 use crate::error::{ApiError, ApiResult};
+use crate::health::ServerHealth;
 use crate::placement::{Holders, ShardFault};
 use crate::probe::probe;
 
@@ -39,6 +47,8 @@ pub struct ReadPlan {
     pub stall_timeout: Duration,
     /// What each block must hash to.
     pub blocks: BlockHashes,
+    /// Answer times and suspects: the hedge deadline, and which holders to try last.
+    pub health: Arc<ServerHealth>,
 }
 
 impl ReadPlan {
@@ -75,9 +85,12 @@ impl Decoder {
     pub async fn open(
         shards: Arc<dyn ShardTransport>,
         codec: Codec,
-        plan: ReadPlan,
+        mut plan: ReadPlan,
     ) -> ApiResult<Self> {
         let first = plan.first_block;
+        for holders in &mut plan.holders {
+            plan.health.suspects_last(holders);
+        }
         let mut d = Self {
             shards,
             codec,
@@ -107,7 +120,26 @@ impl Decoder {
         self.active.iter().filter(|a| a.is_some()).count()
     }
 
-    /// Opens streams (from block `block` on) until four are active.
+    /// Shards that are neither active nor given up on, best first: data shards before
+    /// parity (no decoding), shards whose holders are all suspect last.
+    fn spares(&self) -> VecDeque<u8> {
+        let health = &self.plan.health;
+        let mut spare: Vec<u8> = (0..TOTAL_SHARDS)
+            .filter(|i| self.active[*i].is_none() && self.failed[*i].is_none())
+            .map(|i| i as u8)
+            .collect();
+        spare.sort_by_key(|&i| {
+            let suspect = self.plan.holders[usize::from(i)]
+                .iter()
+                .all(|s| health.is_suspect(&s.id));
+            (suspect, i)
+        });
+        spare.into()
+    }
+
+    /// Opens streams (from block `block` on) until four are active. Opens that have not
+    /// answered within the hedge deadline are raced by another shard's; the first to open
+    /// win, the others are dropped (their servers suspect).
     async fn fill(&mut self, block: u64) -> ApiResult<()> {
         let start = block * PIECE_SIZE as u64;
         let end = shard_len(self.plan.size).min(self.plan.end_block * PIECE_SIZE as u64);
@@ -116,32 +148,98 @@ impl Decoder {
             if need == 0 {
                 return Ok(());
             }
-            let candidates: Vec<u8> = (0..TOTAL_SHARDS)
-                .filter(|i| self.active[*i].is_none() && self.failed[*i].is_none())
-                .take(need)
-                .map(|i| i as u8)
-                .collect();
-            if candidates.is_empty() {
+            let mut spares = self.spares();
+            if spares.is_empty() {
                 return Err(ApiError::ShardsUnavailable {
                     available: self.active_count(),
                 });
             }
-            let opened = open_streams(&self.shards, &self.plan, &candidates, start, end).await;
-            let stall = self.plan.stall_timeout;
-            for (i, server, body) in opened.good {
-                self.active[usize::from(i)] = Some(Active {
-                    reader: PieceReader::new(body, stall),
-                    server,
-                });
+            // Which server each open in flight is waiting for, and since when.
+            let asking: Arc<Mutex<Vec<(u8, ServerInfo, Instant)>>> = Arc::default();
+            let open = |shard: u8| {
+                let (shards, asking) = (self.shards.clone(), asking.clone());
+                let (hash, stall, health) = (
+                    self.plan.hash,
+                    self.plan.stall_timeout,
+                    self.plan.health.clone(),
+                );
+                let holders = self
+                    .plan
+                    .holders
+                    .get(usize::from(shard))
+                    .cloned()
+                    .unwrap_or_default();
+                async move {
+                    let r = open_one(
+                        &shards, &health, &asking, holders, hash, shard, start, end, stall,
+                    )
+                    .await;
+                    (shard, r)
+                }
+            };
+            let mut pending = FuturesUnordered::new();
+            for _ in 0..need {
+                if let Some(i) = spares.pop_front() {
+                    pending.push(open(i));
+                }
             }
-            for (i, fault) in opened.bad {
-                self.failed[usize::from(i)] = Some(fault);
+            let mut opened = 0;
+            let mut hedging = true;
+            while opened < need {
+                let next = if hedging {
+                    match tokio::time::timeout(self.plan.health.hedge_after(), pending.next()).await
+                    {
+                        Ok(n) => n,
+                        Err(_) => {
+                            // Slow to open: race one more shard, if one is left.
+                            match spares.pop_front() {
+                                Some(i) => pending.push(open(i)),
+                                None => hedging = false,
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    pending.next().await
+                };
+                match next {
+                    None => break,
+                    Some((i, Ok((server, body)))) => {
+                        self.active[usize::from(i)] = Some(Active {
+                            reader: PieceReader::new(body, self.plan.stall_timeout),
+                            server,
+                        });
+                        opened += 1;
+                    }
+                    Some((i, Err(fault))) => {
+                        self.failed[usize::from(i)] = Some(fault);
+                        if let Some(j) = spares.pop_front() {
+                            pending.push(open(j));
+                        }
+                    }
+                }
+            }
+            drop(pending);
+            // Opens still waiting were outrun: their servers are slow or silent.
+            let hedge = self.plan.health.hedge_after();
+            let outrun: Vec<(u8, ServerInfo, Instant)> = std::mem::take(
+                &mut *asking
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            for (shard, server, since) in outrun {
+                if since.elapsed() >= hedge {
+                    tracing::info!(hash = %self.plan.hash, shard, server = %server.id, "shard open outrun by another shard");
+                    self.plan.health.missed(&server.id);
+                }
             }
         }
     }
 
     /// Reads the pieces of `block` from the active streams, replacing any stream that fails
-    /// by another shard opened at this block, until four pieces are in hand.
+    /// by another shard opened at this block, until four pieces are in hand. Streams that
+    /// have not delivered their piece within the hedge deadline are replaced too, once per
+    /// block and only while a spare shard is left (their servers become suspect).
     async fn read_pieces(&mut self, block: u64) -> ApiResult<Vec<Option<Segments>>> {
         let plen = piece_len(self.plan.size, block);
         let mut pieces: Vec<Option<Segments>> = vec![None; TOTAL_SHARDS];
@@ -149,28 +247,81 @@ impl Decoder {
             // Shards were dropped after the last block (they served wrong bytes).
             self.fill(block).await?;
         }
+        let mut hedged = false;
         loop {
-            let reads = future::join_all(self.active.iter_mut().zip(pieces.iter()).map(
-                |(slot, have)| async move {
-                    match (slot, have) {
-                        (Some(a), None) => Some(a.reader.read_segments(plen).await),
-                        _ => None,
-                    }
-                },
-            ))
-            .await;
+            let hedge =
+                (!hedged && !self.spares().is_empty()).then(|| self.plan.health.hedge_after());
+            let health = self.plan.health.clone();
+            let mut reads: FuturesUnordered<_> = self
+                .active
+                .iter_mut()
+                .zip(pieces.iter())
+                .enumerate()
+                .filter_map(|(i, (slot, have))| match (slot, have) {
+                    (Some(a), None) => Some({
+                        let health = health.clone();
+                        async move {
+                            let started = Instant::now();
+                            let r = a.reader.read_segments(plen).await;
+                            if r.is_ok() {
+                                health.answered(&a.server.id, started.elapsed());
+                            }
+                            (i, r)
+                        }
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let deadline = hedge.map(|h| tokio::time::Instant::now() + h);
+            let mut done: Vec<(usize, Result<Segments, ShardError>)> = Vec::new();
+            let mut slow = false;
+            loop {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, reads.next()).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            slow = true;
+                            break;
+                        }
+                    },
+                    None => reads.next().await,
+                };
+                match next {
+                    Some(r) => done.push(r),
+                    None => break,
+                }
+            }
+            drop(reads);
             let mut lost = false;
-            for (i, r) in reads.into_iter().enumerate() {
+            for (i, r) in done {
                 match r {
-                    Some(Ok(p)) => pieces[i] = Some(p),
-                    Some(Err(e)) => {
+                    Ok(p) => pieces[i] = Some(p),
+                    Err(e) => {
                         let server = self.active[i].take().map(|a| a.server);
                         tracing::warn!(hash = %self.plan.hash, shard = i, server = ?server.as_ref().map(|s| &s.id), error = %e, "shard read failed mid-stream");
+                        if matches!(e, ShardError::Timeout(_))
+                            && let Some(s) = &server
+                        {
+                            self.plan.health.missed(&s.id);
+                        }
                         self.failed[i] = Some(fault_of(&e, server));
                         lost = true;
                     }
-                    None => {}
                 }
+            }
+            if slow {
+                // The streams still owing their piece are dropped (a piece half read cannot
+                // be resumed) and raced by spare shards opened at this block.
+                hedged = true;
+                for (i, (piece, slot)) in pieces.iter().zip(self.active.iter_mut()).enumerate() {
+                    if piece.is_none()
+                        && let Some(a) = slot.take()
+                    {
+                        tracing::info!(hash = %self.plan.hash, block, shard = i, server = %a.server.id, "shard stream slow; raced by another shard");
+                        self.plan.health.missed(&a.server.id);
+                    }
+                }
+                lost = true;
             }
             if !lost {
                 return Ok(pieces);
@@ -361,6 +512,62 @@ async fn open_streams(
         }
     })
     .await
+}
+
+/// Opens a stream of raw bytes `[start, end)` of `shard` from the first of `holders` that
+/// answers within the stall deadline, noting in `asking` whom it waits for (so that an
+/// open outrun by another can blame its server).
+#[allow(clippy::too_many_arguments)]
+async fn open_one(
+    shards: &Arc<dyn ShardTransport>,
+    health: &ServerHealth,
+    asking: &Mutex<Vec<(u8, ServerInfo, Instant)>>,
+    holders: Vec<ServerInfo>,
+    hash: ContentHash,
+    shard: u8,
+    start: u64,
+    end: u64,
+    stall: Duration,
+) -> Result<(ServerInfo, ShardBody), ShardFault> {
+    let set = |who: Option<&ServerInfo>| {
+        let mut a = asking
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        a.retain(|(s, _, _)| *s != shard);
+        if let Some(server) = who {
+            a.push((shard, server.clone(), Instant::now()));
+        }
+    };
+    let mut fault = ShardFault::Unreachable;
+    for server in holders {
+        set(Some(&server));
+        let started = Instant::now();
+        let r =
+            match tokio::time::timeout(stall, shards.read_shard(&server, &hash, shard, start, end))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(ShardError::Timeout(stall)),
+            };
+        match r {
+            Ok(body) => {
+                set(None);
+                health.answered(&server.id, started.elapsed());
+                return Ok((server, body));
+            }
+            Err(e) => {
+                tracing::info!(shard, server = %server.id, error = %e, "shard unavailable");
+                if matches!(e, ShardError::Timeout(_)) {
+                    health.missed(&server.id);
+                }
+                if e.is_missing() && fault == ShardFault::Unreachable {
+                    fault = ShardFault::Missing(server);
+                }
+            }
+        }
+    }
+    set(None);
+    Err(fault)
 }
 
 /// Whether `data` (a block as segments) hashes to `want`, on a blocking thread.

@@ -5,10 +5,18 @@
 //! [`store_content`] is the one path from "pieces to write" to "shards committed" that a PUT
 //! and a repair take; a resumable upload takes the same steps ([`Uploads::write`] for each
 //! part, [`Uploads::commit`] at the end), spread over several requests.
+//!
+//! A data server that does not create an upload, or store a whole shard, within the write
+//! deadline ([`Deadlines::write`], derived from the answer times seen) is suspect, and its
+//! shard goes to a live server holding no shard of the content instead (a whole shard is
+//! raced: the first server to store it keeps it), so a write succeeds while six servers
+//! answer. A server that goes silent in the middle of a streamed upload (content over
+//! 1 MiB) still fails that upload after the stall deadline: its bytes so far are not kept to
+//! replay elsewhere.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use dos_erasure::Codec;
@@ -22,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, ApiResult};
+use crate::health::ServerHealth;
 
 /// One shard upload: which shard, where, and the data server's upload id.
 #[derive(Debug, Clone)]
@@ -39,21 +48,59 @@ pub struct Uploads {
     pub targets: Vec<ShardTarget>,
 }
 
-/// How long shard calls may take before they count as failed.
-#[derive(Debug, Clone, Copy)]
+/// How long shard calls may take before they count as failed, and where a shard goes
+/// instead when its server misses the write deadline.
+#[derive(Debug, Clone)]
 pub struct Deadlines {
     /// Creating, committing or abandoning an upload.
     pub call: Duration,
     /// A piece waiting for its upload stream to take it.
     pub stall: Duration,
+    /// Answer times and suspects.
+    pub health: Arc<ServerHealth>,
+    /// Live servers that may take a shard instead of one that missed its deadline (each at
+    /// most once; the targets themselves are skipped), suspects last.
+    spares: Arc<Mutex<Vec<ServerInfo>>>,
 }
 
 impl Deadlines {
     pub fn of(core: &crate::core::Core) -> Self {
+        let mut live = core.bus.live_servers();
+        core.health.suspects_last(&mut live);
         Self {
             call: core.config.shard_call_timeout,
             stall: core.config.shard_stall_timeout,
+            health: core.health.clone(),
+            spares: Arc::new(Mutex::new(live)),
         }
+    }
+
+    /// These deadlines with no server but `servers` taking a shard instead (repair: the
+    /// other live servers may hold shards of the content already).
+    pub fn without_spares(self) -> Self {
+        Self {
+            spares: Arc::default(),
+            ..self
+        }
+    }
+
+    /// How long creating an upload or storing a whole shard may take before another server
+    /// is asked: a few hedge deadlines (a write fsyncs), at least a second.
+    pub fn write(&self) -> Duration {
+        (self.health.hedge_after() * 4).clamp(Duration::from_secs(1), self.call)
+    }
+
+    /// A live server holding none of `targets`' shards, for a shard whose server missed
+    /// its deadline; never the same twice.
+    fn spare(&self, targets: &[ServerInfo]) -> Option<ServerInfo> {
+        let mut spares = self
+            .spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = spares
+            .iter()
+            .position(|s| !targets.iter().any(|t| t.id == s.id))?;
+        Some(spares.remove(i))
     }
 }
 
@@ -77,21 +124,46 @@ impl Uploads {
         servers: &[(u8, ServerInfo)],
         shard_length: Option<u64>,
     ) -> ApiResult<Self> {
+        let all: Vec<ServerInfo> = servers.iter().map(|(_, s)| s.clone()).collect();
+        let (all, d) = (&all, &deadlines);
         let results = future::join_all(servers.iter().map(|(shard, server)| async move {
-            within(
-                deadlines.call,
-                shards.create_temp(server, hash, *shard, shard_length),
-            )
-            .await
-                .map(|temp_id| ShardTarget {
-                    shard: *shard,
-                    server: server.clone(),
-                    temp_id,
-                })
-                .inspect_err(|e| tracing::warn!(%hash, shard, server = %server.id, error = %e, "upload not created"))
+            let mut server = server.clone();
+            loop {
+                let started = Instant::now();
+                let created = within(
+                    d.write(),
+                    shards.create_temp(&server, hash, *shard, shard_length),
+                )
+                .await;
+                match created {
+                    Ok(temp_id) => {
+                        d.health.answered(&server.id, started.elapsed());
+                        return Ok(ShardTarget {
+                            shard: *shard,
+                            server,
+                            temp_id,
+                        });
+                    }
+                    Err(e) => {
+                        if matches!(e, ShardError::Timeout(_)) {
+                            d.health.missed(&server.id);
+                        }
+                        match d.spare(all) {
+                            Some(spare) => {
+                                tracing::warn!(%hash, shard, server = %server.id, instead = %spare.id, error = %e, "upload not created; another server takes the shard");
+                                server = spare;
+                            }
+                            None => {
+                                tracing::warn!(%hash, shard, server = %server.id, error = %e, "upload not created");
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+            }
         }))
         .await;
-        let mut uploads = Self::resume(shards, deadlines, Vec::new());
+        let mut uploads = Self::resume(shards, deadlines.clone(), Vec::new());
         let mut failure = None;
         for r in results {
             match r {
@@ -132,6 +204,14 @@ impl Uploads {
         Ok(value)
     }
 
+    /// The servers with the shard each took, in shard order.
+    pub fn placed(&self) -> Vec<(u8, ServerInfo)> {
+        self.targets
+            .iter()
+            .map(|t| (t.shard, t.server.clone()))
+            .collect()
+    }
+
     /// Commits every upload durably as shards of `hash`; all must succeed.
     pub async fn commit(&self, shard_length: u64, hash: &ContentHash) -> ApiResult<()> {
         let results = future::join_all(self.targets.iter().map(|t| async move {
@@ -168,7 +248,9 @@ impl Uploads {
 
 /// Stores shards `servers` of content `hash`: creates the uploads, streams what `feed` sends
 /// (it returns its result and the raw length every shard ends up with), commits every one
-/// durably; on any failure abandons them all. The path of a PUT and of a repair.
+/// durably; on any failure abandons them all. The path of a PUT and of a repair. Returns
+/// `feed`'s result and where each shard went (a server that missed its deadline was
+/// replaced, see [`Deadlines::write`]).
 ///
 /// Shards of a known length of at most [`MAX_WHOLE_SHARD`] (objects up to 1 MiB) are
 /// gathered here and sent whole, one request per data server that writes and commits them
@@ -181,7 +263,7 @@ pub async fn store_content<T, F, Fut>(
     servers: &[(u8, ServerInfo)],
     shard_length: Option<u64>,
     feed: F,
-) -> ApiResult<T>
+) -> ApiResult<(T, Vec<(u8, ServerInfo)>)>
 where
     F: FnOnce(ShardWriters) -> Fut,
     Fut: Future<Output = ApiResult<((T, u64), ShardWriters)>>,
@@ -191,14 +273,14 @@ where
     {
         let writers = ShardWriters::whole(shards, deadlines, hash, servers, len);
         let ((value, _), writers) = feed(writers).await?;
-        writers.finish().await?;
-        return Ok(value);
+        let placed = writers.finish().await?;
+        return Ok((value, placed));
     }
     let uploads = Uploads::create(shards, deadlines, hash, servers, shard_length).await?;
     let stored = async {
         let (value, length) = uploads.write(0, feed).await?;
         uploads.commit(length, hash).await?;
-        Ok(value)
+        Ok((value, uploads.placed()))
     }
     .await;
     match stored {
@@ -223,7 +305,7 @@ pub struct ShardWriters {
 /// Shards gathered in memory (at most [`MAX_WHOLE_SHARD`] each) to be stored in one call.
 struct Whole {
     shards: Arc<dyn ShardTransport>,
-    call: Duration,
+    deadlines: Deadlines,
     hash: ContentHash,
     targets: Vec<(u8, ServerInfo)>,
     bufs: Vec<BytesMut>,
@@ -274,7 +356,7 @@ impl ShardWriters {
             stall: deadlines.stall,
             whole: Some(Whole {
                 shards: shards.clone(),
-                call: deadlines.call,
+                deadlines: deadlines.clone(),
                 hash: *hash,
                 targets: targets.to_vec(),
                 bufs: targets
@@ -326,29 +408,31 @@ impl ShardWriters {
     }
 
     /// Ends the streams and waits until every data server has written what it received
-    /// (gathered shards: has stored them durably).
-    async fn finish(mut self) -> ApiResult<()> {
+    /// (gathered shards: has stored them durably, each raced onto a spare server when its
+    /// own misses the write deadline). Returns where each gathered shard went (streamed
+    /// ones: nothing; their uploads say).
+    async fn finish(mut self) -> ApiResult<Vec<(u8, ServerInfo)>> {
         if let Some(w) = self.whole.take() {
             let Whole {
                 shards,
-                call,
+                deadlines,
                 hash,
                 targets,
                 bufs,
             } = w;
-            let results = future::join_all(targets.iter().zip(bufs).map(|((shard, server), buf)| {
-                let shards = shards.clone();
-                async move {
-                    within(call, shards.put_shard(server, &hash, *shard, buf.freeze()))
-                        .await
-                        .inspect_err(|e| tracing::warn!(%hash, shard, server = %server.id, error = %e, "shard not stored"))
-                }
+            let all: Vec<ServerInfo> = targets.iter().map(|(_, s)| s.clone()).collect();
+            let (all, d, shards) = (&all, &deadlines, &shards);
+            let results = future::join_all(targets.iter().zip(bufs).map(|((shard, server), buf)| async move {
+                put_raced(shards, d, all, &hash, *shard, server.clone(), buf.freeze())
+                    .await
+                    .map(|s| (*shard, s))
+                    .inspect_err(|e| tracing::warn!(%hash, shard, server = %server.id, error = %e, "shard not stored"))
             }))
             .await;
-            return match results.into_iter().find_map(Result::err) {
-                Some(e) => Err(ApiError::ShardWrite(e)),
-                None => Ok(()),
-            };
+            return results
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::ShardWrite);
         }
         self.senders.clear();
         for t in self.tasks.drain(..) {
@@ -358,7 +442,62 @@ impl ShardWriters {
                 Err(e) => return Err(ApiError::Internal(format!("shard writer failed: {e}"))),
             }
         }
-        Ok(())
+        Ok(Vec::new())
+    }
+}
+
+/// Stores a whole shard on `server`; if it has not within the write deadline, on a spare
+/// server too, and the first to store it keeps it (the other request is dropped). Returns
+/// the server that has it.
+async fn put_raced(
+    shards: &Arc<dyn ShardTransport>,
+    d: &Deadlines,
+    targets: &[ServerInfo],
+    hash: &ContentHash,
+    shard: u8,
+    server: ServerInfo,
+    raw: Bytes,
+) -> Result<ServerInfo, ShardError> {
+    let started = Instant::now();
+    let first = within(d.call, shards.put_shard(&server, hash, shard, raw.clone()));
+    tokio::pin!(first);
+    let spare = match tokio::time::timeout(d.write(), &mut first).await {
+        Ok(Ok(())) => {
+            d.health.answered(&server.id, started.elapsed());
+            return Ok(server.clone());
+        }
+        Ok(Err(e)) => {
+            if matches!(e, ShardError::Timeout(_)) {
+                d.health.missed(&server.id);
+            }
+            let Some(spare) = d.spare(targets) else {
+                return Err(e);
+            };
+            tracing::warn!(%hash, shard, server = %server.id, instead = %spare.id, error = %e, "shard not stored; another server takes it");
+            return within(d.call, shards.put_shard(&spare, hash, shard, raw))
+                .await
+                .map(|()| spare);
+        }
+        Err(_) => {
+            d.health.missed(&server.id);
+            match d.spare(targets) {
+                Some(spare) => spare,
+                None => return first.await.map(|()| server.clone()),
+            }
+        }
+    };
+    tracing::info!(%hash, shard, server = %server.id, instead = %spare.id, "shard store slow; raced on another server");
+    let second = within(d.call, shards.put_shard(&spare, hash, shard, raw));
+    tokio::pin!(second);
+    tokio::select! {
+        r = &mut first => match r {
+            Ok(()) => Ok(server.clone()),
+            Err(_) => second.await.map(|()| spare.clone()),
+        },
+        r = &mut second => match r {
+            Ok(()) => Ok(spare.clone()),
+            Err(_) => first.await.map(|()| server.clone()),
+        },
     }
 }
 
