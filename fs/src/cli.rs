@@ -35,7 +35,10 @@ enum Command {
     Mount {
         /// An existing, empty directory.
         mountpoint: PathBuf,
-        /// API server of a running cluster, e.g. http://127.0.0.1:23333.
+        /// API server of a running cluster, e.g. http://127.0.0.1:23333; or several,
+        /// comma-separated (`URL,URL,…`): requests are spread over them, and one that cannot
+        /// reach its server goes to the next (a cluster of several API servers keeps its
+        /// metadata in Elasticsearch).
         #[arg(long, env = "DOS_API")]
         api: Option<String>,
         /// Bearer token for the API server. With the embedded store: the token its REST API
@@ -493,7 +496,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                     client
                         .health(Duration::from_secs(10))
                         .await
-                        .map_err(|e| anyhow!("cannot reach the API server at {url}: {e}"))?;
+                        .map_err(|e| anyhow!("cannot reach the API server(s) at {url}: {e}"))?;
                     Ok(dosfs::mount::Backend {
                         store: std::sync::Arc::new(client),
                         url,

@@ -78,18 +78,24 @@ impl ClientBuilder {
     }
 
     pub fn build(self) -> Result<Client, ClientError> {
-        let base = self.base_url.trim().trim_end_matches('/').to_owned();
-        let url = reqwest::Url::parse(&base)
-            .map_err(|e| ClientError::InvalidInput(format!("bad base URL {base:?}: {e}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(ClientError::InvalidInput(format!(
-                "bad base URL {base:?}: only http:// and https:// are supported"
-            )));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(ClientError::InvalidInput(format!(
-                "bad base URL {base:?}: no query or fragment allowed"
-            )));
+        let mut bases: Vec<Arc<str>> = Vec::new();
+        for base in self.base_url.split(',') {
+            let base = base.trim().trim_end_matches('/').to_owned();
+            let url = reqwest::Url::parse(&base)
+                .map_err(|e| ClientError::InvalidInput(format!("bad base URL {base:?}: {e}")))?;
+            if url.scheme() != "http" && url.scheme() != "https" {
+                return Err(ClientError::InvalidInput(format!(
+                    "bad base URL {base:?}: only http:// and https:// are supported"
+                )));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(ClientError::InvalidInput(format!(
+                    "bad base URL {base:?}: no query or fragment allowed"
+                )));
+            }
+            if !bases.iter().any(|b| **b == *base) {
+                bases.push(Arc::from(base));
+            }
         }
         let auth = match self.token {
             Some(token) => {
@@ -117,27 +123,85 @@ impl ClientBuilder {
         }
         Ok(Client {
             http: http.build()?,
-            base: Arc::from(base),
+            servers: Arc::new(Servers::new(bases)),
             auth,
         })
     }
 }
 
-/// An async client of one API server's REST interface. Cheap to clone; clones share one
-/// connection pool.
+/// An async client of the REST interface of one API server, or of several (a base URL of
+/// `URL,URL,…`): requests are spread over them in turn, and one that cannot reach its server
+/// (or, for GET, HEAD and PUT, loses its connection) is sent to the next, which is then
+/// skipped for [`SERVER_DOWN_FOR`]. Resumable uploads go on on any of them (their tokens are
+/// signed with the cluster's shared secret). Cheap to clone; clones share one connection
+/// pool.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: Arc<str>,
+    servers: Arc<Servers>,
     auth: Option<HeaderValue>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("bases", &self.servers.bases)
             .field("token", &self.auth.as_ref().map(|_| "<set>"))
             .finish()
+    }
+}
+
+/// How long an API server that could not be reached is passed over.
+pub const SERVER_DOWN_FOR: Duration = Duration::from_secs(5);
+
+/// The API servers of a client, which one is next, and which are passed over until when.
+struct Servers {
+    bases: Vec<Arc<str>>,
+    next: std::sync::atomic::AtomicUsize,
+    down_until: std::sync::Mutex<Vec<Option<std::time::Instant>>>,
+}
+
+impl Servers {
+    fn new(bases: Vec<Arc<str>>) -> Self {
+        let n = bases.len();
+        Self {
+            bases,
+            next: Default::default(),
+            down_until: std::sync::Mutex::new(vec![None; n]),
+        }
+    }
+
+    /// The next server in turn that is not passed over (any, when all are).
+    fn pick(&self) -> &Arc<str> {
+        let n = self.bases.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| down[i].is_none_or(|t| t <= now))
+            .map_or(&self.bases[start % n], |i| &self.bases[i])
+    }
+
+    fn index_of(&self, url: &str) -> Option<usize> {
+        self.bases.iter().position(|b| {
+            url.strip_prefix(&**b)
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        })
+    }
+
+    fn mark_down(&self, i: usize) {
+        if let Some(d) = self
+            .down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(i)
+        {
+            *d = Some(std::time::Instant::now() + SERVER_DOWN_FOR);
+        }
     }
 }
 
@@ -357,14 +421,19 @@ impl Client {
         }
     }
 
-    /// The base URL, without a trailing `/`.
+    /// The (first) base URL, without a trailing `/`.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.servers.bases[0]
     }
 
-    /// The absolute URL of `path_and_query` (which starts with `/`).
+    /// Every base URL, in the order given.
+    pub fn base_urls(&self) -> Vec<String> {
+        self.servers.bases.iter().map(|b| b.to_string()).collect()
+    }
+
+    /// The absolute URL of `path_and_query` (which starts with `/`) on the next API server.
     pub fn url(&self, path_and_query: &str) -> String {
-        format!("{}{}", self.base, path_and_query)
+        format!("{}{}", self.servers.pick(), path_and_query)
     }
 
     /// A raw request to `path_and_query` (which starts with `/`, already percent-encoded),
@@ -391,9 +460,37 @@ impl Client {
         format!("/objects/{}{}", name.to_path(), version_query(version))
     }
 
-    /// Sends `rb` and returns the answer if it is a success, else the status error.
+    /// Sends `rb` and returns the answer if it is a success, else the status error. With
+    /// several API servers, a request that did not reach its server (or, for GET, HEAD and
+    /// PUT, lost its connection before the answer) goes to the next one; a request with a
+    /// streamed body goes once.
     async fn send(&self, method: Method, rb: RequestBuilder) -> Result<Response, ClientError> {
-        let resp = rb.send().await?;
+        let mut req = rb.build()?;
+        let mut tries = self.servers.bases.len();
+        let resp = loop {
+            tries -= 1;
+            let again = if tries > 0 { req.try_clone() } else { None };
+            let at = self.servers.index_of(req.url().as_str());
+            let e = match self.http.execute(req).await {
+                Ok(resp) => break resp,
+                Err(e) => e,
+            };
+            let safe = e.is_connect()
+                || (!e.is_builder() && matches!(method, Method::GET | Method::HEAD | Method::PUT));
+            match (again, at) {
+                (Some(mut next), Some(i)) if safe => {
+                    self.servers.mark_down(i);
+                    let rest = next.url().as_str()[self.servers.bases[i].len()..].to_string();
+                    let moved = format!("{}{rest}", self.servers.pick());
+                    tracing::info!(from = %self.servers.bases[i], to = %moved, error = %e, "API server unreachable; trying another");
+                    *next.url_mut() = reqwest::Url::parse(&moved).map_err(|e| {
+                        ClientError::InvalidInput(format!("bad URL {moved:?}: {e}"))
+                    })?;
+                    req = next;
+                }
+                _ => return Err(e.into()),
+            }
+        };
         if resp.status().is_success() {
             Ok(resp)
         } else {
@@ -406,11 +503,11 @@ impl Client {
     /// bearer token to it.
     fn location_url(&self, location: &str) -> Result<String, ClientError> {
         if location.starts_with("http://") || location.starts_with("https://") {
-            match location.strip_prefix(&*self.base) {
-                Some(rest) if rest.starts_with('/') => Ok(location.to_owned()),
-                _ => Err(ClientError::InvalidInput(format!(
+            match self.servers.index_of(location) {
+                Some(_) => Ok(location.to_owned()),
+                None => Err(ClientError::InvalidInput(format!(
                     "upload location {location:?} is not on {}; the token is not sent elsewhere",
-                    self.base
+                    self.servers.bases.join(",")
                 ))),
             }
         } else if location.starts_with('/') {

@@ -72,7 +72,7 @@ async fn cluster_of_processes() {
 
     let mut datas: Vec<Option<Proc>> = (1..=6).map(|i| Some(env.data(i))).collect();
     let (p1, p2) = (free_port(), free_port());
-    let _api1 = env.api("api1", p1);
+    let mut api1 = Some(env.api("api1", p1));
     let _api2 = env.api("api2", p2);
     let (u1, u2) = (env.url(p1), env.url(p2));
     wait_for(
@@ -331,6 +331,43 @@ async fn cluster_of_processes() {
         .expect("writes after the expiry window");
     for (name, body) in &stored {
         assert_eq!(&c2.get(name, None).await.unwrap(), body);
+    }
+
+    // One client of both API servers (`URL,URL`): kill -9 of one under a stream of writes
+    // and reads fails no operation, and loses nothing (issue 15).
+    let both = env.client(&format!("{u1},{u2}"));
+    let worker = {
+        let both = both.clone();
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for i in 0..60u64 {
+                let name = format!("failover/{i}");
+                let body = data(20_000 + i as usize * 1000, 100 + i);
+                both.put_bytes(&name, body.clone(), &attrs())
+                    .await
+                    .map_err(|e| format!("PUT {name}: {e}"))?;
+                let got = both
+                    .get(&name, None)
+                    .await
+                    .map_err(|e| format!("GET {name}: {e}"))?;
+                if got != body {
+                    return Err(format!("{name}: wrong bytes"));
+                }
+                written.push(name);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, String>(written)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(api1.take()); // SIGKILL, under load
+    let written = worker
+        .await
+        .unwrap()
+        .expect("no operation fails when one of two API servers dies");
+    assert_eq!(written.len(), 60);
+    for name in &written {
+        assert!(c2.head(name, None).await.is_ok(), "{name} is kept");
     }
     drop(datas);
     drop(es);
