@@ -111,6 +111,66 @@ pub async fn cap_inodes(
     }
 }
 
+/// Follows the store's changes for as long as the mount lives: each change made elsewhere
+/// (REST, another mount) drops what this mount and its kernel cached of it
+/// (`FUSE_NOTIFY_INVAL_INODE`/`_ENTRY`), so it shows here at once. When the feed breaks
+/// (the API server or the broker went), it is followed again with a backoff; meanwhile the
+/// attribute TTL bounds how stale anything is.
+pub async fn follow_changes(
+    core: Arc<FsCore>,
+    notifier: fuser::Notifier,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use futures::StreamExt;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let feed = tokio::select! {
+            _ = cancel.cancelled() => return,
+            f = core.changes() => f,
+        };
+        match feed {
+            Ok(mut feed) => {
+                tracing::debug!("following the store's changes");
+                backoff = Duration::from_secs(1);
+                loop {
+                    let event = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        e = feed.next() => e,
+                    };
+                    let Some(event) = event else { break };
+                    let drop = core.changed(&event);
+                    if drop.is_empty() {
+                        continue;
+                    }
+                    let notifier = notifier.clone();
+                    // Notifications write to /dev/fuse: off the async workers. An inode or
+                    // entry the kernel no longer has answers ENOENT, which is fine.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for d in drop {
+                            let _ = match d {
+                                crate::core::Invalidate::Inode(ino) => {
+                                    notifier.inval_inode(INodeNo(ino), 0, 0)
+                                }
+                                crate::core::Invalidate::Entry { parent, name } => {
+                                    notifier.inval_entry(INodeNo(parent), OsStr::new(&name))
+                                }
+                            };
+                        }
+                    })
+                    .await;
+                }
+                tracing::info!("the store's change feed ended; following it again");
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot follow the store's changes"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
 impl DosFs {
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle, uid: u32, gid: u32) -> Self {
         Self {

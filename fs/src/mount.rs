@@ -195,6 +195,10 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     workers.spawn_once("inode cap", move |cancel| {
         crate::fuse::cap_inodes(capped, notifier, cancel)
     });
+    let (follower, notifier) = (core.clone(), session.notifier());
+    workers.spawn_once("change follower", move |cancel| {
+        crate::fuse::follow_changes(follower, notifier, cancel)
+    });
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     ready(&mountpoint);
 

@@ -1602,3 +1602,69 @@ fn hard_links_work_with_ln_tar_and_rsync() {
     assert_eq!(std::fs::read(m.path("t/c")).unwrap(), b"one\nchanged\n");
     assert_eq!(rest.get("t/d/a"), None);
 }
+
+/// Coherent mounts (issue 15): a second mount (`--api` to the first's REST) and REST itself
+/// see a change made through the first mount within 300 ms, not after the 1 s attribute
+/// TTL, and the first mount sees a REST write as fast: the API server publishes every
+/// change and the mounts follow them, dropping what their kernels cached.
+#[test]
+fn a_change_through_one_mount_shows_in_another_at_once() {
+    let a = Mount::new();
+    let root_b = tempdir();
+    let b = Mount::start_with(root_b.path(), &["--api", &a.url, "--token", &a.token()]);
+    std::fs::write(a.path("shared.txt"), b"first").unwrap();
+    let seen = wait_until(Duration::from_secs(5), || {
+        std::fs::read(b.path("shared.txt")).is_ok_and(|d| d == b"first")
+    });
+    assert!(seen.is_some(), "the second mount sees the file");
+    let limit = Duration::from_millis(300);
+    let mut took = Vec::new();
+    for round in 0..5u8 {
+        // The second mount has the file's attributes and pages cached now.
+        assert!(std::fs::metadata(b.path("shared.txt")).is_ok());
+        let body = format!("round {round}: {}", "x".repeat(usize::from(round) * 100));
+        std::fs::write(a.path("shared.txt"), &body).unwrap();
+        // What `stat` (ls -l, make, rsync) says, not only what an open reads: an open
+        // checks the store anyway (close-to-open), a stat trusts the kernel's cache.
+        let t = wait_until(Duration::from_secs(3), || {
+            std::fs::metadata(b.path("shared.txt")).is_ok_and(|m| m.len() == body.len() as u64)
+        })
+        .expect("the second mount's stat sees the new size");
+        took.push(t);
+        assert_eq!(
+            std::fs::read(b.path("shared.txt")).unwrap(),
+            body.as_bytes()
+        );
+    }
+    // A name made over REST shows in both mounts (no negative entry kept).
+    assert!(std::fs::metadata(a.path("from-rest")).is_err());
+    assert!(std::fs::metadata(b.path("from-rest")).is_err());
+    a.rest().put("from-rest", b"rest bytes");
+    for m in [&a, &b] {
+        let t = wait_until(Duration::from_secs(3), || {
+            std::fs::metadata(m.path("from-rest")).is_ok_and(|d| d.len() == 10)
+        })
+        .expect("a REST write shows in the mount");
+        took.push(t);
+    }
+    // And a REST overwrite of a name both mounts have looked at.
+    for m in [&a, &b] {
+        assert_eq!(std::fs::metadata(m.path("from-rest")).unwrap().len(), 10);
+    }
+    a.rest().put("from-rest", b"longer rest bytes");
+    for m in [&a, &b] {
+        let t = wait_until(Duration::from_secs(3), || {
+            std::fs::metadata(m.path("from-rest")).is_ok_and(|d| d.len() == 17)
+        })
+        .expect("a REST overwrite shows in the mount");
+        took.push(t);
+    }
+    took.sort();
+    eprintln!("change propagation between mounts: {took:?}");
+    assert!(
+        took[took.len() / 2] < limit,
+        "median {:?}",
+        took[took.len() / 2]
+    );
+    assert!(*took.last().unwrap() < Duration::from_secs(1), "{took:?}");
+}

@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/versions/{*name}", get(versions))
         .route("/locate/{*name}", get(locate))
         .route("/list", get(list))
+        .route("/changes", get(changes))
         .route("/health", get(health))
         .route("/maintenance/{job}", axum::routing::post(run_maintenance))
         .fallback(not_found)
@@ -340,6 +341,34 @@ async fn run_maintenance(
         Body::from_stream(lines),
     )
         .into_response())
+}
+
+/// `GET /changes`: every change any API server of the cluster makes from now on, one JSON
+/// object a line (`{"name", "version", "kind", "deleted"}`); `{"missed": true}` when some
+/// were lost (whatever the reader cached may be stale); `{}` every 10 s while nothing
+/// happens, so that idle connections stay open. Mounts follow it to keep their caches
+/// coherent.
+async fn changes(State(core): State<Arc<Core>>) -> Response {
+    use dos_bus::ChangeEvent;
+    let events = core.bus.changes().map(Some);
+    let ticks =
+        tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(Duration::from_secs(10)))
+            .map(|_| None);
+    let lines = futures::stream::select(events, ticks).map(|event| {
+        let mut line = match event {
+            Some(ChangeEvent::Changed(c)) => serde_json::to_vec(&c).unwrap_or_default(),
+            Some(ChangeEvent::Missed) => br#"{"missed":true}"#.to_vec(),
+            None => b"{}".to_vec(),
+        };
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    let mut resp = Response::new(Body::from_stream(lines));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
 }
 
 fn name_from(uri: &Uri, prefix: &str) -> ApiResult<ObjectName> {

@@ -240,6 +240,10 @@ impl ObjectStore for InProcessStore {
         Ok(Box::pin(records))
     }
 
+    async fn changes(&self) -> StoreResult<dos_store::ChangeStream> {
+        Ok(self.core.bus.changes())
+    }
+
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
         if !(1..=10_000).contains(&query.limit) {
             return Err(StoreError::Invalid("limit must be 1 to 10000".into()));

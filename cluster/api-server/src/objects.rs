@@ -83,7 +83,7 @@ where
                     "the stored content was collected while the body arrived; retry".into(),
                 )
             })?;
-        supersede(core, &rec, &attrs).await;
+        made(core, &rec, &attrs).await;
         return Ok(rec);
     }
     let servers = placement::choose_servers(core)?;
@@ -136,8 +136,27 @@ pub async fn add_known_version(
         .meta
         .add_version(name, new_version(hash, size, attrs)?)
         .await?;
-    supersede(core, &rec, attrs).await;
+    made(core, &rec, attrs).await;
     Ok(rec)
+}
+
+/// Version `rec` was just made: the one it supersedes goes, and every subscriber to changes
+/// hears of it.
+async fn made(core: &Core, rec: &VersionRecord, attrs: &WriteAttributes) {
+    supersede(core, rec, attrs).await;
+    published(core, rec);
+}
+
+/// Tells the bus's subscribers (mounts) of version `rec`, without making the request wait
+/// for the broker; a change that cannot be published is logged (subscribers still see it
+/// within their attribute TTL).
+pub fn published(core: &Core, rec: &VersionRecord) {
+    let (bus, change) = (core.bus.clone(), dos_protocol::Change::of(rec));
+    tokio::spawn(async move {
+        if let Err(e) = bus.publish_change(&change).await {
+            tracing::debug!(name = %change.name, error = %e, "change not published");
+        }
+    });
 }
 
 /// Removes the version `attrs.supersedes` names, if it is the one right before `rec` and
@@ -189,7 +208,7 @@ pub async fn record_new_content(
         .meta
         .add_version_with_content(name, new_version(hash, size, attrs)?, &content)
         .await?;
-    supersede(core, &rec, attrs).await;
+    made(core, &rec, attrs).await;
     Ok(rec)
 }
 
@@ -269,10 +288,12 @@ pub async fn delete(core: &Core, name: &ObjectName) -> ApiResult<VersionRecord> 
         }
         Some(_) => {}
     }
-    Ok(core
+    let rec = core
         .meta
         .add_version(name, NewVersion::delete_marker(now_ns()))
-        .await?)
+        .await?;
+    published(core, &rec);
+    Ok(rec)
 }
 
 /// Makes version `version` of `name` its latest again: a new version with that content,

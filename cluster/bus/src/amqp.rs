@@ -1,8 +1,10 @@
 //! The RabbitMQ engine of the [`Bus`] (`lapin`).
 //!
-//! Topology: two durable fanout exchanges, `apiServers` (data servers publish heartbeats, API
-//! servers listen) and `dataServers` (API servers broadcast locate requests, data servers
-//! answer). Every listener consumes through its own exclusive, auto-delete, server-named queue.
+//! Topology: three durable fanout exchanges, `apiServers` (data servers publish heartbeats, API
+//! servers listen), `dataServers` (API servers broadcast locate requests, data servers
+//! answer) and `dosChanges` (API servers publish every change they make; API servers relay
+//! them to the mounts that follow them). Every listener consumes through its own exclusive,
+//! auto-delete, server-named queue.
 //!
 //! One [`AmqpBus`] holds **one** connection with two long-lived channels:
 //! - the *publish* channel carries every publish (heartbeats, locate broadcasts, locate
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dos_protocol::{ContentHash, LocateReply, ServerInfo};
+use dos_protocol::{Change, ContentHash, LocateReply, ServerInfo};
 
 use crate::seal::{Sealer, is_host_port};
 use dos_worker::{Supervisor, Worker, WorkerError};
@@ -54,6 +56,8 @@ use crate::{Bus, BusError, HEARTBEAT_EXPIRY, LiveSet, LocateResponder, Subscript
 pub const API_EXCHANGE: &str = "apiServers";
 /// Exchange the locate broadcasts go to.
 pub const DATA_EXCHANGE: &str = "dataServers";
+/// Exchange the changes API servers make go to.
+pub const CHANGES_EXCHANGE: &str = "dosChanges";
 /// RabbitMQ's direct reply-to pseudo-queue.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Broker of a default local installation.
@@ -64,6 +68,7 @@ const JSON: &str = "application/json";
 const HEARTBEAT: &str = "heartbeat";
 const LOCATE: &str = "locate";
 const REPLY: &str = "reply";
+const CHANGE: &str = "change";
 /// How often the supervisor double-checks that the connection and channels are still open.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
@@ -78,6 +83,8 @@ pub struct AmqpConfig {
     pub api_exchange: String,
     /// Name of the locate exchange (default `dataServers`).
     pub data_exchange: String,
+    /// Name of the changes exchange (default `dosChanges`).
+    pub changes_exchange: String,
     /// Bound on establishing the TCP + AMQP connection.
     pub connect_timeout: Duration,
     /// Bound on every other broker operation (declare, consume, publish).
@@ -101,6 +108,7 @@ impl AmqpConfig {
             heartbeat_expiry: HEARTBEAT_EXPIRY,
             api_exchange: API_EXCHANGE.into(),
             data_exchange: DATA_EXCHANGE.into(),
+            changes_exchange: CHANGES_EXCHANGE.into(),
             connect_timeout: Duration::from_secs(5),
             op_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(100),
@@ -124,6 +132,7 @@ impl fmt::Debug for AmqpConfig {
             .field("heartbeat_expiry", &self.heartbeat_expiry)
             .field("api_exchange", &self.api_exchange)
             .field("data_exchange", &self.data_exchange)
+            .field("changes_exchange", &self.changes_exchange)
             .field("connect_timeout", &self.connect_timeout)
             .field("op_timeout", &self.op_timeout)
             .field("reconnect_min", &self.reconnect_min)
@@ -195,6 +204,8 @@ struct Shared {
     generation: AtomicU64,
     /// Heartbeats dropped for an address that is not `host:port`.
     bad_addresses: AtomicU64,
+    /// Changes heard on the changes exchange, for this process's subscribers.
+    changes: tokio::sync::broadcast::Sender<crate::ChangeEvent>,
     shutdown: CancellationToken,
     /// Owns the connection keeper and every consumer (their tokens are children of
     /// `shutdown`).
@@ -257,6 +268,7 @@ impl AmqpBus {
             next_responder: AtomicU64::new(1),
             generation: AtomicU64::new(0),
             bad_addresses: AtomicU64::new(0),
+            changes: tokio::sync::broadcast::channel(crate::CHANGE_BACKLOG).0,
             shutdown: shutdown.clone(),
             workers: Supervisor::with_token(shutdown.clone()),
         });
@@ -447,6 +459,29 @@ impl Bus for AmqpBus {
             "locate done"
         );
         Ok(found)
+    }
+
+    async fn publish_change(&self, change: &Change) -> Result<(), BusError> {
+        let session = self.shared.current()?;
+        let body = serde_json::to_vec(change)
+            .map_err(|e| BusError::Unavailable(format!("cannot encode a change: {e}")))?;
+        let body = self.shared.sealer.seal(CHANGE, &body);
+        let props = BasicProperties::default().with_content_type(JSON.into());
+        let deadline = Instant::now() + self.shared.config.op_timeout;
+        self.shared
+            .publish(
+                &session,
+                &self.shared.config.changes_exchange,
+                "",
+                &body,
+                props,
+                deadline,
+            )
+            .await
+    }
+
+    fn changes(&self) -> crate::ChangeStream {
+        crate::change_stream(self.shared.changes.subscribe())
     }
 }
 
@@ -655,7 +690,11 @@ async fn connect_raw(config: &AmqpConfig, uri: &AMQPUri) -> Result<Connection, S
 /// Declares the durable fanout exchanges. An exchange that already exists with other
 /// properties is used as it is (checked passively) rather than failing the connection.
 async fn declare_exchanges(conn: &Connection, config: &AmqpConfig) -> Result<(), String> {
-    for name in [&config.api_exchange, &config.data_exchange] {
+    for name in [
+        &config.api_exchange,
+        &config.data_exchange,
+        &config.changes_exchange,
+    ] {
         let name = ShortString::try_new(name.as_str()).map_err(|e| e.to_string())?;
         let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
         let declared = channel
@@ -760,19 +799,23 @@ async fn open_session(shared: &Arc<Shared>) -> Result<Arc<Session>, String> {
         let heartbeats = consume_fanout(&subscribe, &config.api_exchange)
             .await
             .map_err(|e| format!("cannot listen for heartbeats: {e}"))?;
-        Ok::<_, String>((publish, subscribe, replies, heartbeats))
+        let changes = consume_fanout(&subscribe, &config.changes_exchange)
+            .await
+            .map_err(|e| format!("cannot listen for changes: {e}"))?;
+        Ok::<_, String>((publish, subscribe, replies, heartbeats, changes))
     };
-    let (publish, subscribe, replies, heartbeats) = match timeout(config.op_timeout, setup).await {
-        Ok(Ok(parts)) => parts,
-        Ok(Err(e)) => {
-            let _ = timeout(config.op_timeout, conn.close(200, "OK".into())).await;
-            return Err(e);
-        }
-        Err(_) => {
-            let _ = timeout(config.op_timeout, conn.close(200, "OK".into())).await;
-            return Err("timed out setting up channels and consumers".into());
-        }
-    };
+    let (publish, subscribe, replies, heartbeats, changes) =
+        match timeout(config.op_timeout, setup).await {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(e)) => {
+                let _ = timeout(config.op_timeout, conn.close(200, "OK".into())).await;
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = timeout(config.op_timeout, conn.close(200, "OK".into())).await;
+                return Err("timed out setting up channels and consumers".into());
+            }
+        };
     let session = Arc::new(Session {
         generation: shared.generation.fetch_add(1, Ordering::Relaxed) + 1,
         conn,
@@ -791,6 +834,12 @@ async fn open_session(shared: &Arc<Shared>) -> Result<Arc<Session>, String> {
     shared.workers.spawn_once("rabbitmq heartbeats", move |_| {
         run_heartbeats(sh, se, heartbeats)
     });
+    // Changes made while no session was up were not heard: subscribers drop their caches.
+    let _ = shared.changes.send(crate::ChangeEvent::Missed);
+    let (sh, se) = (shared.clone(), session.clone());
+    shared
+        .workers
+        .spawn_once("rabbitmq changes", move |_| run_changes(sh, se, changes));
     Ok(session)
 }
 
@@ -851,6 +900,24 @@ async fn run_heartbeats(shared: Arc<Shared>, session: Arc<Session>, mut consumer
                 body = ?String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]),
                 "malformed heartbeat dropped: {e}"
             ),
+        }
+    }
+}
+
+async fn run_changes(shared: Arc<Shared>, session: Arc<Session>, mut consumer: Consumer) {
+    while let Some(delivery) = next_delivery(&session, &mut consumer, "change").await {
+        let data = match shared.sealer.open(CHANGE, &delivery.data) {
+            Ok(d) => d,
+            Err(why) => {
+                warn!(rejected = shared.sealer.rejected(), "change dropped: {why}");
+                continue;
+            }
+        };
+        match serde_json::from_slice::<Change>(data) {
+            Ok(change) => {
+                let _ = shared.changes.send(crate::ChangeEvent::Changed(change));
+            }
+            Err(e) => warn!("malformed change dropped: {e}"),
         }
     }
 }

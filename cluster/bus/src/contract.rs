@@ -49,6 +49,44 @@ where
     locate_finds_holders(&factory().await).await;
     concurrent_locates_do_not_mix(&factory().await).await;
     dropped_subscription_stops_answering(&factory().await).await;
+    changes_reach_subscribers(&factory().await).await;
+}
+
+/// A published change reaches every subscriber, in order.
+pub async fn changes_reach_subscribers<B: Bus>(bus: &B) {
+    use futures::StreamExt;
+    let mut a = bus.changes();
+    let mut b = bus.changes();
+    let change = |v: u64| dos_protocol::Change {
+        name: dos_protocol::ObjectName::new("contract/changed").unwrap(),
+        version: v,
+        kind: dos_protocol::EntryKind::File,
+        deleted: v == 2,
+    };
+    // Engines that deliver through a broker may start with a `Missed` (they just connected).
+    async fn next(s: &mut crate::ChangeStream) -> Option<Option<crate::ChangeEvent>> {
+        let fut = async {
+            loop {
+                match s.next().await {
+                    Some(crate::ChangeEvent::Missed) => continue,
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut).await.ok()
+    }
+    // A broker may need a moment before a new queue is bound.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bus.publish_change(&change(1)).await.unwrap();
+    bus.publish_change(&change(2)).await.unwrap();
+    for s in [&mut a, &mut b] {
+        for v in [1, 2] {
+            assert_eq!(
+                next(s).await.expect("a change arrives in time"),
+                Some(crate::ChangeEvent::Changed(change(v)))
+            );
+        }
+    }
 }
 
 pub async fn heartbeats_make_servers_live<B: Bus>(bus: &B) {

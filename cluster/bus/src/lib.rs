@@ -1,5 +1,6 @@
 //! How servers find each other: data servers announce themselves with heartbeats, and API
-//! servers ask "who holds shards of this hash?" (locate).
+//! servers ask "who holds shards of this hash?" (locate). API servers also publish every
+//! change they make ([`Change`]), which mounts follow to keep their caches coherent.
 //!
 //! [`Bus`] is the one trait; [`memory::MemoryBus`] is the in-process engine of
 //! `dos-server local` and [`amqp::AmqpBus`] the RabbitMQ engine of a cluster. The live set and
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dos_protocol::{ContentHash, LocateReply, ServerInfo};
+use dos_protocol::{Change, ContentHash, LocateReply, ServerInfo};
 
 pub use live::{HEARTBEAT_EXPIRY, HEARTBEAT_INTERVAL, LiveSet};
 
@@ -31,6 +32,27 @@ pub trait LocateResponder: Send + Sync + 'static {
     /// Indices of the shards of `hash` this server holds (empty: none; the asker then knows
     /// this server answered and need not wait for it).
     fn shards_of(&self, hash: &ContentHash) -> Vec<u8>;
+}
+
+pub use dos_protocol::ChangeEvent;
+
+/// Changes as they are published, until dropped.
+pub type ChangeStream = std::pin::Pin<Box<dyn futures::Stream<Item = ChangeEvent> + Send>>;
+
+/// Changes a subscriber may fall behind by before it hears [`ChangeEvent::Missed`].
+pub const CHANGE_BACKLOG: usize = 4096;
+
+/// A broadcast of changes within one process (what every engine hands its subscribers).
+pub fn change_stream(rx: tokio::sync::broadcast::Receiver<ChangeEvent>) -> ChangeStream {
+    use futures::StreamExt;
+    Box::pin(
+        tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| match item {
+            Ok(e) => e,
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(_)) => {
+                ChangeEvent::Missed
+            }
+        }),
+    )
 }
 
 /// Ends a subscription when dropped.
@@ -72,4 +94,11 @@ pub trait Bus: Send + Sync + 'static {
         hash: &ContentHash,
         timeout: Duration,
     ) -> Result<Vec<LocateReply>, BusError>;
+
+    /// API side: tells every subscriber (of every API server) of `change`. Best effort: a
+    /// subscriber that misses it still sees it within its attribute TTL.
+    async fn publish_change(&self, change: &Change) -> Result<(), BusError>;
+
+    /// The changes published from now on, by any API server on this bus.
+    fn changes(&self) -> ChangeStream;
 }

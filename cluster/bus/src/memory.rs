@@ -6,16 +6,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dos_protocol::{ContentHash, LocateReply, ServerId, ServerInfo};
+use dos_protocol::{Change, ContentHash, LocateReply, ServerId, ServerInfo};
 
-use crate::{Bus, BusError, LiveSet, LocateResponder, Subscription};
+use crate::{Bus, BusError, ChangeEvent, ChangeStream, LiveSet, LocateResponder, Subscription};
 
 type Responders = Arc<Mutex<HashMap<ServerId, (ServerInfo, Arc<dyn LocateResponder>)>>>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryBus {
     live: LiveSet,
     responders: Responders,
+    changes: tokio::sync::broadcast::Sender<ChangeEvent>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new(LiveSet::default())
+    }
 }
 
 impl MemoryBus {
@@ -23,6 +30,7 @@ impl MemoryBus {
         Self {
             live,
             responders: Arc::default(),
+            changes: tokio::sync::broadcast::channel(crate::CHANGE_BACKLOG).0,
         }
     }
 
@@ -82,6 +90,16 @@ impl Bus for MemoryBus {
                 (!shards.is_empty()).then_some(LocateReply { server, shards })
             })
             .collect())
+    }
+
+    async fn publish_change(&self, change: &Change) -> Result<(), BusError> {
+        // No subscriber is no error.
+        let _ = self.changes.send(ChangeEvent::Changed(change.clone()));
+        Ok(())
+    }
+
+    fn changes(&self) -> ChangeStream {
+        crate::change_stream(self.changes.subscribe())
     }
 }
 

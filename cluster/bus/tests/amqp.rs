@@ -43,6 +43,7 @@ fn isolated(url: &str) -> AmqpConfig {
     let mut config = AmqpConfig::new(url);
     config.api_exchange = format!("dos-test-{}-apiServers", &tag[..12]);
     config.data_exchange = format!("dos-test-{}-dataServers", &tag[..12]);
+    config.changes_exchange = format!("dos-test-{}-dosChanges", &tag[..12]);
     // As in a cluster: every message sealed with the cluster secret.
     config.secret = Some(SECRET.to_vec());
     config
@@ -56,7 +57,11 @@ async fn delete_exchanges(config: &AmqpConfig) {
         return;
     };
     if let Ok(channel) = conn.create_channel().await {
-        for name in [&config.api_exchange, &config.data_exchange] {
+        for name in [
+            &config.api_exchange,
+            &config.data_exchange,
+            &config.changes_exchange,
+        ] {
             let _ = channel
                 .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
                 .await;

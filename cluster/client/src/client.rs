@@ -935,6 +935,32 @@ impl Client {
         Ok(Box::pin(ndjson::<serde_json::Value>(resp)))
     }
 
+    /// `GET /changes`: the changes any API server of the cluster makes from now on, as they
+    /// happen. The stream ends when the connection does (follow again).
+    pub async fn changes(&self) -> Result<dos_store::ChangeStream, ClientError> {
+        use dos_protocol::{Change, ChangeEvent};
+        let resp = self
+            .send(Method::GET, self.request(Method::GET, "/changes"))
+            .await?;
+        let lines = ndjson::<serde_json::Value>(resp)
+            .take_while(|line| std::future::ready(line.is_ok()))
+            .filter_map(|line| async move {
+                let v = line.ok()?;
+                if v.get("missed").is_some() {
+                    Some(ChangeEvent::Missed)
+                } else if v.get("name").is_some() {
+                    // A line not understood is a change missed.
+                    Some(match serde_json::from_value::<Change>(v) {
+                        Ok(c) => ChangeEvent::Changed(c),
+                        Err(_) => ChangeEvent::Missed,
+                    })
+                } else {
+                    None
+                }
+            });
+        Ok(Box::pin(lines))
+    }
+
     async fn ndjson_records(&self, path: &str) -> Result<RecordStream, ClientError> {
         let resp = self
             .send(Method::GET, self.request(Method::GET, path))

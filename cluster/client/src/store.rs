@@ -212,6 +212,10 @@ impl ObjectStore for Client {
         Ok(Box::pin(records.map(|r| r.map_err(store_error))))
     }
 
+    async fn changes(&self) -> StoreResult<dos_store::ChangeStream> {
+        Client::changes(self).await.map_err(store_error)
+    }
+
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
         let delimiter = query.delimiter.map(String::from);
         Client::list(

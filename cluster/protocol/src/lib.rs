@@ -23,8 +23,8 @@ pub use layout::{
 pub use name::{MAX_NAME_BYTES, NameError, ObjectName, encode_path, valid_percent_utf8};
 pub use range::{ByteRange, RangeError, parse_range};
 pub use record::{
-    EntryKind, ListEntry, ListPage, ListQuery, LocateReply, PosixAttrs, ServerId, ServerInfo,
-    VersionRecord, WriteAttributes,
+    Change, ChangeEvent, EntryKind, ListEntry, ListPage, ListQuery, LocateReply, PosixAttrs,
+    ServerId, ServerInfo, VersionRecord, WriteAttributes,
 };
 pub use time::{format_rfc3339_ns, now_ns, parse_rfc3339_ns};
 

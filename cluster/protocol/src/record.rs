@@ -160,6 +160,37 @@ impl VersionRecord {
     }
 }
 
+/// A change an API server made: a new version of `name` (a delete marker when `deleted`).
+/// Published on the bus to every subscriber (mounts invalidate what they cached of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub name: ObjectName,
+    pub version: u64,
+    pub kind: EntryKind,
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+impl Change {
+    pub fn of(rec: &VersionRecord) -> Self {
+        Self {
+            name: rec.name.clone(),
+            version: rec.version,
+            kind: rec.kind,
+            deleted: rec.is_delete_marker(),
+        }
+    }
+}
+
+/// What a follower of changes hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeEvent {
+    Changed(Change),
+    /// Changes were lost (the follower fell behind, or a broker connection was re-made):
+    /// whatever it cached may be stale.
+    Missed,
+}
+
 /// One entry of a listing page: the latest live version of a name.
 pub type ListEntry = VersionRecord;
 

@@ -275,4 +275,8 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
         self.faults.before(Op::List).await?;
         self.inner.list(query).await
     }
+
+    async fn changes(&self) -> StoreResult<crate::ChangeStream> {
+        self.inner.changes().await
+    }
 }

@@ -106,6 +106,9 @@ pub type UploadBody = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// Version records, in order.
 pub type RecordStream = Pin<Box<dyn Stream<Item = StoreResult<VersionRecord>> + Send>>;
 
+/// The changes made to a store, as they happen (see [`ObjectStore::changes`]).
+pub type ChangeStream = Pin<Box<dyn Stream<Item = dos_protocol::ChangeEvent> + Send>>;
+
 /// The content a write sends: its SHA-256 and size, known before the first byte (the store
 /// checks both and stores nothing on a mismatch), and the bytes.
 pub struct Content {
@@ -306,6 +309,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// One page of the latest live versions under a prefix, grouped by a delimiter.
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage>;
 
+    /// The changes anyone makes to the store from now on, as they happen: what a mount
+    /// follows to keep its caches coherent. The stream ends when the store can no longer
+    /// tell (a lost connection; follow again). A store that cannot tell at all (the
+    /// default) never yields one, and its readers rely on their attribute TTL.
+    async fn changes(&self) -> StoreResult<ChangeStream> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+
     /// Makes version `version` of `name` its latest again: a new version with that content,
     /// mode and owner, dated now. No bytes move.
     async fn restore(&self, name: &ObjectName, version: u64) -> StoreResult<VersionRecord> {
@@ -453,6 +464,10 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
 
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
         (**self).list(query).await
+    }
+
+    async fn changes(&self) -> StoreResult<ChangeStream> {
+        (**self).changes().await
     }
 
     async fn restore(&self, name: &ObjectName, version: u64) -> StoreResult<VersionRecord> {

@@ -27,6 +27,8 @@ struct State {
     contents: HashMap<ContentHash, Bytes>,
     uploads: HashMap<String, Upload>,
     next_upload: u64,
+    /// Followers of changes (made at the first [`ObjectStore::changes`]).
+    changes: Option<tokio::sync::broadcast::Sender<dos_protocol::ChangeEvent>>,
 }
 
 struct Upload {
@@ -105,6 +107,11 @@ fn add_version(
         list.pop();
     }
     list.push(rec.clone());
+    if let Some(tx) = &state.changes {
+        let _ = tx.send(dos_protocol::ChangeEvent::Changed(
+            dos_protocol::Change::of(&rec),
+        ));
+    }
     rec
 }
 
@@ -436,6 +443,22 @@ impl ObjectStore for MemoryStore {
     async fn versions(&self, name: &ObjectName) -> StoreResult<RecordStream> {
         let list = self.state().versions.get(name).cloned().unwrap_or_default();
         Ok(Box::pin(futures::stream::iter(list.into_iter().map(Ok))))
+    }
+
+    async fn changes(&self) -> StoreResult<crate::ChangeStream> {
+        let rx = self
+            .state()
+            .changes
+            .get_or_insert_with(|| tokio::sync::broadcast::channel(4096).0)
+            .subscribe();
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            match rx.recv().await {
+                Ok(e) => Some((e, rx)),
+                Err(RecvError::Lagged(_)) => Some((dos_protocol::ChangeEvent::Missed, rx)),
+                Err(RecvError::Closed) => None,
+            }
+        })))
     }
 
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {

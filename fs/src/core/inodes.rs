@@ -116,6 +116,11 @@ impl Inodes {
         self.by_ino.insert(ino, key);
     }
 
+    /// The number of `path` if the table holds it (the kernel may know it), else `None`.
+    pub fn known(&self, path: &str) -> Option<u64> {
+        self.by_key.get(&NodeKey::Path(path.to_string())).copied()
+    }
+
     /// The number `key` has, or would get now, without entering it (for listings).
     pub fn peek(&self, key: &NodeKey) -> u64 {
         self.by_key

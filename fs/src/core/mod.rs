@@ -205,6 +205,15 @@ pub(crate) enum Entry {
 /// The longest path a symlink may hold (Linux's `PATH_MAX`, with its NUL).
 const PATH_MAX: usize = 4095;
 
+/// What the kernel should drop after a change made elsewhere (see [`FsCore::changed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidate {
+    /// The attributes and cached pages of an inode.
+    Inode(u64),
+    /// The name `name` in directory `parent` (a positive or negative entry).
+    Entry { parent: u64, name: String },
+}
+
 /// A node about to be made by `create_object`.
 struct New {
     kind: EntryKind,
@@ -671,6 +680,67 @@ impl FsCore {
             }
         }
         Ok((owner, mode))
+    }
+
+    /// The changes anyone makes to the store, as they happen (see [`Self::changed`]).
+    pub async fn changes(&self) -> FsResult<dos_store::ChangeStream> {
+        Ok(self.store.changes().await?)
+    }
+
+    /// Someone changed the store (`event`, from [`Self::changes`]): what this mount cached of
+    /// it goes, and the returned entries and inodes are what the kernel should drop, so the
+    /// change shows here at once rather than after the attribute TTL. Changes this mount
+    /// made itself, and files it has open for writing, are left alone.
+    pub fn changed(&self, event: &dos_protocol::ChangeEvent) -> Vec<Invalidate> {
+        let change = match event {
+            dos_protocol::ChangeEvent::Missed => {
+                // Whatever was cached may be stale: it is asked for again.
+                lock(&self.entries).clear();
+                lock(&self.groups).clear();
+                return Vec::new();
+            }
+            dos_protocol::ChangeEvent::Changed(c) => c,
+        };
+        let path = change.name.as_str();
+        if let Some(group) = path.strip_prefix(&format!("{CONTROL_DIR}/links/")) {
+            if let Ok(id) = u64::from_str_radix(group, 16) {
+                lock(&self.groups).remove(&id);
+            }
+            return Vec::new();
+        }
+        // This mount made this version, or a later one: nothing here is older than it.
+        let ours = lock(&self.saves)
+            .get(path)
+            .is_some_and(|(_, v)| *v >= change.version);
+        if ours || self.staged_of(path).is_some() {
+            return Vec::new();
+        }
+        self.forget_entry(path);
+        let inodes = lock(&self.inodes);
+        let mut out = Vec::new();
+        if let Some(ino) = inodes.known(path) {
+            out.push(Invalidate::Inode(ino));
+        }
+        // Its entry in its directory (and the directory's times); a new name may have made
+        // directories appear, so its ancestors' entries too.
+        let mut child = path;
+        loop {
+            let (parent, name) = child.rsplit_once('/').unwrap_or(("", child));
+            if let Some(dir) = inodes.known(parent) {
+                out.push(Invalidate::Entry {
+                    parent: dir,
+                    name: name.to_string(),
+                });
+                if child == path {
+                    out.push(Invalidate::Inode(dir));
+                }
+            }
+            if parent.is_empty() || change.version > 1 {
+                break;
+            }
+            child = parent;
+        }
+        out
     }
 
     /// Attributes of a namespace path, with a file being written shown as staged.
