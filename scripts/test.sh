@@ -11,6 +11,10 @@ command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
 command -v getfattr >/dev/null 2>&1 || need_pkgs+=(attr)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v bindfs >/dev/null 2>&1 || need_pkgs+=(bindfs)
+# The multi-host tests (scripts/netns-cluster.sh): ip and tc; iptables-legacy for its
+# NFQUEUE delayer on kernels without netem.
+{ command -v ip && command -v tc; } >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v iptables-legacy >/dev/null 2>&1 || need_pkgs+=(iptables)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: please install: ${need_pkgs[*]} (apt-get install -y ${need_pkgs[*]})" >&2

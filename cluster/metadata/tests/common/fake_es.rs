@@ -83,13 +83,20 @@ pub struct FakeEs {
 }
 
 impl FakeEs {
+    /// A fake on a free port of 127.0.0.1.
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A fake listening on `addr` (port 0: a free one), e.g. the bridge address that
+    /// servers in network namespaces reach this machine on.
+    pub async fn start_on(addr: std::net::SocketAddr) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State_::default()),
             fail: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
