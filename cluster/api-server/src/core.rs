@@ -1,5 +1,6 @@
 //! The context every request and job shares: the three engines (metadata, bus, shard
-//! transport), the codec, the configuration and the handle of the repair queue. It is plain
+//! transport), the codec, the configuration, the handle of the repair queue and what this
+//! API server has learnt of its data servers (answer times, servers being drained). It is plain
 //! data: no background work lives in it (the workers belong to the server's supervisor).
 
 use std::sync::Arc;
@@ -101,4 +102,7 @@ pub struct Core {
     pub received: crate::resumable::ReceivedBlocks,
     /// Answer times and suspects among the data servers (see `health`).
     pub health: Arc<crate::health::ServerHealth>,
+    /// Data servers being drained (see `moves`): they take new shards only when six others
+    /// are not live.
+    pub draining: crate::moves::Draining,
 }

@@ -161,7 +161,11 @@ async fn empty_name() -> ApiError {
 /// collection) needs the admin token; with a data token and no admin token it is refused.
 async fn authorize(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let destructive = path == "/maintenance/retention" || path == "/maintenance/orphans";
+    // Jobs that delete data or move every shard need the admin token.
+    let destructive = path == "/maintenance/retention"
+        || path == "/maintenance/orphans"
+        || path == "/maintenance/rebalance"
+        || path.starts_with("/maintenance/drain");
     let (token, admin) = (&core.config.token, &core.config.admin_token);
     if (token.is_some() || admin.is_some()) && path != "/health" {
         let given = req
@@ -303,7 +307,7 @@ async fn run_maintenance(
     use crate::maintenance::{Job, JobParams};
     let job = Job::parse(&job).ok_or_else(|| {
         ApiError::NotFound(format!(
-            "no maintenance job {job:?}; there are scrub, retention and orphans"
+            "no maintenance job {job:?}; there are scrub, retention, orphans, rebalance and drain:SERVER_ID"
         ))
     })?;
     let config = maintenance.config();

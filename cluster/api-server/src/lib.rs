@@ -8,7 +8,8 @@
 //!   holds them. [`probe`]: asking every shard's holders, with a quorum result. [`health`]:
 //!   answer times and suspect data servers, which set the deadlines of shard calls.
 //! - [`pipeline`]: bytes between a body and six shard streams. [`stream`]: bodies going out.
-//! - [`repair`] and [`maintenance`]: the background work, run by a supervisor.
+//! - [`repair`] and [`maintenance`]: the background work, run by a supervisor; [`moves`]:
+//!   drain and rebalance, the maintenance jobs that move shards between data servers.
 //! - `http`: the thin axum adapter (the only module that knows HTTP); [`in_process`]: the same
 //!   operations as an [`dos_store::ObjectStore`] for a client in this process.
 //! - [`error`]: every failure, and its status, in one table.
@@ -19,6 +20,7 @@ pub mod health;
 mod http;
 pub mod in_process;
 pub mod maintenance;
+pub mod moves;
 pub mod objects;
 pub mod pipeline;
 pub mod placement;
@@ -84,6 +86,7 @@ impl ApiServer {
             repairs,
             received: Default::default(),
             health: Default::default(),
+            draining: Default::default(),
         });
         let workers = Arc::new(Supervisor::new());
         workers.spawn(Arc::new(repair::RepairWorker::new(

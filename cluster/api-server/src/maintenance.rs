@@ -13,13 +13,16 @@
 //!   dedup within the grace period (atomically, in the metadata engine), then their shards;
 //!   then shards no content record names, older than the grace period. Shards go to the data
 //!   server's `garbage/`, which is emptied a day later.
+//! - **drain** (of one data server) and **rebalance** move shards between data servers (see
+//!   [`crate::moves`]); they run on demand only, and stop when whoever asked goes away (a run
+//!   again continues, since they work from the placement records).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dos_metadata::VersionsFrom;
-use dos_protocol::{ContentHash, ServerInfo, TOTAL_SHARDS, now_ns, shard_len};
+use dos_protocol::{ContentHash, ServerId, ServerInfo, TOTAL_SHARDS, now_ns, shard_len};
 use dos_transport::ShardError;
 use dos_worker::Supervisor;
 use serde::Serialize;
@@ -33,29 +36,63 @@ use crate::placement;
 use crate::probe::probe;
 
 /// Which job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Job {
     Scrub,
     Retention,
     Orphans,
+    /// Move every shard off this data server (named by its id, or by the address its
+    /// heartbeats announce).
+    Drain(ServerId),
+    /// Move shards from the fullest data servers to the emptiest.
+    Rebalance,
 }
 
+/// The longest server name `drain:NAME` takes.
+const MAX_SERVER_NAME: usize = 256;
+
 impl Job {
+    /// `scrub`, `retention`, `orphans`, `rebalance`, or `drain:SERVER` (the path segment of
+    /// `POST /maintenance/JOB`).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "scrub" => Some(Self::Scrub),
             "retention" => Some(Self::Retention),
             "orphans" => Some(Self::Orphans),
-            _ => None,
+            "rebalance" => Some(Self::Rebalance),
+            _ => {
+                let server = s.strip_prefix("drain:")?.trim();
+                let fine = !server.is_empty()
+                    && server.len() <= MAX_SERVER_NAME
+                    && !server.chars().any(char::is_control);
+                fine.then(|| Self::Drain(ServerId(server.to_string())))
+            }
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Self::Scrub => "scrub",
             Self::Retention => "retention",
             Self::Orphans => "orphans",
+            Self::Drain(_) => "drain",
+            Self::Rebalance => "rebalance",
+        }
+    }
+
+    /// A run that stops when whoever started it stops watching (drop of its [`Running`]):
+    /// a long move of data is not left running unattended, and running it again continues.
+    pub fn stops_unwatched(&self) -> bool {
+        matches!(self, Self::Drain(_) | Self::Rebalance)
+    }
+}
+
+impl std::fmt::Display for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Drain(server) => write!(f, "drain of {server}"),
+            other => f.write_str(other.as_str()),
         }
     }
 }
@@ -96,8 +133,26 @@ pub struct Report {
     pub elapsed_ms: u64,
     /// Named counts (see each job), in name order.
     pub counts: BTreeMap<&'static str, u64>,
+    /// Work planned and finished so far, for a progress bar (jobs that know it ahead: drain
+    /// and rebalance count shards).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work: Option<Work>,
+    /// Shard bytes moved per second since the run started, in MiB (drain, rebalance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mib_per_sec: Option<f64>,
+    /// What the run concluded, in one line (drain: whether the server still holds anything
+    /// needed; rebalance: the spread of shards over servers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
     /// The first problems met, one line each.
     pub errors: Vec<String>,
+}
+
+/// Units of work of a run: planned (it may grow while the run finds more) and finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Work {
+    pub total: u64,
+    pub finished: u64,
 }
 
 const MAX_ERRORS: usize = 50;
@@ -114,15 +169,22 @@ impl Progress {
         })))
     }
 
-    fn update(&self, f: impl FnOnce(&mut Report)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Report)) {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    fn add(&self, what: &'static str, n: u64) {
+    pub(crate) fn add(&self, what: &'static str, n: u64) {
         self.update(|r| *r.counts.entry(what).or_default() += n);
     }
 
-    fn error(&self, line: String) {
+    /// Sets count `what` to `n`.
+    pub(crate) fn set(&self, what: &'static str, n: u64) {
+        self.update(|r| {
+            r.counts.insert(what, n);
+        });
+    }
+
+    pub(crate) fn error(&self, line: String) {
         tracing::warn!(error = %line, "maintenance");
         self.update(|r| {
             *r.counts.entry("errors").or_default() += 1;
@@ -145,7 +207,7 @@ impl Progress {
 pub struct Maintenance {
     core: Arc<Core>,
     workers: Arc<Supervisor>,
-    running: Mutex<BTreeMap<Job, Progress>>,
+    running: Mutex<BTreeMap<Job, (Progress, CancellationToken)>>,
 }
 
 /// What a started job gives its watcher.
@@ -153,6 +215,35 @@ pub struct Running {
     pub progress: Progress,
     /// Resolves when the run is over (also if it was stopped by shutdown).
     pub finished: oneshot::Receiver<()>,
+    /// Stops the run when this is dropped, for jobs that [stop unwatched](Job::stops_unwatched).
+    _stop: StopOnDrop,
+}
+
+/// Takes a run off the running list when dropped: at its end, or when it panicked (a job
+/// that cannot be started again would answer 409 until the server restarts).
+struct Finished<'a> {
+    running: &'a Mutex<BTreeMap<Job, (Progress, CancellationToken)>>,
+    job: &'a Job,
+}
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.job);
+    }
+}
+
+/// Cancels its token when dropped (a watcher that went away stops its run).
+struct StopOnDrop(Option<CancellationToken>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.cancel();
+        }
+    }
 }
 
 /// Parameters of one run.
@@ -175,51 +266,100 @@ impl Maintenance {
         &self.core.config.maintenance
     }
 
-    /// Starts `job` (it runs to the end even if nobody watches), or 409 when it is already
-    /// running here.
+    /// Starts `job`, or 409 when it is already running here. Scrub, retention and orphans run
+    /// to the end even if nobody watches; drain and rebalance stop when the [`Running`]
+    /// returned is dropped (or by [`stop`](Self::stop)).
     pub fn start(self: &Arc<Self>, job: Job, params: JobParams) -> ApiResult<Running> {
-        let progress = Progress::new(job);
+        let progress = Progress::new(job.clone());
+        let user_stop = CancellationToken::new();
         {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
             if running.contains_key(&job) {
                 return Err(ApiError::Conflict(format!(
-                    "a {} run is already in progress on this API server",
-                    job.as_str()
+                    "a {job} run is already in progress on this API server"
                 )));
             }
-            running.insert(job, progress.clone());
+            running.insert(job.clone(), (progress.clone(), user_stop.clone()));
         }
         let (done_tx, finished) = oneshot::channel();
         let (this, p) = (self.clone(), progress.clone());
+        let stop_on_drop = StopOnDrop(job.stops_unwatched().then(|| user_stop.clone()));
         self.workers
-            .spawn_once(format!("{} run", job.as_str()), move |cancel| async move {
+            .spawn_once(format!("{job} run"), move |cancel| async move {
+                // Whatever happens to the run (a panic too), it is no longer running here.
+                let _done = Finished {
+                    running: &this.running,
+                    job: &job,
+                };
                 let core = &this.core;
                 let started = Instant::now();
-                let result = match job {
-                    Job::Scrub => scrub(core, &p, &cancel).await,
-                    Job::Retention => retention(core, params.keep, &p, &cancel).await,
-                    Job::Orphans => orphans(core, params.grace, &p, &cancel).await,
+                // Stopped by shutdown (`cancel`) or by whoever asked (`user_stop`), always
+                // between two steps.
+                let stop = cancel.child_token();
+                let work = async {
+                    match &job {
+                        Job::Scrub => scrub(core, &p, &stop).await,
+                        Job::Retention => retention(core, params.keep, &p, &stop).await,
+                        Job::Orphans => orphans(core, params.grace, &p, &stop).await,
+                        Job::Drain(server) => {
+                            crate::moves::drain(core, server, &p, &stop, started).await
+                        }
+                        Job::Rebalance => crate::moves::rebalance(core, &p, &stop, started).await,
+                    }
+                };
+                tokio::pin!(work);
+                let result = tokio::select! {
+                    r = &mut work => r,
+                    _ = user_stop.cancelled() => {
+                        stop.cancel();
+                        work.await
+                    }
                 };
                 if let Err(e) = result {
                     p.error(format!("stopped: {}", e.public_message()));
                 }
                 if cancel.is_cancelled() {
                     p.error("stopped: the server is shutting down".into());
+                } else if user_stop.is_cancelled() {
+                    p.error("stopped before the end; run it again to continue".into());
                 }
                 p.update(|r| {
                     r.done = true;
                     r.elapsed_ms = started.elapsed().as_millis() as u64;
                 });
                 let report = p.snapshot();
-                tracing::info!(job = job.as_str(), counts = ?report.counts, "maintenance run finished");
-                this.running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&job);
+                tracing::info!(job = %job, counts = ?report.counts, "maintenance run finished");
+                drop(_done);
                 // Nobody may be waiting.
                 let _ = done_tx.send(());
             });
-        Ok(Running { progress, finished })
+        Ok(Running {
+            progress,
+            finished,
+            _stop: stop_on_drop,
+        })
+    }
+
+    /// Asks a run of `job` on this server to stop between two steps; `false` when none runs.
+    pub fn stop(&self, job: &Job) -> bool {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match running.get(job) {
+            Some((_, stop)) => {
+                stop.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The jobs running on this server now, each with its report so far.
+    pub fn running(&self) -> Vec<(Job, Report)> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(job, (p, _))| (job.clone(), p.snapshot()))
+            .collect()
     }
 
     /// Starts the background runs of the jobs whose interval is set, each first one interval
@@ -239,9 +379,9 @@ impl Maintenance {
             let this = self.clone();
             let name = format!("{} schedule", job.as_str());
             self.workers.spawn(dos_worker::every(name, every, move || {
-                let this = this.clone();
+                let (this, job) = (this.clone(), job.clone());
                 async move {
-                    match this.start(job, params) {
+                    match this.start(job.clone(), params) {
                         Ok(run) => {
                             // Ends with the run, or when shutdown drops it.
                             let _ = run.finished.await;

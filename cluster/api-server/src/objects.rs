@@ -267,7 +267,7 @@ pub async fn open_read(
     let decoder = Decoder::open(core.shards.clone(), core.codec.clone(), plan).await;
     match decoder {
         Ok(d) => {
-            if !d.faults().is_empty() {
+            if d.degraded() {
                 core.repairs.request(content.hash);
             }
             Ok(d)

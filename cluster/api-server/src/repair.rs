@@ -200,7 +200,10 @@ pub async fn rebuild(
     holding: &[ServerInfo],
 ) -> ApiResult<RepairOutcome> {
     let hash = content.hash;
-    let targets = placement::repair_targets(&core.bus.live_servers(), holding, bad);
+    // Servers being drained take a rebuilt shard only when no other can.
+    let mut live = core.bus.live_servers();
+    core.draining.last(&mut live);
+    let targets = placement::repair_targets(&live, holding, bad);
     for (shard, _) in bad {
         if !targets.iter().any(|(s, _)| s == shard) {
             tracing::info!(%hash, shard, "no live server can take this shard now; repair postponed");
@@ -210,33 +213,7 @@ pub async fn rebuild(
         return Ok(RepairOutcome::default());
     }
     let want: Vec<u8> = targets.iter().map(|(s, _)| *s).collect();
-    let plan = ReadPlan {
-        hash,
-        size: content.size,
-        holders,
-        first_block: 0,
-        end_block: block_count(content.size),
-        stall_timeout: core.config.shard_stall_timeout,
-        blocks: content.blocks.clone(),
-        health: core.health.clone(),
-    };
-    let length = shard_len(content.size);
-    let (shards, codec, w) = (&core.shards, &core.codec, &want);
-    store_content(
-        shards,
-        Deadlines::of(core).without_spares(),
-        &hash,
-        &targets,
-        Some(length),
-        |mut writers| async move {
-            let mut decoder = Decoder::open(shards.clone(), codec.clone(), plan).await?;
-            while let Some(pieces) = decoder.next_pieces(w).await? {
-                writers.send(pieces).await?;
-            }
-            Ok((((), length), writers))
-        },
-    )
-    .await?;
+    rebuild_onto(core, content, holders, &targets).await?;
     // The placement records the new homes only where it still names what this repair read.
     let moves: Vec<PlacementMove> = targets
         .iter()
@@ -258,4 +235,45 @@ pub async fn rebuild(
         tracing::info!(%hash, "placement changed during repair; the other change is kept (locate finds these shards)");
     }
     Ok(RepairOutcome { rebuilt: want })
+}
+
+/// Decodes `content` from `holders` and stores each shard of `targets` on its server,
+/// committed durably; the placement is left to the caller. The path of repair, and of a
+/// drain or rebalance whose old copy cannot be read.
+pub async fn rebuild_onto(
+    core: &Core,
+    content: &ContentRecord,
+    holders: Holders,
+    targets: &[(u8, ServerInfo)],
+) -> ApiResult<()> {
+    let hash = content.hash;
+    let want: Vec<u8> = targets.iter().map(|(s, _)| *s).collect();
+    let plan = ReadPlan {
+        hash,
+        size: content.size,
+        holders,
+        first_block: 0,
+        end_block: block_count(content.size),
+        stall_timeout: core.config.shard_stall_timeout,
+        blocks: content.blocks.clone(),
+        health: core.health.clone(),
+    };
+    let length = shard_len(content.size);
+    let (shards, codec, w) = (&core.shards, &core.codec, &want);
+    store_content(
+        shards,
+        Deadlines::of(core).without_spares(),
+        &hash,
+        targets,
+        Some(length),
+        |mut writers| async move {
+            let mut decoder = Decoder::open(shards.clone(), codec.clone(), plan).await?;
+            while let Some(pieces) = decoder.next_pieces(w).await? {
+                writers.send(pieces).await?;
+            }
+            Ok((((), length), writers))
+        },
+    )
+    .await?;
+    Ok(())
 }

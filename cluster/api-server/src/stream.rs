@@ -96,7 +96,7 @@ pub fn object_bytes(
                 }
             }
         }
-        if !decoder.faults().is_empty() {
+        if decoder.degraded() {
             repairs.request_with(decoder.hash(), decoder.wrong_shards());
         }
     }));

@@ -67,6 +67,11 @@ enum Command {
         /// (`in-process`), or HTTP on loopback ports, as a cluster of processes does (`http`).
         #[arg(long, env = "DOS_SHARD_PATH", value_enum, default_value_t = ShardPathArg::InProcess)]
         shard_path: ShardPathArg,
+        /// How many data servers (ROOT/data1 … dataN; at least six). Raising it on a used
+        /// root adds empty servers (`maintain --rebalance` spreads data onto them); with
+        /// seven or more, `maintain --drain` can empty one.
+        #[arg(long, env = "DOS_DATA_SERVERS", default_value_t = 6, value_parser = clap::value_parser!(u16).range(6..=64))]
+        data_servers: u16,
     },
     /// Run one API server of a cluster: finds data servers over RabbitMQ, keeps metadata in
     /// Elasticsearch (or, without ES_SERVER, in an embedded database: one API server only).
@@ -138,8 +143,8 @@ enum Command {
         tls: ServeTlsArgs,
     },
     /// Run maintenance jobs now on an API server, showing progress and a summary: retention,
-    /// then orphan collection, then scrub (in that order when several are asked for).
-    /// Exits with status 1 if any job reports errors.
+    /// then orphan collection, drain, rebalance and scrub (in that order when several are
+    /// asked for). Exits with status 1 if any job reports errors.
     Maintain {
         /// The API server.
         #[arg(long, env = "DOS_API", default_value = "http://127.0.0.1:23333")]
@@ -166,6 +171,17 @@ enum Command {
         /// (default: the server's --orphans-grace). `0s` for tests only.
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<Duration>,
+        /// Copy every shard this data server holds (its id, as in its STORAGE_ROOT/server-id,
+        /// or the host:port it announces) to live servers holding no shard of the object,
+        /// until it holds nothing anyone needs and can be removed. Ctrl-C stops it; running
+        /// it again continues.
+        #[arg(long, value_name = "SERVER_ID")]
+        drain: Option<String>,
+        /// Move shards from the fullest data servers to the emptiest (after adding servers)
+        /// until every server holds about as many. Ctrl-C stops it; running it again
+        /// continues.
+        #[arg(long)]
+        rebalance: bool,
     },
     /// Declare the RabbitMQ exchanges and create the Elasticsearch indices (idempotent).
     Setup {
@@ -284,6 +300,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             maintenance,
             temp_ttl,
             shard_path,
+            data_servers,
         } => {
             dos_server::secret::private_dir(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
@@ -324,6 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.admin_token = admin_token;
             config.maintenance = maintenance.config();
             config.shard_path = shard_path.into();
+            config.data_servers = usize::from(data_servers);
             run_local(config).await
         }
         Command::Api {
@@ -407,6 +425,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             retention,
             orphans,
             grace,
+            drain,
+            rebalance,
         } => {
             let token = match token_file {
                 Some(path) => Some(
@@ -418,7 +438,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => token,
             };
             let ca = tls_ca(ca.as_deref())?;
-            run_maintain(&api, token, ca, scrub, retention, orphans, grace).await
+            let jobs = MaintainJobs {
+                scrub,
+                retention,
+                orphans,
+                grace,
+                drain,
+                rebalance,
+            };
+            run_maintain(&api, token, ca, jobs).await
         }
         Command::Setup {
             rabbitmq,
@@ -517,20 +545,41 @@ async fn run_data(config: DataServerConfig, rabbitmq: &str) -> anyhow::Result<()
     Ok(())
 }
 
-async fn run_maintain(
-    api: &str,
-    token: Option<String>,
-    tls: Option<rustls::ClientConfig>,
+/// What `dos-server maintain` was asked to run.
+struct MaintainJobs {
     scrub: bool,
     retention: Option<u64>,
     orphans: bool,
     grace: Option<Duration>,
+    drain: Option<String>,
+    rebalance: bool,
+}
+
+async fn run_maintain(
+    api: &str,
+    token: Option<String>,
+    tls: Option<rustls::ClientConfig>,
+    jobs: MaintainJobs,
 ) -> anyhow::Result<()> {
-    if !scrub && retention.is_none() && !orphans {
-        anyhow::bail!("nothing to do: give --scrub, --retention [N] and/or --orphans");
+    let MaintainJobs {
+        scrub,
+        retention,
+        orphans,
+        grace,
+        drain,
+        rebalance,
+    } = jobs;
+    let drain = drain.map(|d| d.trim().to_string());
+    if !scrub && retention.is_none() && !orphans && drain.is_none() && !rebalance {
+        anyhow::bail!(
+            "nothing to do: give --scrub, --retention [N], --orphans, --drain SERVER_ID and/or --rebalance"
+        );
     }
     if retention == Some(0) {
         anyhow::bail!("--retention must keep at least 1 version");
+    }
+    if drain.as_deref() == Some("") {
+        anyhow::bail!("--drain needs the id of a data server (its STORAGE_ROOT/server-id)");
     }
     let mut builder = dos_client::Client::builder(api.to_string());
     if let Some(t) = token.filter(|t| !t.is_empty()) {
@@ -546,6 +595,13 @@ async fn run_maintain(
     }
     if orphans {
         failed |= run_job(&client, api, "orphans", None, grace).await?;
+    }
+    if let Some(server) = drain {
+        // The server rides in the job's path segment: `POST /maintenance/drain:ID`.
+        failed |= run_job(&client, api, &format!("drain:{server}"), None, None).await?;
+    }
+    if rebalance {
+        failed |= run_job(&client, api, "rebalance", None, None).await?;
     }
     if scrub {
         failed |= run_job(&client, api, "scrub", None, None).await?;
@@ -574,8 +630,10 @@ async fn run_setup(rabbitmq: &str, es_server: Option<String>) -> anyhow::Result<
     Ok(())
 }
 
-/// Runs one job, printing its progress on stderr and its summary on stdout. `Ok(true)` when
-/// the job reported errors.
+/// Runs one job, printing its progress on stderr (a bar when stderr is a terminal, a line a
+/// second otherwise) and its summary on stdout. `Ok(true)` when the job reported errors.
+/// Ctrl-C stops watching: a drain or rebalance stops with it (the server notices the closed
+/// connection), the other jobs go on on the server.
 async fn run_job(
     client: &dos_client::Client,
     api: &str,
@@ -585,33 +643,67 @@ async fn run_job(
 ) -> anyhow::Result<bool> {
     use futures::TryStreamExt as _;
     use std::io::IsTerminal as _;
-    let tty = std::io::stderr().is_terminal();
+    let name = job.replacen(':', " of ", 1);
+    let stops_with_us = job.starts_with("drain:") || job == "rebalance";
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(spinner_style());
+        bar.set_prefix(name.clone());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
     let mut reports = client
         .maintenance(job, keep, grace)
         .await
-        .with_context(|| format!("starting {job} on {api}"))?;
+        .with_context(|| format!("starting {name} on {api}"))?;
     let mut last = None;
-    while let Some(report) = reports
-        .try_next()
-        .await
-        .with_context(|| format!("{job} on {api}: lost the connection (the job goes on)"))?
-    {
-        if report["done"] != serde_json::Value::Bool(true) {
-            let line = format!("{job}: {}", counts_line(&report));
-            if tty {
-                eprint!("\r\x1b[2K{line}");
-            } else {
-                eprintln!("{line}");
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let next = tokio::select! {
+            next = reports.try_next() => next,
+            _ = &mut ctrl_c => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                drop(reports);
+                if stops_with_us {
+                    anyhow::bail!(
+                        "{name} stopped (Ctrl-C); what was moved stays moved: run the same command again to continue"
+                    );
+                }
+                anyhow::bail!("stopped watching (Ctrl-C); {name} goes on on {api}");
             }
+        };
+        let Some(report) = next
+            .with_context(|| format!("{name} on {api}: lost the connection (the job goes on)"))?
+        else {
+            break;
+        };
+        if report["done"] != serde_json::Value::Bool(true) {
+            show_progress(bar.as_ref(), &name, &report);
         }
         last = Some(report);
     }
-    if tty {
-        eprint!("\r\x1b[2K");
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
     }
     let report = last.context("the API server sent no report")?;
+    if report["done"] != serde_json::Value::Bool(true) {
+        anyhow::bail!(
+            "{name} on {api} ended without its last report (see the API server's log); last counts: {}",
+            counts_line(&report)
+        );
+    }
     let secs = report["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
-    println!("{job} finished in {secs:.1} s: {}", counts_line(&report));
+    println!("{name} finished in {secs:.1} s: {}", counts_line(&report));
+    if let Some(rate) = report["mib_per_sec"].as_f64() {
+        println!("  {rate:.1} MiB/s of shard bytes moved");
+    }
+    if let Some(verdict) = report["verdict"].as_str() {
+        println!("  {verdict}");
+    }
     let errors: Vec<&str> = report["errors"]
         .as_array()
         .map(|a| a.iter().filter_map(|e| e.as_str()).collect())
@@ -620,6 +712,56 @@ async fn run_job(
         println!("  error: {e}");
     }
     Ok(!errors.is_empty())
+}
+
+/// A spinner with the job's name and counts, until its work is known.
+fn spinner_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+/// A bar of the work done, with throughput and time left.
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} shards, {msg}, {eta} left",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+}
+
+/// One progress report: on the bar when there is one, else as a line on stderr.
+fn show_progress(bar: Option<&indicatif::ProgressBar>, name: &str, report: &serde_json::Value) {
+    let work = report["work"]["total"]
+        .as_u64()
+        .zip(report["work"]["finished"].as_u64());
+    let rate = report["mib_per_sec"]
+        .as_f64()
+        .map(|r| format!("{r:.1} MiB/s"));
+    match bar {
+        Some(bar) => {
+            if let Some((total, finished)) = work {
+                if bar.length().is_none() {
+                    bar.set_style(bar_style());
+                }
+                bar.set_length(total);
+                bar.set_position(finished);
+                bar.set_message(rate.unwrap_or_else(|| "starting".into()));
+            } else {
+                bar.set_message(counts_line(report));
+            }
+        }
+        None => {
+            let mut line = format!("{name}: ");
+            if let Some((total, finished)) = work {
+                line.push_str(&format!("{finished}/{total} shards, "));
+            }
+            if let Some(rate) = rate {
+                line.push_str(&format!("{rate}, "));
+            }
+            line.push_str(&counts_line(report));
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// `name value, name value …` of a report's counts.

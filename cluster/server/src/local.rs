@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dos_api_server::maintenance::MaintenanceConfig;
-use dos_api_server::{ApiConfig, ApiServer, Core, InProcessStore};
+use dos_api_server::{ApiConfig, ApiServer, Core, InProcessStore, Maintenance};
 use dos_bus::memory::MemoryBus;
 use dos_data_server::{DataServer, DataServerConfig, Interface, LocalShards};
 use dos_metadata::sqlite::SqliteStore;
@@ -138,6 +138,8 @@ pub struct LocalCluster {
 
 /// What starting (or restarting) a data server of the cluster needs.
 struct DataStart {
+    /// The cluster's folder (a data server added later gets `ROOT/dataN` in it).
+    root: PathBuf,
     roots: Vec<PathBuf>,
     bus: Arc<MemoryBus>,
     secret: Vec<u8>,
@@ -196,6 +198,7 @@ impl LocalCluster {
             None => transport,
         };
         let start = DataStart {
+            root: config.root.clone(),
             roots: (1..=config.data_servers)
                 .map(|i| config.root.join(format!("data{i}")))
                 .collect(),
@@ -234,6 +237,11 @@ impl LocalCluster {
         self.api.core()
     }
 
+    /// The API server's maintenance jobs (to start, watch and stop runs in process).
+    pub fn maintenance(&self) -> Arc<Maintenance> {
+        self.api.maintenance()
+    }
+
     /// The store, for a client in this process: the API server's core called directly.
     pub fn store(&self) -> InProcessStore {
         self.api.in_process_store()
@@ -266,6 +274,26 @@ impl LocalCluster {
             self.data[i] = Some(ds);
         }
         Ok(())
+    }
+
+    /// Adds a data server on a new folder, `ROOT/dataN` (N = how many there were, plus one),
+    /// and starts it; it is live at once. Returns its index. A cluster started later on the
+    /// same root with `data_servers` = N keeps it.
+    pub async fn add_data_server(&mut self) -> Result<usize, LocalError> {
+        let i = self.start.roots.len();
+        self.start
+            .roots
+            .push(self.start.root.join(format!("data{}", i + 1)));
+        match self.start.start(i).await {
+            Ok(ds) => {
+                self.data.push(Some(ds));
+                Ok(i)
+            }
+            Err(e) => {
+                self.start.roots.pop();
+                Err(e)
+            }
+        }
     }
 
     /// Stops the API server, then every data server.

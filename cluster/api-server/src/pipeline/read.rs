@@ -107,6 +107,12 @@ impl Decoder {
         self.plan.hash
     }
 
+    /// Whether a parity shard stands in for a data shard (one failed, or was passed over
+    /// as slow or on a suspect server): the content may need a repair, which probes first.
+    pub fn degraded(&self) -> bool {
+        self.active[..DATA_SHARDS].iter().any(Option::is_none) || !self.faults().is_empty()
+    }
+
     /// Shards found bad so far, for repair.
     pub fn faults(&self) -> Vec<(u8, ShardFault)> {
         self.failed
