@@ -1072,19 +1072,31 @@ fn symlinks() {
     );
 }
 
+/// link(2) where Linux refuses it: onto an existing name (EEXIST), of a directory (EPERM);
+/// nothing changes.
 #[test]
-fn hard_link_is_an_error() {
+fn hard_link_errors_change_nothing() {
     let m = Mount::new();
     std::fs::write(m.path("a"), b"a\n").unwrap();
+    std::fs::write(m.path("b"), b"b\n").unwrap();
+    std::fs::create_dir(m.path("d")).unwrap();
     let e = std::fs::hard_link(m.path("a"), m.path("b")).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "link(2): {e}");
-    let out = sh_out(&m.mp, "ln a b");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Operation not permitted"), "ln: {stderr}");
-    assert_eq!(errno(std::fs::metadata(m.path("b"))), Some(libc::ENOENT));
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EEXIST),
+        "link onto a name: {e}"
+    );
+    let e = std::fs::hard_link(m.path("d"), m.path("d2")).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EPERM),
+        "link of a directory: {e}"
+    );
+    assert_eq!(errno(std::fs::metadata(m.path("d2"))), Some(libc::ENOENT));
     assert_eq!(read(&m.path("a")), b"a\n");
-    assert_eq!(m.rest().get("b"), None);
+    assert_eq!(read(&m.path("b")), b"b\n");
+    assert_eq!(std::fs::metadata(m.path("a")).unwrap().nlink(), 1);
+    assert_eq!(m.rest().get("d2"), None);
 }
 
 #[test]
