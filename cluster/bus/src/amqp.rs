@@ -299,6 +299,24 @@ impl AmqpBus {
         self.shared.current().is_ok()
     }
 
+    /// Publishes `message` as JSON, sealed for `purpose`, to fanout `exchange`.
+    async fn publish_sealed<T: serde::Serialize + Sync>(
+        &self,
+        exchange: &str,
+        purpose: &str,
+        message: &T,
+    ) -> Result<(), BusError> {
+        let session = self.shared.current()?;
+        let body = serde_json::to_vec(message)
+            .map_err(|e| BusError::Unavailable(format!("cannot encode a {purpose}: {e}")))?;
+        let body = self.shared.sealer.seal(purpose, &body);
+        let props = BasicProperties::default().with_content_type(JSON.into());
+        let deadline = Instant::now() + self.shared.config.op_timeout;
+        self.shared
+            .publish(&session, exchange, "", &body, props, deadline)
+            .await
+    }
+
     /// Messages dropped because they were unsigned, forged, stale, replayed or named an
     /// address that is not `host:port`.
     pub fn rejected_messages(&self) -> u64 {
@@ -309,22 +327,8 @@ impl AmqpBus {
 #[async_trait]
 impl Bus for AmqpBus {
     async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError> {
-        let session = self.shared.current()?;
-        let body = serde_json::to_vec(server)
-            .map_err(|e| BusError::Unavailable(format!("cannot encode heartbeat: {e}")))?;
-        let body = self.shared.sealer.seal(HEARTBEAT, &body);
-        let props = BasicProperties::default().with_content_type(JSON.into());
-        let deadline = Instant::now() + self.shared.config.op_timeout;
-        self.shared
-            .publish(
-                &session,
-                &self.shared.config.api_exchange,
-                "",
-                &body,
-                props,
-                deadline,
-            )
-            .await
+        let exchange = &self.shared.config.api_exchange;
+        self.publish_sealed(exchange, HEARTBEAT, server).await
     }
 
     async fn serve_locate(
@@ -462,22 +466,8 @@ impl Bus for AmqpBus {
     }
 
     async fn publish_change(&self, change: &Change) -> Result<(), BusError> {
-        let session = self.shared.current()?;
-        let body = serde_json::to_vec(change)
-            .map_err(|e| BusError::Unavailable(format!("cannot encode a change: {e}")))?;
-        let body = self.shared.sealer.seal(CHANGE, &body);
-        let props = BasicProperties::default().with_content_type(JSON.into());
-        let deadline = Instant::now() + self.shared.config.op_timeout;
-        self.shared
-            .publish(
-                &session,
-                &self.shared.config.changes_exchange,
-                "",
-                &body,
-                props,
-                deadline,
-            )
-            .await
+        let exchange = &self.shared.config.changes_exchange;
+        self.publish_sealed(exchange, CHANGE, change).await
     }
 
     fn changes(&self) -> crate::ChangeStream {
