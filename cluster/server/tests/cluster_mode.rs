@@ -298,9 +298,10 @@ async fn cluster_of_processes() {
     }
 
     // Broker restart: the cluster serves again within 30 s, no server restarted.
+    let _restart = StartAppOnDrop;
     assert!(rabbitmqctl(&["stop_app"]));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(rabbitmqctl(&["start_app"]));
+    assert!(restart_broker_app(), "rabbitmqctl start_app");
     let took = wait_for(
         "writes after the broker came back",
         Duration::from_secs(30),

@@ -318,10 +318,11 @@ async fn faults_in_cluster_mode() {
     // 4. RabbitMQ restarted under load.
     let load = start_load(&client, &ledger, 3, 100);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let _restart = StartAppOnDrop;
     assert!(rabbitmqctl(&["stop_app"]), "rabbitmqctl stop_app");
     eprintln!("[faults] broker stopped");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(rabbitmqctl(&["start_app"]), "rabbitmqctl start_app");
+    assert!(restart_broker_app(), "rabbitmqctl start_app");
     eprintln!("[faults] broker started");
     wait_for(
         "servers back after the broker restart",

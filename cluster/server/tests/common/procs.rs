@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dos-server");
@@ -32,13 +32,59 @@ pub fn free_port() -> u16 {
 }
 
 pub fn rabbitmqctl(args: &[&str]) -> bool {
-    Command::new("rabbitmqctl")
+    match rabbitmqctl_output(args) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("rabbitmqctl {}: {e}", args.join(" "));
+            false
+        }
+    }
+}
+
+fn rabbitmqctl_output(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("rabbitmqctl")
         .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Starts the broker's application again after `stop_app`, retrying for up to 60 s: on a
+/// loaded machine `start_app` can fail while the node is still finishing the stop.
+pub fn restart_broker_app() -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match rabbitmqctl_output(&["start_app"]) {
+            Ok(()) => return rabbitmqctl(&["await_startup"]),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("rabbitmqctl start_app failed, retrying: {e}");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Err(e) => {
+                eprintln!("rabbitmqctl start_app: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+/// Starts the broker's application when dropped, so a test that fails between `stop_app` and
+/// `start_app` does not leave the broker down for the tests after it.
+pub struct StartAppOnDrop;
+
+impl Drop for StartAppOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+    }
 }
 
 /// A private broker vhost, an in-test Elasticsearch and a scratch directory for a cluster of
