@@ -75,12 +75,14 @@ impl Draining {
         self.set().remove(id);
     }
 
-    /// `servers` with the ones being drained moved to the end (otherwise in the same order),
-    /// so that taking the first six leaves them out while six others are live.
-    pub fn last(&self, servers: &mut [ServerInfo]) {
+    /// `servers` with the ones being drained (by a drain running here, or `heard`: as their
+    /// own heartbeats say, whichever API server drains them) moved to the end (otherwise in
+    /// the same order), so that taking the first six leaves them out while six others are
+    /// live.
+    pub fn last(&self, servers: &mut [ServerInfo], heard: &[ServerId]) {
         let set = self.set();
-        if !set.is_empty() {
-            servers.sort_by_key(|s| set.contains(&s.id));
+        if !set.is_empty() || !heard.is_empty() {
+            servers.sort_by_key(|s| set.contains(&s.id) || heard.contains(&s.id));
         }
     }
 }
@@ -116,12 +118,27 @@ pub async fn drain(
             "no live data server is {server} and no placement names it"
         )));
     }
+    // This API server places nothing new there from now on, and the server says it is being
+    // drained in its heartbeats, to every API server; it stays marked when the drain ends,
+    // until it restarts (removed, or back in service).
     core.draining.add(&id);
+    let info = live.iter().find(|s| s.id == id);
+    let marked = match info {
+        Some(info) => mark_draining(core, info, true).await,
+        None => false,
+    };
     let result = run_passes(core, &policy, &mut scan, p, cancel, started).await;
     if cancel.is_cancelled() {
         // A drain stopped half way gives the server back to new writes until it runs again.
         core.draining.remove(&id);
+        if let Some(info) = info {
+            mark_draining(core, info, false).await;
+        }
         return result;
+    }
+    if marked && core.bus.draining_servers().contains(&id) {
+        // Its heartbeats carry the mark now (and end with its restart).
+        core.draining.remove(&id);
     }
     result?;
     p.set("needed_left", scan.work);
@@ -268,10 +285,11 @@ struct Scan {
 impl Scan {
     /// Live servers that may take shards: not being drained.
     fn eligible(&self, core: &Core) -> Vec<ServerInfo> {
+        let heard = core.bus.draining_servers();
         core.bus
             .live_servers()
             .into_iter()
-            .filter(|s| !core.draining.contains(&s.id))
+            .filter(|s| !core.draining.contains(&s.id) && !heard.contains(&s.id))
             .collect()
     }
 
@@ -775,6 +793,19 @@ async fn copy_raw(
 }
 
 /// How many shards `server` holds (committed, whether or not a record names them).
+/// Asks `server` to announce that it is being drained (or not). Without it (an older data
+/// server, or one that does not answer) only this API server knows, which the drain's
+/// further passes make up for.
+async fn mark_draining(core: &Core, server: &ServerInfo, draining: bool) -> bool {
+    match core.shards.set_draining(server, draining).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(server = %server.id, draining, error = %e, "could not set the drain mark on the data server; other API servers may still place shards there");
+            false
+        }
+    }
+}
+
 async fn held(core: &Core, server: &ServerInfo) -> Result<u64, ShardError> {
     let mut after = None;
     let mut n = 0;
@@ -902,9 +933,13 @@ mod tests {
         let d = Draining::default();
         d.add(&id(1));
         let mut list: Vec<ServerInfo> = (0..4).map(server).collect();
-        d.last(&mut list);
+        d.last(&mut list, &[]);
         let order: Vec<String> = list.iter().map(|s| s.id.0.clone()).collect();
         assert_eq!(order, ["s0", "s2", "s3", "s1"]);
+        // And the ones whose heartbeats say they are drained (by another API server).
+        d.last(&mut list, &[id(0)]);
+        let order: Vec<String> = list.iter().map(|s| s.id.0.clone()).collect();
+        assert_eq!(order, ["s2", "s3", "s0", "s1"]);
         assert!(d.contains(&id(1)) && d.ids() == vec![id(1)]);
         d.remove(&id(1));
         assert!(!d.contains(&id(1)));

@@ -20,7 +20,7 @@ pub fn choose_servers(core: &Core) -> ApiResult<Vec<(u8, ServerInfo)>> {
     }
     live.shuffle(&mut rand::rng());
     core.health.suspects_last(&mut live);
-    core.draining.last(&mut live);
+    core.draining.last(&mut live, &core.bus.draining_servers());
     live.truncate(TOTAL_SHARDS);
     Ok(live
         .into_iter()

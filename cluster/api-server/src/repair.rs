@@ -202,7 +202,7 @@ pub async fn rebuild(
     let hash = content.hash;
     // Servers being drained take a rebuilt shard only when no other can.
     let mut live = core.bus.live_servers();
-    core.draining.last(&mut live);
+    core.draining.last(&mut live, &core.bus.draining_servers());
     let targets = placement::repair_targets(&live, holding, bad);
     for (shard, _) in bad {
         if !targets.iter().any(|(s, _)| s == shard) {

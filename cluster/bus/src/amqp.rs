@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dos_protocol::{Change, ContentHash, LocateReply, ServerInfo};
+use dos_protocol::{Change, ContentHash, LocateReply, ServerId, ServerInfo};
 
 use crate::seal::{Sealer, is_host_port};
 use dos_worker::{Supervisor, Worker, WorkerError};
@@ -326,9 +326,13 @@ impl AmqpBus {
 
 #[async_trait]
 impl Bus for AmqpBus {
-    async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError> {
+    async fn announce(&self, server: &ServerInfo, draining: bool) -> Result<(), BusError> {
         let exchange = &self.shared.config.api_exchange;
-        self.publish_sealed(exchange, HEARTBEAT, server).await
+        let beat = Heartbeat {
+            server: server.clone(),
+            draining,
+        };
+        self.publish_sealed(exchange, HEARTBEAT, &beat).await
     }
 
     async fn serve_locate(
@@ -382,6 +386,10 @@ impl Bus for AmqpBus {
 
     fn live_servers(&self) -> Vec<ServerInfo> {
         self.shared.live.live()
+    }
+
+    fn draining_servers(&self) -> Vec<ServerId> {
+        self.shared.live.draining()
     }
 
     async fn locate(
@@ -862,6 +870,16 @@ async fn run_replies(shared: Arc<Shared>, session: Arc<Session>, mut consumer: C
     }
 }
 
+/// What a heartbeat says: the server (as before the drain mark: a heartbeat of an older
+/// data server reads as one in service) and whether it is being drained.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    #[serde(flatten)]
+    server: ServerInfo,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    draining: bool,
+}
+
 async fn run_heartbeats(shared: Arc<Shared>, session: Arc<Session>, mut consumer: Consumer) {
     while let Some(delivery) = next_delivery(&session, &mut consumer, "heartbeat").await {
         let data = match shared.sealer.open(HEARTBEAT, &delivery.data) {
@@ -874,18 +892,20 @@ async fn run_heartbeats(shared: Arc<Shared>, session: Arc<Session>, mut consumer
                 continue;
             }
         };
-        match serde_json::from_slice::<ServerInfo>(data) {
-            Ok(server) if !server.id.0.trim().is_empty() && is_host_port(&server.addr) => {
-                shared.live.record(&server);
+        match serde_json::from_slice::<Heartbeat>(data).map(|b| (b.server, b.draining)) {
+            Ok((server, draining))
+                if !server.id.0.trim().is_empty() && is_host_port(&server.addr) =>
+            {
+                shared.live.record_as(&server, draining);
             }
-            Ok(server) if !server.addr.trim().is_empty() => {
+            Ok((server, _)) if !server.addr.trim().is_empty() => {
                 shared.bad_addresses.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     ?server,
                     "heartbeat with an address that is not host:port dropped"
                 );
             }
-            Ok(server) => warn!(?server, "heartbeat without id or address dropped"),
+            Ok((server, _)) => warn!(?server, "heartbeat without id or address dropped"),
             Err(e) => warn!(
                 body = ?String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]),
                 "malformed heartbeat dropped: {e}"

@@ -46,6 +46,7 @@ where
     Fut: Future<Output = B>,
 {
     heartbeats_make_servers_live(&factory().await).await;
+    heartbeats_carry_the_drain_mark(&factory().await).await;
     locate_finds_holders(&factory().await).await;
     concurrent_locates_do_not_mix(&factory().await).await;
     dropped_subscription_stops_answering(&factory().await).await;
@@ -101,6 +102,26 @@ pub async fn heartbeats_make_servers_live<B: Bus>(bus: &B) {
     for i in 0..3 {
         assert!(live.contains(&server(i)));
     }
+}
+
+/// A server that announces it is being drained is live and listed as draining, until a
+/// heartbeat says otherwise; plain heartbeats say "in service".
+pub async fn heartbeats_carry_the_drain_mark<B: Bus>(bus: &B) {
+    bus.heartbeat(&server(0)).await.unwrap();
+    bus.announce(&server(1), true).await.unwrap();
+    assert!(
+        eventually(|| bus.live_servers().len() >= 2 && !bus.draining_servers().is_empty()).await,
+        "both servers live, one draining"
+    );
+    assert_eq!(bus.draining_servers(), vec![server(1).id]);
+    bus.announce(&server(1), false).await.unwrap();
+    bus.announce(&server(0), true).await.unwrap();
+    assert!(
+        eventually(|| bus.draining_servers() == vec![server(0).id]).await,
+        "the marks follow the last heartbeats: {:?}",
+        bus.draining_servers()
+    );
+    assert!(bus.live_servers().contains(&server(1)));
 }
 
 pub async fn locate_finds_holders<B: Bus>(bus: &B) {

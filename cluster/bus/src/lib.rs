@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dos_protocol::{Change, ContentHash, LocateReply, ServerInfo};
+use dos_protocol::{Change, ContentHash, LocateReply, ServerId, ServerInfo};
 
 pub use live::{HEARTBEAT_EXPIRY, HEARTBEAT_INTERVAL, LiveSet};
 
@@ -74,8 +74,15 @@ impl Drop for Subscription {
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Data-server side: announces `server` as alive. Called every [`HEARTBEAT_INTERVAL`].
-    async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError>;
+    /// Data-server side: announces `server` as alive (and in service). Called every
+    /// [`HEARTBEAT_INTERVAL`].
+    async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError> {
+        self.announce(server, false).await
+    }
+
+    /// Data-server side: announces `server` as alive, and whether it is being drained (API
+    /// servers then give it no new shards while six others are live).
+    async fn announce(&self, server: &ServerInfo, draining: bool) -> Result<(), BusError>;
 
     /// Data-server side: answers locate broadcasts for `server` until the subscription drops.
     async fn serve_locate(
@@ -86,6 +93,9 @@ pub trait Bus: Send + Sync + 'static {
 
     /// API side: data servers heard from within [`HEARTBEAT_EXPIRY`].
     fn live_servers(&self) -> Vec<ServerInfo>;
+
+    /// API side: the live servers whose last heartbeat said they are being drained.
+    fn draining_servers(&self) -> Vec<ServerId>;
 
     /// API side: asks every data server which shards of `hash` it holds. Returns once every
     /// live server has answered or `timeout` has passed, with the non-empty answers.

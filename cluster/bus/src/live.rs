@@ -10,10 +10,14 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// A data server silent for this long is no longer chosen.
 pub const HEARTBEAT_EXPIRY: Duration = Duration::from_secs(15);
 
+/// A server as its last heartbeat gave it, when, and whether it said it is being drained.
+type Heard = (ServerInfo, Instant, bool);
+
 /// The data servers an API server has heard from recently. Cheap to clone (shared).
 #[derive(Clone)]
+
 pub struct LiveSet {
-    inner: Arc<Mutex<HashMap<ServerId, (ServerInfo, Instant)>>>,
+    inner: Arc<Mutex<HashMap<ServerId, Heard>>>,
     expiry: Duration,
 }
 
@@ -31,10 +35,19 @@ impl LiveSet {
         }
     }
 
-    /// Records a heartbeat; a server that moved to another address is updated.
+    /// Records a heartbeat of a server in service; a server that moved to another address
+    /// is updated.
     pub fn record(&self, server: &ServerInfo) {
+        self.record_as(server, false);
+    }
+
+    /// Records a heartbeat that says whether the server is being drained.
+    pub fn record_as(&self, server: &ServerInfo, draining: bool) {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        map.insert(server.id.clone(), (server.clone(), Instant::now()));
+        map.insert(
+            server.id.clone(),
+            (server.clone(), Instant::now(), draining),
+        );
     }
 
     /// Forgets a server at once (it said it is shutting down).
@@ -47,9 +60,24 @@ impl LiveSet {
     pub fn live(&self) -> Vec<ServerInfo> {
         let now = Instant::now();
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, (_, seen)| now.duration_since(*seen) <= self.expiry);
-        let mut out: Vec<_> = map.values().map(|(s, _)| s.clone()).collect();
+        map.retain(|_, (_, seen, _)| now.duration_since(*seen) <= self.expiry);
+        let mut out: Vec<_> = map.values().map(|(s, _, _)| s.clone()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Live servers whose last heartbeat said they are being drained, sorted.
+    pub fn draining(&self) -> Vec<ServerId> {
+        let now = Instant::now();
+        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<ServerId> = map
+            .iter()
+            .filter(|(_, (_, seen, draining))| {
+                *draining && now.duration_since(*seen) <= self.expiry
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
         out
     }
 }

@@ -41,8 +41,8 @@ impl MemoryBus {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError> {
-        self.live.record(server);
+    async fn announce(&self, server: &ServerInfo, draining: bool) -> Result<(), BusError> {
+        self.live.record_as(server, draining);
         Ok(())
     }
 
@@ -69,6 +69,10 @@ impl Bus for MemoryBus {
 
     fn live_servers(&self) -> Vec<ServerInfo> {
         self.live.live()
+    }
+
+    fn draining_servers(&self) -> Vec<ServerId> {
+        self.live.draining()
     }
 
     async fn locate(

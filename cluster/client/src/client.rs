@@ -193,6 +193,25 @@ impl Servers {
         })
     }
 
+    fn is_down(&self, i: usize) -> bool {
+        let now = std::time::Instant::now();
+        self.down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(i)
+            .is_some_and(|d| d.is_some_and(|t| t > now))
+    }
+
+    /// `url` on another server when its own is passed over (and another is not).
+    fn moved(&self, url: &str) -> Option<String> {
+        let i = self.index_of(url)?;
+        if self.bases.len() < 2 || !self.is_down(i) {
+            return None;
+        }
+        let to = self.pick();
+        (**to != *self.bases[i]).then(|| format!("{to}{}", &url[self.bases[i].len()..]))
+    }
+
     fn mark_down(&self, i: usize) {
         if let Some(d) = self
             .down_until
@@ -463,9 +482,28 @@ impl Client {
     /// Sends `rb` and returns the answer if it is a success, else the status error. With
     /// several API servers, a request that did not reach its server (or, for GET, HEAD and
     /// PUT, lost its connection before the answer) goes to the next one; a request with a
-    /// streamed body goes once.
+    /// streamed body goes once (its caller may send it again: the server is passed over from
+    /// then on), and a request for a server that is passed over goes to another one.
     async fn send(&self, method: Method, rb: RequestBuilder) -> Result<Response, ClientError> {
+        let again_when_lost = matches!(method, Method::GET | Method::HEAD | Method::PUT);
+        self.send_to_any(method, rb, again_when_lost).await
+    }
+
+    /// [`send`](Self::send), where `again_when_lost` says whether the request may be sent
+    /// again when its connection was lost before the answer (it is when sending it twice
+    /// leaves what sending it once does, as for a POST of known content: at worst a second
+    /// version of the same bytes, or an upload nobody continues, which expires).
+    async fn send_to_any(
+        &self,
+        method: Method,
+        rb: RequestBuilder,
+        again_when_lost: bool,
+    ) -> Result<Response, ClientError> {
         let mut req = rb.build()?;
+        if let Some(moved) = self.servers.moved(req.url().as_str()) {
+            *req.url_mut() = reqwest::Url::parse(&moved)
+                .map_err(|e| ClientError::InvalidInput(format!("bad URL {moved:?}: {e}")))?;
+        }
         let mut tries = self.servers.bases.len();
         let resp = loop {
             tries -= 1;
@@ -475,8 +513,7 @@ impl Client {
                 Ok(resp) => break resp,
                 Err(e) => e,
             };
-            let safe = e.is_connect()
-                || (!e.is_builder() && matches!(method, Method::GET | Method::HEAD | Method::PUT));
+            let safe = e.is_connect() || (!e.is_builder() && again_when_lost);
             match (again, at) {
                 (Some(mut next), Some(i)) if safe => {
                     self.servers.mark_down(i);
@@ -487,6 +524,10 @@ impl Client {
                         ClientError::InvalidInput(format!("bad URL {moved:?}: {e}"))
                     })?;
                     req = next;
+                }
+                (None, Some(i)) if safe && self.servers.bases.len() > 1 => {
+                    self.servers.mark_down(i);
+                    return Err(e.into());
                 }
                 _ => return Err(e.into()),
             }
@@ -529,9 +570,21 @@ impl Client {
         bytes: impl Into<Bytes>,
         attrs: &WriteAttributes,
     ) -> Result<VersionRecord, ClientError> {
-        let name = parse_name(name)?;
         let bytes = bytes.into();
         let hash = hash_bytes(&bytes).await;
+        self.put_hashed(name, hash, bytes, attrs).await
+    }
+
+    /// `PUT /objects/NAME` with `bytes` whose SHA-256 is `hash`. The body is in memory, so
+    /// with several API servers the request goes to the next one when its own is lost.
+    pub async fn put_hashed(
+        &self,
+        name: &str,
+        hash: ContentHash,
+        bytes: Bytes,
+        attrs: &WriteAttributes,
+    ) -> Result<VersionRecord, ClientError> {
+        let name = parse_name(name)?;
         let rb = self
             .request(Method::PUT, &Self::object_path(&name, None))
             .header(headers::DIGEST, hash.digest_header());
@@ -577,9 +630,20 @@ impl Client {
             path: path.to_owned(),
             source,
         };
-        let file = tokio::fs::File::open(path).await.map_err(io_err)?;
-        let body = ReaderStream::with_capacity(file.take(size), FILE_STREAM_CHUNK);
-        self.put_stream(name, hash, Some(size), body, attrs).await
+        // With several API servers, a PUT whose server is lost is sent again (the file is
+        // read again) to the next one.
+        let mut tries = self.servers.bases.len();
+        loop {
+            tries -= 1;
+            let file = tokio::fs::File::open(path).await.map_err(io_err)?;
+            let body = ReaderStream::with_capacity(file.take(size), FILE_STREAM_CHUNK);
+            match self.put_stream(name, hash, Some(size), body, attrs).await {
+                Err(e) if tries > 0 && e.went_unanswered() => {
+                    tracing::info!(error = %e, "PUT lost its API server; sending it to another");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// `DELETE /objects/NAME`: adds a delete marker and returns its record.
@@ -603,7 +667,9 @@ impl Client {
             .request(Method::POST, &Self::object_path(&name, None))
             .header(headers::DIGEST, hash.digest_header())
             .header(headers::SIZE, size);
-        let resp = self.send(Method::POST, with_attrs(rb, attrs)).await?;
+        let resp = self
+            .send_to_any(Method::POST, with_attrs(rb, attrs), true)
+            .await?;
         match resp.status() {
             StatusCode::OK => Ok(PostOutcome::Created(read_json(resp).await?)),
             StatusCode::CREATED => match header_str(&resp, LOCATION.as_str()) {
@@ -631,7 +697,9 @@ impl Client {
         let rb = self
             .request(Method::POST, &Self::object_path(&name, None))
             .header(headers::UPLOAD, "stream");
-        let resp = self.send(Method::POST, with_attrs(rb, attrs)).await?;
+        let resp = self
+            .send_to_any(Method::POST, with_attrs(rb, attrs), true)
+            .await?;
         match header_str(&resp, LOCATION.as_str()) {
             Some(loc) if resp.status() == StatusCode::CREATED && !loc.trim().is_empty() => {
                 Ok(loc.trim().into())

@@ -48,6 +48,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The request got no answer because of its connection (refused, reset, broken off),
+    /// not because of what it asked: the same request may be sent again, elsewhere.
+    pub fn went_unanswered(&self) -> bool {
+        matches!(self, Self::Transport(e) if !e.is_builder() && !e.is_decode())
+    }
+
     /// The HTTP status of a [`ClientError::Status`] error.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

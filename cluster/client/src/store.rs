@@ -16,6 +16,29 @@ use reqwest::StatusCode;
 
 use crate::{Client, ClientError};
 
+/// PUT bodies up to this size are held in memory, so that they can be sent again.
+const REPLAYABLE_PUT: u64 = 1 << 20;
+
+/// The `size` bytes of `body` (a small PUT's), in one buffer; an error if it yields more.
+async fn collect_body(mut body: UploadBody, size: u64) -> StoreResult<bytes::Bytes> {
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| StoreError::Invalid(format!("reading the body: {e}")))?;
+        len += chunk.len() as u64;
+        if len > size {
+            return Err(StoreError::Invalid(format!(
+                "the body is longer than its announced {size} bytes"
+            )));
+        }
+        chunks.push(chunk);
+    }
+    Ok(match chunks.len() {
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    })
+}
+
 /// What a client error means to a user of the store.
 pub fn store_error(e: ClientError) -> StoreError {
     let line = e.to_string();
@@ -109,6 +132,15 @@ impl ObjectStore for Client {
         attrs: &WriteAttributes,
         content: Content,
     ) -> StoreResult<VersionRecord> {
+        if content.size <= REPLAYABLE_PUT {
+            // Small enough to hold: a body in memory is sent again to another API server
+            // when the first one is lost (a stream goes once).
+            let bytes = collect_body(content.body, content.size).await?;
+            return self
+                .put_hashed(name.as_str(), content.hash, bytes, attrs)
+                .await
+                .map_err(store_error);
+        }
         self.put_stream(
             name.as_str(),
             content.hash,

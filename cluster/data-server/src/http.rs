@@ -94,6 +94,7 @@ pub fn router(state: AppState) -> Router {
             get(read_shard).put(put_shard).delete(remove_shard),
         )
         .route("/shards/{hash}/{shard}/verify", post(verify_shard))
+        .route("/draining/{state}", axum::routing::put(set_draining))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             check_signature,
@@ -134,6 +135,8 @@ pub enum DataServerError {
     BadHash,
     #[error("bad cursor {0:?}")]
     BadCursor(String),
+    #[error("the drain mark is `true` or `false`, not {0:?}")]
+    BadDraining(String),
     #[error("range not satisfiable")]
     RangeNotSatisfiable,
 }
@@ -164,7 +167,9 @@ impl IntoResponse for DataServerError {
             }
             DataServerError::Write(WriteError::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
             DataServerError::Write(WriteError::Task(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            DataServerError::BadHash | DataServerError::BadCursor(_) => StatusCode::BAD_REQUEST,
+            DataServerError::BadHash
+            | DataServerError::BadCursor(_)
+            | DataServerError::BadDraining(_) => StatusCode::BAD_REQUEST,
             DataServerError::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         };
         if status.is_server_error() {
@@ -346,6 +351,24 @@ async fn list_shards(
     Ok(Json(
         shards::blocking(move || store.list_shards(after, limit)).await?,
     ))
+}
+
+/// `PUT /draining/true` or `/draining/false`: whether this server is being drained, which
+/// its heartbeats tell every API server (they give it no new shards while six others are
+/// live). In the path, so that the request's signature covers it.
+async fn set_draining(State(s): State<AppState>, Path(state): Path<String>) -> Result<StatusCode> {
+    let draining = match state.as_str() {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(DataServerError::BadDraining(
+                other.chars().take(40).collect(),
+            ));
+        }
+    };
+    s.store.set_draining(draining);
+    tracing::info!(draining, "drain mark set");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /shards/{hash}/{shard}/verify`: reads the whole shard and checks every checksum; a

@@ -240,4 +240,9 @@ impl ShardTransport for LocalShards {
             .await
             .map_err(store_error)
     }
+
+    async fn set_draining(&self, server: &ServerInfo, draining: bool) -> Result<(), ShardError> {
+        self.store(server)?.set_draining(draining);
+        Ok(())
+    }
 }

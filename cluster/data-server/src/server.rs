@@ -192,19 +192,23 @@ impl DataServer {
             .serve_locate(info.clone(), Arc::new(Responder(store.clone())))
             .await?;
         bus.heartbeat(&info).await?;
-        let (b, i) = (bus.clone(), info.clone());
-        workers.spawn(dos_worker::every(
-            "heartbeat",
-            HEARTBEAT_INTERVAL,
-            move || {
-                let (b, i) = (b.clone(), i.clone());
-                async move {
-                    if let Err(e) = b.heartbeat(&i).await {
+        let (b, i, s) = (bus.clone(), info.clone(), store.clone());
+        // Every HEARTBEAT_INTERVAL, and at once when the drain mark changes.
+        workers.spawn(dos_worker::from_fn("heartbeat", move |cancel| {
+            let (b, i, s) = (b.clone(), i.clone(), s.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+                        _ = s.draining_changed() => {}
+                    }
+                    if let Err(e) = b.announce(&i, s.is_draining()).await {
                         tracing::warn!(error = %e, "heartbeat not sent");
                     }
                 }
-            },
-        ));
+            }
+        }));
         let (s, ttl) = (store.clone(), config.temp_ttl);
         let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
         workers.spawn(dos_worker::every("temp expiry", period, move || {

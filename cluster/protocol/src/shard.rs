@@ -79,6 +79,11 @@ pub mod paths {
         }
     }
 
+    /// `PUT /draining/true` or `/draining/false`.
+    pub fn draining(draining: bool) -> String {
+        format!("/draining/{draining}")
+    }
+
     pub fn temp(id: &str) -> String {
         format!("/temp/{id}")
     }

@@ -376,4 +376,8 @@ impl<T: ShardTransport> ShardTransport for FaultyTransport<T> {
         before(self.faults.take(Op::ListShards, &server.id, None)).await?;
         self.inner.list_shards(server, after, limit).await
     }
+
+    async fn set_draining(&self, server: &ServerInfo, draining: bool) -> Result<(), ShardError> {
+        self.inner.set_draining(server, draining).await
+    }
 }

@@ -409,4 +409,13 @@ impl ShardTransport for HttpTransport {
         })
         .await
     }
+
+    async fn set_draining(&self, server: &ServerInfo, draining: bool) -> Result<(), ShardError> {
+        let path = paths::draining(draining);
+        self.send(server, Retry::Idempotent, SHORT, || {
+            self.req(reqwest::Method::PUT, server, &path)
+        })
+        .await
+        .map(drop)
+    }
 }

@@ -180,6 +180,10 @@ pub trait ShardTransport: Send + Sync + 'static {
         after: Option<(ContentHash, u8)>,
         limit: usize,
     ) -> Result<Vec<ShardEntry>, ShardError>;
+
+    /// Marks the data server as being drained (or not): its heartbeats then tell every API
+    /// server to give it no new shards.
+    async fn set_draining(&self, server: &ServerInfo, draining: bool) -> Result<(), ShardError>;
 }
 
 /// A shared transport is a transport (so wrappers such as the fault injector take
@@ -281,5 +285,9 @@ impl<T: ShardTransport + ?Sized> ShardTransport for std::sync::Arc<T> {
         limit: usize,
     ) -> Result<Vec<ShardEntry>, ShardError> {
         (**self).list_shards(server, after, limit).await
+    }
+
+    async fn set_draining(&self, server: &ServerInfo, draining: bool) -> Result<(), ShardError> {
+        (**self).set_draining(server, draining).await
     }
 }

@@ -185,6 +185,9 @@ fn hash_range(file: &File, offset: u64, len: u64) -> std::io::Result<ContentHash
 /// larger ones are hashed first and POSTed, so content the store has sends no bytes.
 const SMALL_FILE: u64 = 1 << 20;
 
+/// How many times one upload is resumed after losing its connection.
+const UPLOAD_RESUMES: u32 = 3;
+
 /// `size` bytes of `file` from `offset` (a small file), read whole.
 fn read_whole(file: &File, offset: u64, size: u64) -> std::io::Result<Content> {
     let mut buf = vec![0u8; size as usize];
@@ -663,7 +666,10 @@ impl FsCore {
                 .map_err(|e| FsError::Local(std::io::Error::other(e)))??;
             match self.store.post(&name, hash, size, &attrs).await? {
                 PostOutcome::Stored(rec) => rec,
-                PostOutcome::Upload(upload) => self.send_bytes(&upload, file, offset, size).await?,
+                PostOutcome::Upload(upload) => {
+                    self.send_bytes(&name, hash, &upload, file, offset, size)
+                        .await?
+                }
             }
         };
         self.saved(path, &rec);
@@ -874,28 +880,58 @@ impl FsCore {
         Ok(())
     }
 
-    /// Streams a staged file to a resumable upload in one request.
+    /// Sends `size` bytes of `file` from `offset` to `upload`. When the connection is lost
+    /// (an API server gone), it asks which bytes the upload holds (another API server
+    /// answers: the upload's token is good on any of them) and sends the rest, up to
+    /// [`UPLOAD_RESUMES`] times; an upload that ended just before the loss is found by the
+    /// version it made.
     async fn send_bytes(
         &self,
+        name: &dos_protocol::ObjectName,
+        hash: ContentHash,
         upload: &UploadId,
         file: File,
         offset: u64,
         size: u64,
     ) -> FsResult<VersionRecord> {
-        let mut file = tokio::fs::File::from_std(file);
-        tokio::io::AsyncSeekExt::seek(&mut file, SeekFrom::Start(offset)).await?;
-        let body = tokio_util::io::ReaderStream::with_capacity(
-            tokio::io::AsyncReadExt::take(file, size),
-            1 << 20,
-        );
-        match self.store.upload(upload, 0, size, Box::pin(body)).await? {
-            UploadProgress::Done(rec) => Ok(rec),
-            // The file shrank while it was sent (a writer truncated it): the next close
-            // uploads it again.
-            UploadProgress::Partial { accepted } => {
-                Err(FsError::Store(StoreError::Changed(format!(
-                    "the staged file changed during its upload ({accepted} of {size} bytes taken)"
-                ))))
+        let mut from = 0;
+        let mut resumes = 0;
+        loop {
+            let mut part = tokio::fs::File::from_std(file.try_clone()?);
+            tokio::io::AsyncSeekExt::seek(&mut part, SeekFrom::Start(offset + from)).await?;
+            let body = tokio_util::io::ReaderStream::with_capacity(
+                tokio::io::AsyncReadExt::take(part, size - from),
+                1 << 20,
+            );
+            let lost = match self
+                .store
+                .upload(upload, from, size - from, Box::pin(body))
+                .await
+            {
+                Ok(UploadProgress::Done(rec)) => return Ok(rec),
+                // The file shrank while it was sent (a writer truncated it): the next close
+                // uploads it again.
+                Ok(UploadProgress::Partial { accepted }) => {
+                    return Err(FsError::Store(StoreError::Changed(format!(
+                        "the staged file changed during its upload ({accepted} of {size} bytes taken)"
+                    ))));
+                }
+                Err(e @ StoreError::Transport(_)) if resumes < UPLOAD_RESUMES => e,
+                Err(e) => return Err(e.into()),
+            };
+            resumes += 1;
+            match self.store.upload_status(upload).await {
+                Ok(accepted) if accepted <= size => {
+                    tracing::info!(%name, accepted, size, error = %lost, "upload lost its connection; resuming");
+                    from = accepted;
+                }
+                Ok(_) => return Err(lost.into()),
+                Err(_) => {
+                    return match self.store.head(name, None).await {
+                        Ok(v) if v.hash == Some(hash) && v.size == size => Ok(v),
+                        _ => Err(lost.into()),
+                    };
+                }
             }
         }
     }

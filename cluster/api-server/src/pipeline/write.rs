@@ -67,7 +67,7 @@ impl Deadlines {
     pub fn of(core: &crate::core::Core) -> Self {
         let mut live = core.bus.live_servers();
         core.health.suspects_last(&mut live);
-        core.draining.last(&mut live);
+        core.draining.last(&mut live, &core.bus.draining_servers());
         Self {
             call: core.config.shard_call_timeout,
             stall: core.config.shard_stall_timeout,

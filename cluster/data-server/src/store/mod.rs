@@ -65,6 +65,11 @@ pub struct ShardStore {
     packs: pack::Packs,
     /// Whether [`put_whole`](Self::put_whole) packs (else it writes a shard file).
     pack_small: bool,
+    /// Being drained: its heartbeats ask every API server for no new shards. Kept in memory
+    /// only: a restart puts the server back in service.
+    draining: std::sync::atomic::AtomicBool,
+    /// Woken when `draining` changes, so that a heartbeat says so at once.
+    draining_changed: tokio::sync::Notify,
 }
 
 fn is_valid_shard(shard: u8) -> bool {
@@ -77,6 +82,23 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl ShardStore {
+    /// Whether this server is being drained (its heartbeats say so).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining
+            .store(draining, std::sync::atomic::Ordering::Relaxed);
+        self.draining_changed.notify_one();
+    }
+
+    /// Returns when [`set_draining`](Self::set_draining) is next called (or was, since the
+    /// last return).
+    pub async fn draining_changed(&self) {
+        self.draining_changed.notified().await;
+    }
+
     /// Opens (creating if needed) the storage folder and rebuilds the locate index from the
     /// committed shards. Stray files are logged and left alone.
     pub fn open(root: &Path) -> Result<Self, ShardStoreError> {
@@ -95,6 +117,8 @@ impl ShardStore {
             temps: Mutex::default(),
             packs: pack::Packs::open(&root.join("packs"))?,
             pack_small,
+            draining: Default::default(),
+            draining_changed: tokio::sync::Notify::new(),
         };
         store.scan()?;
         Ok(store)

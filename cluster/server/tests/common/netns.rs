@@ -200,30 +200,12 @@ impl NetCluster {
 
         for i in 1..=data {
             let name = format!("data{i}");
-            let ip = addr_of(&name);
-            let root = cluster.dir.path().join(&name);
-            let proc = cluster.spawn_in(
-                &name,
-                &["data"],
-                &[
-                    ("LISTEN_ADDRESS", format!("{ip}:{DATA_PORT}")),
-                    ("STORAGE_ROOT", root.display().to_string()),
-                ],
-            );
-            cluster.data.push(Host {
-                name,
-                ip,
-                proc: Some(proc),
-            });
+            cluster.spawn_data(&name, addr_of(&name));
         }
         for j in 1..=api {
             let name = format!("api{j}");
             let ip = addr_of(&name);
-            let proc = cluster.spawn_in(
-                &name,
-                &["api"],
-                &[("LISTEN_ADDRESS", format!("{ip}:{API_PORT}"))],
-            );
+            let proc = cluster.spawn_api(&name, ip);
             cluster.api.push(Host {
                 name,
                 ip,
@@ -242,6 +224,77 @@ impl NetCluster {
                 });
         }
         Some(cluster)
+    }
+
+    /// Starts `dos-server data` on `host` (already up, at `ip`), its shards in `dir/HOST`.
+    fn spawn_data(&mut self, name: &str, ip: Ipv4Addr) {
+        let root = self.dir.path().join(name);
+        let proc = self.spawn_in(
+            name,
+            &["data"],
+            &[
+                ("LISTEN_ADDRESS", format!("{ip}:{DATA_PORT}")),
+                ("STORAGE_ROOT", root.display().to_string()),
+            ],
+        );
+        self.data.push(Host {
+            name: name.to_string(),
+            ip,
+            proc: Some(proc),
+        });
+    }
+
+    /// Brings up more hosts (no server on them yet) and returns their addresses.
+    pub fn up(&self, hosts: &[&str]) -> Vec<Ipv4Addr> {
+        let mut args = vec!["up"];
+        args.extend_from_slice(hosts);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let out = script(self.number, &args);
+        assert!(
+            out.status.success(),
+            "netns-cluster.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout).to_string();
+        hosts
+            .iter()
+            .map(|h| {
+                printed
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{h} "))?.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("netns-cluster.sh up printed no address for {h}"))
+            })
+            .collect()
+    }
+
+    /// A new host `dataN` with a data server on it; returns its index in `data`.
+    pub fn add_data(&mut self) -> usize {
+        let name = format!("data{}", self.data.len() + 1);
+        let ip = self.up(&[&name])[0];
+        self.spawn_data(&name, ip);
+        self.data.len() - 1
+    }
+
+    /// Starts the API server on `api[j]`'s host again (after [`kill`](Self::kill)).
+    pub fn restart_api(&mut self, j: usize) {
+        let name = self.api[j].name.clone();
+        let proc = self.spawn_api(&name, self.api[j].ip);
+        self.api[j].proc = Some(proc);
+    }
+
+    fn spawn_api(&self, name: &str, ip: Ipv4Addr) -> Proc {
+        self.spawn_in(
+            name,
+            &["api"],
+            &[("LISTEN_ADDRESS", format!("{ip}:{API_PORT}"))],
+        )
+    }
+
+    /// The network namespace of `host`, for `nsenter --net=…`: a program run that way uses
+    /// the host's network but this machine's mounts, so a FUSE mount it makes is seen here
+    /// (`ip netns exec` gives it a mount namespace of its own).
+    pub fn netns_path(&self, host: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/dos{}-{host}", self.number))
     }
 
     /// Runs `dos-server ARGS` in `host`'s namespace with the run's broker, metadata, secret,
