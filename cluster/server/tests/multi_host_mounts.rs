@@ -147,7 +147,24 @@ impl Drop for NetMount {
             .arg("umount")
             .arg(&self.mp)
             .output();
-        if asked.elapsed() > Duration::from_secs(10) {
+        if asked.elapsed() > Duration::from_secs(10)
+            && let Some(c) = &self.child
+        {
+            let bt = Command::new("gdb")
+                .args([
+                    "-p",
+                    &c.id().to_string(),
+                    "-batch",
+                    "-ex",
+                    "thread apply all bt 12",
+                ])
+                .output();
+            if let Ok(bt) = bt {
+                eprintln!(
+                    "--- threads of the dosfs that did not stop ---\n{}",
+                    String::from_utf8_lossy(&bt.stdout)
+                );
+            }
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!(
