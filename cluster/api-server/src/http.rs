@@ -843,6 +843,7 @@ async fn list(State(core): State<Arc<Core>>, Query(p): Query<ListParams>) -> Api
             delimiter,
             cursor: p.cursor.filter(|c| !c.is_empty()),
             limit,
+            at: None,
         })
         .await?;
     Ok(axum::Json(page).into_response())

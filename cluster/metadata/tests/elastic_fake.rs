@@ -516,6 +516,7 @@ async fn listing_pages_without_a_result_window() {
                 delimiter: Some('/'),
                 cursor: cursor.clone(),
                 limit: 7,
+                at: None,
             })
             .await
             .unwrap();

@@ -346,6 +346,7 @@ fn first_child(path: &str) -> ListQuery {
         delimiter: Some('/'),
         cursor: None,
         limit: 1,
+        at: None,
     }
 }
 
@@ -885,6 +886,7 @@ impl FsCore {
                     delimiter: Some('/'),
                     cursor: cursor.clone(),
                     limit: 1000,
+                    at: None,
                 })
                 .await?;
             for rec in page.entries {
