@@ -340,7 +340,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             since,
             limit,
             token,
-        } => print_log(&path.unwrap_or_else(|| PathBuf::from(".")), since, limit, token),
+        } => print_log(
+            &path.unwrap_or_else(|| PathBuf::from(".")),
+            since,
+            limit,
+            token,
+        ),
         Command::Restore {
             path,
             version: Some(version),
@@ -397,7 +402,10 @@ fn restore_at(path: &Path, at: i64, token: Option<String>) -> anyhow::Result<()>
     }
     let when = dos_protocol::format_rfc3339_ns(at);
     match done.undo_at {
-        None => out!("{} is as it was at {when}: nothing to change", path.display()),
+        None => out!(
+            "{} is as it was at {when}: nothing to change",
+            path.display()
+        ),
         Some(undo) => {
             out!(
                 "{} changes; {} is as it was at {when}",
@@ -438,7 +446,12 @@ fn print_log(
         name.clone()
     };
     let rt = tokio::runtime::Runtime::new()?;
-    out!("{:<30}  {:>8}  {:<8}  NAME", "TIME (UTC)", "VERSION", "WHAT");
+    out!(
+        "{:<30}  {:>8}  {:<8}  NAME",
+        "TIME (UTC)",
+        "VERSION",
+        "WHAT"
+    );
     let mut shown = 0usize;
     let mut cursor: Option<String> = None;
     loop {

@@ -40,14 +40,23 @@ impl std::fmt::Display for Action {
                 name,
                 from,
                 version,
-            } => write!(f, "restored     {name} (version {from} again, as {version})"),
+            } => write!(
+                f,
+                "restored     {name} (version {from} again, as {version})"
+            ),
             Action::BroughtBack {
                 name,
                 from,
                 version,
-            } => write!(f, "brought back {name} (version {from} again, as {version})"),
+            } => write!(
+                f,
+                "brought back {name} (version {from} again, as {version})"
+            ),
             Action::Deleted { name, version } => {
-                write!(f, "deleted      {name} (made since; delete marker {version})")
+                write!(
+                    f,
+                    "deleted      {name} (made since; delete marker {version})"
+                )
             }
             Action::Lost { name, from } => write!(
                 f,

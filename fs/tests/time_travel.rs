@@ -48,8 +48,20 @@ fn diff(a: &Path, b: &Path) -> String {
 }
 
 fn assert_same_tree(got: &Path, want: &Path) {
-    assert_eq!(diff(got, want), "", "{} vs {}", got.display(), want.display());
-    assert_eq!(shape(got), shape(want), "{} vs {}", got.display(), want.display());
+    assert_eq!(
+        diff(got, want),
+        "",
+        "{} vs {}",
+        got.display(),
+        want.display()
+    );
+    assert_eq!(
+        shape(got),
+        shape(want),
+        "{} vs {}",
+        got.display(),
+        want.display()
+    );
 }
 
 /// Bytes in the data servers' shard files and packs: what new content would grow.
@@ -154,7 +166,10 @@ fn the_tree_at_each_moment_restore_and_log() {
     assert_same_tree(&at(&m, t2).join("proj"), &side.join("t2"));
     assert!(!at(&m, t3).join("proj").exists());
     assert!(!at(&m, before_all).join("proj").exists());
-    assert_eq!(std::fs::read(at(&m, t3).join("top.txt")).unwrap(), b"keep\n");
+    assert_eq!(
+        std::fs::read(at(&m, t3).join("top.txt")).unwrap(),
+        b"keep\n"
+    );
     // Other spellings of a moment: a date alone is its midnight (before everything here).
     assert!(!m.mp.join(".dosfs/at/2000-01-01/top.txt").exists());
     assert!(m.mp.join(".dosfs/at/2200-01-01/top.txt").exists());
@@ -185,9 +200,15 @@ fn the_tree_at_each_moment_restore_and_log() {
     let out = dosfs(&["restore", proj_s, "--at", &format_rfc3339_ns(t2)]);
     eprintln!("{out}");
     assert!(out.contains("brought back proj/a.txt"), "{out}");
-    wait_until(Duration::from_secs(5), || diff(&proj, &side.join("t2")).is_empty());
+    wait_until(Duration::from_secs(5), || {
+        diff(&proj, &side.join("t2")).is_empty()
+    });
     assert_same_tree(&proj, &side.join("t2"));
-    assert_eq!(shard_bytes(&m.root.join("store")), bytes, "a restore moved bytes");
+    assert_eq!(
+        shard_bytes(&m.root.join("store")),
+        bytes,
+        "a restore moved bytes"
+    );
 
     // Undo: the folder is gone again.
     let undo = undo_moment(&out);
@@ -202,9 +223,15 @@ fn the_tree_at_each_moment_restore_and_log() {
         s.trim_end_matches('Z').to_string() + "-01:00"
     };
     let out3 = dosfs(&["restore", proj_s, "--at", &t1_offset]);
-    wait_until(Duration::from_secs(5), || diff(&proj, &side.join("t1")).is_empty());
+    wait_until(Duration::from_secs(5), || {
+        diff(&proj, &side.join("t1")).is_empty()
+    });
     assert_same_tree(&proj, &side.join("t1"));
-    assert_eq!(shard_bytes(&m.root.join("store")), bytes, "a restore moved bytes");
+    assert_eq!(
+        shard_bytes(&m.root.join("store")),
+        bytes,
+        "a restore moved bytes"
+    );
     // Restoring to where it already is changes nothing.
     let again = dosfs(&["restore", proj_s, "--at", &t1_offset]);
     assert!(again.contains("nothing to change"), "{again}");
@@ -251,7 +278,10 @@ fn the_tree_at_each_moment_restore_and_log() {
     let rows: Vec<&str> = printed.lines().skip(1).collect();
     assert_eq!(rows.len(), log.len(), "{printed}");
     assert!(rows[0].contains(log[0].name.as_str()), "{printed}");
-    assert!(printed.contains("renamed   proj/src/b2.rs (from proj/src/b.rs)"), "{printed}");
+    assert!(
+        printed.contains("renamed   proj/src/b2.rs (from proj/src/b.rs)"),
+        "{printed}"
+    );
     let since = dosfs(&["log", proj_s, "--since", &format_rfc3339_ns(t3)]);
     let since_rows: Vec<&str> = since.lines().skip(1).collect();
     assert!(!since_rows.is_empty());
@@ -336,7 +366,14 @@ fn a_folder_of_10000_entries_at_a_moment_is_a_few_requests() {
         dos_protocol::encode_path(&format_rfc3339_ns(t))
     );
     let page: dos_protocol::ListPage = rest.block_on(async {
-        rest.http().get(&url).send().await.unwrap().json().await.unwrap()
+        rest.http()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     });
     assert_eq!(page.entries.len(), n);
     assert!(page.next_cursor.is_none());
@@ -347,5 +384,8 @@ fn a_folder_of_10000_entries_at_a_moment_is_a_few_requests() {
         (r.status().as_u16(), r.text().await.unwrap())
     });
     assert_eq!(status, 400);
-    assert!(body.contains("RFC 3339") && body.trim().lines().count() == 1, "{body}");
+    assert!(
+        body.contains("RFC 3339") && body.trim().lines().count() == 1,
+        "{body}"
+    );
 }

@@ -199,7 +199,14 @@ mod tests {
         let b1 = v("b", 1, Some(b"1"), 39);
         // Newest first: a's restore after its delete, a's delete with b's arrival (a
         // rename), a's restore of v1's content, a's overwrite, a's first write.
-        let recs = vec![a5.clone(), a4.clone(), b1.clone(), a3.clone(), a2.clone(), a1.clone()];
+        let recs = vec![
+            a5.clone(),
+            a4.clone(),
+            b1.clone(),
+            a3.clone(),
+            a2.clone(),
+            a1.clone(),
+        ];
         let previous = vec![
             vec![a1.clone(), a2.clone(), a3.clone(), a4.clone()],
             vec![a1.clone(), a2.clone(), a3.clone()],
@@ -233,10 +240,16 @@ mod tests {
         // Far apart in time, or the new name made after the delete: a delete and a write,
         // not a rename.
         let late_b = v("b", 1, Some(b"1"), 40 + 2 * RENAME_WINDOW_NS);
-        let got = describe(&[late_b, a4.clone()], &[vec![], vec![a1.clone(), a2.clone(), a3.clone()]]);
+        let got = describe(
+            &[late_b, a4.clone()],
+            &[vec![], vec![a1.clone(), a2.clone(), a3.clone()]],
+        );
         assert_eq!((got[0].what, got[1].what), (Written, Deleted));
         let after_b = v("b", 1, Some(b"1"), 41);
-        let got = describe(&[after_b, a4.clone()], &[vec![], vec![a1.clone(), a2.clone(), a3.clone()]]);
+        let got = describe(
+            &[after_b, a4.clone()],
+            &[vec![], vec![a1.clone(), a2.clone(), a3.clone()]],
+        );
         assert_eq!((got[0].what, got[1].what), (Written, Deleted));
         // A name that had the content before is restored, not the far end of a rename.
         let b2 = v("b", 2, Some(b"1"), 39);

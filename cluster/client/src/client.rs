@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dos_protocol::{
-    ContentHash, ListPage, LogPage, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns, headers,
+    ContentHash, ListPage, LogPage, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns,
+    headers,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::header::{
@@ -1002,10 +1003,7 @@ impl Client {
             query.push(format!("limit={l}"));
         }
         if let Some(at) = at {
-            query.push(format!(
-                "at={}",
-                encode_query(&format_rfc3339_ns(at))
-            ));
+            query.push(format!("at={}", encode_query(&format_rfc3339_ns(at))));
         }
         let path = format!("/list?{}", query.join("&"));
         read_json(
@@ -1026,10 +1024,7 @@ impl Client {
     ) -> Result<LogPage, ClientError> {
         let mut query = vec![format!("prefix={}", encode_query(prefix))];
         if let Some(s) = since {
-            query.push(format!(
-                "since={}",
-                encode_query(&format_rfc3339_ns(s))
-            ));
+            query.push(format!("since={}", encode_query(&format_rfc3339_ns(s))));
         }
         if let Some(c) = cursor {
             query.push(format!("cursor={}", encode_query(c)));

@@ -68,12 +68,7 @@ where
 }
 
 /// Adds a version of `content` (`None`: a delete marker) made at `ctime`.
-async fn put_at<S: MetadataStore>(
-    store: &S,
-    n: &str,
-    content: Option<&[u8]>,
-    ctime: i64,
-) -> u64 {
+async fn put_at<S: MetadataStore>(store: &S, n: &str, content: Option<&[u8]>, ctime: i64) -> u64 {
     let new = match content {
         Some(c) => NewVersion {
             size: c.len() as u64,
@@ -140,12 +135,18 @@ pub async fn listing_at_a_moment<S: MetadataStore>(store: &S) {
     );
     let page = store.list(&q("d/", Some(20), None, 100)).await.unwrap();
     let a = &page.entries[0];
-    assert_eq!((a.hash, a.mode, a.ctime_ns), (Some(ContentHash::of(b"a2")), 0o640, 20));
+    assert_eq!(
+        (a.hash, a.mode, a.ctime_ns),
+        (Some(ContentHash::of(b"a2")), 0o640, 20)
+    );
     // Pages of one, resumed by cursor.
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let page = store.list(&q("d/", Some(20), cursor.clone(), 1)).await.unwrap();
+        let page = store
+            .list(&q("d/", Some(20), cursor.clone(), 1))
+            .await
+            .unwrap();
         let next = page.next_cursor.clone();
         seen.extend(shown(page));
         match next {
@@ -162,7 +163,10 @@ pub async fn listing_at_a_moment<S: MetadataStore>(store: &S) {
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
-        let page = store.list(&q("s/", Some(42), cursor.clone(), 1)).await.unwrap();
+        let page = store
+            .list(&q("s/", Some(42), cursor.clone(), 1))
+            .await
+            .unwrap();
         let next = page.next_cursor.clone();
         seen.extend(shown(page));
         match next {

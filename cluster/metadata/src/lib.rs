@@ -15,7 +15,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 pub use dos_protocol::ListQuery;
 use dos_protocol::{
-    BlockHashes, ChangeCursor, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId, VersionRecord,
+    BlockHashes, ChangeCursor, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId,
+    VersionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -74,7 +74,11 @@ pub fn parse_moment(s: &str) -> Result<i64, String> {
 /// `(time, offset in seconds east of UTC)`; `None` for a malformed offset.
 fn split_offset(s: &str) -> Option<(&str, i64)> {
     // The offset can only start after the time of day (past `YYYY-MM-DDTHH:MM`).
-    let Some(pos) = s.get(16..).and_then(|t| t.rfind(['+', '-'])).map(|p| p + 16) else {
+    let Some(pos) = s
+        .get(16..)
+        .and_then(|t| t.rfind(['+', '-']))
+        .map(|p| p + 16)
+    else {
         return Some((s, 0));
     };
     let (main, off) = s.split_at(pos);
@@ -113,7 +117,14 @@ mod tests {
         ] {
             assert_eq!(parse_moment(s), Ok(want), "{s}");
         }
-        for bad in ["", "yesterday", "2026-13-01", "2026-12-01T08:30:00+2", "@x", "\u{e9}"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-12-01T08:30:00+2",
+            "@x",
+            "\u{e9}",
+        ] {
             let e = parse_moment(bad).unwrap_err();
             assert!(e.contains("RFC 3339"), "{e}");
         }

@@ -73,10 +73,9 @@ impl FsCore {
             })
             .await?;
         let dir_prefix = format!("{path}/");
-        let entry = if let Some(rec) = page.entries.into_iter().find(|r| r.name.as_str() == path)
-        {
+        let entry = if let Some(rec) = page.entries.into_iter().find(|r| r.name.as_str() == path) {
             Entry::Object(rec)
-        } else if page.prefixes.iter().any(|p| *p == dir_prefix) {
+        } else if page.prefixes.contains(&dir_prefix) {
             Entry::ImpliedDir
         } else {
             let page = self
@@ -213,7 +212,11 @@ pub async fn read_dir(core: &FsCore, key: NodeKey) -> FsResult<Vec<DirEntry>> {
     match key {
         NodeKey::AtRoot => Ok(Vec::new()),
         NodeKey::At(at, path) => {
-            if core.attr_at(at, &path, &core.entry_at(at, &path).await?).kind != Kind::Dir {
+            if core
+                .attr_at(at, &path, &core.entry_at(at, &path).await?)
+                .kind
+                != Kind::Dir
+            {
                 return Err(FsError::NotDir);
             }
             core.children_at(at, &path).await
