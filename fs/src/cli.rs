@@ -437,14 +437,11 @@ fn print_log(
     token: Option<String>,
 ) -> anyhow::Result<()> {
     let (client, name) = locate_in_mount(path, token, true)?;
-    // A folder's changes are those of the names under it (and of its own marker); a file's
-    // those of its name only.
-    let folder = name.is_empty() || std::fs::metadata(path).is_ok_and(|m| m.is_dir());
-    let prefix = if folder && !name.is_empty() {
-        format!("{name}/")
-    } else {
-        name.clone()
-    };
+    // The changes of the name itself and of every name under it (a folder, also one that
+    // is deleted now); the listing by prefix also brings siblings such as `NAME.bak`, left
+    // out here.
+    let under = format!("{name}/");
+    let ours = |n: &str| name.is_empty() || n == name || n.starts_with(&under);
     let rt = tokio::runtime::Runtime::new()?;
     out!(
         "{:<30}  {:>8}  {:<8}  NAME",
@@ -455,11 +452,8 @@ fn print_log(
     let mut shown = 0usize;
     let mut cursor: Option<String> = None;
     loop {
-        let page = rt.block_on(client.log(&prefix, since, cursor.as_deref(), Some(1000)))?;
-        for c in &page.changes {
-            if !folder && c.name.as_str() != name {
-                continue;
-            }
+        let page = rt.block_on(client.log(&name, since, cursor.as_deref(), Some(1000)))?;
+        for c in page.changes.iter().filter(|c| ours(c.name.as_str())) {
             if limit.is_some_and(|l| shown >= l) {
                 return Ok(());
             }
