@@ -4,8 +4,8 @@
 //! A version does not record why it was made, so the kind is read from the history around
 //! it: a version whose content its name had before, but not just before, is a restore; a
 //! delete marker is a rename when, at most [`RENAME_WINDOW_NS`] before it and on the same
-//! page, another name of the same kind got the content the deleted name last had, content
-//! that name never had before (a rename is such a pair: dosfs makes the new name first, then
+//! page, another name of the same kind got the (non-empty, not a folder marker's) content the
+//! deleted name last had, content that name never had before (a rename is such a pair: dosfs makes the new name first, then
 //! deletes the old one; the closest such version is taken); anything else is a write or a
 //! delete.
 
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use dos_metadata::VersionsFrom;
 use dos_protocol::{
-    ChangeCursor, ChangeWhat, ContentHash, LogEntry, LogPage, ObjectName, VersionRecord,
+    ChangeCursor, ChangeWhat, ContentHash, EntryKind, LogEntry, LogPage, ObjectName, VersionRecord,
 };
 
 use crate::core::Core;
@@ -120,7 +120,10 @@ fn describe(recs: &[VersionRecord], previous: &[Vec<VersionRecord>]) -> Vec<LogE
     // renames.
     let mut arrivals: HashMap<ContentHash, Vec<usize>> = HashMap::new();
     for (i, (r, before)) in recs.iter().zip(previous).enumerate() {
+        // Folder markers and empty files all hold the same (empty) content: never paired.
         if let Some(h) = r.hash
+            && r.size > 0
+            && r.kind != EntryKind::Dir
             && out[i].what == ChangeWhat::Written
             && before.iter().all(|p| p.hash != Some(h))
         {
@@ -173,7 +176,7 @@ fn plain_kind(rec: &VersionRecord, before: &[VersionRecord]) -> ChangeWhat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dos_protocol::{EntryKind, PosixAttrs};
+    use dos_protocol::PosixAttrs;
 
     fn v(name: &str, version: u64, content: Option<&[u8]>, t: i64) -> VersionRecord {
         VersionRecord {
@@ -255,6 +258,17 @@ mod tests {
         let b2 = v("b", 2, Some(b"1"), 39);
         let b1_other = v("b", 1, Some(b"1"), 5);
         let got = describe(&[a4, b2], &[vec![a1, a2, a3], vec![b1_other.clone()]]);
+        assert_eq!((got[0].what, got[1].what), (Deleted, Written));
+        // Empty content (and folder markers) is everyone's: no rename is read from it.
+        let e1 = v("e", 1, Some(b"x"), 1);
+        let e2 = v("e", 2, None, 40);
+        let f1 = v("f", 1, Some(b""), 39);
+        let e1_empty = VersionRecord {
+            size: 0,
+            hash: Some(ContentHash::of(b"")),
+            ..e1
+        };
+        let got = describe(&[e2, f1], &[vec![e1_empty], vec![]]);
         assert_eq!((got[0].what, got[1].what), (Deleted, Written));
     }
 }
