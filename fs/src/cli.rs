@@ -112,7 +112,7 @@ enum Command {
         /// The moment: 2026-12-01T08:30:00Z (RFC 3339, UTC or with an offset, with
         /// fractions of a second), 2026-12-01 (its midnight UTC), 2026-12-01T08:30 (UTC),
         /// 20261201T083000Z, or @UNIX_SECONDS.
-        #[arg(long, value_parser = dos_protocol::parse_moment)]
+        #[arg(long, value_name = "TIME", value_parser = dos_protocol::parse_moment)]
         at: Option<i64>,
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -123,7 +123,7 @@ enum Command {
         /// A file or folder inside a dosfs mount [default: the current folder].
         path: Option<PathBuf>,
         /// Only changes made at or after this moment (the forms of `restore --at`).
-        #[arg(long, value_parser = dos_protocol::parse_moment)]
+        #[arg(long, value_name = "TIME", value_parser = dos_protocol::parse_moment)]
         since: Option<i64>,
         /// Stop after this many changes.
         #[arg(long)]

@@ -7,7 +7,9 @@
 //! page, another name of the same kind got the (non-empty, not a folder marker's) content the
 //! deleted name last had, content that name never had before (a rename is such a pair: dosfs makes the new name first, then
 //! deletes the old one; the closest such version is taken); anything else is a write or a
-//! delete.
+//! delete. The two halves are paired when they are on one page, or the delete is on a page and
+//! the new name among the next [`LOOKAHEAD`] changes; a new name whose delete is on the page
+//! before shows as written.
 
 use std::collections::HashMap;
 
@@ -52,20 +54,37 @@ pub async fn page(
         .then(|| recs.last().map(|r| ChangeCursor::of(r).encode()))
         .flatten();
     let hide_control = !prefix.starts_with(CONTROL_PREFIX);
-    let recs: Vec<VersionRecord> = recs
+    let mut recs: Vec<VersionRecord> = recs
         .into_iter()
         .filter(|r| !(hide_control && r.name.as_str().starts_with(CONTROL_PREFIX)))
         .collect();
+    let shown = recs.len();
+    // The new halves of renames whose delete is on this page may be on the next one: a few
+    // of the changes after the page are read too (and not shown).
+    if let Some(last) = next_cursor.as_ref().and(recs.last()) {
+        let after = ChangeCursor::of(last);
+        let cutoff = last.ctime_ns - RENAME_WINDOW_NS;
+        let more = core
+            .meta
+            .list_changes(prefix, since, Some(&after), LOOKAHEAD)
+            .await?;
+        recs.extend(more.into_iter().filter(|r| r.ctime_ns >= cutoff));
+    }
     let mut histories = Histories::default();
     let mut previous = Vec::with_capacity(recs.len());
     for r in &recs {
         previous.push(histories.before(core, r).await?);
     }
+    let mut changes = describe(&recs, &previous);
+    changes.truncate(shown);
     Ok(LogPage {
-        changes: describe(&recs, &previous),
+        changes,
         next_cursor,
     })
 }
+
+/// Changes read past the end of a page to find the new halves of its renames.
+const LOOKAHEAD: usize = 64;
 
 /// Every version of the names a page touches, read once per page.
 #[derive(Default)]
