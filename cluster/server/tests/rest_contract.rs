@@ -2419,32 +2419,37 @@ async fn listings_at_a_moment_and_the_change_log() {
     put(&client, "T/new.txt", b"new").await;
     let t2 = moment().await;
 
-    let shown = |p: dos_client::dos_protocol::ListPage| {
-        let mut out: Vec<String> = p
-            .entries
-            .iter()
-            .map(|e| format!("{}@{}", e.name, e.version))
-            .collect();
-        out.extend(p.prefixes);
-        out
+    // (name, version) of each entry, then each prefix as (prefix, 0).
+    let shown = |p: dos_client::dos_protocol::ListPage| -> Vec<(String, u64)> {
+        let names = p.entries.iter().map(|e| (e.name.to_string(), e.version));
+        names
+            .chain(p.prefixes.into_iter().map(|x| (x, 0)))
+            .collect()
+    };
+    let pairs = |want: &[(&str, u64)]| -> Vec<(String, u64)> {
+        want.iter().map(|(n, v)| (n.to_string(), *v)).collect()
     };
     let page = client
         .list_at("T/", Some("/"), None, None, Some(t1))
         .await
         .unwrap();
-    assert_eq!(shown(page), ["T/a.txt@1", "T/b.txt@1", "T/sub/"]);
+    assert_eq!(
+        shown(page),
+        pairs(&[("T/a.txt", 1), ("T/b.txt", 1), ("T/sub/", 0)])
+    );
     let page = client
         .list_at("T/sub/", Some("/"), None, None, Some(t1))
         .await
         .unwrap();
-    assert_eq!(shown(page), ["T/sub/c.txt@1"]);
+    assert_eq!(shown(page), pairs(&[("T/sub/c.txt", 1)]));
     let page = client
         .list_at("T/", Some("/"), None, None, Some(t2))
         .await
         .unwrap();
-    assert_eq!(shown(page), ["T/a.txt@2", "T/new.txt@1", "T/sub/"]);
+    let then = pairs(&[("T/a.txt", 2), ("T/new.txt", 1), ("T/sub/", 0)]);
+    assert_eq!(shown(page), then);
     let now = client.list("T/", Some("/"), None, None).await.unwrap();
-    assert_eq!(shown(now), ["T/a.txt@2", "T/new.txt@1", "T/sub/"]);
+    assert_eq!(shown(now), then);
 
     // The log, in pages of two, newest first.
     let mut log = Vec::new();
