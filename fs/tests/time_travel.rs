@@ -271,7 +271,11 @@ fn the_tree_at_each_moment_restore_and_log() {
         .iter()
         .find(|e| e.name.as_str() == "proj/src/b2.rs" && e.what == ChangeWhat::Renamed)
         .unwrap();
-    assert_eq!(renamed.from.as_ref().unwrap().as_str(), "proj/src/b.rs");
+    assert_eq!(
+        renamed.from.as_ref().map(|n| n.as_str()),
+        Some("proj/src/b.rs"),
+        "{log:#?}"
+    );
 
     // The same through `dosfs log`, also since a moment (only the restores' changes).
     let printed = dosfs(&["log", proj_s]);

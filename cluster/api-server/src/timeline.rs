@@ -5,7 +5,7 @@
 //! it: a version whose content its name had before, but not just before, is a restore; a
 //! delete marker is a rename when, at most [`RENAME_WINDOW_NS`] before it and on the same
 //! page, another name of the same kind got the (non-empty, not a folder marker's) content the
-//! deleted name last had, content that name never had before (a rename is such a pair: dosfs makes the new name first, then
+//! deleted name last had, after the deleted name got it, content that name never had before (a rename is such a pair: dosfs makes the new name first, then
 //! deletes the old one; the closest such version is taken); anything else is a write or a
 //! delete. The two halves are paired when they are on one page, or the delete is on a page and
 //! the new name among the next [`LOOKAHEAD`] changes; a new name whose delete is on the page
@@ -159,9 +159,11 @@ fn describe(recs: &[VersionRecord], previous: &[Vec<VersionRecord>]) -> Vec<LogE
                 .copied()
                 .filter(|&j| {
                     let b = &recs[j];
+                    // Made after the old name got the content, before it was deleted.
                     b.name != r.name
                         && b.kind == last.kind
                         && out[j].from.is_none()
+                        && b.ctime_ns >= last.ctime_ns
                         && b.ctime_ns <= r.ctime_ns
                         && r.ctime_ns - b.ctime_ns <= RENAME_WINDOW_NS
                 })
@@ -273,6 +275,13 @@ mod tests {
             &[vec![], vec![a1.clone(), a2.clone(), a3.clone()]],
         );
         assert_eq!((got[0].what, got[1].what), (Written, Deleted));
+        // A name that got the content before the deleted one did is not where it went.
+        let c1 = v("c", 1, Some(b"1"), 5);
+        let got = describe(
+            &[a4.clone(), c1],
+            &[vec![a1.clone(), a2.clone(), a3.clone()], vec![]],
+        );
+        assert_eq!((got[0].what, got[1].what), (Deleted, Written));
         // A name that had the content before is restored, not the far end of a rename.
         let b2 = v("b", 2, Some(b"1"), 39);
         let b1_other = v("b", 1, Some(b"1"), 5);
