@@ -96,12 +96,38 @@ enum Command {
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
-    /// Make version N of a file its latest version again (moves no data); returns once the
-    /// mount shows it.
+    /// Make version N of a file its latest version again (--version), or make a file or a
+    /// whole folder what it was at a moment (--at): changed files get their old content and
+    /// attributes back, files deleted since come back, files made since are deleted. Moves
+    /// no data (new versions point at the old content); prints what it changed and the
+    /// moment to restore to for undoing it.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["version", "at"])))]
     Restore {
+        /// A file or folder inside a dosfs mount (the mount point itself: the whole tree,
+        /// with --at).
         path: PathBuf,
+        /// The version number (see `dosfs versions`).
         #[arg(long)]
-        version: u64,
+        version: Option<u64>,
+        /// The moment: 2026-12-01T08:30:00Z (RFC 3339, UTC or with an offset, with
+        /// fractions of a second), 2026-12-01 (its midnight UTC), 2026-12-01T08:30 (UTC),
+        /// 20261201T083000Z, or @UNIX_SECONDS.
+        #[arg(long, value_name = "TIME", value_parser = dos_protocol::parse_moment)]
+        at: Option<i64>,
+        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// List the changes under a file or folder of a dosfs mount, newest first: time,
+    /// version, what happened (written, deleted, renamed, restored) and name.
+    Log {
+        /// A file or folder inside a dosfs mount [default: the current folder].
+        path: Option<PathBuf>,
+        /// Only changes made at or after this moment (the forms of `restore --at`).
+        #[arg(long, value_name = "TIME", value_parser = dos_protocol::parse_moment)]
+        since: Option<i64>,
+        /// Stop after this many changes.
+        #[arg(long)]
+        limit: Option<usize>,
         #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -277,7 +303,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Versions { path, token } => {
-            let (client, name) = locate_in_mount(&path, token)?;
+            let (client, name) = locate_in_mount(&path, token, false)?;
             let rt = tokio::runtime::Runtime::new()?;
             let versions = rt.block_on(client.versions(&name))?;
             if versions.is_empty() {
@@ -305,10 +331,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Restore {
             path,
-            version,
+            at: Some(at),
             token,
+            ..
+        } => restore_at(&path, at, token),
+        Command::Log {
+            path,
+            since,
+            limit,
+            token,
+        } => print_log(
+            &path.unwrap_or_else(|| PathBuf::from(".")),
+            since,
+            limit,
+            token,
+        ),
+        Command::Restore {
+            path,
+            version: Some(version),
+            token,
+            ..
         } => {
-            let (client, name) = locate_in_mount(&path, token)?;
+            let (client, name) = locate_in_mount(&path, token, false)?;
             let rt = tokio::runtime::Runtime::new()?;
             let rec = rt.block_on(async {
                 let v = client.head(&name, Some(version)).await?;
@@ -343,6 +387,93 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     bail!("the content of version {version} is no longer stored")
                 }
             }
+        }
+        Command::Restore { .. } => bail!("give --version N or --at TIME"),
+    }
+}
+
+/// `dosfs restore PATH --at TIME`.
+fn restore_at(path: &Path, at: i64, token: Option<String>) -> anyhow::Result<()> {
+    let (client, name) = locate_in_mount(path, token, true)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let done = rt.block_on(dosfs::restore::restore_tree(&client, &name, at))?;
+    for a in &done.actions {
+        out!("{a}");
+    }
+    let when = dos_protocol::format_rfc3339_ns(at);
+    match done.undo_at {
+        None => out!(
+            "{} is as it was at {when}: nothing to change",
+            path.display()
+        ),
+        Some(undo) => {
+            out!(
+                "{} changes; {} is as it was at {when}",
+                done.actions.len(),
+                path.display()
+            );
+            out!(
+                "undo: dosfs restore {} --at {}",
+                path.display(),
+                dos_protocol::format_rfc3339_ns(undo)
+            );
+        }
+    }
+    if done
+        .actions
+        .iter()
+        .any(|a| matches!(a, dosfs::restore::Action::Lost { .. }))
+    {
+        bail!("some files could not be restored: their content is no longer stored");
+    }
+    Ok(())
+}
+
+/// `dosfs log [PATH] [--since TIME]`: page after page, printed as they come.
+fn print_log(
+    path: &Path,
+    since: Option<i64>,
+    limit: Option<usize>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let (client, name) = locate_in_mount(path, token, true)?;
+    // The changes of the name itself and of every name under it (a folder, also one that
+    // is deleted now); the listing by prefix also brings siblings such as `NAME.bak`, left
+    // out here.
+    let under = format!("{name}/");
+    let ours = |n: &str| name.is_empty() || n == name || n.starts_with(&under);
+    let rt = tokio::runtime::Runtime::new()?;
+    out!(
+        "{:<30}  {:>8}  {:<8}  NAME",
+        "TIME (UTC)",
+        "VERSION",
+        "WHAT"
+    );
+    let mut shown = 0usize;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = rt.block_on(client.log(&name, since, cursor.as_deref(), Some(1000)))?;
+        for c in page.changes.iter().filter(|c| ours(c.name.as_str())) {
+            if limit.is_some_and(|l| shown >= l) {
+                return Ok(());
+            }
+            let other = match (&c.from, &c.to) {
+                (Some(from), _) => format!(" (from {from})"),
+                (_, Some(to)) => format!(" (to {to})"),
+                _ => String::new(),
+            };
+            out!(
+                "{:<30}  {:>8}  {:<8}  {}{other}",
+                dos_protocol::format_rfc3339_ns(c.time_ns),
+                c.version,
+                c.what.as_str(),
+                c.name
+            );
+            shown += 1;
+        }
+        match page.next_cursor {
+            Some(next) if cursor.as_deref() != Some(next.as_str()) => cursor = Some(next),
+            _ => return Ok(()),
         }
     }
 }
@@ -392,9 +523,11 @@ fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// The API client and object name of a path inside a dosfs mount.
+/// `root`: the mount point itself may be given (its name is "").
 fn locate_in_mount(
     path: &Path,
     token: Option<String>,
+    root: bool,
 ) -> anyhow::Result<(dos_client::Client, String)> {
     let abs = std::path::absolute(path)?;
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
@@ -423,7 +556,7 @@ fn locate_in_mount(
         .to_str()
         .ok_or_else(|| anyhow!("path is not UTF-8"))?
         .to_string();
-    if name.is_empty() {
+    if name.is_empty() && !root {
         bail!("give a file inside the mount, not the mount point");
     }
     // Without a token given, the one the mount's embedded store requires, from the file

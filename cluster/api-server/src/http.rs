@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/versions/{*name}", get(versions))
         .route("/locate/{*name}", get(locate))
         .route("/list", get(list))
+        .route("/log", get(log))
         .route("/changes", get(changes))
         .route("/health", get(health))
         .route("/maintenance/{job}", axum::routing::post(run_maintenance))
@@ -815,6 +816,40 @@ struct ListParams {
     delimiter: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+    /// The tree as it was at this moment (any form `parse_moment` takes).
+    at: Option<String>,
+}
+
+/// A time parameter: absent or empty is `None`; a malformed one is a 400.
+fn moment(p: Option<&str>) -> ApiResult<Option<i64>> {
+    match p.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => dos_protocol::parse_moment(s)
+            .map(Some)
+            .map_err(ApiError::BadRequest),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogParams {
+    #[serde(default)]
+    prefix: String,
+    since: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn log(State(core): State<Arc<Core>>, Query(p): Query<LogParams>) -> ApiResult<Response> {
+    let since = moment(p.since.as_deref())?;
+    let page = crate::timeline::page(
+        &core,
+        &p.prefix,
+        since,
+        p.cursor.as_deref().filter(|c| !c.is_empty()),
+        p.limit.unwrap_or(1000),
+    )
+    .await?;
+    Ok(axum::Json(page).into_response())
 }
 
 async fn list(State(core): State<Arc<Core>>, Query(p): Query<ListParams>) -> ApiResult<Response> {
@@ -843,6 +878,7 @@ async fn list(State(core): State<Arc<Core>>, Query(p): Query<ListParams>) -> Api
             delimiter,
             cursor: p.cursor.filter(|c| !c.is_empty()),
             limit,
+            at: moment(p.at.as_deref())?,
         })
         .await?;
     Ok(axum::Json(page).into_response())

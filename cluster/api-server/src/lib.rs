@@ -8,6 +8,8 @@
 //!   holds them. [`probe`]: asking every shard's holders, with a quorum result. [`health`]:
 //!   answer times and suspect data servers, which set the deadlines of shard calls.
 //! - [`pipeline`]: bytes between a body and six shard streams. [`stream`]: bodies going out.
+//! - [`timeline`]: the change log (`GET /log`), each version told as written, deleted,
+//!   renamed or restored.
 //! - [`repair`] and [`maintenance`]: the background work, run by a supervisor; [`moves`]:
 //!   drain and rebalance, the maintenance jobs that move shards between data servers.
 //! - `http`: the thin axum adapter (the only module that knows HTTP); [`in_process`]: the same
@@ -28,6 +30,7 @@ pub mod probe;
 pub mod repair;
 pub mod resumable;
 pub mod stream;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

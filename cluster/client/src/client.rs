@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dos_protocol::{
-    ContentHash, ListPage, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns, headers,
+    ContentHash, ListPage, LogPage, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns,
+    headers,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::header::{
@@ -1046,6 +1047,19 @@ impl Client {
         cursor: Option<&str>,
         limit: Option<usize>,
     ) -> Result<ListPage, ClientError> {
+        self.list_at(prefix, delimiter, cursor, limit, None).await
+    }
+
+    /// [`list`](Self::list) of the tree as it was at `at` (ns since the epoch; `None`: now):
+    /// `GET /list?…&at=TIME`.
+    pub async fn list_at(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+        at: Option<i64>,
+    ) -> Result<ListPage, ClientError> {
         let mut query = vec![format!("prefix={}", encode_query(prefix))];
         if let Some(d) = delimiter {
             query.push(format!("delimiter={}", encode_query(d)));
@@ -1056,7 +1070,37 @@ impl Client {
         if let Some(l) = limit {
             query.push(format!("limit={l}"));
         }
+        if let Some(at) = at {
+            query.push(format!("at={}", encode_query(&format_rfc3339_ns(at))));
+        }
         let path = format!("/list?{}", query.join("&"));
+        read_json(
+            self.send(Method::GET, self.request(Method::GET, &path))
+                .await?,
+        )
+        .await
+    }
+
+    /// `GET /log?prefix=P&since=T&cursor=C&limit=N`: one page of the changes under `prefix`,
+    /// newest first.
+    pub async fn log(
+        &self,
+        prefix: &str,
+        since: Option<i64>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<LogPage, ClientError> {
+        let mut query = vec![format!("prefix={}", encode_query(prefix))];
+        if let Some(s) = since {
+            query.push(format!("since={}", encode_query(&format_rfc3339_ns(s))));
+        }
+        if let Some(c) = cursor {
+            query.push(format!("cursor={}", encode_query(c)));
+        }
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        let path = format!("/log?{}", query.join("&"));
         read_json(
             self.send(Method::GET, self.request(Method::GET, &path))
                 .await?,

@@ -250,12 +250,13 @@ impl ObjectStore for Client {
 
     async fn list(&self, query: &ListQuery) -> StoreResult<ListPage> {
         let delimiter = query.delimiter.map(String::from);
-        Client::list(
+        Client::list_at(
             self,
             &query.prefix,
             delimiter.as_deref(),
             query.cursor.as_deref(),
             Some(query.limit),
+            query.at,
         )
         .await
         .map_err(store_error)

@@ -63,6 +63,168 @@ where
     old_versions_can_be_deleted_never_the_latest(&factory().await).await;
     only_unused_untouched_contents_are_deleted(&factory().await).await;
     concurrent_writers_get_unique_versions(Arc::new(factory().await)).await;
+    listing_at_a_moment(&factory().await).await;
+    changes_newest_first(&factory().await).await;
+}
+
+/// Adds a version of `content` (`None`: a delete marker) made at `ctime`.
+async fn put_at<S: MetadataStore>(store: &S, n: &str, content: Option<&[u8]>, ctime: i64) -> u64 {
+    let new = match content {
+        Some(c) => NewVersion {
+            size: c.len() as u64,
+            hash: Some(ContentHash::of(c)),
+            mtime_ns: ctime - 1,
+            mode: 0o640,
+            kind: EntryKind::File,
+            posix: PosixAttrs::default(),
+            ctime_ns: ctime,
+        },
+        None => NewVersion::delete_marker(ctime),
+    };
+    store.add_version(&name(n), new).await.unwrap().version
+}
+
+/// The tree of the contract's time-travel cases: written at 10, changed at 20 and 30.
+async fn history_tree<S: MetadataStore>(store: &S) {
+    put_at(store, "d/a", Some(b"a1"), 10).await;
+    put_at(store, "d/b", Some(b"b1"), 10).await;
+    put_at(store, "d/sub/c", Some(b"c1"), 10).await;
+    put_at(store, "top", Some(b"t1"), 10).await;
+    put_at(store, "d/a", Some(b"a2"), 20).await;
+    put_at(store, "d/b", None, 20).await;
+    put_at(store, "d/new", Some(b"n1"), 20).await;
+    put_at(store, "d/sub/c", None, 30).await;
+    put_at(store, "d/b", Some(b"b3"), 30).await;
+}
+
+/// A listing at a moment shows each name's newest version made by then, leaves out names
+/// deleted then or not yet made, groups and pages like the listing of now.
+pub async fn listing_at_a_moment<S: MetadataStore>(store: &S) {
+    history_tree(store).await;
+    let q = |prefix: &str, at: Option<i64>, cursor: Option<String>, limit| ListQuery {
+        prefix: prefix.into(),
+        delimiter: Some('/'),
+        cursor,
+        limit,
+        at,
+    };
+    let shown = |p: dos_protocol::ListPage| {
+        let mut out: Vec<String> = p
+            .entries
+            .iter()
+            .map(|e| format!("{}@{}", e.name, e.version))
+            .collect();
+        out.extend(p.prefixes);
+        out
+    };
+    let at = |prefix: &'static str, t: i64| {
+        let query = q(prefix, Some(t), None, 100);
+        async move { shown(store.list(&query).await.unwrap()) }
+    };
+    assert!(at("", 5).await.is_empty(), "nothing was made by 5");
+    assert_eq!(at("", 10).await, ["top@1", "d/"]);
+    assert_eq!(at("d/", 10).await, ["d/a@1", "d/b@1", "d/sub/"]);
+    assert_eq!(at("d/", 15).await, ["d/a@1", "d/b@1", "d/sub/"]);
+    assert_eq!(at("d/", 20).await, ["d/a@2", "d/new@1", "d/sub/"]);
+    assert_eq!(at("d/", 29).await, ["d/a@2", "d/new@1", "d/sub/"]);
+    assert_eq!(at("d/", 30).await, ["d/a@2", "d/b@3", "d/new@1"]);
+    assert_eq!(
+        at("d/", i64::MAX).await,
+        shown(store.list(&q("d/", None, None, 100)).await.unwrap()),
+        "the end of time is now"
+    );
+    let page = store.list(&q("d/", Some(20), None, 100)).await.unwrap();
+    let a = &page.entries[0];
+    assert_eq!(
+        (a.hash, a.mode, a.ctime_ns),
+        (Some(ContentHash::of(b"a2")), 0o640, 20)
+    );
+    // Pages of one, resumed by cursor.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(&q("d/", Some(20), cursor.clone(), 1))
+            .await
+            .unwrap();
+        let next = page.next_cursor.clone();
+        seen.extend(shown(page));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["d/a@2", "d/new@1", "d/sub/"]);
+    // A name with many versions, pages smaller than its history.
+    for (i, t) in (40..45).enumerate() {
+        put_at(store, "s/m", Some(format!("m{i}").as_bytes()), t).await;
+    }
+    put_at(store, "s/n", Some(b"n"), 40).await;
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(&q("s/", Some(42), cursor.clone(), 1))
+            .await
+            .unwrap();
+        let next = page.next_cursor.clone();
+        seen.extend(shown(page));
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["s/m@3", "s/n@1"]);
+    // Flat (no delimiter).
+    let flat = store
+        .list(&ListQuery {
+            delimiter: None,
+            ..q("d/", Some(10), None, 100)
+        })
+        .await
+        .unwrap();
+    assert_eq!(shown(flat), ["d/a@1", "d/b@1", "d/sub/c@1"]);
+}
+
+/// Changes under a prefix come newest first (by ctime, then name and version, descending),
+/// delete markers included, from a moment on, in pages that resume after a cursor.
+pub async fn changes_newest_first<S: MetadataStore>(store: &S) {
+    history_tree(store).await;
+    let all = |recs: Vec<dos_protocol::VersionRecord>| -> Vec<String> {
+        recs.iter()
+            .map(|r| format!("{}@{}:{}", r.name, r.version, r.ctime_ns))
+            .collect()
+    };
+    let want = [
+        "d/sub/c@2:30",
+        "d/b@3:30",
+        "d/new@1:20",
+        "d/b@2:20",
+        "d/a@2:20",
+        "d/sub/c@1:10",
+        "d/b@1:10",
+        "d/a@1:10",
+    ];
+    let got = store.list_changes("d/", None, None, 100).await.unwrap();
+    assert_eq!(all(got), want);
+    let since = store.list_changes("d/", Some(20), None, 100).await.unwrap();
+    assert_eq!(all(since), want[..5]);
+    let top = store.list_changes("top", None, None, 100).await.unwrap();
+    assert_eq!(all(top), ["top@1:10"]);
+    let mut paged = Vec::new();
+    let mut before: Option<dos_protocol::ChangeCursor> = None;
+    loop {
+        let page = store
+            .list_changes("d/", None, before.as_ref(), 3)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(dos_protocol::ChangeCursor::of(last));
+        paged.extend(all(page));
+    }
+    assert_eq!(paged, want);
+    let everything = store.list_changes("", None, None, 100).await.unwrap();
+    assert_eq!(everything.len(), 9);
 }
 
 pub async fn versions_are_consecutive<S: MetadataStore>(store: &S) {
@@ -201,6 +363,7 @@ pub async fn listing_groups_and_pages<S: MetadataStore>(store: &S) {
         delimiter: Some('/'),
         cursor,
         limit,
+        at: None,
     };
     let root = store.list(&q("", None, 100)).await.unwrap();
     let names: Vec<_> = root.entries.iter().map(|e| e.name.as_str()).collect();
@@ -235,6 +398,7 @@ pub async fn listing_groups_and_pages<S: MetadataStore>(store: &S) {
             delimiter: None,
             cursor: None,
             limit: 100,
+            at: None,
         })
         .await
         .unwrap();

@@ -77,7 +77,7 @@ mod reply;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dos_protocol::{ContentHash, ListPage, ObjectName, VersionRecord};
+use dos_protocol::{ChangeCursor, ContentHash, ListPage, ObjectName, VersionRecord};
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::Url;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -87,7 +87,7 @@ use elasticsearch::{CreateParts, DeleteParts, Elasticsearch, GetParts, IndexPart
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::listing::{PageBuilder, Step};
+use crate::listing::{AtRows, PageBuilder, Step};
 use crate::{
     ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, PlacementMove,
     VersionsFrom, apply_moves,
@@ -713,6 +713,40 @@ impl ElasticStore {
             })
             .collect()
     }
+
+    /// Up to `batch` versions with a ctime at or before `at`, in ascending name order and
+    /// each name's newest first, from `start` (inclusive or not), under `prefix`.
+    async fn search_versions_at(
+        &self,
+        prefix: &str,
+        start: &(String, bool),
+        at: i64,
+        batch: usize,
+    ) -> Result<Vec<VersionRecord>, MetadataError> {
+        let mut filter = vec![json!({ "range": { "ctime": { "lte": at } } })];
+        if !prefix.is_empty() {
+            filter.push(json!({ "prefix": { "name": prefix } }));
+        }
+        let op = if start.1 { "gte" } else { "gt" };
+        filter.push(json!({ "range": { "name": { op: start.0 } } }));
+        let body = json!({
+            "size": batch,
+            "track_total_hits": false,
+            "sort": [{ "name": "asc" }, { "version": "desc" }],
+            "query": { "bool": { "filter": filter } },
+        });
+        version_records(self.search(&self.metadata, body).await?)
+    }
+}
+
+fn version_records(hits: Vec<Value>) -> Result<Vec<VersionRecord>, MetadataError> {
+    hits.into_iter()
+        .map(|source| {
+            let doc: VersionDoc = serde_json::from_value(source)
+                .map_err(|e| MetadataError::Corrupt(format!("version document: {e}")))?;
+            doc.into_record()
+        })
+        .collect()
 }
 
 /// Runs a read (GET by id, search) up to three times while Elasticsearch is unavailable
@@ -828,19 +862,41 @@ impl MetadataStore for ElasticStore {
                 body
             }
         };
-        let hits = self.search(&self.metadata, body).await?;
-        hits.into_iter()
-            .map(|source| {
-                let doc: VersionDoc = serde_json::from_value(source)
-                    .map_err(|e| MetadataError::Corrupt(format!("version document: {e}")))?;
-                doc.into_record()
-            })
-            .collect()
+        version_records(self.search(&self.metadata, body).await?)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage, MetadataError> {
         self.ready().await?;
         list_page(self, query).await
+    }
+
+    async fn list_changes(
+        &self,
+        prefix: &str,
+        since_ns: Option<i64>,
+        before: Option<&ChangeCursor>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, MetadataError> {
+        self.ready().await?;
+        check_prefix_name(prefix)?;
+        let mut filter = Vec::new();
+        if !prefix.is_empty() {
+            filter.push(json!({ "prefix": { "name": prefix } }));
+        }
+        if let Some(since) = since_ns {
+            filter.push(json!({ "range": { "ctime": { "gte": since } } }));
+        }
+        let mut body = json!({
+            "size": limit.clamp(1, 10_000),
+            "track_total_hits": false,
+            "query": { "bool": { "filter": filter } },
+            "sort": [{ "ctime": "desc" }, { "name": "desc" }, { "version": "desc" }],
+        });
+        if let Some(b) = before {
+            u64_in_long("version", b.version)?;
+            body["search_after"] = json!([b.ctime_ns, b.name.as_str(), b.version]);
+        }
+        version_records(self.search(&self.metadata, body).await?)
     }
 
     async fn get_content(
@@ -996,15 +1052,30 @@ impl MetadataStore for ElasticStore {
 /// costs O(page) searches however many names a prefix hides.
 async fn list_page(store: &ElasticStore, query: &ListQuery) -> Result<ListPage, MetadataError> {
     let mut builder = PageBuilder::new(query)?;
+    let mut at_rows = AtRows::default();
     loop {
         let batch = builder.batch();
-        let rows = store
-            .search_heads(query.prefix.as_str(), builder.start(), batch)
-            .await?;
+        let rows = match query.at {
+            None => {
+                store
+                    .search_heads(query.prefix.as_str(), builder.start(), batch)
+                    .await?
+            }
+            Some(at) => {
+                store
+                    .search_versions_at(query.prefix.as_str(), builder.start(), at, batch)
+                    .await?
+            }
+        };
         let exhausted = rows.len() < batch;
         let mut jumped = false;
         for rec in rows {
-            match builder.offer(rec) {
+            let step = if query.at.is_some() {
+                at_rows.offer(&mut builder, rec)
+            } else {
+                builder.offer(rec)
+            };
+            match step {
                 Step::Next => {}
                 Step::Jump => {
                     jumped = true;
@@ -1017,6 +1088,14 @@ async fn list_page(store: &ElasticStore, query: &ListQuery) -> Result<ListPage, 
             return Ok(builder.finish());
         }
     }
+}
+
+/// A prefix of names is a name's beginning: at most [`dos_protocol::MAX_NAME_BYTES`].
+fn check_prefix_name(prefix: &str) -> Result<(), MetadataError> {
+    if prefix.len() > dos_protocol::MAX_NAME_BYTES {
+        return Err(MetadataError::BadRequest("prefix too long".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 pub use dos_protocol::ListQuery;
 use dos_protocol::{
-    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId, VersionRecord,
+    BlockHashes, ChangeCursor, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId,
+    VersionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -158,8 +159,20 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<VersionRecord>, MetadataError>;
 
-    /// One page of latest live versions and common prefixes.
+    /// One page of latest live versions and common prefixes (as they were at
+    /// [`ListQuery::at`] when it is set).
     async fn list(&self, query: &ListQuery) -> Result<ListPage, MetadataError>;
+
+    /// Up to `limit` versions (delete markers included) of names starting with `prefix`
+    /// made at or after `since_ns` (by their ctime), newest first: by ctime, then name and
+    /// version, descending; only those after `before` in that order when it is given.
+    async fn list_changes(
+        &self,
+        prefix: &str,
+        since_ns: Option<i64>,
+        before: Option<&ChangeCursor>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, MetadataError>;
 
     /// What is stored for `hash`, if anything.
     async fn get_content(&self, hash: &ContentHash)

@@ -95,8 +95,41 @@ impl<'q> PageBuilder<'q> {
         }
     }
 
+    /// Takes a name that is not listed (deleted at the listing's moment): the next fetch
+    /// starts after it.
+    pub(crate) fn skip(&mut self, name: &str) -> Step {
+        if !name.starts_with(self.query.prefix.as_str()) {
+            return Step::Done;
+        }
+        self.start = (name.to_string(), false);
+        Step::Next
+    }
+
     pub(crate) fn finish(self) -> ListPage {
         self.page
+    }
+}
+
+/// The rows of a listing at a moment ([`ListQuery::at`]): versions in ascending name order,
+/// each name's newest version (made at or before the moment) first. The first row of each
+/// name decides it (listed, or skipped when it is a delete marker); the older ones are
+/// passed over.
+#[derive(Default)]
+pub(crate) struct AtRows {
+    last: Option<String>,
+}
+
+impl AtRows {
+    pub(crate) fn offer(&mut self, builder: &mut PageBuilder<'_>, rec: VersionRecord) -> Step {
+        if self.last.as_deref() == Some(rec.name.as_str()) {
+            return Step::Next;
+        }
+        self.last = Some(rec.name.as_str().to_string());
+        if rec.is_delete_marker() {
+            builder.skip(rec.name.as_str())
+        } else {
+            builder.offer(rec)
+        }
     }
 }
 

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use dos_protocol::{
-    BlockHashes, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId, VersionRecord,
-    now_ns,
+    BlockHashes, ChangeCursor, ContentHash, EntryKind, ListPage, ObjectName, PosixAttrs, ServerId,
+    VersionRecord, now_ns,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::listing::{PageBuilder, Step};
+use crate::listing::{AtRows, PageBuilder, Step};
 use crate::{
     ContentRecord, ListQuery, MetadataError, MetadataStore, NewVersion, PlacementMove,
     VersionsFrom, apply_moves,
@@ -365,6 +365,18 @@ impl MetadataStore for SqliteStore {
         self.with_conn(move |conn| list_page(conn, &query)).await
     }
 
+    async fn list_changes(
+        &self,
+        prefix: &str,
+        since_ns: Option<i64>,
+        before: Option<&ChangeCursor>,
+        limit: usize,
+    ) -> Result<Vec<VersionRecord>, MetadataError> {
+        let (prefix, before) = (prefix.to_string(), before.cloned());
+        self.with_conn(move |conn| changes_page(conn, &prefix, since_ns, before.as_ref(), limit))
+            .await
+    }
+
     async fn get_content(
         &self,
         hash: &ContentHash,
@@ -612,18 +624,29 @@ fn content_record(
     })
 }
 
-/// One listing page over `live` (grouping in [`PageBuilder`]). Common prefixes are skipped
+/// One listing page over `live`, or (a listing at a moment) over `versions`, each name's
+/// newest version made by then (grouping in [`PageBuilder`]). Common prefixes are skipped
 /// with one range seek each, so a page costs O(page) rows however many names a prefix hides.
 fn list_page(conn: &Connection, query: &ListQuery) -> Result<ListPage, MetadataError> {
     let mut builder = PageBuilder::new(query)?;
+    let mut at_rows = AtRows::default();
+    // Versions made before their ctime was recorded count at their mtime; SQLite takes the
+    // other columns of a group from the row holding its MAX.
+    let (table, at_filter) = match query.at {
+        None => ("live", "AND ?3 IS NULL"),
+        Some(_) => (
+            "versions",
+            "AND COALESCE(ctime, mtime) <= ?3 GROUP BY name HAVING version = MAX(version)",
+        ),
+    };
     let mut stmt_incl = conn
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM live WHERE name >= ?1 ORDER BY name LIMIT ?2"
+            "SELECT {COLUMNS} FROM {table} WHERE name >= ?1 {at_filter} ORDER BY name LIMIT ?2"
         ))
         .map_err(db_err)?;
     let mut stmt_excl = conn
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM live WHERE name > ?1 ORDER BY name LIMIT ?2"
+            "SELECT {COLUMNS} FROM {table} WHERE name > ?1 {at_filter} ORDER BY name LIMIT ?2"
         ))
         .map_err(db_err)?;
     loop {
@@ -634,11 +657,16 @@ fn list_page(conn: &Connection, query: &ListQuery) -> Result<ListPage, MetadataE
         } else {
             &mut stmt_excl
         };
-        let rows = collect_versions(stmt, params![key, batch as i64])?;
+        let rows = collect_versions(stmt, params![key, batch as i64, query.at])?;
         let exhausted = rows.len() < batch;
         let mut jumped = false;
         for rec in rows {
-            match builder.offer(rec) {
+            let step = if query.at.is_some() {
+                at_rows.offer(&mut builder, rec)
+            } else {
+                builder.offer(rec)
+            };
+            match step {
                 Step::Next => {}
                 Step::Jump => {
                     jumped = true;
@@ -651,6 +679,38 @@ fn list_page(conn: &Connection, query: &ListQuery) -> Result<ListPage, MetadataE
             return Ok(builder.finish());
         }
     }
+}
+
+/// Up to `limit` versions under `prefix` made at or after `since`, newest first.
+fn changes_page(
+    conn: &Connection,
+    prefix: &str,
+    since: Option<i64>,
+    before: Option<&ChangeCursor>,
+    limit: usize,
+) -> Result<Vec<VersionRecord>, MetadataError> {
+    let limit = i64::try_from(limit.clamp(1, 10_000)).unwrap_or(1000);
+    let since = since.unwrap_or(i64::MIN);
+    let after = match before {
+        Some(_) => "AND (COALESCE(ctime, mtime), name, version) < (?4, ?5, ?6)",
+        None => "AND ?4 IS NULL AND ?5 IS NULL AND ?6 IS NULL",
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM versions WHERE name >= ?1 \
+             AND substr(name, 1, length(?1)) = ?1 AND COALESCE(ctime, mtime) >= ?2 {after} \
+             ORDER BY COALESCE(ctime, mtime) DESC, name DESC, version DESC LIMIT ?3"
+        ))
+        .map_err(db_err)?;
+    let (c, n, v) = match before {
+        Some(b) => (
+            Some(b.ctime_ns),
+            Some(b.name.as_str().to_string()),
+            Some(i64_of(b.version)?),
+        ),
+        None => (None, None, None),
+    };
+    collect_versions(&mut stmt, params![prefix, since, limit, c, n, v])
 }
 
 #[cfg(test)]
@@ -678,7 +738,7 @@ mod tests {
         });
         proptest!(|(prefix in "[a-zé/0]{0,4}", cursor in proptest::option::of("\\PC{0,6}"),
                     delim in proptest::option::of(proptest::char::any()), limit in 0usize..20000)| {
-            let q = ListQuery { prefix: prefix.clone(), delimiter: delim, cursor: cursor.clone(), limit };
+            let q = ListQuery { prefix: prefix.clone(), delimiter: delim, cursor: cursor.clone(), limit, at: None };
             if let Ok(page) = rt.block_on(store.list(&q)) {
                 let names: Vec<&str> = page.entries.iter().map(|e| e.name.as_str()).collect();
                 let mut sorted = names.clone();

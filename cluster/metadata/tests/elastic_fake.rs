@@ -516,6 +516,7 @@ async fn listing_pages_without_a_result_window() {
                 delimiter: Some('/'),
                 cursor: cursor.clone(),
                 limit: 7,
+                at: None,
             })
             .await
             .unwrap();
@@ -618,4 +619,77 @@ async fn requests_of_one_write_and_one_read() {
         ],
         "{requests:#?}"
     );
+}
+
+/// A folder of 10,000 names listed at a moment is a few searches (pages of 1,000), not one
+/// per name; names deleted or made after the moment change nothing.
+#[tokio::test]
+async fn listing_10000_names_at_a_moment_is_a_few_searches() {
+    let (fake, store) = fresh().await;
+    let store = std::sync::Arc::new(store);
+    let version = |ctime: i64, hash: Option<ContentHash>| NewVersion {
+        size: u64::from(hash.is_some()),
+        hash,
+        mtime_ns: ctime,
+        mode: 0o644,
+        kind: EntryKind::File,
+        posix: Default::default(),
+        ctime_ns: ctime,
+    };
+    let n = 10_000;
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                let h = Some(ContentHash::of(b"x"));
+                store
+                    .add_version(&name(&format!("big/f{i:05}")), version(10, h))
+                    .await
+                    .unwrap();
+                if i % 100 == 0 {
+                    // Deleted after the moment.
+                    store
+                        .add_version(&name(&format!("big/f{i:05}")), version(30, None))
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let searches = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.contains("_search"))
+            .count()
+    };
+    let before = searches();
+    let mut listed = 0;
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list(&ListQuery {
+                prefix: "big/".into(),
+                delimiter: Some('/'),
+                cursor: cursor.clone(),
+                limit: 1000,
+                at: Some(20),
+            })
+            .await
+            .unwrap();
+        listed += page.entries.len();
+        pages += 1;
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let used = searches() - before;
+    eprintln!("{listed} names at a moment: {pages} pages, {used} searches");
+    assert_eq!(listed, n);
+    assert!(used <= 2 * pages, "{used} searches for {pages} pages");
 }

@@ -218,6 +218,98 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Entries plus prefixes per page, 1..=10,000.
     pub limit: usize,
+    /// List the tree as it was at this moment (ns since the epoch) instead of now: each
+    /// name's latest version made at or before it (by its ctime), if that is not a delete
+    /// marker. `None`: now.
+    pub at: Option<i64>,
+}
+
+/// What one change of a name was, in a change log (`GET /log`, `dosfs log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeWhat {
+    /// New content or attributes.
+    Written,
+    /// A delete marker.
+    Deleted,
+    /// The name was renamed: this version is its new name's (`from` says the old), or the
+    /// delete marker of its old one (`to` says the new).
+    Renamed,
+    /// The content an earlier version of this name had, back again (a restore).
+    Restored,
+}
+
+impl ChangeWhat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeWhat::Written => "written",
+            ChangeWhat::Deleted => "deleted",
+            ChangeWhat::Renamed => "renamed",
+            ChangeWhat::Restored => "restored",
+        }
+    }
+}
+
+/// One change in a change log: version `version` of `name`, made at `time_ns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    #[serde(rename = "time", with = "rfc3339")]
+    pub time_ns: i64,
+    pub name: ObjectName,
+    pub version: u64,
+    pub what: ChangeWhat,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// A rename: the name this one came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ObjectName>,
+    /// A rename: the name the old one went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<ObjectName>,
+}
+
+/// One page of `GET /log`, newest change first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LogPage {
+    pub changes: Vec<LogEntry>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Where a page of changes newest first resumes: after this (ctime, name, version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeCursor {
+    pub ctime_ns: i64,
+    pub name: ObjectName,
+    pub version: u64,
+}
+
+impl ChangeCursor {
+    pub fn of(rec: &VersionRecord) -> Self {
+        Self {
+            ctime_ns: rec.ctime_ns,
+            name: rec.name.clone(),
+            version: rec.version,
+        }
+    }
+
+    /// `CTIME.VERSION.NAME` (the name last: it may hold dots).
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.ctime_ns, self.version, self.name.as_str())
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '.');
+        let ctime_ns = parts.next()?.parse().ok()?;
+        let version = parts.next()?.parse().ok()?;
+        let name = ObjectName::new(parts.next()?).ok()?;
+        Some(Self {
+            ctime_ns,
+            name,
+            version,
+        })
+    }
 }
 
 /// A data server's stable identity, kept in its storage folder; placement records it, so a
@@ -344,6 +436,18 @@ mod tests {
         assert!(json.contains(r#""uid":65534"#), "{json}");
         let back: VersionRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn change_cursors_round_trip() {
+        let c = ChangeCursor {
+            ctime_ns: -5,
+            name: ObjectName::new("a.b/c.d").unwrap(),
+            version: 7,
+        };
+        assert_eq!(ChangeCursor::decode(&c.encode()), Some(c));
+        assert_eq!(ChangeCursor::decode("x.1.a"), None);
+        assert_eq!(ChangeCursor::decode("1.1"), None);
     }
 
     #[test]

@@ -2387,3 +2387,142 @@ crate::on_both_shard_paths! {
     bearer_token_is_required_when_configured,
     resumable_upload_continues_after_a_restart,
 }
+
+/// Issue 16 over REST: `GET /list?at=` shows the tree of a moment (overwritten names as they
+/// were, deleted ones back, later ones absent), and `GET /log` lists every change newest
+/// first in pages, a rename as one, bad times and cursors refused with 400.
+#[tokio::test]
+async fn listings_at_a_moment_and_the_change_log() {
+    let (_c, client, _dir) = start().await;
+    let moment = || async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = dos_client::dos_protocol::now_ns();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        t
+    };
+    put(&client, "T/a.txt", b"a one").await;
+    put(&client, "T/b.txt", b"b one").await;
+    put(&client, "T/sub/c.txt", b"c one").await;
+    let t1 = moment().await;
+    put(&client, "T/a.txt", b"a two").await;
+    client.delete("T/b.txt").await.unwrap();
+    // A rename as dosfs makes one: the new name by hash, then the old one deleted.
+    let c = ContentHash::of(b"c one");
+    assert!(matches!(
+        client
+            .post("T/sub/d.txt", c, 5, &WriteAttributes::default())
+            .await
+            .unwrap(),
+        PostOutcome::Created(_)
+    ));
+    client.delete("T/sub/c.txt").await.unwrap();
+    put(&client, "T/new.txt", b"new").await;
+    let t2 = moment().await;
+
+    // (name, version) of each entry, then each prefix as (prefix, 0).
+    let shown = |p: dos_client::dos_protocol::ListPage| -> Vec<(String, u64)> {
+        let names = p.entries.iter().map(|e| (e.name.to_string(), e.version));
+        names
+            .chain(p.prefixes.into_iter().map(|x| (x, 0)))
+            .collect()
+    };
+    let pairs = |want: &[(&str, u64)]| -> Vec<(String, u64)> {
+        want.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    };
+    let page = client
+        .list_at("T/", Some("/"), None, None, Some(t1))
+        .await
+        .unwrap();
+    assert_eq!(
+        shown(page),
+        pairs(&[("T/a.txt", 1), ("T/b.txt", 1), ("T/sub/", 0)])
+    );
+    let page = client
+        .list_at("T/sub/", Some("/"), None, None, Some(t1))
+        .await
+        .unwrap();
+    assert_eq!(shown(page), pairs(&[("T/sub/c.txt", 1)]));
+    let page = client
+        .list_at("T/", Some("/"), None, None, Some(t2))
+        .await
+        .unwrap();
+    let then = pairs(&[("T/a.txt", 2), ("T/new.txt", 1), ("T/sub/", 0)]);
+    assert_eq!(shown(page), then);
+    let now = client.list("T/", Some("/"), None, None).await.unwrap();
+    assert_eq!(shown(now), then);
+
+    // The log, in pages of two, newest first.
+    let mut log = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = client
+            .log("T/", None, cursor.as_deref(), Some(2))
+            .await
+            .unwrap();
+        log.extend(page.changes);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    use dos_client::dos_protocol::ChangeWhat::*;
+    let got: Vec<(String, u64, _)> = log
+        .iter()
+        .map(|e| (e.name.as_str().to_string(), e.version, e.what))
+        .collect();
+    let want = [
+        ("T/new.txt", 1, Written),
+        ("T/sub/c.txt", 2, Renamed),
+        ("T/sub/d.txt", 1, Renamed),
+        ("T/b.txt", 2, Deleted),
+        ("T/a.txt", 2, Written),
+        ("T/sub/c.txt", 1, Written),
+        ("T/b.txt", 1, Written),
+        ("T/a.txt", 1, Written),
+    ];
+    let want: Vec<(String, u64, _)> = want
+        .iter()
+        .map(|(n, v, w)| (n.to_string(), *v, *w))
+        .collect();
+    let names = |g: &[(String, u64, dos_client::dos_protocol::ChangeWhat)]| {
+        g.iter()
+            .map(|(n, v, _)| (n.clone(), *v))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&got), names(&want), "every change once, newest first");
+    // Pages of two split the rename: its delete (first page) still finds its new name on
+    // the next one; the new name, alone on its page, shows as written.
+    assert_eq!(log[1].what, Renamed);
+    assert_eq!(log[1].to.as_ref().unwrap().as_str(), "T/sub/d.txt");
+    // One page: both halves.
+    let whole = client.log("T/", None, None, None).await.unwrap().changes;
+    let got: Vec<(String, u64, _)> = whole
+        .iter()
+        .map(|e| (e.name.as_str().to_string(), e.version, e.what))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(whole[2].from.as_ref().unwrap().as_str(), "T/sub/c.txt");
+    let since = client.log("T/", Some(t1), None, None).await.unwrap();
+    assert_eq!(since.changes.len(), 5);
+    // A restore: old content back as a new version.
+    let old = ContentHash::of(b"a one");
+    client
+        .post("T/a.txt", old, 5, &WriteAttributes::default())
+        .await
+        .unwrap();
+    let page = client.log("T/a.txt", None, None, Some(1)).await.unwrap();
+    assert_eq!(page.changes[0].what, Restored);
+
+    for path in [
+        "/list?prefix=T/&at=tomorrow",
+        "/log?prefix=T/&since=2026-13-01",
+        "/log?prefix=T/&cursor=nonsense",
+        "/log?prefix=T/&limit=0",
+    ] {
+        assert_eq!(
+            get_status(&client, path).await,
+            StatusCode::BAD_REQUEST,
+            "{path}"
+        );
+    }
+}

@@ -246,6 +246,7 @@ pub async fn listings(store: &dyn ObjectStore) {
         delimiter: Some('/'),
         cursor,
         limit,
+        at: None,
     };
     let p = store.list(&page("l/", 100, None)).await.unwrap();
     let names: Vec<&str> = p.entries.iter().map(|e| e.name.as_str()).collect();
@@ -399,6 +400,7 @@ pub async fn attributes_round_trip(store: &dyn ObjectStore) {
                 delimiter: Some('/'),
                 cursor: None,
                 limit: 10,
+                at: None,
             })
             .await
             .unwrap();

@@ -365,6 +365,7 @@ pub trait ObjectStore: Send + Sync + 'static {
             delimiter,
             cursor: None,
             limit: 1000,
+            at: None,
         };
         let (mut entries, mut prefixes) = (Vec::new(), Vec::new());
         loop {

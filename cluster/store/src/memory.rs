@@ -467,9 +467,13 @@ impl ObjectStore for MemoryStore {
         }
         let state = self.state();
         let live = state.versions.iter().filter_map(|(name, list)| {
-            list.last()
-                .filter(|r| r.hash.is_some())
-                .map(|r| (name.as_str(), r))
+            // The newest version made by the listing's moment, or the latest.
+            match query.at {
+                Some(at) => list.iter().rev().find(|r| r.ctime_ns <= at),
+                None => list.last(),
+            }
+            .filter(|r| r.hash.is_some())
+            .map(|r| (name.as_str(), r))
         });
         Ok(page(live, query))
     }

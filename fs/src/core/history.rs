@@ -74,6 +74,7 @@ fn version_attr(core: &FsCore, path: &str, rec: &VersionRecord) -> Attr {
 
 pub async fn getattr(core: &FsCore, key: NodeKey) -> FsResult<Attr> {
     match &key {
+        NodeKey::AtRoot | NodeKey::At(..) => super::at::getattr(core, key).await,
         NodeKey::Control | NodeKey::History(_) => Ok(control_attr(core, key)),
         NodeKey::Stats => Ok(super::stats::attr(core)),
         NodeKey::HistoryVersion(path, v) => {
@@ -97,6 +98,11 @@ pub async fn lookup(core: &FsCore, parent: NodeKey, name: &str) -> FsResult<(Nod
         NodeKey::Control if name == super::stats::STATS_FILE => {
             Ok((NodeKey::Stats, super::stats::attr(core)))
         }
+        NodeKey::Control if name == super::at::AT_DIR => {
+            let key = NodeKey::AtRoot;
+            Ok((key.clone(), control_attr(core, key)))
+        }
+        NodeKey::AtRoot | NodeKey::At(..) => super::at::lookup(core, parent, name).await,
         NodeKey::History(dir) => {
             let versions = file_versions(core, &dir).await?;
             if !versions.is_empty() {
@@ -131,7 +137,13 @@ pub async fn read_dir(core: &FsCore, key: NodeKey) -> FsResult<Vec<DirEntry>> {
                 name: super::stats::STATS_FILE.into(),
                 kind: Kind::File,
             },
+            DirEntry {
+                ino: core.ino_of(NodeKey::AtRoot),
+                name: super::at::AT_DIR.into(),
+                kind: Kind::Dir,
+            },
         ]),
+        NodeKey::AtRoot | NodeKey::At(..) => super::at::read_dir(core, key).await,
         NodeKey::History(dir) => {
             let versions = file_versions(core, &dir).await?;
             if !versions.is_empty() {

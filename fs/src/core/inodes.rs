@@ -28,6 +28,10 @@ pub enum NodeKey {
     HistoryVersion(String, u64),
     /// `/.dosfs/stats`
     Stats,
+    /// `/.dosfs/at`
+    AtRoot,
+    /// `/.dosfs/at/<time>/<path>`: `path` as it was at the moment (ns; "" is the tree's root).
+    At(i64, String),
 }
 
 pub struct Inodes {

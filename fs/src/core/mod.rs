@@ -5,6 +5,7 @@
 //! name prefixes plus an optional `dir` marker object that keeps an empty directory alive.
 //! Writes go to a local staging file and are uploaded whole on flush/fsync/close.
 
+mod at;
 mod history;
 mod inodes;
 pub mod journal;
@@ -39,7 +40,7 @@ use write::Staged;
 /// How long attributes and listings fetched from the store are trusted (close-to-open, and
 /// changes made through REST show within this).
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
-/// The control folder at the root: `.dosfs/history/…`.
+/// The control folder at the root: `.dosfs/history/…`, `.dosfs/at/…`, `.dosfs/stats`.
 pub const CONTROL_DIR: &str = ".dosfs";
 /// Cached attribute entries past which the expired ones are dropped.
 const ENTRY_PURGE_AT: usize = 4096;
@@ -319,6 +320,10 @@ pub struct FsCore {
     /// Whether large uncached files may be opened with direct I/O (the adapter enables it at
     /// init when the kernel keeps shared mmap of such files working).
     direct_io: AtomicBool,
+    /// What the tree was at moments, as listed under `.dosfs/at` (see `at`).
+    at_entries: Mutex<at::AtEntries>,
+    /// Listing requests made of the store (`.dosfs/stats`).
+    listings: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -339,6 +344,28 @@ pub(crate) fn object_name(path: &str) -> FsResult<ObjectName> {
     ObjectName::new(path).map_err(|e| FsError::Invalid(format!("{path:?}: {e}")))
 }
 
+/// The attributes a version gives its node.
+fn object_attr(ino: u64, r: &VersionRecord) -> Attr {
+    Attr {
+        ino,
+        kind: Kind::of(r.kind),
+        size: if r.kind == EntryKind::Dir { 0 } else { r.size },
+        perm: r.mode & 0o7777,
+        mtime_ns: r.mtime_ns,
+        atime_ns: r.posix.atime_ns.unwrap_or(r.mtime_ns),
+        ctime_ns: r.ctime_ns,
+        uid: r.posix.uid,
+        gid: r.posix.gid,
+        rdev: r.posix.rdev,
+        hash: r.hash,
+        version: Some(r.version),
+        read_only: false,
+        unlinked: false,
+        link: r.posix.link,
+        nlink: 1,
+    }
+}
+
 /// A listing of at most one child of directory `path` (is it empty? does it exist?).
 fn first_child(path: &str) -> ListQuery {
     ListQuery {
@@ -346,6 +373,7 @@ fn first_child(path: &str) -> ListQuery {
         delimiter: Some('/'),
         cursor: None,
         limit: 1,
+        at: None,
     }
 }
 
@@ -395,7 +423,21 @@ impl FsCore {
             io_changed: tokio::sync::Notify::new(),
             passthrough: AtomicBool::new(false),
             direct_io: AtomicBool::new(false),
+            at_entries: Mutex::default(),
+            listings: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// One listing page from the store (each counted: `.dosfs/stats` shows them).
+    pub(crate) async fn list_page(&self, query: &ListQuery) -> FsResult<dos_protocol::ListPage> {
+        self.listings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Listing requests made of the store so far.
+    pub fn listings(&self) -> u64 {
+        self.listings.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Turns write-back on: closes are made durable in `journal` and uploaded later.
@@ -570,7 +612,7 @@ impl FsCore {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
-        let page = self.store.list(&first_child(path)).await?;
+        let page = self.list_page(&first_child(path)).await?;
         if page.entries.is_empty() && page.prefixes.is_empty() {
             self.forget_entry(path);
             return Err(FsError::NotFound);
@@ -599,24 +641,7 @@ impl FsCore {
                 link: None,
                 nlink: 1,
             },
-            Entry::Object(r) => Attr {
-                ino,
-                kind: Kind::of(r.kind),
-                size: if r.kind == EntryKind::Dir { 0 } else { r.size },
-                perm: r.mode & 0o7777,
-                mtime_ns: r.mtime_ns,
-                atime_ns: r.posix.atime_ns.unwrap_or(r.mtime_ns),
-                ctime_ns: r.ctime_ns,
-                uid: r.posix.uid,
-                gid: r.posix.gid,
-                rdev: r.posix.rdev,
-                hash: r.hash,
-                version: Some(r.version),
-                read_only: false,
-                unlinked: false,
-                link: r.posix.link,
-                nlink: 1,
-            },
+            Entry::Object(r) => object_attr(ino, r),
         };
         if attr.kind == Kind::Dir
             && let Some(t) = self.dir_time(path)
@@ -879,12 +904,12 @@ impl FsCore {
             .collect();
         loop {
             let page = self
-                .store
-                .list(&ListQuery {
+                .list_page(&ListQuery {
                     prefix: prefix.clone(),
                     delimiter: Some('/'),
                     cursor: cursor.clone(),
                     limit: 1000,
+                    at: None,
                 })
                 .await?;
             for rec in page.entries {
@@ -1109,7 +1134,7 @@ impl FsCore {
 
     /// True when nothing lives under directory `path`.
     async fn is_empty_dir(&self, path: &str) -> FsResult<bool> {
-        let page = self.store.list(&first_child(path)).await?;
+        let page = self.list_page(&first_child(path)).await?;
         let staged_child = lock(&self.staged)
             .keys()
             .any(|p| p.starts_with(&format!("{path}/")));
@@ -1220,6 +1245,9 @@ impl FsCore {
     }
 
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        if let NodeKey::At(at, path) = self.node(ino)? {
+            return at::readlink(self, at, &path).await;
+        }
         let path = self.writable_path(ino)?;
         match self.entry(&path).await? {
             Entry::Object(r) if r.kind == EntryKind::Symlink => {

@@ -112,6 +112,10 @@ impl FsCore {
         let (name, pinned) = match self.node(ino)? {
             NodeKey::Path(p) => (p, None),
             NodeKey::HistoryVersion(p, v) => (p, Some(v)),
+            NodeKey::At(at, p) => {
+                let v = self.version_at(at, &p).await?.version;
+                (p, Some(v))
+            }
             NodeKey::Stats => {
                 let fh = self.new_handle(Handle::Static(super::stats::report(self)));
                 // Its size is unknown to the kernel: direct I/O reads to the end.

@@ -72,6 +72,7 @@ pub fn report(core: &FsCore) -> Bytes {
         "store": {
             "token_file": core.config.token_file.as_ref().map(|p| p.display().to_string()),
             "tls_ca": core.config.tls_ca.as_ref().map(|p| p.display().to_string()),
+            "listings": core.listings(),
         },
         "process": {
             "pid": std::process::id(),
