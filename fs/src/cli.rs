@@ -261,7 +261,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(pid) = pid {
                 // Wait for the daemon to finish its uploads and stop its store.
-                wait_for(Duration::from_secs(120), || !process_alive(pid));
+                if !wait_for(Duration::from_secs(120), || !process_alive(pid)) {
+                    bail!(
+                        "unmounted {} here, but its daemon (pid {pid}) has not stopped after 120 s: the kernel keeps the file system while a copy of the mount lives on (in the mount namespace of a process started after the mount with `ip netns exec`, `unshare -m` or a container); it stops when the last copy goes",
+                        mp.display()
+                    );
+                }
             }
             eprintln!("dosfs: unmounted {}", mp.display());
             Ok(())

@@ -301,10 +301,13 @@ impl NetCluster {
     /// and its log in `dir/HOST.log`.
     pub fn spawn_in(&self, host: &str, args: &[&str], envs: &[(&str, String)]) -> Proc {
         let log = std::fs::File::create(self.log_path(host)).unwrap();
-        let mut cmd = Command::new(SCRIPT);
-        // `exec` ends in `exec ip netns exec NS dos-server …`, and `ip netns exec` execs too:
-        // the child's PID is the server's, for SIGSTOP and SIGKILL.
-        cmd.args(["-c", &self.number.to_string(), "exec", host])
+        // `nsenter --net` rather than the script's `exec` (`ip netns exec`): the server gets
+        // the host's network but no mount namespace of its own, which would keep a copy of
+        // every FUSE mount made before it (and its daemon alive after the unmount). nsenter
+        // execs: the child's PID is the server's, for SIGSTOP and SIGKILL.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_path(host).display()))
+            .arg("--")
             .arg(server_bin())
             .args(args)
             .env("RABBITMQ_SERVER", &self.env.amqp)
