@@ -50,7 +50,7 @@ impl FromRef<AppState> for Arc<Maintenance> {
 pub fn router(state: AppState) -> Router {
     let core = state.core.clone();
     let limit = Arc::new(Semaphore::new(core.config.max_in_flight));
-    Router::new()
+    let app = Router::new()
         .route(
             "/objects/{*name}",
             get(get_object)
@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/list", get(list))
         .route("/changes", get(changes))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/maintenance/{job}", axum::routing::post(run_maintenance))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -77,7 +78,20 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(check_request_head))
         .layer(middleware::from_fn_with_state(limit, limit_in_flight))
         .layer(middleware::from_fn(with_request_id))
-        .with_state(state)
+        .with_state(state);
+    dos_worker::http::track_requests(app, crate::metrics::requests())
+}
+
+/// `/metrics`: this process's metrics in the Prometheus text format (behind the token when
+/// one is set, like everything but `/health`).
+async fn metrics(State(core): State<Arc<Core>>) -> Response {
+    match &core.config.metrics {
+        Some(m) => {
+            crate::metrics::refresh(&core);
+            m.response()
+        }
+        None => ApiError::NotFound("this server has no metrics".into()).into_response(),
+    }
 }
 
 /// Gives every request an id (the client's `x-request-id` when it has the form of one): a

@@ -342,6 +342,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.maintenance = maintenance.config();
             config.shard_path = shard_path.into();
             config.data_servers = usize::from(data_servers);
+            config.metrics = Some(dos_server::metrics::install()?);
             run_local(config).await
         }
         Command::Api {
@@ -377,6 +378,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.maintenance = maintenance.config();
             config.tls = tls.config()?;
+            config.metrics = Some(dos_server::metrics::install()?);
             let ca = tls_ca(ca.as_deref())?;
             run_api(listen, config, meta, &rabbitmq, ca).await
         }
@@ -414,6 +416,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.secret = secret;
             config.temp_ttl = temp_ttl;
             config.tls = tls.config()?;
+            config.metrics = Some(dos_server::metrics::install()?);
             run_data(config, &rabbitmq).await
         }
         Command::Maintain {

@@ -2,5 +2,6 @@
 //! `dos-server local` and `dosfs mount` run, and the pieces the `dos-server` binary wires.
 
 pub mod local;
+pub mod metrics;
 pub mod secret;
 pub mod tls;
