@@ -7,4 +7,5 @@
 pub mod core;
 pub mod error;
 pub mod fuse;
+pub mod metrics;
 pub mod mount;

@@ -70,6 +70,22 @@ impl Metrics {
     }
 }
 
+/// A listener of its own that serves only `GET /metrics` (dosfs's `--metrics ADDR`):
+/// `refresh` sets the gauges read off the owner's state before each scrape.
+pub fn router(metrics: Metrics, refresh: impl Fn() + Send + Sync + 'static) -> Router {
+    let refresh = Arc::new(refresh);
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, refresh) = (metrics.clone(), refresh.clone());
+            async move {
+                refresh();
+                metrics.response()
+            }
+        }),
+    )
+}
+
 /// The families one listener records its requests in, and labels they all carry.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
