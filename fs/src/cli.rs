@@ -27,6 +27,8 @@ use dosfs::mount::{MountOptions, mounted_at, unmount};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    pub logging: dos_server::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -175,6 +177,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let log_format = cli.logging.log_format;
     match cli.command {
         Command::Mount {
             mountpoint,
@@ -221,7 +224,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("dosfs: mounted at {}", mp.display());
                 })
             } else {
-                daemonize(&opts, metrics)
+                daemonize(&opts, metrics, log_format)
             }
         }
         Command::Umount { mountpoint } => {
@@ -569,7 +572,11 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
 }
 
 /// Starts `dosfs mount --foreground` in the background and returns once the mount is live.
-fn daemonize(args: &MountArgs, metrics: Option<SocketAddr>) -> anyhow::Result<()> {
+fn daemonize(
+    args: &MountArgs,
+    metrics: Option<SocketAddr>,
+    log_format: dos_server::LogFormat,
+) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let opts = &args.mount;
     let mp = dosfs::mount::preflight(&opts.mountpoint)?;
@@ -601,6 +608,9 @@ fn daemonize(args: &MountArgs, metrics: Option<SocketAddr>) -> anyhow::Result<()
     }
     if let Some(addr) = metrics {
         cmd.arg("--metrics").arg(addr.to_string());
+    }
+    if log_format == dos_server::LogFormat::Json {
+        cmd.arg("--log-format").arg("json");
     }
     if let Some(api) = &args.api {
         cmd.arg("--api").arg(api);

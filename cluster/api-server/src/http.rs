@@ -103,7 +103,12 @@ async fn with_request_id(req: Request, next: Next) -> Response {
     let given = req.headers().get(RequestId::HEADER_NAME);
     let id = RequestId::from_header(given.and_then(|v| v.to_str().ok()));
     let span = id.span(req.method().as_str(), req.uri().path());
-    let mut resp = id.clone().scope(next.run(req).instrument(span)).await;
+    let served = async move {
+        let resp = next.run(req).await;
+        tracing::debug!(status = resp.status().as_u16(), "request served");
+        resp
+    };
+    let mut resp = id.clone().scope(served.instrument(span)).await;
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(RequestId::HEADER_NAME, v);
     }

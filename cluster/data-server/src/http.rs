@@ -133,6 +133,8 @@ async fn in_request_span(req: Request, next: Next) -> Response {
             tracing::warn!(%status, "request failed");
         } else if status.is_client_error() {
             tracing::info!(%status, "request refused");
+        } else {
+            tracing::debug!(status = status.as_u16(), "request served");
         }
         resp
     }

@@ -27,6 +27,8 @@ use dos_transport::http::HttpTransport;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    pub logging: dos_server::LogArgs,
 }
 
 #[derive(Subcommand)]
