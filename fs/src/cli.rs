@@ -27,6 +27,8 @@ use dosfs::mount::{MountOptions, mounted_at, unmount};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    pub logging: dos_server::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +80,10 @@ enum Command {
         /// Stay attached to the terminal instead of serving in the background.
         #[arg(long)]
         foreground: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (FUSE operations, cache,
+        /// uploads; and the embedded store's servers). Off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Unmount (uploads anything pending first; waits for the daemon to stop).
     Umount { mountpoint: PathBuf },
@@ -197,6 +203,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let log_format = cli.logging.log_format;
     match cli.command {
         Command::Mount {
             mountpoint,
@@ -211,6 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             memory_size,
             writeback,
             foreground,
+            metrics,
         } => {
             let opts = MountArgs {
                 mount: MountOptions {
@@ -219,6 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     cache_size,
                     memory_size,
                     writeback,
+                    metrics: None,
                 },
                 api,
                 token,
@@ -232,12 +241,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
             if foreground {
+                let mut opts = opts;
+                if let Some(addr) = metrics {
+                    opts.mount.metrics = Some((addr, dos_server::metrics::install()?));
+                }
                 let connect = connect(&opts);
                 dosfs::mount::run(opts.mount, connect, |mp| {
                     eprintln!("dosfs: mounted at {}", mp.display());
                 })
             } else {
-                daemonize(&opts)
+                daemonize(&opts, metrics, log_format)
             }
         }
         Command::Umount { mountpoint } => {
@@ -617,6 +630,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
         args.listen,
     );
     let tls_ca = args.tls_ca.clone();
+    let metrics = args.mount.metrics.as_ref().map(|(_, m)| m.clone());
     Box::new(move || {
         Box::pin(async move {
             match api {
@@ -672,6 +686,8 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                     let mut config = dos_server::local::LocalConfig::new(data_dir.clone(), listen);
                     config.token = token;
                     config.admin_token = admin_token;
+                    // The embedded servers' families are rendered by --metrics too.
+                    config.metrics = metrics;
                     let cluster = dos_server::local::LocalCluster::start(config)
                         .await
                         .with_context(|| {
@@ -694,7 +710,11 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
 }
 
 /// Starts `dosfs mount --foreground` in the background and returns once the mount is live.
-fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
+fn daemonize(
+    args: &MountArgs,
+    metrics: Option<SocketAddr>,
+    log_format: dos_server::LogFormat,
+) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let opts = &args.mount;
     let mp = dosfs::mount::preflight(&opts.mountpoint)?;
@@ -723,6 +743,12 @@ fn daemonize(args: &MountArgs) -> anyhow::Result<()> {
         .arg(opts.memory_size.to_string());
     if opts.writeback {
         cmd.arg("--writeback");
+    }
+    if let Some(addr) = metrics {
+        cmd.arg("--metrics").arg(addr.to_string());
+    }
+    if log_format == dos_server::LogFormat::Json {
+        cmd.arg("--log-format").arg("json");
     }
     if let Some(api) = &args.api {
         cmd.arg("--api").arg(api);

@@ -181,17 +181,37 @@ impl DosFs {
         }
     }
 
-    /// Runs `op(core)` as a task and gives its outcome to `reply`.
-    fn spawn<T, F, Fut, R>(&self, op: F, reply: R)
+    /// Runs `op(core)` as a task and gives its outcome to `reply`: in a span naming the
+    /// operation `kind` and the kernel's request (its id and the caller's pid), timed in
+    /// [`metrics::OP_DURATION`](crate::metrics::OP_DURATION).
+    fn spawn<T, F, Fut, R>(&self, kind: &'static str, req: &Request, op: F, reply: R)
     where
         F: FnOnce(Arc<FsCore>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, FsError>> + Send + 'static,
         T: Send + 'static,
         R: FnOnce(Result<T, Errno>) + Send + 'static,
     {
+        use tracing::Instrument as _;
         let core = self.core.clone();
-        self.rt
-            .spawn(async move { reply(op(core).await.map_err(to_errno)) });
+        let span = tracing::info_span!("fuse", op = kind, id = req.unique().0, pid = req.pid());
+        self.rt.spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let result = op(core).await;
+                measured(kind, started, result.is_err());
+                reply(result.map_err(to_errno))
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Records one operation of `kind` that started at `started`.
+fn measured(kind: &'static str, started: std::time::Instant, failed: bool) {
+    metrics::histogram!(crate::metrics::OP_DURATION, "op" => kind)
+        .record(started.elapsed().as_secs_f64());
+    if failed {
+        metrics::counter!(crate::metrics::OP_ERRORS, "op" => kind).increment(1);
     }
 }
 
@@ -357,13 +377,15 @@ impl Filesystem for DosFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match name_string(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         let ids = self.ids;
         self.spawn(
+            "lookup",
+            req,
             move |core| async move { core.lookup(parent.0, &name).await },
             move |r| ids.entry(reply, r),
         );
@@ -374,9 +396,11 @@ impl Filesystem for DosFs {
         self.core.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let ids = self.ids;
         self.spawn(
+            "getattr",
+            req,
             move |core| async move {
                 match fh {
                     Some(fh) => core.getattr_open(ino.0, fh.0).await,
@@ -416,13 +440,17 @@ impl Filesystem for DosFs {
         let caller = caller(req, gid.is_some());
         let ids = self.ids;
         self.spawn(
+            "setattr",
+            req,
             move |core| async move { core.setattr(ino.0, &set, &caller).await },
             move |r| ids.attr(reply, r),
         );
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         self.spawn(
+            "readlink",
+            req,
             move |core| async move { core.readlink(ino.0).await },
             move |r| match r {
                 Ok(t) => reply.data(&t),
@@ -447,6 +475,8 @@ impl Filesystem for DosFs {
         let ids = self.ids;
         let caller = caller(req, false);
         self.spawn(
+            "mkdir",
+            req,
             move |core| async move { core.mkdir(parent.0, &name, mode & !umask, &caller).await },
             move |r| ids.entry(reply, r),
         );
@@ -470,28 +500,34 @@ impl Filesystem for DosFs {
         let caller = caller(req, false);
         let mode = mode & !(umask & 0o7777);
         self.spawn(
+            "mknod",
+            req,
             move |core| async move { core.mknod(parent.0, &name, mode, rdev, &caller).await },
             move |r| ids.entry(reply, r),
         );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match name_string(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         self.spawn(
+            "unlink",
+            req,
             move |core| async move { core.unlink(parent.0, &name).await },
             move |r| empty(reply, r),
         );
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match name_string(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         self.spawn(
+            "rmdir",
+            req,
             move |core| async move { core.rmdir(parent.0, &name).await },
             move |r| empty(reply, r),
         );
@@ -512,6 +548,8 @@ impl Filesystem for DosFs {
         let ids = self.ids;
         let caller = caller(req, false);
         self.spawn(
+            "symlink",
+            req,
             move |core| async move { core.symlink(parent.0, &name, &target, &caller).await },
             move |r| ids.entry(reply, r),
         );
@@ -519,7 +557,7 @@ impl Filesystem for DosFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -537,6 +575,8 @@ impl Filesystem for DosFs {
             _ => return reply.error(Errno::EINVAL),
         };
         self.spawn(
+            "rename",
+            req,
             move |core| async move {
                 core.rename(parent.0, &name, newparent.0, &newname, no_replace)
                     .await
@@ -547,7 +587,7 @@ impl Filesystem for DosFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
@@ -559,17 +599,21 @@ impl Filesystem for DosFs {
         };
         let ids = self.ids;
         self.spawn(
+            "link",
+            req,
             move |core| async move { core.link(ino.0, newparent.0, &newname).await },
             move |r| ids.entry(reply, r),
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let backing = self.backing.clone();
         let core = self.core.clone();
         self.spawn(
+            "open",
+            req,
             move |core| async move { core.open(ino.0, write, truncate).await },
             move |r| match r {
                 Ok(Opened {
@@ -602,7 +646,7 @@ impl Filesystem for DosFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -612,6 +656,8 @@ impl Filesystem for DosFs {
         reply: ReplyData,
     ) {
         self.spawn(
+            "read",
+            req,
             move |core| async move { core.read(fh.0, offset, size).await },
             move |r| match r {
                 Ok(b) => reply.data(&b),
@@ -622,7 +668,7 @@ impl Filesystem for DosFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -634,7 +680,12 @@ impl Filesystem for DosFs {
     ) {
         // A write goes to the local staging file: quick, so it is done here rather than
         // copying the data into a task.
-        match self.rt.block_on(self.core.write(fh.0, offset, data)) {
+        let _span = tracing::info_span!("fuse", op = "write", id = req.unique().0, pid = req.pid())
+            .entered();
+        let started = std::time::Instant::now();
+        let written = self.rt.block_on(self.core.write(fh.0, offset, data));
+        measured("write", started, written.is_err());
+        match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(to_errno(e)),
         }
@@ -642,13 +693,15 @@ impl Filesystem for DosFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.spawn(
+            "flush",
+            req,
             move |core| async move { core.flush(fh.0).await },
             move |r| empty(reply, r),
         );
@@ -656,7 +709,7 @@ impl Filesystem for DosFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -666,6 +719,8 @@ impl Filesystem for DosFs {
     ) {
         let backing = self.backing.clone();
         self.spawn(
+            "release",
+            req,
             move |core| async move {
                 let result = core.release(fh.0).await;
                 self::backing(&backing).by_handle.remove(&fh.0);
@@ -677,20 +732,24 @@ impl Filesystem for DosFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(
+            "fsync",
+            req,
             move |core| async move { core.flush(fh.0).await },
             move |r| empty(reply, r),
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(
+            "opendir",
+            req,
             move |core| async move { core.opendir(ino.0).await },
             move |r| match r {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -701,13 +760,15 @@ impl Filesystem for DosFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
         self.spawn(
+            "readdir",
+            req,
             move |core| async move {
                 let mut reply = reply;
                 let r = core
@@ -778,19 +839,23 @@ impl Filesystem for DosFs {
         reply.error(Errno::ENOTSUP);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = match name_string(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
         self.spawn(
+            "getxattr",
+            req,
             move |core| async move { core.getxattr(ino.0, &name).await },
             move |r| reply_xattr(reply, size, r),
         );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.spawn(
+            "listxattr",
+            req,
             move |core| async move { core.listxattr(ino.0).await },
             move |r| reply_xattr(reply, size, r),
         );
@@ -821,6 +886,8 @@ impl Filesystem for DosFs {
         let ids = self.ids;
         let caller = caller(req, false);
         self.spawn(
+            "create",
+            req,
             move |core| async move { core.create(parent.0, &name, mode & !umask, &caller).await },
             move |r| match r {
                 Ok((a, fh)) => reply.created(

@@ -8,5 +8,6 @@
 pub mod core;
 pub mod error;
 pub mod fuse;
+pub mod metrics;
 pub mod mount;
 pub mod restore;

@@ -23,6 +23,8 @@ pub struct MountOptions {
     pub memory_size: u64,
     /// Closes are durable in a local journal and uploaded in the background (`--writeback`).
     pub writeback: bool,
+    /// Where to serve `/metrics` (`--metrics ADDR`), with the exporter the binary installed.
+    pub metrics: Option<(std::net::SocketAddr, dos_worker::http::Metrics)>,
 }
 
 /// The store a mount talks to.
@@ -145,6 +147,20 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
     // disk); see also the allocator's background purging in main.rs.
     let _in_runtime = runtime.enter();
     let workers = dos_worker::Supervisor::new();
+    if let Some((addr, metrics)) = opts.metrics.clone() {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot listen on {addr} for --metrics"))?;
+        crate::metrics::register();
+        workers.spawn(metrics.upkeep_worker());
+        let scraped = core.clone();
+        let app =
+            dos_worker::http::metrics::router(metrics, move || crate::metrics::refresh(&scraped));
+        workers.spawn_once("metrics listener", move |cancel| {
+            dos_worker::http::serve(listener, app, cancel, Default::default(), None, "metrics")
+        });
+        tracing::info!(%addr, "serving /metrics");
+    }
     let trim = core.clone();
     workers.spawn_once("memory trim", move |cancel| async move {
         let mut tick = tokio::time::interval(MEMORY_TRIM_EVERY);

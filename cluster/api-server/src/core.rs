@@ -48,6 +48,8 @@ pub struct ApiConfig {
     pub conn_limits: dos_worker::http::ConnLimits,
     /// When set, the REST listener speaks only TLS with this certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This process's metrics, served at `/metrics` (404 without).
+    pub metrics: Option<dos_worker::http::Metrics>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -86,6 +88,7 @@ impl ApiConfig {
             maintenance: MaintenanceConfig::default(),
             conn_limits: Default::default(),
             tls: None,
+            metrics: None,
         }
     }
 }

@@ -50,7 +50,7 @@ impl FromRef<AppState> for Arc<Maintenance> {
 pub fn router(state: AppState) -> Router {
     let core = state.core.clone();
     let limit = Arc::new(Semaphore::new(core.config.max_in_flight));
-    Router::new()
+    let app = Router::new()
         .route(
             "/objects/{*name}",
             get(get_object)
@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/log", get(log))
         .route("/changes", get(changes))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/maintenance/{job}", axum::routing::post(run_maintenance))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -78,7 +79,20 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(check_request_head))
         .layer(middleware::from_fn_with_state(limit, limit_in_flight))
         .layer(middleware::from_fn(with_request_id))
-        .with_state(state)
+        .with_state(state);
+    dos_worker::http::track_requests(app, crate::metrics::requests())
+}
+
+/// `/metrics`: this process's metrics in the Prometheus text format (behind the token when
+/// one is set, like everything but `/health`).
+async fn metrics(State(core): State<Arc<Core>>) -> Response {
+    match &core.config.metrics {
+        Some(m) => {
+            crate::metrics::refresh(&core);
+            m.response()
+        }
+        None => ApiError::NotFound("this server has no metrics".into()).into_response(),
+    }
 }
 
 /// Gives every request an id (the client's `x-request-id` when it has the form of one): a
@@ -90,7 +104,12 @@ async fn with_request_id(req: Request, next: Next) -> Response {
     let given = req.headers().get(RequestId::HEADER_NAME);
     let id = RequestId::from_header(given.and_then(|v| v.to_str().ok()));
     let span = id.span(req.method().as_str(), req.uri().path());
-    let mut resp = id.clone().scope(next.run(req).instrument(span)).await;
+    let served = async move {
+        let resp = next.run(req).await;
+        tracing::debug!(status = resp.status().as_u16(), "request served");
+        resp
+    };
+    let mut resp = id.clone().scope(served.instrument(span)).await;
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         resp.headers_mut().insert(RequestId::HEADER_NAME, v);
     }

@@ -22,6 +22,7 @@ pub mod health;
 mod http;
 pub mod in_process;
 pub mod maintenance;
+pub mod metrics;
 pub mod moves;
 pub mod objects;
 pub mod pipeline;
@@ -80,6 +81,12 @@ impl ApiServer {
         })?;
         let addr = listener.local_addr()?;
         let (repairs, inbox) = repair::queue(REPAIR_QUEUE);
+        let timed = config.metrics.is_some();
+        let meta: Arc<dyn MetadataStore> = if timed {
+            Arc::new(dos_metadata::timed::Timed::new(meta))
+        } else {
+            meta
+        };
         let core = Arc::new(Core {
             meta,
             bus,
@@ -96,6 +103,10 @@ impl ApiServer {
             inbox,
             Arc::downgrade(&core),
         )));
+        if let Some(m) = &core.config.metrics {
+            metrics::register();
+            workers.spawn(m.upkeep_worker());
+        }
         let maintenance = Maintenance::new(core.clone(), workers.clone());
         maintenance.schedule();
         let app = http::router(http::AppState {

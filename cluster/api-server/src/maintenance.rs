@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
+use crate::metrics as m;
 use crate::placement;
 use crate::probe::probe;
 
@@ -170,11 +171,21 @@ impl Progress {
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut Report)) {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut r = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut r);
+        if let Some(work) = r.work {
+            let job = r.job.as_ref().map_or("", Job::as_str);
+            metrics::gauge!(m::MAINTENANCE_WORK_TOTAL, "job" => job).set(work.total as f64);
+            metrics::gauge!(m::MAINTENANCE_WORK_FINISHED, "job" => job).set(work.finished as f64);
+        }
     }
 
     pub(crate) fn add(&self, what: &'static str, n: u64) {
-        self.update(|r| *r.counts.entry(what).or_default() += n);
+        self.update(|r| {
+            *r.counts.entry(what).or_default() += n;
+            let job = r.job.as_ref().map_or("", Job::as_str);
+            metrics::counter!(m::MAINTENANCE_ITEMS, "job" => job, "count" => what).increment(n);
+        });
     }
 
     /// Sets count `what` to `n`.
@@ -188,6 +199,8 @@ impl Progress {
         tracing::warn!(error = %line, "maintenance");
         self.update(|r| {
             *r.counts.entry("errors").or_default() += 1;
+            let job = r.job.as_ref().map_or("", Job::as_str);
+            metrics::counter!(m::MAINTENANCE_ITEMS, "job" => job, "count" => "errors").increment(1);
             if r.errors.len() < MAX_ERRORS {
                 r.errors.push(line);
             }
@@ -293,6 +306,8 @@ impl Maintenance {
                 };
                 let core = &this.core;
                 let started = Instant::now();
+                let running = metrics::gauge!(m::MAINTENANCE_RUNNING, "job" => job.as_str());
+                running.set(1.0);
                 // Stopped by shutdown (`cancel`) or by whoever asked (`user_stop`), always
                 // between two steps.
                 let stop = cancel.child_token();
@@ -329,6 +344,21 @@ impl Maintenance {
                 });
                 let report = p.snapshot();
                 tracing::info!(job = %job, counts = ?report.counts, "maintenance run finished");
+                let result = if cancel.is_cancelled() || user_stop.is_cancelled() {
+                    "stopped"
+                } else if report.errors.is_empty() {
+                    "ok"
+                } else {
+                    "errors"
+                };
+                let name = job.as_str();
+                running.set(0.0);
+                metrics::counter!(m::MAINTENANCE_RUNS, "job" => name, "result" => result)
+                    .increment(1);
+                metrics::gauge!(m::MAINTENANCE_LAST_SUCCESS, "job" => name)
+                    .set(if result == "ok" { 1.0 } else { 0.0 });
+                metrics::gauge!(m::MAINTENANCE_LAST_FINISHED, "job" => name)
+                    .set(dos_protocol::now_ns() as f64 / 1e9);
                 drop(_done);
                 // Nobody may be waiting.
                 let _ = done_tx.send(());

@@ -123,13 +123,18 @@ impl Worker for RepairWorker {
                 .get(&hash)
                 .cloned()
                 .unwrap_or_default();
-            match repair(&core, &hash, &wrong).await {
+            let result = match repair(&core, &hash, &wrong).await {
                 Ok(o) if !o.rebuilt.is_empty() => {
-                    tracing::info!(%hash, shards = ?o.rebuilt, "shards rebuilt")
+                    tracing::info!(%hash, shards = ?o.rebuilt, "shards rebuilt");
+                    "rebuilt"
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(%hash, error = %e, "repair failed"),
-            }
+                Ok(_) => "healthy",
+                Err(e) => {
+                    tracing::warn!(%hash, error = %e, "repair failed");
+                    "failed"
+                }
+            };
+            metrics::counter!(crate::metrics::REPAIRS, "result" => result).increment(1);
             inbox
                 .pending
                 .lock()
@@ -234,6 +239,7 @@ pub async fn rebuild(
         }
         tracing::info!(%hash, "placement changed during repair; the other change is kept (locate finds these shards)");
     }
+    metrics::counter!(crate::metrics::SHARDS_REBUILT).increment(want.len() as u64);
     Ok(RepairOutcome { rebuilt: want })
 }
 

@@ -97,6 +97,7 @@ pub fn object_bytes(
             }
         }
         if decoder.degraded() {
+            metrics::counter!(crate::metrics::DEGRADED_READS).increment(1);
             repairs.request_with(decoder.hash(), decoder.wrong_shards());
         }
     }));

@@ -280,6 +280,7 @@ impl AmqpBus {
             "connected to RabbitMQ"
         );
         shared.set_session(Some(session));
+        metrics::counter!(crate::RECONNECTS_METRIC).increment(0);
         shared
             .workers
             .spawn(Arc::new(ConnectionKeeper(Arc::downgrade(&shared))));
@@ -1129,6 +1130,7 @@ async fn reconnect(shared: &Arc<Shared>, cancel: &CancellationToken) -> Option<A
         generation = session.generation,
         "reconnected to RabbitMQ"
     );
+    metrics::counter!(crate::RECONNECTS_METRIC).increment(1);
     shared.set_session(Some(session.clone()));
     let entries: Vec<_> = shared
         .responders

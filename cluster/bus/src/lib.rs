@@ -11,6 +11,9 @@ pub mod amqp;
 pub mod contract;
 mod live;
 pub mod memory;
+
+/// Times the connection to the message broker was lost and made again (counter).
+pub const RECONNECTS_METRIC: &str = "dos_bus_reconnects_total";
 pub mod seal;
 
 use std::sync::Arc;

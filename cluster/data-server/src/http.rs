@@ -33,6 +33,8 @@ pub struct AppState {
     pub secret: Option<Arc<[u8]>>,
     /// Nonces of the signatures accepted lately: a replayed request is refused.
     pub nonces: Arc<dos_protocol::signature::NonceCache>,
+    /// This process's metrics, served at `/metrics`.
+    pub metrics: Option<dos_worker::http::Metrics>,
 }
 
 /// Refuses requests not signed with the cluster secret.
@@ -41,8 +43,9 @@ async fn check_signature(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // `/health` and `/metrics` say nothing of the data and are what monitors read unsigned.
     if let Some(secret) = &s.secret
-        && req.uri().path() != "/health"
+        && !matches!(req.uri().path(), "/health" | "/metrics")
     {
         let path = req
             .uri()
@@ -77,8 +80,10 @@ async fn check_signature(
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let families = crate::metrics::requests(&state.id);
+    let app = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/temp", post(create_temp))
         .route(
             "/temp/{id}",
@@ -100,7 +105,19 @@ pub fn router(state: AppState) -> Router {
             check_signature,
         ))
         .layer(axum::middleware::from_fn(in_request_span))
-        .with_state(state)
+        .with_state(state);
+    dos_worker::http::track_requests(app, families)
+}
+
+/// `/metrics`: this process's metrics in the Prometheus text format, gauges read now.
+async fn metrics(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(m) => {
+            crate::server::refresh_metrics(s.store.clone(), s.id.clone()).await;
+            m.response()
+        }
+        None => (StatusCode::NOT_FOUND, "this server has no metrics\n").into_response(),
+    }
 }
 
 /// Logs everything a request causes under the id of the client request it serves (the API
@@ -117,6 +134,8 @@ async fn in_request_span(req: Request, next: Next) -> Response {
             tracing::warn!(%status, "request failed");
         } else if status.is_client_error() {
             tracing::info!(%status, "request refused");
+        } else {
+            tracing::debug!(status = status.as_u16(), "request served");
         }
         resp
     }

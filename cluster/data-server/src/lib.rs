@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod local;
+pub mod metrics;
 pub mod server;
 pub mod shards;
 pub mod store;

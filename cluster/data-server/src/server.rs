@@ -43,6 +43,8 @@ pub struct DataServerConfig {
     pub conn_limits: dos_worker::http::ConnLimits,
     /// When set, the HTTP interface speaks only TLS with this certificate.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This process's metrics, served at `/metrics` (HTTP; 404 without).
+    pub metrics: Option<dos_worker::http::Metrics>,
 }
 
 impl std::fmt::Debug for DataServerConfig {
@@ -68,6 +70,7 @@ impl DataServerConfig {
             pack_small: true,
             conn_limits: Default::default(),
             tls: None,
+            metrics: None,
         }
     }
 }
@@ -145,6 +148,7 @@ impl DataServer {
         .map_err(|e| storage_err(ShardStoreError::Io(std::io::Error::other(e))))?
         .map_err(storage_err)?;
         let store = Arc::new(store);
+        store.count_as(&id.0);
         let workers = Supervisor::new();
         let (addr, local) = match &config.interface {
             Interface::Http(listen) => {
@@ -167,6 +171,7 @@ impl DataServer {
                     id: id.0.clone(),
                     secret: config.secret.as_deref().map(Arc::from),
                     nonces: Arc::default(),
+                    metrics: config.metrics.clone(),
                 });
                 let (limits, tls) = (config.conn_limits, config.tls.clone());
                 workers.spawn_once("http listener", move |cancel| {
@@ -209,6 +214,18 @@ impl DataServer {
                 }
             }
         }));
+        let (s, i) = (store.clone(), info.id.0.clone());
+        workers.spawn(dos_worker::every(
+            "metrics",
+            HEARTBEAT_INTERVAL,
+            move || {
+                let (s, i) = (s.clone(), i.clone());
+                async move { refresh_metrics(s, i).await }
+            },
+        ));
+        if let Some(m) = &config.metrics {
+            workers.spawn(m.upkeep_worker());
+        }
         let (s, ttl) = (store.clone(), config.temp_ttl);
         let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
         workers.spawn(dos_worker::every("temp expiry", period, move || {
@@ -288,5 +305,13 @@ async fn expire(store: Arc<ShardStore>, ttl: Duration) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "expiry task failed"),
+    }
+}
+
+/// Sets the gauges of the store and its file system (statvfs, on a blocking thread).
+pub(crate) async fn refresh_metrics(store: Arc<ShardStore>, id: String) {
+    if let Err(e) = tokio::task::spawn_blocking(move || crate::metrics::refresh(&store, &id)).await
+    {
+        tracing::warn!(error = %e, "metrics refresh failed");
     }
 }

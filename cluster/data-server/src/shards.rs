@@ -152,6 +152,7 @@ pub async fn open(store: &Arc<ShardStore>, source: Source) -> Result<Opened, Sha
     blocking(move || match source {
         Source::Shard { hash, shard } => {
             let mut reader = s.open_shard(&hash, shard)?;
+            s.count(|c| &c.read);
             let total = reader.len();
             let store = s.clone();
             let piece = move |k| {

@@ -784,6 +784,10 @@ fn u64_in_long(what: &str, v: u64) -> Result<(), MetadataError> {
 
 #[async_trait]
 impl MetadataStore for ElasticStore {
+    fn engine(&self) -> &'static str {
+        "elasticsearch"
+    }
+
     async fn add_version(
         &self,
         name: &ObjectName,

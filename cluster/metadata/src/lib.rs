@@ -11,6 +11,7 @@ pub mod contract;
 pub mod elastic;
 mod listing;
 pub mod sqlite;
+pub mod timed;
 
 use async_trait::async_trait;
 pub use dos_protocol::ListQuery;
@@ -108,6 +109,11 @@ pub enum VersionsFrom {
 /// writers) and make every successful write visible to the next read.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
+    /// The engine's name, for metrics (`sqlite`, `elasticsearch`).
+    fn engine(&self) -> &'static str {
+        "other"
+    }
+
     /// Appends the next version of `name`.
     async fn add_version(
         &self,

@@ -219,6 +219,10 @@ fn collect_versions(
 
 #[async_trait]
 impl MetadataStore for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn add_version(
         &self,
         name: &ObjectName,

@@ -27,6 +27,11 @@ use dos_transport::http::HttpTransport;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    pub logging: dos_server::LogArgs,
+    /// Record no metrics and answer 404 at /metrics (to measure what they cost).
+    #[arg(long, global = true, env = "DOS_NO_METRICS")]
+    pub no_metrics: bool,
 }
 
 #[derive(Subcommand)]
@@ -290,6 +295,12 @@ impl From<ShardPathArg> for ShardPath {
 const DEFAULT_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let metrics = || -> anyhow::Result<_> {
+        Ok(match cli.no_metrics {
+            true => None,
+            false => Some(dos_server::metrics::install()?),
+        })
+    };
     match cli.command {
         Command::Local {
             root,
@@ -342,6 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.maintenance = maintenance.config();
             config.shard_path = shard_path.into();
             config.data_servers = usize::from(data_servers);
+            config.metrics = metrics()?;
             run_local(config).await
         }
         Command::Api {
@@ -377,6 +389,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.maintenance = maintenance.config();
             config.tls = tls.config()?;
+            config.metrics = metrics()?;
             let ca = tls_ca(ca.as_deref())?;
             run_api(listen, config, meta, &rabbitmq, ca).await
         }
@@ -414,6 +427,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.secret = secret;
             config.temp_ttl = temp_ttl;
             config.tls = tls.config()?;
+            config.metrics = metrics()?;
             run_data(config, &rabbitmq).await
         }
         Command::Maintain {

@@ -73,6 +73,9 @@ pub struct LocalConfig {
     /// Data servers keep shards of at most one piece in pack files (default); off, every
     /// shard is a file of its own (tests that damage shard files on disk).
     pub pack_small: bool,
+    /// This process's metrics, served at `/metrics` by the API server and (over HTTP) by
+    /// each data server.
+    pub metrics: Option<dos_worker::http::Metrics>,
 }
 
 impl std::fmt::Debug for LocalConfig {
@@ -107,6 +110,7 @@ impl LocalConfig {
             shard_call_timeout: std::time::Duration::from_secs(120),
             transport_layer: None,
             pack_small: true,
+            metrics: None,
         }
     }
 }
@@ -146,6 +150,7 @@ struct DataStart {
     temp_ttl: std::time::Duration,
     pack_small: bool,
     conn_limits: dos_worker::http::ConnLimits,
+    metrics: Option<dos_worker::http::Metrics>,
     /// The in-process registry, or `None` for HTTP.
     local: Option<Arc<LocalShards>>,
 }
@@ -161,6 +166,7 @@ impl DataStart {
         config.temp_ttl = self.temp_ttl;
         config.pack_small = self.pack_small;
         config.conn_limits = self.conn_limits;
+        config.metrics = self.metrics.clone();
         Ok(DataServer::start(config, self.bus.clone()).await?)
     }
 }
@@ -207,6 +213,7 @@ impl LocalCluster {
             temp_ttl: config.temp_ttl,
             pack_small: config.pack_small,
             conn_limits: config.conn_limits,
+            metrics: config.metrics.clone(),
             local,
         };
         let mut data = Vec::new();
@@ -223,6 +230,7 @@ impl LocalCluster {
         api_config.maintenance = config.maintenance.clone();
         api_config.shard_stall_timeout = config.shard_stall_timeout;
         api_config.shard_call_timeout = config.shard_call_timeout;
+        api_config.metrics = config.metrics.clone();
         let api = ApiServer::start(config.listen, api_config, Arc::new(meta), bus, transport)
             .await
             .map_err(LocalError::Api)?;

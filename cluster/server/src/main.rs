@@ -10,13 +10,16 @@ fn main() -> std::process::ExitCode {
     // Everything this process creates (shards, metadata, secrets, logs) is its owner's
     // alone: files 0600, folders 0700.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.logging.log_format {
+        dos_server::LogFormat::Text => logs.init(),
+        dos_server::LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -550,6 +550,14 @@ impl FsCore {
     }
 
     async fn upload_if(&self, staged: &Arc<Mutex<Staged>>, when: Upload) -> FsResult<()> {
+        if !lock(staged).dirty {
+            return Ok(());
+        }
+        let counted = crate::metrics::Uploading::start();
+        counted.finish(self.upload_dirty(staged, when).await)
+    }
+
+    async fn upload_dirty(&self, staged: &Arc<Mutex<Staged>>, when: Upload) -> FsResult<()> {
         let uploading = lock(staged).uploading.clone();
         let _in_flight = uploading.lock().await;
         let (path, file, meta, generation, stream) = {
@@ -681,6 +689,11 @@ impl FsCore {
     /// after a failure), a record whose bytes and attributes are already the latest version
     /// is not stored again.
     async fn upload_record(&self, rec: &Record, replay: bool) -> FsResult<()> {
+        let counted = crate::metrics::Uploading::start();
+        counted.finish(self.upload_journaled(rec, replay).await)
+    }
+
+    async fn upload_journaled(&self, rec: &Record, replay: bool) -> FsResult<()> {
         let Some(journal) = self.journal.clone() else {
             return Ok(());
         };

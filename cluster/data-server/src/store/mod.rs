@@ -70,6 +70,8 @@ pub struct ShardStore {
     draining: std::sync::atomic::AtomicBool,
     /// Woken when `draining` changes, so that a heartbeat says so at once.
     draining_changed: tokio::sync::Notify,
+    /// What the server counts (set once it knows its id).
+    counters: std::sync::OnceLock<crate::metrics::ShardCounters>,
 }
 
 fn is_valid_shard(shard: u8) -> bool {
@@ -119,6 +121,7 @@ impl ShardStore {
             pack_small,
             draining: Default::default(),
             draining_changed: tokio::sync::Notify::new(),
+            counters: std::sync::OnceLock::new(),
         };
         store.scan()?;
         Ok(store)
@@ -126,6 +129,30 @@ impl ShardStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Counts this store's shard work as server `id`'s (the first call wins).
+    pub fn count_as(&self, id: &str) {
+        let _ = self.counters.set(crate::metrics::ShardCounters::new(id));
+    }
+
+    pub(crate) fn count(
+        &self,
+        which: impl FnOnce(&crate::metrics::ShardCounters) -> &metrics::Counter,
+    ) {
+        if let Some(c) = self.counters.get() {
+            which(c).increment(1);
+        }
+    }
+
+    /// How many shards this server holds.
+    pub fn shard_count(&self) -> usize {
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     fn scan(&self) -> io::Result<()> {
@@ -274,6 +301,7 @@ impl ShardStore {
 
     /// Moves a shard that failed verification to `quarantine/` and stops claiming it.
     pub fn quarantine(&self, hash: &ContentHash, shard: u8, why: &str) {
+        self.count(|c| &c.quarantined);
         let path = self.shard_path(hash, shard);
         let dest = self.quarantine_path(hash, shard);
         if self.packs.contains(hash, shard) {
@@ -350,6 +378,7 @@ impl ShardStore {
         }
         self.packs.put(hash, shard, raw)?;
         self.index_add(*hash, shard);
+        self.count(|c| &c.written);
         Ok(())
     }
 
@@ -436,6 +465,7 @@ impl ShardStore {
                 Err(FormatError::Io(e)) => return Err(e.into()),
             }
         }
+        self.count(|c| &c.verified);
         Ok(reader.len())
     }
 

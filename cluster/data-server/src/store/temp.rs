@@ -313,6 +313,7 @@ impl ShardStore {
         self.index_add(t.hash, t.meta.shard);
         drop(t);
         self.forget_temp(id);
+        self.count(|c| &c.written);
         Ok(())
     }
 

@@ -20,6 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+pub mod metrics;
+pub use metrics::{Metrics, RequestMetrics, track_requests};
+
 /// How long requests in flight may take to finish after the listener is cancelled.
 pub const DRAIN: Duration = Duration::from_secs(10);
 
