@@ -33,6 +33,11 @@ async fn collect_body(mut body: UploadBody, size: u64) -> StoreResult<bytes::Byt
         }
         chunks.push(chunk);
     }
+    if len != size {
+        return Err(StoreError::Invalid(format!(
+            "the body is {len} bytes, not its announced {size}"
+        )));
+    }
     Ok(match chunks.len() {
         1 => chunks.swap_remove(0),
         _ => chunks.concat().into(),
