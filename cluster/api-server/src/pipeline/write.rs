@@ -13,8 +13,8 @@
 //! answer.
 //!
 //! A server that goes silent (or is lost) in the middle of a streamed upload (content over
-//! 1 MiB) is given up once it has not taken a piece, finished its stream or committed within
-//! the write deadline, when a spare server is there to take its shard and at most two shards
+//! 1 MiB) is given up once it has not taken a piece or finished its stream within the give-up
+//! deadline ([`Deadlines::give_up`]), or committed within the write deadline, when a spare server is there to take its shard and at most two shards
 //! are given up ([`Losses`]): the other uploads go on and are committed, and the caller
 //! rebuilds the lost shards from them onto spare servers before it records the content
 //! (`repair::replace_lost`), so the content is recorded with six committed shards. With no
@@ -153,6 +153,13 @@ impl Deadlines {
     /// is asked: a few hedge deadlines (a write fsyncs), at least a second.
     pub fn write(&self) -> Duration {
         (self.health.hedge_after() * 4).clamp(Duration::from_secs(1), self.call)
+    }
+
+    /// How long a stream may take no piece, or go on after the others ended, before it is
+    /// given up when a spare can take its shard: twice the hedge deadline, 0.5 s at least,
+    /// the write deadline at most (a commit, which fsyncs, gets the write deadline).
+    pub fn give_up(&self) -> Duration {
+        (self.health.hedge_after() * 2).clamp(Duration::from_millis(500), self.write())
     }
 
     /// How many live servers hold none of `targets`' shards (could take a lost one).
@@ -392,9 +399,12 @@ impl Uploads {
                 )
             })
             .collect();
-        settle(commits, &self.losses, &self.deadlines, "commit")
+        let outlasted = settle(commits, &self.losses, self.deadlines.write(), "commit")
             .await
             .map_err(ApiError::ShardWrite)?;
+        for t in self.targets.iter().filter(|t| outlasted.contains(&t.shard)) {
+            self.deadlines.health.missed(&t.server.id);
+        }
         self.forget_lost();
         Ok(())
     }
@@ -491,14 +501,15 @@ where
 type BoxCall<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), ShardError>> + Send + 'a>>;
 
 /// Waits for one call per shard. A call that fails is given up (`losses`) when the budget
-/// allows; once the ones still running could all be given up, they get the write deadline
-/// more, then are given up (and dropped). Else the first failure that cannot be given up.
+/// allows; once the ones still running could all be given up, they get `grace` more, then
+/// are given up (and dropped). Else the first failure that cannot be given up.
+/// Returns the shards given up for outlasting the deadline (their servers are suspect).
 async fn settle(
     calls: Vec<(u8, BoxCall<'_>)>,
     losses: &Losses,
-    d: &Deadlines,
+    grace: Duration,
     what: &str,
-) -> Result<(), ShardError> {
+) -> Result<Vec<u8>, ShardError> {
     let mut remaining: Vec<u8> = calls.iter().map(|(shard, _)| *shard).collect();
     let mut running: FuturesUnordered<_> = calls
         .into_iter()
@@ -514,7 +525,7 @@ async fn settle(
             },
         };
         let Some((shard, result)) = next else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         remaining.retain(|s| *s != shard);
         if let Err(e) = result {
@@ -524,14 +535,14 @@ async fn settle(
             }
         }
         if give_up_at.is_none() && !remaining.is_empty() && losses.can_lose(remaining.len()) {
-            give_up_at = Some(tokio::time::Instant::now() + d.write());
+            give_up_at = Some(tokio::time::Instant::now() + grace);
         }
     }
-    tracing::warn!(shards = ?remaining, "shard {what} unanswered past the write deadline; given up");
+    tracing::warn!(shards = ?remaining, "shard {what} unanswered past its deadline; given up");
     if losses.try_lose(&remaining) {
-        Ok(())
+        Ok(remaining)
     } else {
-        Err(ShardError::Timeout(d.write()))
+        Err(ShardError::Timeout(grace))
     }
 }
 
@@ -667,10 +678,10 @@ impl ShardWriters {
             }
             return Ok(());
         }
-        // A stream that takes no piece within the write deadline is given up when the
+        // A stream that takes no piece within the give-up deadline is given up when the
         // loss budget allows (its shard is rebuilt later); else it has the stall deadline.
         let first = match &self.deadlines {
-            Some(d) if self.losses.can_lose(1) => d.write().min(self.stall),
+            Some(d) if self.losses.can_lose(1) => d.give_up().min(self.stall),
             _ => self.stall,
         };
         let mut offers =
@@ -784,9 +795,12 @@ impl ShardWriters {
                 (shard, end)
             })
             .collect();
-        settle(ends, &self.losses, &d, "upload")
+        let outlasted = settle(ends, &self.losses, d.give_up(), "upload")
             .await
             .map_err(ApiError::ShardWrite)?;
+        for (_, server) in self.shards_of.iter().filter(|(s, _)| outlasted.contains(s)) {
+            d.health.missed(&server.id);
+        }
         Ok(Vec::new())
     }
 }
@@ -1151,16 +1165,19 @@ mod tests {
         let losses = Losses::new(1);
         let calls = vec![ok(0), ok(1), hung(2), ok(3), ok(4), ok(5)];
         let started = tokio::time::Instant::now();
-        settle(calls, &losses, &d, "test").await.unwrap();
+        assert_eq!(
+            settle(calls, &losses, d.write(), "test").await.unwrap(),
+            vec![2]
+        );
         assert_eq!(losses.lost(), vec![2]);
         assert!(started.elapsed() >= d.write());
         // Two failures with one loss allowed: the second fails the whole.
         let losses = Losses::new(1);
         let calls = vec![failed(0), ok(1), failed(2), ok(3)];
-        assert!(settle(calls, &losses, &d, "test").await.is_err());
+        assert!(settle(calls, &losses, d.write(), "test").await.is_err());
         // No loss allowed: a failure is the error.
         let losses = Losses::new(0);
         let calls = vec![ok(0), failed(1)];
-        assert!(settle(calls, &losses, &d, "test").await.is_err());
+        assert!(settle(calls, &losses, d.write(), "test").await.is_err());
     }
 }
