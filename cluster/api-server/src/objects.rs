@@ -88,7 +88,7 @@ where
     }
     let servers = placement::choose_servers(core)?;
     let (codec, limits) = (&core.codec, BodyLimits::of(core));
-    let ((size, blocks), placed) = store_content(
+    let ((size, blocks), committed) = store_content(
         &core.shards,
         Deadlines::of(core),
         &digest,
@@ -114,7 +114,7 @@ where
         },
     )
     .await?;
-    let placed: Vec<ServerInfo> = placed.into_iter().map(|(_, s)| s).collect();
+    let placed = crate::repair::replace_lost(core, digest, size, &blocks, committed).await?;
     let stored = Stored {
         hash: digest,
         size,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use async_trait::async_trait;
 use dos_metadata::{ContentRecord, PlacementMove};
-use dos_protocol::{ContentHash, ServerInfo, TOTAL_SHARDS, block_count, shard_len};
+use dos_protocol::{BlockHashes, ContentHash, ServerInfo, TOTAL_SHARDS, block_count, shard_len};
 use dos_worker::{Worker, WorkerError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::pipeline::read::{Decoder, ReadPlan};
-use crate::pipeline::write::{Deadlines, store_content};
+use crate::pipeline::write::{Committed, Deadlines, store_content};
 use crate::placement::{self, Holders, ShardFault};
 use crate::probe::probe;
 
@@ -282,4 +282,61 @@ pub async fn rebuild_onto(
     )
     .await?;
     Ok(())
+}
+
+/// Content just committed on `committed.placed` but for the `lost` shards (their uploads were
+/// given up mid-write): rebuilds those from the committed ones onto live servers holding no
+/// shard of it (draining servers and suspects last), before anything records the content, so
+/// that it is recorded with six shards. Returns the server of each shard, in shard order.
+/// 503 when no spare server is left to take a lost shard (the committed shards are then
+/// orphans, collected later).
+pub async fn replace_lost(
+    core: &Core,
+    hash: ContentHash,
+    size: u64,
+    blocks: &BlockHashes,
+    committed: Committed,
+) -> ApiResult<Vec<ServerInfo>> {
+    let Committed { mut placed, lost } = committed;
+    if !lost.is_empty() {
+        let mut live = core.bus.live_servers();
+        core.health.suspects_last(&mut live);
+        core.draining.last(&mut live, &core.bus.draining_servers());
+        live.retain(|s| !placed.iter().any(|(_, p)| p.id == s.id));
+        if live.len() < lost.len() {
+            return Err(ApiError::Unavailable(format!(
+                "{} shard uploads were lost and only {} spare data servers are live; nothing was stored",
+                lost.len(),
+                live.len()
+            )));
+        }
+        let targets: Vec<(u8, ServerInfo)> = lost.iter().copied().zip(live).collect();
+        let holders: Holders = placed
+            .iter()
+            .map(|(shard, server)| {
+                if lost.contains(shard) {
+                    Vec::new()
+                } else {
+                    vec![server.clone()]
+                }
+            })
+            .collect();
+        let content = ContentRecord {
+            hash,
+            size,
+            placement: placed.iter().map(|(_, s)| s.id.clone()).collect(),
+            blocks: blocks.clone(),
+        };
+        let started = std::time::Instant::now();
+        rebuild_onto(core, &content, holders, &targets).await?;
+        for (shard, server) in &targets {
+            tracing::info!(%hash, shard, server = %server.id, took_ms = started.elapsed().as_millis() as u64, "lost shard upload rebuilt on a spare server");
+            if let Some(slot) = placed.iter_mut().find(|(s, _)| s == shard) {
+                slot.1 = server.clone();
+            }
+        }
+        metrics::counter!(crate::metrics::SHARDS_REBUILT).increment(targets.len() as u64);
+    }
+    placed.sort_by_key(|(shard, _)| *shard);
+    Ok(placed.into_iter().map(|(_, s)| s).collect())
 }

@@ -8,8 +8,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use dos_protocol::{
-    BLOCK_SIZE, BlockHashes, ContentHash, EntryKind, ObjectName, PIECE_SIZE, PosixAttrs, ServerId,
-    ServerInfo, TOTAL_SHARDS, VersionRecord, WriteAttributes, shard_len,
+    BLOCK_SIZE, BlockHashes, ContentHash, DATA_SHARDS, EntryKind, ObjectName, PIECE_SIZE,
+    PosixAttrs, ServerId, ServerInfo, TOTAL_SHARDS, VersionRecord, WriteAttributes, shard_len,
 };
 use futures::Stream;
 use hmac::{Hmac, Mac};
@@ -23,7 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::objects::{Stored, add_known_version, record_new_content};
 use crate::pipeline::read::PieceReader;
 use crate::pipeline::write::{
-    BodyLimits, ContentDigest, Deadlines, ShardTarget, Uploads, encode_stream,
+    BodyLimits, Committed, ContentDigest, Deadlines, ShardTarget, Uploads, encode_stream,
 };
 use crate::placement;
 
@@ -45,6 +45,10 @@ pub struct UploadToken {
     /// What the token stands for (absent in tokens of declared content).
     #[serde(default, skip_serializing_if = "Stage::is_declared")]
     pub stage: Stage,
+    /// Shards whose uploads were given up while the bytes arrived (their servers went
+    /// silent): rebuilt from the others when the version is made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<u8>,
 }
 
 /// The kinds of upload a token names.
@@ -100,6 +104,7 @@ impl UploadToken {
                 .collect(),
             expires: unix_now() + core.config.upload_ttl.as_secs(),
             stage,
+            lost: Vec::new(),
         }
     }
 
@@ -122,6 +127,14 @@ impl UploadToken {
                 temp_id: temp.clone(),
             })
             .collect()
+    }
+
+    /// The uploads this token names, those given up before marked so.
+    fn uploads(&self, core: &Core) -> Uploads {
+        let targets = self.targets(&core.bus.live_servers());
+        let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
+        uploads.given_up(&self.lost);
+        uploads
     }
 
     pub fn attrs(&self) -> WriteAttributes {
@@ -259,8 +272,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
-    let targets = token.targets(&core.bus.live_servers());
-    let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
+    let uploads = token.uploads(core);
     let (codec, limits) = (&core.codec, BodyLimits::of(core));
     let encoded = uploads
         .write(0, |writers| {
@@ -288,6 +300,7 @@ where
         hash,
         size: encoded.accepted,
         stage: Stage::Received,
+        lost: uploads.lost(),
         ..token.clone()
     };
     Ok(Received {
@@ -318,13 +331,12 @@ pub async fn finish(
             "only an upload whose bytes were streamed in one PUT is finished by a POST".into(),
         ));
     }
-    let targets = token.targets(&core.bus.live_servers());
-    let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
+    let uploads = token.uploads(core);
     if digest != token.hash {
         uploads.abort().await;
         return Err(ApiError::DigestMismatch);
     }
-    if accepted(core, token).await? != token.size {
+    if held(&uploads, token).await? != token.size {
         return Err(ApiError::NotFound(
             "this upload lost bytes it had received (a data server restarted?)".into(),
         ));
@@ -334,8 +346,7 @@ pub async fn finish(
         // Received by another API server, or before this one restarted: the block hashes
         // are computed again from the shard uploads (and the content hash checked with them).
         None => {
-            let digest =
-                read_back(core, &uploads.targets, token.size, ContentDigest::default()).await?;
+            let digest = read_back(core, &uploads, token.size, ContentDigest::default()).await?;
             let (hash, blocks) = digest.finish(token.size);
             if hash != token.hash {
                 uploads.abort().await;
@@ -365,35 +376,37 @@ async fn make_version(
         return add_known_version(core, &token.name, hash, token.size, attrs).await;
     }
     uploads.commit(shard_len(token.size), &hash).await?;
+    let committed = Committed {
+        placed: uploads.placed(),
+        lost: uploads.lost(),
+    };
+    let servers = crate::repair::replace_lost(core, hash, token.size, &blocks, committed).await?;
     let stored = Stored {
         hash,
         size: token.size,
         blocks,
     };
-    record_new_content(core, &token.name, stored, &uploads.servers(), attrs).await
+    record_new_content(core, &token.name, stored, &servers, attrs).await
 }
 
 /// Object bytes accepted so far: whole blocks every shard has, or the whole object.
 pub async fn accepted(core: &Core, token: &UploadToken) -> ApiResult<u64> {
-    let statuses = futures::future::join_all(
-        token
-            .targets(&core.bus.live_servers())
-            .into_iter()
-            .map(|t| async move { core.shards.temp_status(&t.server, &t.temp_id).await }),
-    )
-    .await;
-    let mut min = u64::MAX;
-    for s in statuses {
-        match s {
-            Ok(s) => min = min.min(s.received),
-            Err(e) if e.is_missing() => {
-                return Err(ApiError::NotFound(
-                    "this upload is finished, expired or abandoned".into(),
-                ));
-            }
-            Err(e) => return Err(ApiError::ShardWrite(e)),
+    held(&token.uploads(core), token).await
+}
+
+/// Object bytes `uploads` hold: whole blocks every upload not given up has, or the whole
+/// object (an upload whose server does not answer is given up when it can be, see
+/// [`Uploads::held`]).
+async fn held(uploads: &Uploads, token: &UploadToken) -> ApiResult<u64> {
+    let min = match uploads.held().await {
+        Ok(min) => min,
+        Err(e) if e.is_missing() => {
+            return Err(ApiError::NotFound(
+                "this upload is finished, expired or abandoned".into(),
+            ));
         }
-    }
+        Err(e) => return Err(ApiError::ShardWrite(e)),
+    };
     if min >= shard_len(token.size) {
         return Ok(token.size);
     }
@@ -438,7 +451,8 @@ where
             ));
         }
     }
-    let have = accepted(core, token).await?;
+    let uploads = token.uploads(core);
+    let have = held(&uploads, token).await?;
     if offset != have {
         return Err(ApiError::OffsetMismatch {
             offset,
@@ -451,11 +465,9 @@ where
             token.size
         )));
     }
-    let targets = token.targets(&core.bus.live_servers());
-    let uploads = Uploads::resume(&core.shards, Deadlines::of(core), targets);
     let mut digest = ContentDigest::default();
     if offset > 0 {
-        digest = read_back(core, &uploads.targets, offset, digest).await?;
+        digest = read_back(core, &uploads, offset, digest).await?;
     }
     let mut accepted_now = offset;
     if offset < token.size {
@@ -491,12 +503,13 @@ where
     Ok(PutOutcome::Done(v))
 }
 
-/// Feeds the first `offset` object bytes (whole blocks), read back from the four data shard
-/// uploads, into `digest`, so that the final digests cover every byte without the API server
-/// keeping state between requests.
+/// Feeds the first `offset` object bytes (whole blocks), read back from four of the shard
+/// uploads not given up (the data shards when they are there, else decoded with parity), into
+/// `digest`, so that the final digests cover every byte without the API server keeping state
+/// between requests.
 async fn read_back(
     core: &Core,
-    targets: &[ShardTarget],
+    uploads: &Uploads,
     offset: u64,
     mut digest: ContentDigest,
 ) -> ApiResult<ContentDigest> {
@@ -505,34 +518,52 @@ async fn read_back(
     let size = offset;
     let blocks = offset.div_ceil(BLOCK_SIZE as u64);
     let end = shard_len(offset);
+    let sources: Vec<&ShardTarget> = uploads.kept().take(DATA_SHARDS).collect();
+    if sources.len() < DATA_SHARDS {
+        return Err(ApiError::Unavailable(
+            "fewer than four shard uploads are left; send the content again".into(),
+        ));
+    }
+    let decode = sources.iter().any(|t| usize::from(t.shard) >= DATA_SHARDS);
     let mut readers = Vec::new();
-    for t in targets.iter().take(dos_protocol::DATA_SHARDS) {
+    for t in &sources {
         let body = core
             .shards
             .read_temp(&t.server, &t.temp_id, 0, end)
             .await
             .map_err(ApiError::ShardWrite)?;
-        readers.push(PieceReader::new(body, core.config.shard_stall_timeout));
+        readers.push((
+            t.shard,
+            PieceReader::new(body, core.config.shard_stall_timeout),
+        ));
     }
     for b in 0..blocks {
         let plen = dos_protocol::piece_len(size, b);
         let pieces = futures::future::join_all(
             readers
                 .iter_mut()
-                .map(|r| async move { r.read(plen).await }),
+                .map(|(_, r)| async move { r.read(plen).await }),
         )
         .await;
-        let mut block = Vec::with_capacity(BLOCK_SIZE);
-        for p in pieces {
-            block.extend_from_slice(&p.map_err(ApiError::ShardWrite)?);
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; TOTAL_SHARDS];
+        for ((shard, _), p) in readers.iter().zip(pieces) {
+            got[usize::from(*shard)] = Some(p.map_err(ApiError::ShardWrite)?.to_vec());
         }
-        block.truncate((size - b * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize);
+        let len = (size - b * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize;
+        let codec = core.codec.clone();
         digest = tokio::task::spawn_blocking(move || {
+            if decode {
+                codec
+                    .reconstruct_data(&mut got)
+                    .map_err(|e| ApiError::Internal(format!("decoding shard uploads: {e}")))?;
+            }
+            let mut block = Vec::with_capacity(BLOCK_SIZE);
+            dos_erasure::join_data(&got, len, &mut block);
             digest.update(&block);
-            digest
+            Ok::<_, ApiError>(digest)
         })
         .await
-        .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))??;
     }
     Ok(digest)
 }
@@ -617,6 +648,7 @@ mod tests {
                 .collect(),
             expires: unix_now() + 600,
             stage: Stage::Declared,
+            lost: vec![2],
         }
     }
 

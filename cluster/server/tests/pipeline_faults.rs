@@ -44,6 +44,22 @@ async fn faulty_cluster_of(
     (cluster, client, faults, dir)
 }
 
+/// An embedded cluster of seven data servers (one spare) behind the fault-injecting
+/// transport, with the production deadlines.
+async fn seven_with_production_deadlines() -> (LocalCluster, Client, Faults, tempfile::TempDir) {
+    let faults = Faults::default();
+    let f = faults.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client) = start_with(&dir.path().join("root"), move |c| {
+        c.data_servers = 7;
+        c.transport_layer = Some(Arc::new(move |inner| {
+            Arc::new(FaultyTransport::new(inner, f.clone()))
+        }));
+    })
+    .await;
+    (cluster, client, faults, dir)
+}
+
 /// The id of the first data server.
 fn first_server(cluster: &LocalCluster) -> dos_protocol::ServerId {
     cluster.data_servers()[0].clone().unwrap().id
@@ -432,16 +448,7 @@ async fn three_lying_data_servers_fail_the_read_and_serve_no_wrong_byte() {
 /// server, and from the first miss on it is suspect, so later requests do not wait for it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_data_server_stalls_no_read_or_write() {
-    let faults = Faults::default();
-    let f = faults.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster, client) = start_with(&dir.path().join("root"), move |c| {
-        c.data_servers = 7;
-        c.transport_layer = Some(Arc::new(move |inner| {
-            Arc::new(FaultyTransport::new(inner, f.clone()))
-        }));
-    })
-    .await;
+    let (cluster, client, faults, _dir) = seven_with_production_deadlines().await;
     let mut objects = Vec::new();
     for (i, len) in [100_000, 5 * MIB + 3, 1, 3 * MIB]
         .into_iter()
@@ -490,5 +497,173 @@ async fn a_silent_data_server_stalls_no_read_or_write() {
     }
     eprintln!("slowest operation with a silent server: {slowest:?}");
     assert!(slowest.0 < limit, "{slowest:?}");
+    cluster.shutdown().await;
+}
+
+/// Issue 15: a data server that goes silent in the middle of a streamed upload (it took a
+/// few MiB, then nothing more, and never answers) costs no write more than a moment with
+/// production deadlines when a seventh server is there: its upload is given up, the other
+/// five are committed and its shard is rebuilt from them on the seventh before the version
+/// is made. The same for a commit that never answers, for the declared resumable upload
+/// (POST, PUT /temp) and for the streamed one (x-dos-upload: stream). Every object ends with
+/// its six shards on six distinct servers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_server_silent_mid_stream_costs_no_upload() {
+    let (cluster, client, faults, _dir) = seven_with_production_deadlines().await;
+    let limit = Duration::from_secs(2);
+    let check = |name: &str, body: &[u8], took: Duration| {
+        let hash = ContentHash::of(body);
+        let files = shard_files(&cluster, &hash);
+        let mut shards: Vec<u8> = files.iter().map(|(_, s, _)| *s).collect();
+        shards.sort();
+        assert_eq!(
+            shards,
+            vec![0, 1, 2, 3, 4, 5],
+            "{name}: one copy of each shard"
+        );
+        let mut servers: Vec<usize> = files.iter().map(|(s, _, _)| *s).collect();
+        servers.sort();
+        servers.dedup();
+        assert_eq!(servers.len(), 6, "{name}: six distinct servers");
+        eprintln!("{name}: {took:?}");
+        assert!(took < limit, "{name} took {took:?}");
+    };
+    let stall = || {
+        faults
+            .on(
+                Op::WriteTemp,
+                Fault::StallWrite {
+                    after: 2 * MIB as u64,
+                },
+            )
+            .times(1)
+            .apply()
+    };
+
+    // A PUT of 24 MiB (streamed; each shard takes 6 MiB).
+    stall();
+    let body = data(24 * MIB + 5, 71);
+    let started = Instant::now();
+    let hash = ContentHash::of(&body);
+    let stream = futures::stream::iter(
+        body.chunks(MIB)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    client
+        .put_stream("mid/put", hash, Some(body.len() as u64), stream, &attrs())
+        .await
+        .unwrap_or_else(|e| panic!("PUT with six servers answering: {e}"));
+    check("PUT", &body, started.elapsed());
+    assert!(client.get("mid/put", None).await.unwrap() == body[..]);
+    faults.clear();
+
+    // A commit that never answers.
+    faults.on(Op::Commit, Fault::Hang).times(1).apply();
+    let body = data(5 * MIB + 1, 72);
+    let started = Instant::now();
+    client
+        .put_bytes("mid/commit", body.clone(), &attrs())
+        .await
+        .unwrap_or_else(|e| panic!("PUT with a hung commit: {e}"));
+    check("PUT, hung commit", &body, started.elapsed());
+    assert!(client.get("mid/commit", None).await.unwrap() == body[..]);
+    faults.clear();
+
+    // A declared resumable upload sent in one PUT /temp.
+    stall();
+    let body = data(16 * MIB + 9, 73);
+    let hash = ContentHash::of(&body);
+    let started = Instant::now();
+    let dos_client::PostOutcome::Upload(location) = client
+        .post("mid/resumable", hash, body.len() as u64, &attrs())
+        .await
+        .unwrap()
+    else {
+        panic!("new content needs an upload");
+    };
+    let done = client
+        .upload_chunk(&location, 0, body.clone())
+        .await
+        .unwrap_or_else(|e| panic!("PUT /temp with six servers answering: {e}"));
+    assert!(
+        matches!(done, dos_client::UploadProgress::Done(_)),
+        "{done:?}"
+    );
+    check("resumable upload", &body, started.elapsed());
+    assert!(client.get("mid/resumable", None).await.unwrap() == body[..]);
+    faults.clear();
+
+    // A declared upload in two parts: the server goes silent in the first; the second part
+    // finds it still silent and does without it.
+    let body = data(12 * MIB, 75);
+    let hash = ContentHash::of(&body);
+    let dos_client::PostOutcome::Upload(location) = client
+        .post("mid/parts", hash, body.len() as u64, &attrs())
+        .await
+        .unwrap()
+    else {
+        panic!("new content needs an upload");
+    };
+    let writes_before = faults.called(Op::WriteTemp).len();
+    faults
+        .on(Op::WriteTemp, Fault::StallWrite { after: MIB as u64 })
+        .times(1)
+        .apply();
+    let started = Instant::now();
+    let first = client
+        .upload_chunk(&location, 0, body[..8 * MIB].to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("first part: {e}"));
+    // The server whose stream stalled stays silent for everything.
+    let silent = faults.called(Op::WriteTemp)[writes_before].clone();
+    for op in [
+        Op::WriteTemp,
+        Op::TempStatus,
+        Op::Commit,
+        Op::ReadTemp,
+        Op::Abort,
+    ] {
+        faults.on(op, Fault::Hang).server(&silent).apply();
+    }
+    assert!(
+        matches!(first, dos_client::UploadProgress::Partial { accepted, .. } if accepted == 8 * MIB as u64),
+        "{first:?}"
+    );
+    let rest = client
+        .upload_chunk(&location, 8 * MIB as u64, body[8 * MIB..].to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("second part: {e}"));
+    assert!(
+        matches!(rest, dos_client::UploadProgress::Done(_)),
+        "{rest:?}"
+    );
+    let took = started.elapsed();
+    faults.clear();
+    // Two requests, each may wait the write deadline once for the silent server.
+    check("upload in two parts", &body, took / 2);
+    assert!(client.get("mid/parts", None).await.unwrap() == body[..]);
+
+    // A streamed upload of unknown size (x-dos-upload: stream), then its POST.
+    stall();
+    let body = data(9 * MIB + 77, 74);
+    let started = Instant::now();
+    let location = client.open_upload("mid/open", &attrs()).await.unwrap();
+    let stream = futures::stream::iter(
+        body.chunks(MIB)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let streamed = client
+        .stream_upload(&location, stream)
+        .await
+        .unwrap_or_else(|e| panic!("streamed upload: {e}"));
+    client
+        .finish_upload(&streamed.location, ContentHash::of(&body), &attrs())
+        .await
+        .unwrap_or_else(|e| panic!("finishing the streamed upload: {e}"));
+    check("streamed upload", &body, started.elapsed());
+    assert!(client.get("mid/open", None).await.unwrap() == body[..]);
+    faults.clear();
     cluster.shutdown().await;
 }

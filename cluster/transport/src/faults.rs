@@ -42,6 +42,9 @@ pub enum Fault {
     /// A write: the upload stream breaks off (the connection is lost) once this many bytes
     /// were sent; the bytes before it may have been written.
     CutWrite { after: u64 },
+    /// A write: the upload stream takes this many bytes, then takes nothing more and never
+    /// answers (a server whose link went silent in the middle of an upload).
+    StallWrite { after: u64 },
     /// A read: the body delivers this many bytes, then nothing more, ever.
     StallRead { after: u64 },
     /// A read: the body delivers this many bytes of garbage (not what was asked), then ends.
@@ -127,6 +130,16 @@ impl Faults {
     /// Calls of `op` made so far (to any server).
     pub fn calls(&self, op: Op) -> usize {
         self.inner().calls.iter().filter(|(o, _)| *o == op).count()
+    }
+
+    /// The servers called with `op` so far, in the order of the calls.
+    pub fn called(&self, op: Op) -> Vec<ServerId> {
+        self.inner()
+            .calls
+            .iter()
+            .filter(|(o, _)| *o == op)
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     /// Calls of `op` made so far to `server`.
@@ -269,6 +282,25 @@ impl<T: ShardTransport> ShardTransport for FaultyTransport<T> {
                     )),
                     Err(e) => Err(e),
                 }
+            }
+            Some(Fault::StallWrite { after }) => {
+                // `after` bytes go through; then the stream is never read again.
+                let stalled =
+                    futures::stream::unfold((body, after), |(mut body, left)| async move {
+                        if left == 0 {
+                            futures::future::pending::<()>().await;
+                        }
+                        let mut piece = body.next().await?;
+                        if piece.len() as u64 > left {
+                            piece.truncate(left as usize);
+                        }
+                        let rest = left - piece.len() as u64;
+                        Some((piece, (body, rest)))
+                    });
+                self.inner
+                    .write_temp(server, id, offset, Box::pin(stalled))
+                    .await?;
+                futures::future::pending().await
             }
             Some(Fault::GarbageRead { .. }) => Err(ShardError::Malformed("garbage".into())),
             _ => self.inner.write_temp(server, id, offset, body).await,

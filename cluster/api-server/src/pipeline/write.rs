@@ -10,9 +10,15 @@
 //! deadline ([`Deadlines::write`], derived from the answer times seen) is suspect, and its
 //! shard goes to a live server holding no shard of the content instead (a whole shard is
 //! raced: the first server to store it keeps it), so a write succeeds while six servers
-//! answer. A server that goes silent in the middle of a streamed upload (content over
-//! 1 MiB) still fails that upload after the stall deadline: its bytes so far are not kept to
-//! replay elsewhere.
+//! answer.
+//!
+//! A server that goes silent (or is lost) in the middle of a streamed upload (content over
+//! 1 MiB) is given up once it has not taken a piece, finished its stream or committed within
+//! the write deadline, when a spare server is there to take its shard and at most two shards
+//! are given up ([`Losses`]): the other uploads go on and are committed, and the caller
+//! rebuilds the lost shards from them onto spare servers before it records the content
+//! (`repair::replace_lost`), so the content is recorded with six committed shards. With no
+//! spare, a silent server fails the upload after the stall deadline, as before.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -23,11 +29,13 @@ use dos_erasure::Codec;
 use dos_protocol::shard::{MAX_WHOLE_SHARD, TempStatus};
 use dos_protocol::{BLOCK_SIZE, BlockHashes, ContentHash, PIECE_SIZE, ServerInfo, TOTAL_SHARDS};
 use dos_transport::{ShardError, ShardTransport};
+use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt, future};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc::OwnedPermit;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{ApiError, ApiResult};
 use crate::health::ServerHealth;
@@ -46,6 +54,62 @@ pub struct Uploads {
     /// Bound on each create, commit and abort call, and on a piece waiting for its upload.
     deadlines: Deadlines,
     pub targets: Vec<ShardTarget>,
+    /// Uploads given up during this request (their servers silent or gone).
+    losses: Arc<Losses>,
+}
+
+/// The shards of one content whose uploads were given up, and how many may be: at most the
+/// parity count, and no more than there are spare servers to rebuild them on.
+#[derive(Debug, Default)]
+pub struct Losses {
+    budget: usize,
+    lost: Mutex<Vec<u8>>,
+}
+
+impl Losses {
+    fn new(budget: usize) -> Self {
+        Self {
+            budget: budget.min(dos_protocol::PARITY_SHARDS),
+            lost: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `more` uploads could be given up still.
+    pub fn can_lose(&self, more: usize) -> bool {
+        self.lock().len() + more <= self.budget
+    }
+
+    /// Gives up `shards` (all of them, or none when the budget does not allow it).
+    pub fn try_lose(&self, shards: &[u8]) -> bool {
+        let mut lost = self.lock();
+        let new: Vec<u8> = shards
+            .iter()
+            .copied()
+            .filter(|s| !lost.contains(s))
+            .collect();
+        if lost.len() + new.len() > self.budget {
+            return false;
+        }
+        lost.extend(new);
+        true
+    }
+
+    pub fn is_lost(&self, shard: u8) -> bool {
+        self.lock().contains(&shard)
+    }
+
+    /// The shards given up, in shard order.
+    pub fn lost(&self) -> Vec<u8> {
+        let mut l = self.lock().clone();
+        l.sort_unstable();
+        l
+    }
 }
 
 /// How long shard calls may take before they count as failed, and where a shard goes
@@ -89,6 +153,16 @@ impl Deadlines {
     /// is asked: a few hedge deadlines (a write fsyncs), at least a second.
     pub fn write(&self) -> Duration {
         (self.health.hedge_after() * 4).clamp(Duration::from_secs(1), self.call)
+    }
+
+    /// How many live servers hold none of `targets`' shards (could take a lost one).
+    fn spares_left(&self, targets: &[ServerInfo]) -> usize {
+        self.spares
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|s| !targets.iter().any(|t| t.id == s.id))
+            .count()
     }
 
     /// A live server holding none of `targets`' shards, for a shard whose server missed
@@ -164,14 +238,15 @@ impl Uploads {
             }
         }))
         .await;
-        let mut uploads = Self::resume(shards, deadlines.clone(), Vec::new());
+        let mut targets = Vec::new();
         let mut failure = None;
         for r in results {
             match r {
-                Ok(t) => uploads.targets.push(t),
+                Ok(t) => targets.push(t),
                 Err(e) => failure = Some(e),
             }
         }
+        let uploads = Self::resume(shards, deadlines.clone(), targets);
         if let Some(e) = failure {
             uploads.abort().await;
             return Err(ApiError::ShardWrite(e));
@@ -185,27 +260,113 @@ impl Uploads {
         deadlines: Deadlines,
         targets: Vec<ShardTarget>,
     ) -> Self {
+        let servers: Vec<ServerInfo> = targets.iter().map(|t| t.server.clone()).collect();
+        let losses = Arc::new(Losses::new(deadlines.spares_left(&servers)));
         Self {
             shards: shards.clone(),
             deadlines,
             targets,
+            losses,
         }
     }
 
-    /// Streams what `feed` sends into the uploads, from raw shard offset `offset`, and waits
-    /// until every data server has written it.
+    /// Marks `shards` given up (a token says so); false when the budget does not allow it.
+    pub fn given_up(&self, shards: &[u8]) -> bool {
+        self.losses.try_lose(shards)
+    }
+
+    /// The uploads not given up.
+    pub fn kept(&self) -> impl Iterator<Item = &ShardTarget> {
+        self.targets
+            .iter()
+            .filter(|t| !self.losses.is_lost(t.shard))
+    }
+
+    /// The shards whose uploads were given up (to be rebuilt from the others once they are
+    /// committed), in shard order.
+    pub fn lost(&self) -> Vec<u8> {
+        self.losses.lost()
+    }
+
+    /// Raw shard bytes that every upload not given up holds (the least of what each says).
+    /// An upload whose server does not answer within the write deadline, is unreachable or
+    /// no longer has it (a data server that restarted) is given up when the loss budget
+    /// allows; else that is the error. `NotFound` when no upload is left at all (finished,
+    /// expired or abandoned).
+    pub async fn held(&self) -> Result<u64, ShardError> {
+        let limit = if self.losses.can_lose(1) {
+            self.deadlines.write()
+        } else {
+            self.deadlines.call
+        };
+        let kept: Vec<&ShardTarget> = self.kept().collect();
+        let statuses = future::join_all(kept.iter().map(|t| async move {
+            let started = Instant::now();
+            let s = within(limit, self.shards.temp_status(&t.server, &t.temp_id)).await;
+            match &s {
+                Ok(_) => self
+                    .deadlines
+                    .health
+                    .answered(&t.server.id, started.elapsed()),
+                Err(ShardError::Timeout(_)) => self.deadlines.health.missed(&t.server.id),
+                Err(_) => {}
+            }
+            s
+        }))
+        .await;
+        let mut min = u64::MAX;
+        let mut failed = Vec::new();
+        let mut missing = 0;
+        let mut first_error = None;
+        for (t, s) in kept.iter().zip(statuses) {
+            match s {
+                Ok(s) => min = min.min(s.received),
+                Err(e) => {
+                    if e.is_missing() {
+                        missing += 1;
+                    }
+                    if !(e.is_missing() || e.is_unreachable()) {
+                        return Err(e);
+                    }
+                    tracing::warn!(shard = t.shard, server = %t.server.id, error = %e, "shard upload does not answer");
+                    failed.push(t.shard);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if missing == kept.len() {
+            return Err(ShardError::NotFound);
+        }
+        if let Some(e) = first_error
+            && !self.losses.try_lose(&failed)
+        {
+            return Err(e);
+        }
+        Ok(min)
+    }
+
+    /// Streams what `feed` sends into the uploads not given up, from raw shard offset
+    /// `offset`, and waits until every data server has written it (or its upload was given
+    /// up, see [`Losses`]).
     pub async fn write<T, F, Fut>(&self, offset: u64, feed: F) -> ApiResult<T>
     where
         F: FnOnce(ShardWriters) -> Fut,
         Fut: Future<Output = ApiResult<(T, ShardWriters)>>,
     {
-        let writers = ShardWriters::open(&self.shards, &self.targets, offset, self.deadlines.stall);
+        let writers = ShardWriters::open(
+            &self.shards,
+            &self.targets,
+            offset,
+            &self.deadlines,
+            self.losses.clone(),
+        );
         let (value, writers) = feed(writers).await?;
         writers.finish().await?;
         Ok(value)
     }
 
-    /// The servers with the shard each took, in shard order.
+    /// The servers with the shard each took, in shard order (given up ones included: see
+    /// [`lost`](Self::lost)).
     pub fn placed(&self) -> Vec<(u8, ServerInfo)> {
         self.targets
             .iter()
@@ -213,26 +374,46 @@ impl Uploads {
             .collect()
     }
 
-    /// Commits every upload durably as shards of `hash`; all must succeed.
+    /// Commits every upload not given up durably as shards of `hash`. A commit that fails,
+    /// or is still unanswered the write deadline after the ones that could not be given up,
+    /// is given up when the loss budget allows; else it fails the whole.
     pub async fn commit(&self, shard_length: u64, hash: &ContentHash) -> ApiResult<()> {
-        let results = future::join_all(self.targets.iter().map(|t| async move {
-            within(
-                self.deadlines.call,
-                self.shards.commit(&t.server, &t.temp_id, shard_length, hash),
-            )
+        let commits = self
+            .kept()
+            .map(|t| {
+                let call = within(
+                    self.deadlines.call,
+                    self.shards
+                        .commit(&t.server, &t.temp_id, shard_length, hash),
+                );
+                (
+                    t.shard,
+                    Box::pin(async move { call.await.map(drop) }) as BoxCall<'_>,
+                )
+            })
+            .collect();
+        settle(commits, &self.losses, &self.deadlines, "commit")
             .await
-                .inspect_err(|e| tracing::warn!(shard = t.shard, server = %t.server.id, error = %e, "commit failed"))
-        }))
-        .await;
-        match results.into_iter().find_map(Result::err) {
-            Some(e) => Err(ApiError::ShardWrite(e)),
-            None => Ok(()),
+            .map_err(ApiError::ShardWrite)?;
+        self.forget_lost();
+        Ok(())
+    }
+
+    /// Abandons, in the background, the uploads given up (their servers may answer later or
+    /// never; the temp files expire otherwise).
+    fn forget_lost(&self) {
+        for t in self.targets.iter().filter(|t| self.losses.is_lost(t.shard)) {
+            let (shards, t, limit) = (self.shards.clone(), t.clone(), self.deadlines.call);
+            tokio::spawn(async move {
+                let _ = within(limit, shards.abort(&t.server, &t.temp_id)).await;
+            });
         }
     }
 
     /// Abandons every upload; failures only mean the temp files expire later.
     pub async fn abort(&self) {
-        future::join_all(self.targets.iter().map(|t| async move {
+        self.forget_lost();
+        future::join_all(self.kept().map(|t| async move {
             let abort = self.shards.abort(&t.server, &t.temp_id);
             if let Err(e) = within(self.deadlines.call, abort).await {
                 tracing::debug!(server = %t.server.id, error = %e, "abandoning an upload failed; it will expire");
@@ -247,11 +428,22 @@ impl Uploads {
     }
 }
 
+/// Where the shards of content just stored went.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// The server of each shard, in shard order.
+    pub placed: Vec<(u8, ServerInfo)>,
+    /// Shards whose uploads were given up: the others are committed, these are to be
+    /// rebuilt from them (`repair::replace_lost`) before the content is recorded.
+    pub lost: Vec<u8>,
+}
+
 /// Stores shards `servers` of content `hash`: creates the uploads, streams what `feed` sends
 /// (it returns its result and the raw length every shard ends up with), commits every one
 /// durably; on any failure abandons them all. The path of a PUT and of a repair. Returns
 /// `feed`'s result and where each shard went (a server that missed its deadline was
-/// replaced, see [`Deadlines::write`]).
+/// replaced, see [`Deadlines::write`]; one that went silent mid-stream was given up, see
+/// [`Losses`]).
 ///
 /// Shards of a known length of at most [`MAX_WHOLE_SHARD`] (objects up to 1 MiB) are
 /// gathered here and sent whole, one request per data server that writes and commits them
@@ -264,7 +456,7 @@ pub async fn store_content<T, F, Fut>(
     servers: &[(u8, ServerInfo)],
     shard_length: Option<u64>,
     feed: F,
-) -> ApiResult<(T, Vec<(u8, ServerInfo)>)>
+) -> ApiResult<(T, Committed)>
 where
     F: FnOnce(ShardWriters) -> Fut,
     Fut: Future<Output = ApiResult<((T, u64), ShardWriters)>>,
@@ -275,13 +467,15 @@ where
         let writers = ShardWriters::whole(shards, deadlines, hash, servers, len);
         let ((value, _), writers) = feed(writers).await?;
         let placed = writers.finish().await?;
-        return Ok((value, placed));
+        let lost = Vec::new();
+        return Ok((value, Committed { placed, lost }));
     }
     let uploads = Uploads::create(shards, deadlines, hash, servers, shard_length).await?;
     let stored = async {
         let (value, length) = uploads.write(0, feed).await?;
         uploads.commit(length, hash).await?;
-        Ok((value, uploads.placed()))
+        let (placed, lost) = (uploads.placed(), uploads.lost());
+        Ok((value, Committed { placed, lost }))
     }
     .await;
     match stored {
@@ -293,14 +487,89 @@ where
     }
 }
 
+/// One shard call (a commit, or an upload stream's end) as [`settle`] waits for it.
+type BoxCall<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), ShardError>> + Send + 'a>>;
+
+/// Waits for one call per shard. A call that fails is given up (`losses`) when the budget
+/// allows; once the ones still running could all be given up, they get the write deadline
+/// more, then are given up (and dropped). Else the first failure that cannot be given up.
+async fn settle(
+    calls: Vec<(u8, BoxCall<'_>)>,
+    losses: &Losses,
+    d: &Deadlines,
+    what: &str,
+) -> Result<(), ShardError> {
+    let mut remaining: Vec<u8> = calls.iter().map(|(shard, _)| *shard).collect();
+    let mut running: FuturesUnordered<_> = calls
+        .into_iter()
+        .map(|(shard, call)| async move { (shard, call.await) })
+        .collect();
+    let mut give_up_at: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match give_up_at {
+            None => running.next().await,
+            Some(at) => match tokio::time::timeout_at(at, running.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some((shard, result)) = next else {
+            return Ok(());
+        };
+        remaining.retain(|s| *s != shard);
+        if let Err(e) = result {
+            tracing::warn!(shard, error = %e, "shard {what} failed");
+            if !losses.try_lose(&[shard]) {
+                return Err(e);
+            }
+        }
+        if give_up_at.is_none() && !remaining.is_empty() && losses.can_lose(remaining.len()) {
+            give_up_at = Some(tokio::time::Instant::now() + d.write());
+        }
+    }
+    tracing::warn!(shards = ?remaining, "shard {what} unanswered past the write deadline; given up");
+    if losses.try_lose(&remaining) {
+        Ok(())
+    } else {
+        Err(ShardError::Timeout(d.write()))
+    }
+}
+
 /// Streams pieces into a set of uploads, one long request per upload; or, for small
 /// shards, gathers them to send each shard whole at the end.
 pub struct ShardWriters {
-    senders: Vec<mpsc::Sender<Bytes>>,
-    tasks: Vec<JoinHandle<Result<TempStatus, ShardError>>>,
-    /// A piece an upload does not take within this is a failed upload.
+    /// Per target, in shard order: its stream's sender, `None` once given up.
+    senders: Vec<Option<mpsc::Sender<Bytes>>>,
+    /// Per target: the request streaming into its upload (aborted when dropped).
+    tasks: Vec<Option<StreamTask>>,
+    /// Per target: its shard and server.
+    shards_of: Vec<(u8, ServerInfo)>,
+    /// A piece an upload does not take within this fails the write (with no loss allowed).
     stall: Duration,
+    deadlines: Option<Deadlines>,
+    losses: Arc<Losses>,
     whole: Option<Whole>,
+}
+
+type StreamTask = AbortOnDropHandle<Result<TempStatus, ShardError>>;
+
+/// What became of offering one piece to an upload stream.
+enum Offer {
+    /// Given up before: the piece is dropped.
+    Skip,
+    Ready(OwnedPermit<Bytes>),
+    /// The request ended (its task holds the reason).
+    Closed,
+    Stalled,
+}
+
+async fn offer(tx: Option<mpsc::Sender<Bytes>>, limit: Duration) -> Offer {
+    let Some(tx) = tx else { return Offer::Skip };
+    match tokio::time::timeout(limit, tx.reserve_owned()).await {
+        Ok(Ok(permit)) => Offer::Ready(permit),
+        Ok(Err(_)) => Offer::Closed,
+        Err(_) => Offer::Stalled,
+    }
 }
 
 /// Shards gathered in memory (at most [`MAX_WHOLE_SHARD`] each) to be stored in one call.
@@ -313,33 +582,47 @@ struct Whole {
 }
 
 impl ShardWriters {
-    /// Starts one streaming request per target, writing from raw shard offset `offset`.
+    /// Starts one streaming request per target not given up, writing from raw shard offset
+    /// `offset`.
     fn open(
         shards: &Arc<dyn ShardTransport>,
         targets: &[ShardTarget],
         offset: u64,
-        stall: Duration,
+        deadlines: &Deadlines,
+        losses: Arc<Losses>,
     ) -> Self {
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for t in targets {
+            if losses.is_lost(t.shard) {
+                senders.push(None);
+                tasks.push(None);
+                continue;
+            }
             let (tx, rx) = mpsc::channel(2);
             let shards = shards.clone();
             let (server, id) = (t.server.clone(), t.temp_id.clone());
-            tasks.push(tokio::spawn(dos_transport::request_id::carry(async move {
+            let task = tokio::spawn(dos_transport::request_id::carry(async move {
                 shards
                     .write_temp(&server, &id, offset, Box::pin(ReceiverStream::new(rx)))
                     .await
                     .inspect_err(
                         |e| tracing::warn!(server = %server.id, error = %e, "shard upload failed"),
                     )
-            })));
-            senders.push(tx);
+            }));
+            tasks.push(Some(AbortOnDropHandle::new(task)));
+            senders.push(Some(tx));
         }
         Self {
             senders,
             tasks,
-            stall,
+            shards_of: targets
+                .iter()
+                .map(|t| (t.shard, t.server.clone()))
+                .collect(),
+            stall: deadlines.stall,
+            deadlines: Some(deadlines.clone()),
+            losses,
             whole: None,
         }
     }
@@ -354,7 +637,10 @@ impl ShardWriters {
         Self {
             senders: Vec::new(),
             tasks: Vec::new(),
+            shards_of: Vec::new(),
             stall: deadlines.stall,
+            deadlines: None,
+            losses: Arc::default(),
             whole: Some(Whole {
                 shards: shards.clone(),
                 deadlines: deadlines.clone(),
@@ -381,24 +667,68 @@ impl ShardWriters {
             }
             return Ok(());
         }
-        let sends = self.senders.iter().zip(pieces).map(|(tx, p)| tx.send(p));
-        match tokio::time::timeout(self.stall, future::join_all(sends)).await {
-            Ok(sent) if sent.iter().all(Result::is_ok) => Ok(()),
-            // A request ended early; its task holds the reason.
-            Ok(_) => Err(self.first_error().await),
-            Err(_) => {
-                // A data server stopped taking its shard: the uploads are given up.
-                for t in &self.tasks {
-                    t.abort();
+        // A stream that takes no piece within the write deadline is given up when the
+        // loss budget allows (its shard is rebuilt later); else it has the stall deadline.
+        let first = match &self.deadlines {
+            Some(d) if self.losses.can_lose(1) => d.write().min(self.stall),
+            _ => self.stall,
+        };
+        let mut offers =
+            future::join_all(self.senders.iter().map(|tx| offer(tx.clone(), first))).await;
+        let failed: Vec<usize> = (0..offers.len())
+            .filter(|&i| matches!(offers[i], Offer::Closed | Offer::Stalled))
+            .collect();
+        if !failed.is_empty() {
+            let shards: Vec<u8> = failed.iter().map(|&i| self.shards_of[i].0).collect();
+            if self.losses.try_lose(&shards) {
+                for &i in &failed {
+                    let (shard, server) = &self.shards_of[i];
+                    if matches!(offers[i], Offer::Stalled)
+                        && let Some(d) = &self.deadlines
+                    {
+                        d.health.missed(&server.id);
+                    }
+                    tracing::warn!(shard, server = %server.id, "shard upload stopped taking bytes; given up, to be rebuilt on a spare server");
+                    self.senders[i] = None;
+                    self.tasks[i] = None;
+                    offers[i] = Offer::Skip;
                 }
-                Err(ApiError::ShardWrite(ShardError::Timeout(self.stall)))
+            } else if failed.iter().any(|&i| matches!(offers[i], Offer::Closed)) {
+                // The permits hold senders: dropped, so that the other streams end.
+                drop(offers);
+                return Err(self.first_error().await);
+            } else {
+                // Only stalled streams, and none may be given up: they get the rest of the
+                // stall deadline.
+                let rest = self.stall.saturating_sub(first);
+                for &i in &failed {
+                    offers[i] = offer(self.senders[i].clone(), rest).await;
+                    match offers[i] {
+                        Offer::Closed => {
+                            drop(offers);
+                            return Err(self.first_error().await);
+                        }
+                        Offer::Stalled => {
+                            // A data server stopped taking its shard: the uploads are given up.
+                            self.tasks.clear();
+                            return Err(ApiError::ShardWrite(ShardError::Timeout(self.stall)));
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
+        for (o, p) in offers.into_iter().zip(pieces) {
+            if let Offer::Ready(permit) = o {
+                permit.send(p);
+            }
+        }
+        Ok(())
     }
 
     async fn first_error(&mut self) -> ApiError {
         self.senders.clear();
-        for t in self.tasks.drain(..) {
+        for t in self.tasks.drain(..).flatten() {
             match t.await {
                 Ok(Err(e)) => return ApiError::ShardWrite(e),
                 Err(e) => return ApiError::Internal(format!("shard writer failed: {e}")),
@@ -436,13 +766,27 @@ impl ShardWriters {
                 .map_err(ApiError::ShardWrite);
         }
         self.senders.clear();
-        for t in self.tasks.drain(..) {
-            match t.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(ApiError::ShardWrite(e)),
-                Err(e) => return Err(ApiError::Internal(format!("shard writer failed: {e}"))),
-            }
-        }
+        let Some(d) = self.deadlines.clone() else {
+            return Ok(Vec::new());
+        };
+        let ends: Vec<(u8, BoxCall<'static>)> = self
+            .tasks
+            .drain(..)
+            .zip(&self.shards_of)
+            .filter_map(|(t, (shard, _))| Some((*shard, t?)))
+            .map(|(shard, t)| {
+                let end: BoxCall<'static> = Box::pin(async move {
+                    match t.await {
+                        Ok(r) => r.map(drop),
+                        Err(e) => Err(ShardError::Unreachable(format!("shard writer failed: {e}"))),
+                    }
+                });
+                (shard, end)
+            })
+            .collect();
+        settle(ends, &self.losses, &d, "upload")
+            .await
+            .map_err(ApiError::ShardWrite)?;
         Ok(Vec::new())
     }
 }
@@ -759,4 +1103,64 @@ where
         }
     }
     Ok((ContentHash(hasher.finalize().into()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_stay_within_the_parity_count_and_the_spares() {
+        // Three spares, but only two shards may be lost.
+        let l = Losses::new(3);
+        assert!(l.can_lose(2) && !l.can_lose(3));
+        assert!(l.try_lose(&[4]));
+        // Losing one again costs nothing; two more do not fit, and none is taken.
+        assert!(l.try_lose(&[4]));
+        assert!(!l.try_lose(&[1, 2]));
+        assert_eq!(l.lost(), vec![4]);
+        assert!(l.try_lose(&[0]));
+        assert_eq!(l.lost(), vec![0, 4]);
+        assert!(!l.can_lose(1));
+        // No spare: nothing may be lost.
+        let none = Losses::new(0);
+        assert!(!none.try_lose(&[0]) && none.lost().is_empty());
+    }
+
+    #[tokio::test]
+    async fn settle_gives_up_a_call_that_outlasts_the_others() {
+        let health = Arc::new(ServerHealth::default());
+        let d = Deadlines {
+            call: Duration::from_secs(120),
+            stall: Duration::from_secs(10),
+            health,
+            spares: Arc::default(),
+        };
+        let ok = |shard: u8| (shard, Box::pin(async { Ok(()) }) as BoxCall<'static>);
+        let hung = |shard: u8| {
+            (
+                shard,
+                Box::pin(futures::future::pending::<Result<(), ShardError>>()) as BoxCall<'static>,
+            )
+        };
+        let failed = |shard: u8| {
+            let e = ShardError::Unreachable("gone".into());
+            (shard, Box::pin(async move { Err(e) }) as BoxCall<'static>)
+        };
+        // One hung call of six, one loss allowed: given up after the write deadline.
+        let losses = Losses::new(1);
+        let calls = vec![ok(0), ok(1), hung(2), ok(3), ok(4), ok(5)];
+        let started = tokio::time::Instant::now();
+        settle(calls, &losses, &d, "test").await.unwrap();
+        assert_eq!(losses.lost(), vec![2]);
+        assert!(started.elapsed() >= d.write());
+        // Two failures with one loss allowed: the second fails the whole.
+        let losses = Losses::new(1);
+        let calls = vec![failed(0), ok(1), failed(2), ok(3)];
+        assert!(settle(calls, &losses, &d, "test").await.is_err());
+        // No loss allowed: a failure is the error.
+        let losses = Losses::new(0);
+        let calls = vec![ok(0), failed(1)];
+        assert!(settle(calls, &losses, &d, "test").await.is_err());
+    }
 }
