@@ -153,6 +153,27 @@ fn stats_prints_a_line_per_sample_while_a_writer_runs() {
         assert!(line.contains(" write "), "{line}");
     }
 
+    // The counters behind the rates, in the file and in the one-off table.
+    let json = Command::new(DOSFS)
+        .arg("stats")
+        .arg(&m.mp)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let ops = &v["operations"];
+    assert!(ops["by_kind"]["write"].as_u64().unwrap() > 0, "{ops}");
+    assert!(ops["written_bytes"].as_u64().unwrap() >= 1 << 20, "{ops}");
+    assert!(ops["total"].as_u64().unwrap() >= ops["by_kind"]["write"].as_u64().unwrap());
+    let all = Command::new(DOSFS)
+        .arg("stats")
+        .arg(&m.mp)
+        .arg("--all")
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&all.stdout);
+    assert!(all.lines().any(|l| l == "operations"), "{all}");
+
     // Not a mount: one line, no panic.
     let out = Command::new(DOSFS)
         .arg("stats")
