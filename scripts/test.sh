@@ -11,6 +11,7 @@ command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
 command -v getfattr >/dev/null 2>&1 || need_pkgs+=(attr)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 command -v bindfs >/dev/null 2>&1 || need_pkgs+=(bindfs)
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 # The multi-host tests (scripts/netns-cluster.sh): ip and tc; iptables-legacy for its
 # NFQUEUE delayer on kernels without netem.
 { command -v ip && command -v tc; } >/dev/null 2>&1 || need_pkgs+=(iproute2)

@@ -87,12 +87,60 @@ enum Command {
     },
     /// Unmount (uploads anything pending first; waits for the daemon to stop).
     Umount { mountpoint: PathBuf },
-    /// Show what a mount's daemon holds: memory by use, the cache, reads in progress, tables
-    /// (`--json` prints MOUNTPOINT/.dosfs/stats as it is).
+    /// Show a mount's activity live, per second: FUSE operations by kind, bytes read and
+    /// written, the cache's hit ratio, pending uploads (from MOUNTPOINT/.dosfs/stats).
+    ///
+    /// On a terminal the screen is redrawn in place every interval (Ctrl-C stops it);
+    /// otherwise one line per interval is printed. Rates count what the daemon served: reads
+    /// that the kernel's page cache answers do not reach it.
+    #[command(
+        after_help = "Examples:\n  dosfs stats /mnt/dos\n  dosfs stats /mnt/dos --interval 5 --count 12 > activity.log\n  dosfs stats /mnt/dos --all    # the daemon's memory, cache and tables, once"
+    )]
     Stats {
         mountpoint: PathBuf,
-        #[arg(long)]
+        /// Seconds between samples (fractions allowed, e.g. 0.5).
+        #[arg(long, default_value = "1", value_parser = parse_interval)]
+        interval: f64,
+        /// Stop after this many samples [default: run until interrupted].
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Print everything the daemon reports once, as a table (memory by use, the cache,
+        /// reads in progress, tables, operation counters since the mount).
+        #[arg(long, conflicts_with_all = ["json", "interval", "count"])]
+        all: bool,
+        /// Print MOUNTPOINT/.dosfs/stats once, as it is (JSON).
+        #[arg(long, conflicts_with_all = ["interval", "count"])]
         json: bool,
+    },
+    /// Read every regular file under the paths through the mount, so that its blocks are in
+    /// the dosfs cache for the next reader.
+    ///
+    /// Folders are walked (symbolic links are not followed, .dosfs is skipped). A progress
+    /// bar (bytes and files) is shown when stderr is a terminal. A file that cannot be read
+    /// is reported and counted; the command then exits with status 1. The cache is bounded
+    /// (`mount --cache-size`, 4G by default, least recently used blocks are evicted past it):
+    /// it keeps whole files only while what is warmed fits in it, and a warmup larger than
+    /// the cache pushes out what it read first.
+    #[command(after_help = "Example:\n  dosfs warmup /mnt/dos/models /mnt/dos/data/train.csv")]
+    Warmup {
+        /// Files or folders inside a dosfs mount.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run a short benchmark in a fresh temporary folder under PATH and print a table: one
+    /// big file written sequentially (with fsync) and read back, small files created and
+    /// written, stat'ed and removed. Removes everything it made.
+    #[command(after_help = "Example:\n  dosfs bench /mnt/dos --big-size 256 --small-count 500")]
+    Bench {
+        /// A folder, on a dosfs mount or any other file system [default: the current
+        /// folder].
+        path: Option<PathBuf>,
+        /// Size of the big file, in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        big_size: u64,
+        /// Number of small files (4 KiB each).
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        small_count: usize,
     },
     /// List the files a write-back mount has not uploaded yet, with sizes and ages.
     Status { mountpoint: PathBuf },
@@ -163,6 +211,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<u64>()
         .map(|n| n * mult)
         .map_err(|_| format!("bad size {s:?}"))
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.05..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0.05 and 86400"
+        )),
+    }
 }
 
 fn parse_memory_size(s: &str) -> Result<u64, String> {
@@ -307,17 +364,54 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Stats { mountpoint, json } => {
-            let path = mountpoint.join(".dosfs").join("stats");
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{} (is this a dosfs mount?)", path.display()))?;
-            if json {
-                print!("{text}");
+        Command::Stats {
+            mountpoint,
+            interval,
+            count,
+            all,
+            json,
+        } => {
+            if json || all {
+                let path = mountpoint.join(".dosfs").join("stats");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{} (is this a dosfs mount?)", path.display()))?;
+                if json {
+                    print!("{text}");
+                    return Ok(());
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).context("the daemon's stats are not JSON")?;
+                print_stats(&v);
                 return Ok(());
             }
-            let v: serde_json::Value =
-                serde_json::from_str(&text).context("the daemon's stats are not JSON")?;
-            print_stats(&v);
+            use std::io::IsTerminal as _;
+            dosfs::tools::top::run(
+                &mountpoint,
+                Duration::from_secs_f64(interval),
+                count,
+                std::io::stdout().is_terminal(),
+            )
+        }
+        Command::Warmup { paths } => {
+            use std::io::IsTerminal as _;
+            let summary = dosfs::tools::warmup::run(&paths, std::io::stderr().is_terminal());
+            out!("{}", summary.line());
+            if summary.errors > 0 {
+                bail!("{} file(s) or folder(s) could not be read", summary.errors);
+            }
+            Ok(())
+        }
+        Command::Bench {
+            path,
+            big_size,
+            small_count,
+        } => {
+            let dir = path.unwrap_or_else(|| PathBuf::from("."));
+            let big = big_size
+                .checked_mul(1 << 20)
+                .ok_or_else(|| anyhow!("--big-size {big_size} is too large"))?;
+            let steps = dosfs::tools::bench::run(&dir, big, small_count)?;
+            out!("{}", dosfs::tools::bench::table(&steps).trim_end());
             Ok(())
         }
         Command::Versions { path, token } => {

@@ -193,12 +193,13 @@ impl DosFs {
     {
         use tracing::Instrument as _;
         let core = self.core.clone();
+        let ops = self.core.ops.clone();
         let span = tracing::info_span!("fuse", op = kind, id = req.unique().0, pid = req.pid());
         self.rt.spawn(
             async move {
                 let started = std::time::Instant::now();
                 let result = op(core).await;
-                measured(kind, started, result.is_err());
+                measured(&ops, kind, started, result.is_err());
                 reply(result.map_err(to_errno))
             }
             .instrument(span),
@@ -207,7 +208,13 @@ impl DosFs {
 }
 
 /// Records one operation of `kind` that started at `started`.
-fn measured(kind: &'static str, started: std::time::Instant, failed: bool) {
+fn measured(
+    ops: &crate::core::stats::OpCounters,
+    kind: &'static str,
+    started: std::time::Instant,
+    failed: bool,
+) {
+    ops.count(kind);
     metrics::histogram!(crate::metrics::OP_DURATION, "op" => kind)
         .record(started.elapsed().as_secs_f64());
     if failed {
@@ -658,7 +665,13 @@ impl Filesystem for DosFs {
         self.spawn(
             "read",
             req,
-            move |core| async move { core.read(fh.0, offset, size).await },
+            move |core| async move {
+                let data = core.read(fh.0, offset, size).await;
+                if let Ok(b) = &data {
+                    core.ops.read(b.len());
+                }
+                data
+            },
             move |r| match r {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(e),
@@ -684,9 +697,12 @@ impl Filesystem for DosFs {
             .entered();
         let started = std::time::Instant::now();
         let written = self.rt.block_on(self.core.write(fh.0, offset, data));
-        measured("write", started, written.is_err());
+        measured(&self.core.ops, "write", started, written.is_err());
         match written {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                self.core.ops.written(n as usize);
+                reply.written(n)
+            }
             Err(e) => reply.error(to_errno(e)),
         }
     }

@@ -33,6 +33,8 @@ use crate::{objects, placement, resumable, stream};
 pub struct AppState {
     pub core: Arc<Core>,
     pub maintenance: Arc<Maintenance>,
+    /// Who `/status` saw, and its last request counts.
+    pub seen: Arc<crate::status::Seen>,
 }
 
 impl FromRef<AppState> for Arc<Core> {
@@ -72,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .route("/changes", get(changes))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/ui", get(ui))
         .route("/maintenance/{job}", axum::routing::post(run_maintenance))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -93,6 +97,25 @@ async fn metrics(State(core): State<Arc<Core>>) -> Response {
         }
         None => ApiError::NotFound("this server has no metrics".into()).into_response(),
     }
+}
+
+/// `/status`: live and down data servers, redundancy, maintenance jobs and request rates as
+/// JSON (see `status`; behind the token when one is set).
+async fn status(State(state): State<AppState>) -> Response {
+    axum::Json(state.seen.status(&state.core, &state.maintenance)).into_response()
+}
+
+/// The status page (no data in it: its script fetches `/status`, with the token it is given
+/// in the URL fragment or asks for), served without the token.
+async fn ui() -> Response {
+    let mut resp = include_str!("status.html").into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Gives every request an id (the client's `x-request-id` when it has the form of one): a
@@ -176,7 +199,7 @@ async fn empty_name() -> ApiError {
     ApiError::BadRequest("object name is empty".into())
 }
 
-/// With a configured token, every request but `/health` needs `Authorization: Bearer TOKEN`
+/// With a configured token, every request but `/health` and `/ui` (the page without data) needs `Authorization: Bearer TOKEN`
 /// (the data token or the admin token). Destructive maintenance (retention, orphan
 /// collection) needs the admin token; with a data token and no admin token it is refused.
 async fn authorize(State(core): State<Arc<Core>>, req: Request, next: Next) -> Response {
@@ -187,7 +210,7 @@ async fn authorize(State(core): State<Arc<Core>>, req: Request, next: Next) -> R
         || path == "/maintenance/rebalance"
         || path.starts_with("/maintenance/drain");
     let (token, admin) = (&core.config.token, &core.config.admin_token);
-    if (token.is_some() || admin.is_some()) && path != "/health" {
+    if (token.is_some() || admin.is_some()) && path != "/health" && path != "/ui" {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -30,6 +30,7 @@ pub mod placement;
 pub mod probe;
 pub mod repair;
 pub mod resumable;
+pub mod status;
 pub mod stream;
 pub mod timeline;
 
@@ -109,9 +110,22 @@ impl ApiServer {
         }
         let maintenance = Maintenance::new(core.clone(), workers.clone());
         maintenance.schedule();
+        // Who is live, noted every heartbeat interval, so that a data server that stops is
+        // shown as down by `/status` even if nobody asked before.
+        let seen = Arc::new(status::Seen::default());
+        let (note, bus) = (seen.clone(), core.bus.clone());
+        workers.spawn(dos_worker::every(
+            "status: live data servers",
+            dos_bus::HEARTBEAT_INTERVAL,
+            move || {
+                note.note(&bus.live_servers());
+                std::future::ready(())
+            },
+        ));
         let app = http::router(http::AppState {
             core: core.clone(),
             maintenance: maintenance.clone(),
+            seen,
         });
         let (limits, tls) = (core.config.conn_limits, core.config.tls.clone());
         workers.spawn_once("http listener", move |cancel| {

@@ -475,6 +475,13 @@ impl Client {
         })
     }
 
+    /// `GET /status`: the API server's view of the cluster (data servers live and down,
+    /// redundancy, maintenance jobs, request rates) as JSON, within `timeout`.
+    pub async fn status(&self, timeout: Duration) -> Result<serde_json::Value, ClientError> {
+        let rb = self.request(Method::GET, "/status").timeout(timeout);
+        read_json(self.send(Method::GET, rb).await?).await
+    }
+
     /// `/objects/NAME[?version=N]`, percent-encoded.
     pub fn object_path(name: &ObjectName, version: Option<u64>) -> String {
         format!("/objects/{}{}", name.to_path(), version_query(version))

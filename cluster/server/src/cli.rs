@@ -188,6 +188,25 @@ enum Command {
         #[arg(long)]
         rebalance: bool,
     },
+    /// Show what an API server sees of the cluster (its `/status`, also shown as a page at
+    /// `/ui`): live and down data servers, redundancy, maintenance jobs, request rates.
+    Status {
+        /// The API server.
+        #[arg(long, env = "DOS_API", default_value = "http://127.0.0.1:23333")]
+        api: String,
+        /// Bearer token of the API server, if it requires one.
+        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// File holding the bearer token (`ROOT/token` of `dos-server local`).
+        #[arg(long, env = "DOS_TOKEN_FILE", conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// CA certificate (PEM) to trust for an https:// API server (default: the system's).
+        #[arg(long, env = "DOS_TLS_CA")]
+        tls_ca: Option<PathBuf>,
+        /// Print the `/status` JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Declare the RabbitMQ exchanges and create the Elasticsearch indices (idempotent).
     Setup {
         #[arg(long, env = "RABBITMQ_SERVER", default_value = DEFAULT_AMQP)]
@@ -462,6 +481,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             run_maintain(&api, token, ca, jobs).await
         }
+        Command::Status {
+            api,
+            token,
+            token_file,
+            tls_ca: ca,
+            json,
+        } => {
+            let token = match token_file {
+                Some(path) => Some(
+                    dos_server::secret::read_private(&path)
+                        .with_context(|| format!("token file {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => token,
+            };
+            let ca = tls_ca(ca.as_deref())?;
+            run_status(&api, token, ca, json).await
+        }
         Command::Setup {
             rabbitmq,
             es_server,
@@ -567,6 +605,33 @@ struct MaintainJobs {
     grace: Option<Duration>,
     drain: Option<String>,
     rebalance: bool,
+}
+
+/// `dos-server status`: one `/status` of `api`, printed.
+async fn run_status(
+    api: &str,
+    token: Option<String>,
+    tls: Option<rustls::ClientConfig>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut builder = dos_client::Client::builder(api.to_string());
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        builder = builder.token(t);
+    }
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
+    let client = builder.build().context("API server address")?;
+    let status = client
+        .status(Duration::from_secs(10))
+        .await
+        .with_context(|| format!("status of {api}"))?;
+    if json {
+        println!("{status:#}");
+    } else {
+        print!("{}", dos_server::status::table(&status));
+    }
+    Ok(())
 }
 
 async fn run_maintain(

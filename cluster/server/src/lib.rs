@@ -4,6 +4,7 @@
 pub mod local;
 pub mod metrics;
 pub mod secret;
+pub mod status;
 pub mod tls;
 
 /// How the binaries write their logs (`--log-format`).

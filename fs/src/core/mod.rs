@@ -12,7 +12,7 @@ pub mod journal;
 mod links;
 mod passthrough;
 mod read;
-mod stats;
+pub mod stats;
 mod stream;
 mod write;
 
@@ -308,6 +308,8 @@ pub struct FsCore {
     /// Slots for uploads that overlap the writes, and what they did.
     pub(crate) streams: Arc<tokio::sync::Semaphore>,
     pub(crate) stream_stats: Arc<stream::StreamStats>,
+    /// FUSE operations served and bytes read and written (`.dosfs/stats`).
+    pub ops: Arc<stats::OpCounters>,
     handles: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Handle>>>>,
     next_fh: Mutex<u64>,
     started_ns: i64,
@@ -416,6 +418,7 @@ impl FsCore {
             uploads: Mutex::default(),
             streams: Arc::new(tokio::sync::Semaphore::new(STREAMS_AT_ONCE)),
             stream_stats: Arc::default(),
+            ops: Arc::default(),
             handles: Mutex::default(),
             next_fh: Mutex::new(1),
             started_ns: now_ns(),

@@ -1,6 +1,9 @@
 //! `.dosfs/stats`: a read-only file that describes the daemon as it stands when it is opened
-//! (JSON): its memory by use, the cache, the read budget and its tables. `dosfs stats
+//! (JSON): the operations it served (counters since the mount), its memory by use, the cache,
+//! the read budget and its tables. `dosfs stats
 //! MOUNTPOINT` prints it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -12,6 +15,87 @@ pub fn attr(core: &FsCore) -> Attr {
     // Its length is only known when it is read (opened with direct I/O).
     let ino = core.ino_of(NodeKey::Stats);
     Attr::read_only(ino, Kind::File, 0, 0o444, dos_protocol::now_ns())
+}
+
+/// The kinds of operations counted by name; any other kind counts as `other`.
+const OP_KINDS: &[&str] = &[
+    "lookup",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mkdir",
+    "mknod",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "getxattr",
+    "listxattr",
+    "create",
+    "other",
+];
+
+/// Operations the adapter served, by kind, and the bytes read and written through them
+/// (`.dosfs/stats` section `operations`; `dosfs stats` turns them into rates).
+pub struct OpCounters {
+    counts: [AtomicU64; OP_KINDS.len()],
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+}
+
+impl Default for OpCounters {
+    fn default() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            read_bytes: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl OpCounters {
+    /// Counts one operation of `kind`.
+    pub fn count(&self, kind: &str) {
+        let i = OP_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(OP_KINDS.len() - 1);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(&self, bytes: usize) {
+        self.read_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn written(&self, bytes: usize) {
+        self.written_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let mut by_kind = serde_json::Map::new();
+        let mut total = 0;
+        for (kind, n) in OP_KINDS.iter().zip(&self.counts) {
+            let n = n.load(Ordering::Relaxed);
+            total += n;
+            by_kind.insert((*kind).to_string(), n.into());
+        }
+        serde_json::json!({
+            "total": total,
+            "by_kind": by_kind,
+            "read_bytes": self.read_bytes.load(Ordering::Relaxed),
+            "written_bytes": self.written_bytes.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// A field of `/proc/self/status` in bytes (`VmRSS:  1234 kB`).
@@ -67,6 +151,7 @@ pub fn report(core: &FsCore) -> Bytes {
         "bytes": st.bytes.load(relaxed),
     });
     let value = serde_json::json!({
+        "operations": core.ops.report(),
         "writeback": writeback,
         "streamed_uploads": streamed,
         "store": {
