@@ -121,6 +121,17 @@ async fn status_json_cli_and_page() {
     let plain = reqwest::Client::new();
     let resp = plain.get(format!("{url}/status")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
+    // The API server's /metrics is behind the token too.
+    let resp = plain.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 401, "/metrics without the token");
+    let resp = plain
+        .get(format!("{url}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "/metrics with the token");
+    assert!(resp.text().await.unwrap().contains("# TYPE "));
     let resp = plain.get(format!("{url}/ui")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let html = resp.text().await.unwrap();
