@@ -151,18 +151,8 @@ enum Command {
     /// then orphan collection, drain, rebalance and scrub (in that order when several are
     /// asked for). Exits with status 1 if any job reports errors.
     Maintain {
-        /// The API server.
-        #[arg(long, env = "DOS_API", default_value = "http://127.0.0.1:23333")]
-        api: String,
-        /// Bearer token of the API server, if it requires one.
-        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// File holding the bearer token (`ROOT/token` of `dos-server local`).
-        #[arg(long, env = "DOS_TOKEN_FILE", conflicts_with = "token")]
-        token_file: Option<PathBuf>,
-        /// CA certificate (PEM) to trust for an https:// API server (default: the system's).
-        #[arg(long, env = "DOS_TLS_CA")]
-        tls_ca: Option<PathBuf>,
+        #[command(flatten)]
+        access: ApiAccess,
         /// Verify every object's SHA-256 and every shard; rebuild missing or corrupt shards.
         #[arg(long)]
         scrub: bool,
@@ -191,18 +181,8 @@ enum Command {
     /// Show what an API server sees of the cluster (its `/status`, also shown as a page at
     /// `/ui`): live and down data servers, redundancy, maintenance jobs, request rates.
     Status {
-        /// The API server.
-        #[arg(long, env = "DOS_API", default_value = "http://127.0.0.1:23333")]
-        api: String,
-        /// Bearer token of the API server, if it requires one.
-        #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// File holding the bearer token (`ROOT/token` of `dos-server local`).
-        #[arg(long, env = "DOS_TOKEN_FILE", conflicts_with = "token")]
-        token_file: Option<PathBuf>,
-        /// CA certificate (PEM) to trust for an https:// API server (default: the system's).
-        #[arg(long, env = "DOS_TLS_CA")]
-        tls_ca: Option<PathBuf>,
+        #[command(flatten)]
+        access: ApiAccess,
         /// Print the `/status` JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -450,10 +430,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             run_data(config, &rabbitmq).await
         }
         Command::Maintain {
-            api,
-            token,
-            token_file,
-            tls_ca: ca,
+            access,
             scrub,
             retention,
             orphans,
@@ -461,16 +438,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             drain,
             rebalance,
         } => {
-            let token = match token_file {
-                Some(path) => Some(
-                    dos_server::secret::read_private(&path)
-                        .with_context(|| format!("token file {}", path.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => token,
-            };
-            let ca = tls_ca(ca.as_deref())?;
+            let (api, token, ca) = access.open()?;
             let jobs = MaintainJobs {
                 scrub,
                 retention,
@@ -481,29 +449,48 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             run_maintain(&api, token, ca, jobs).await
         }
-        Command::Status {
-            api,
-            token,
-            token_file,
-            tls_ca: ca,
-            json,
-        } => {
-            let token = match token_file {
-                Some(path) => Some(
-                    dos_server::secret::read_private(&path)
-                        .with_context(|| format!("token file {}", path.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => token,
-            };
-            let ca = tls_ca(ca.as_deref())?;
+        Command::Status { access, json } => {
+            let (api, token, ca) = access.open()?;
             run_status(&api, token, ca, json).await
         }
         Command::Setup {
             rabbitmq,
             es_server,
         } => run_setup(&rabbitmq, es_server).await,
+    }
+}
+
+/// How a command reaches an API server: its URL, its bearer token (given or in a file) and
+/// the CA to trust for https.
+#[derive(clap::Args, Debug)]
+struct ApiAccess {
+    /// The API server.
+    #[arg(long, env = "DOS_API", default_value = "http://127.0.0.1:23333")]
+    api: String,
+    /// Bearer token of the API server, if it requires one.
+    #[arg(long, env = "DOS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the bearer token (`ROOT/token` of `dos-server local`).
+    #[arg(long, env = "DOS_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for an https:// API server (default: the system's).
+    #[arg(long, env = "DOS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl ApiAccess {
+    /// The URL, the token (read from its file when one is named) and the TLS configuration.
+    fn open(self) -> anyhow::Result<(String, Option<String>, Option<rustls::ClientConfig>)> {
+        let token = match self.token_file {
+            Some(path) => Some(
+                dos_server::secret::read_private(&path)
+                    .with_context(|| format!("token file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => self.token,
+        };
+        Ok((self.api, token, tls_ca(self.tls_ca.as_deref())?))
     }
 }
 
