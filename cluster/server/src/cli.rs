@@ -438,7 +438,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             drain,
             rebalance,
         } => {
-            let (api, token, ca) = access.open()?;
+            let (api, client) = access.open()?;
             let jobs = MaintainJobs {
                 scrub,
                 retention,
@@ -447,11 +447,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 drain,
                 rebalance,
             };
-            run_maintain(&api, token, ca, jobs).await
+            run_maintain(&api, client, jobs).await
         }
         Command::Status { access, json } => {
-            let (api, token, ca) = access.open()?;
-            run_status(&api, token, ca, json).await
+            let (api, client) = access.open()?;
+            run_status(&api, client, json).await
         }
         Command::Setup {
             rabbitmq,
@@ -479,8 +479,9 @@ struct ApiAccess {
 }
 
 impl ApiAccess {
-    /// The URL, the token (read from its file when one is named) and the TLS configuration.
-    fn open(self) -> anyhow::Result<(String, Option<String>, Option<rustls::ClientConfig>)> {
+    /// The URL, and a client of it with the token (read from its file when one is named)
+    /// and the TLS configuration.
+    fn open(self) -> anyhow::Result<(String, dos_client::Client)> {
         let token = match self.token_file {
             Some(path) => Some(
                 dos_server::secret::read_private(&path)
@@ -490,7 +491,15 @@ impl ApiAccess {
             ),
             None => self.token,
         };
-        Ok((self.api, token, tls_ca(self.tls_ca.as_deref())?))
+        let mut builder = dos_client::Client::builder(self.api.clone());
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            builder = builder.token(t);
+        }
+        if let Some(tls) = tls_ca(self.tls_ca.as_deref())? {
+            builder = builder.tls(tls);
+        }
+        let client = builder.build().context("API server address")?;
+        Ok((self.api, client))
     }
 }
 
@@ -595,20 +604,7 @@ struct MaintainJobs {
 }
 
 /// `dos-server status`: one `/status` of `api`, printed.
-async fn run_status(
-    api: &str,
-    token: Option<String>,
-    tls: Option<rustls::ClientConfig>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let mut builder = dos_client::Client::builder(api.to_string());
-    if let Some(t) = token.filter(|t| !t.is_empty()) {
-        builder = builder.token(t);
-    }
-    if let Some(tls) = tls {
-        builder = builder.tls(tls);
-    }
-    let client = builder.build().context("API server address")?;
+async fn run_status(api: &str, client: dos_client::Client, json: bool) -> anyhow::Result<()> {
     let status = client
         .status(Duration::from_secs(10))
         .await
@@ -623,8 +619,7 @@ async fn run_status(
 
 async fn run_maintain(
     api: &str,
-    token: Option<String>,
-    tls: Option<rustls::ClientConfig>,
+    client: dos_client::Client,
     jobs: MaintainJobs,
 ) -> anyhow::Result<()> {
     let MaintainJobs {
@@ -647,14 +642,6 @@ async fn run_maintain(
     if drain.as_deref() == Some("") {
         anyhow::bail!("--drain needs the id of a data server (its STORAGE_ROOT/server-id)");
     }
-    let mut builder = dos_client::Client::builder(api.to_string());
-    if let Some(t) = token.filter(|t| !t.is_empty()) {
-        builder = builder.token(t);
-    }
-    if let Some(tls) = tls {
-        builder = builder.tls(tls);
-    }
-    let client = builder.build().context("API server address")?;
     let mut failed = false;
     if let Some(keep) = retention {
         failed |= run_job(&client, api, "retention", Some(keep), None).await?;
