@@ -49,12 +49,7 @@ fn warmup_reads_a_tree_into_the_cache() {
         .arg(m.path("tree"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("warmed 4 files, ")
             && stdout.contains(&format!("({total} bytes)"))
@@ -120,12 +115,7 @@ fn stats_prints_a_line_per_sample_while_a_writer_runs() {
         .unwrap();
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     for line in &lines {
@@ -195,12 +185,7 @@ fn bench_prints_a_table_and_leaves_nothing_behind() {
         .args(["--big-size", "2", "--small-count", "20"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
         lines[0].starts_with("OPERATION") && lines[0].contains("RATE"),
@@ -238,4 +223,15 @@ fn bench_prints_a_table_and_leaves_nothing_behind() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// The stdout of a `dosfs` run that must have succeeded (else both outputs in the failure).
+fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
