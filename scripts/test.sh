@@ -57,6 +57,8 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== cargo fetch (the architecture check reads the dependency tree offline)"
+cargo fetch --locked --quiet
 echo "== architecture invariants (scripts/check_architecture.py)"
 python3 scripts/check_architecture.py
 echo "== cargo deny check licenses bans sources"

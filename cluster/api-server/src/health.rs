@@ -29,23 +29,17 @@ const SUSPECT_FOR: Duration = Duration::from_secs(30);
 struct State {
     /// When it last missed a deadline; `None`: not suspect.
     suspect_since: Option<Instant>,
+    /// Smoothed answer time of its shard calls, in seconds; `None`: none seen yet.
+    answer_secs: Option<f64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ServerHealth {
     servers: Mutex<HashMap<ServerId, State>>,
-    /// Smoothed answer time of shard calls to every server, in seconds.
-    answer_secs: Mutex<f64>,
 }
 
-impl Default for ServerHealth {
-    fn default() -> Self {
-        Self {
-            servers: Mutex::default(),
-            answer_secs: Mutex::new(0.02),
-        }
-    }
-}
+/// The usual answer time assumed before any answer was seen.
+const FIRST_ANSWER_SECS: f64 = 0.02;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -53,22 +47,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ServerHealth {
     /// How long a shard call may go unanswered before another server is asked too: a few
-    /// times the usual answer time, within [`HEDGE_FLOOR`, `HEDGE_CEILING`].
+    /// times the usual answer time, within [`HEDGE_FLOOR`, `HEDGE_CEILING`]. The usual
+    /// answer time is the median of the servers' smoothed ones, so that one slow server
+    /// (the one to hedge against) does not lengthen every deadline.
     pub fn hedge_after(&self) -> Duration {
-        let secs = *lock(&self.answer_secs) * HEDGE_FACTOR;
-        Duration::from_secs_f64(secs).clamp(HEDGE_FLOOR, HEDGE_CEILING)
+        let mut times: Vec<f64> = lock(&self.servers)
+            .values()
+            .filter_map(|s| s.answer_secs)
+            .collect();
+        let usual = if times.is_empty() {
+            FIRST_ANSWER_SECS
+        } else {
+            times.sort_by(f64::total_cmp);
+            times[(times.len() - 1) / 2]
+        };
+        Duration::from_secs_f64(usual * HEDGE_FACTOR).clamp(HEDGE_FLOOR, HEDGE_CEILING)
     }
 
     /// `server` answered a shard call in `took`: it is not suspect (any more).
     pub fn answered(&self, server: &ServerId, took: Duration) {
-        {
-            let mut avg = lock(&self.answer_secs);
-            *avg += (took.as_secs_f64().min(HEDGE_CEILING.as_secs_f64()) - *avg) * EWMA_WEIGHT;
-        }
+        let took = took.as_secs_f64().min(HEDGE_CEILING.as_secs_f64());
         let mut servers = lock(&self.servers);
-        if let Some(s) = servers.get_mut(server)
-            && s.suspect_since.take().is_some()
-        {
+        let s = servers.entry(server.clone()).or_default();
+        let avg = s.answer_secs.get_or_insert(took);
+        *avg += (took - *avg) * EWMA_WEIGHT;
+        if s.suspect_since.take().is_some() {
             tracing::info!(server = %server, "data server answers again; no longer suspect");
         }
     }
@@ -133,5 +136,21 @@ mod tests {
             h.answered(&ServerId("s".into()), Duration::from_secs(30));
         }
         assert_eq!(h.hedge_after(), HEDGE_CEILING);
+    }
+
+    #[test]
+    fn one_slow_server_does_not_lengthen_the_deadline() {
+        let h = ServerHealth::default();
+        for _ in 0..200 {
+            for i in 0..6 {
+                h.answered(&ServerId(format!("s{i}")), Duration::from_millis(100));
+            }
+            h.answered(&ServerId("slow".into()), Duration::from_secs(1));
+        }
+        let d = h.hedge_after();
+        assert!(
+            d >= Duration::from_millis(390) && d <= Duration::from_millis(410),
+            "{d:?}"
+        );
     }
 }

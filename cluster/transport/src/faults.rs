@@ -45,6 +45,9 @@ pub enum Fault {
     /// A write: the upload stream takes this many bytes, then takes nothing more and never
     /// answers (a server whose link went silent in the middle of an upload).
     StallWrite { after: u64 },
+    /// A write: the upload stream takes each piece only after this long (a server behind a
+    /// slow or lossy link: it never stops, it only falls behind).
+    SlowWrite { per_piece: Duration },
     /// A read: the body delivers this many bytes, then nothing more, ever.
     StallRead { after: u64 },
     /// A read: the body delivers this many bytes of garbage (not what was asked), then ends.
@@ -301,6 +304,15 @@ impl<T: ShardTransport> ShardTransport for FaultyTransport<T> {
                     .write_temp(server, id, offset, Box::pin(stalled))
                     .await?;
                 futures::future::pending().await
+            }
+            Some(Fault::SlowWrite { per_piece }) => {
+                let slow = body.then(move |piece| async move {
+                    tokio::time::sleep(per_piece).await;
+                    piece
+                });
+                self.inner
+                    .write_temp(server, id, offset, Box::pin(slow))
+                    .await
             }
             Some(Fault::GarbageRead { .. }) => Err(ShardError::Malformed("garbage".into())),
             _ => self.inner.write_temp(server, id, offset, body).await,

@@ -560,6 +560,11 @@ pub struct ShardWriters {
     deadlines: Option<Deadlines>,
     losses: Arc<Losses>,
     whole: Option<Whole>,
+    /// When the streams opened, and per target how long the request waited for its stream
+    /// alone (after every other stream had taken its piece): a stream slower than the rest
+    /// (a server behind a slow link) shows here even when it never stalls outright.
+    opened: Instant,
+    alone: Vec<Duration>,
 }
 
 type StreamTask = AbortOnDropHandle<Result<TempStatus, ShardError>>;
@@ -635,6 +640,8 @@ impl ShardWriters {
             deadlines: Some(deadlines.clone()),
             losses,
             whole: None,
+            opened: Instant::now(),
+            alone: vec![Duration::ZERO; targets.len()],
         }
     }
 
@@ -662,6 +669,8 @@ impl ShardWriters {
                     .map(|_| BytesMut::with_capacity(length as usize))
                     .collect(),
             }),
+            opened: Instant::now(),
+            alone: Vec::new(),
         }
     }
 
@@ -684,8 +693,28 @@ impl ShardWriters {
             Some(d) if self.losses.can_lose(1) => d.give_up().min(self.stall),
             _ => self.stall,
         };
-        let mut offers =
-            future::join_all(self.senders.iter().map(|tx| offer(tx.clone(), first))).await;
+        let started = Instant::now();
+        let timed = future::join_all(self.senders.iter().map(|tx| async move {
+            let o = offer(tx.clone(), first).await;
+            (o, started.elapsed())
+        }))
+        .await;
+        let slowest = self.note_waits(&timed);
+        let mut offers: Vec<Offer> = timed.into_iter().map(|(o, _)| o).collect();
+        if let Some(i) = slowest
+            && matches!(offers[i], Offer::Ready(_))
+            && self.lags_behind(i)
+            && self.losses.try_lose(&[self.shards_of[i].0])
+        {
+            let (shard, server) = &self.shards_of[i];
+            if let Some(d) = &self.deadlines {
+                d.health.missed(&server.id);
+            }
+            tracing::warn!(shard, server = %server.id, waited_ms = self.alone[i].as_millis() as u64, "shard upload lags far behind the others; given up, to be rebuilt on a spare server");
+            self.senders[i] = None;
+            self.tasks[i] = None;
+            offers[i] = Offer::Skip;
+        }
         let failed: Vec<usize> = (0..offers.len())
             .filter(|&i| matches!(offers[i], Offer::Closed | Offer::Stalled))
             .collect();
@@ -735,6 +764,35 @@ impl ShardWriters {
             }
         }
         Ok(())
+    }
+
+    /// Adds what the request waited for the slowest stream alone (past the next slowest) to
+    /// that stream's account; returns it, if any stream took a piece.
+    fn note_waits(&mut self, timed: &[(Offer, Duration)]) -> Option<usize> {
+        let mut order: Vec<usize> = (0..timed.len())
+            .filter(|&i| !matches!(timed[i].0, Offer::Skip))
+            .collect();
+        order.sort_by_key(|&i| timed[i].1);
+        let slowest = *order.last()?;
+        let next = order
+            .len()
+            .checked_sub(2)
+            .map_or(Duration::ZERO, |j| timed[order[j]].1);
+        if let Some(a) = self.alone.get_mut(slowest) {
+            *a += timed[slowest].1.saturating_sub(next);
+        }
+        Some(slowest)
+    }
+
+    /// Whether stream `i` has kept the request waiting, on its own, past the give-up
+    /// deadline and for more than half the time since the streams opened (random
+    /// slowness spreads over all streams; a slow server's does not).
+    fn lags_behind(&self, i: usize) -> bool {
+        let Some(d) = &self.deadlines else {
+            return false;
+        };
+        let alone = self.alone.get(i).copied().unwrap_or_default();
+        alone > d.give_up() && alone * 2 > self.opened.elapsed()
     }
 
     async fn first_error(&mut self) -> ApiError {
