@@ -44,11 +44,7 @@ fn warmup_reads_a_tree_into_the_cache() {
         .is_some()
     );
 
-    let out = Command::new(DOSFS)
-        .arg("warmup")
-        .arg(m.path("tree"))
-        .output()
-        .unwrap();
+    let out = dosfs("warmup", &[&m.path("tree")], &[]);
     let stdout = succeeded(&out);
     assert!(
         stdout.contains("warmed 4 files, ")
@@ -68,12 +64,11 @@ fn warmup_reads_a_tree_into_the_cache() {
     assert_eq!(misses2, misses, "a warmed file missed the cache");
 
     // A path that cannot be read: reported in one line, counted, exit status 1.
-    let out = Command::new(DOSFS)
-        .arg("warmup")
-        .arg(m.path("tree/sub0"))
-        .arg(m.path("no-such-file"))
-        .output()
-        .unwrap();
+    let out = dosfs(
+        "warmup",
+        &[&m.path("tree/sub0"), &m.path("no-such-file")],
+        &[],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stdout}{stderr}");
@@ -144,23 +139,13 @@ fn stats_prints_a_line_per_sample_while_a_writer_runs() {
     }
 
     // The counters behind the rates, in the file and in the one-off table.
-    let json = Command::new(DOSFS)
-        .arg("stats")
-        .arg(&m.mp)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let json = dosfs("stats", &[&m.mp], &["--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let ops = &v["operations"];
     assert!(ops["by_kind"]["write"].as_u64().unwrap() > 0, "{ops}");
     assert!(ops["written_bytes"].as_u64().unwrap() >= 1 << 20, "{ops}");
     assert!(ops["total"].as_u64().unwrap() >= ops["by_kind"]["write"].as_u64().unwrap());
-    let all = Command::new(DOSFS)
-        .arg("stats")
-        .arg(&m.mp)
-        .arg("--all")
-        .output()
-        .unwrap();
+    let all = dosfs("stats", &[&m.mp], &["--all"]);
     let all = String::from_utf8_lossy(&all.stdout);
     assert!(all.lines().any(|l| l == "operations"), "{all}");
 
@@ -215,17 +200,23 @@ fn bench_prints_a_table_and_leaves_nothing_behind() {
     );
 
     // Not a folder: one line, no panic, nothing made.
-    let out = Command::new(DOSFS)
-        .arg("bench")
-        .arg(m.path("nothing-here"))
-        .output()
-        .unwrap();
+    let out = dosfs("bench", &[&m.path("nothing-here")], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
 /// The stdout of a `dosfs` run that must have succeeded (else both outputs in the failure).
+/// Runs `dosfs CMD PATHS… FLAGS…`.
+fn dosfs(cmd: &str, paths: &[&std::path::Path], flags: &[&str]) -> std::process::Output {
+    Command::new(DOSFS)
+        .arg(cmd)
+        .args(paths)
+        .args(flags)
+        .output()
+        .unwrap()
+}
+
 fn succeeded(out: &std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -234,4 +225,108 @@ fn succeeded(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// `user.dosfs.redundancy` of a file, read through the mount.
+fn redundancy(path: &std::path::Path) -> String {
+    let mut buf = [0u8; 128];
+    let n = rustix::fs::getxattr(path, "user.dosfs.redundancy", &mut buf[..])
+        .unwrap_or_else(|e| panic!("getxattr {}: {e}", path.display()));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The committed shard files of content `hex` in the embedded store under `root`
+/// (shards over 256 KiB are files of their own, `HEX.N`).
+fn shard_files(root: &std::path::Path, hex: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                // Removed and quarantined shards are not committed ones.
+                if name != "garbage" && name != "quarantine" {
+                    dirs.push(p);
+                }
+            } else if name
+                .strip_prefix(&format!("{hex}."))
+                .is_some_and(|rest| rest.parse::<u8>().is_ok())
+            {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn redundancy_xattr_and_check_find_and_repair_lost_shards() {
+    let m = Mount::new();
+    std::fs::create_dir(m.path("keep")).unwrap();
+    let body = pseudo_random(31, 3 << 20);
+    std::fs::write(m.path("keep/a.bin"), &body).unwrap();
+    std::fs::write(m.path("keep/b.txt"), b"small and healthy").unwrap();
+    let a = m.path("keep/a.bin");
+    assert_eq!(redundancy(&a), "6/6");
+    let listed = sh(&m.mp, "getfattr -d keep/a.bin");
+    assert!(listed.contains("user.dosfs.redundancy=\"6/6\""), "{listed}");
+
+    let hex = dos_protocol::ContentHash::of(&body).to_hex();
+    let store = m.root.join("store");
+    let files = shard_files(&store, &hex);
+    assert_eq!(files.len(), 6, "{files:?}");
+
+    // One shard file removed: the cheap check sees five and queues a repair, which puts
+    // the sixth back.
+    std::fs::remove_file(&files[2]).unwrap();
+    assert_eq!(redundancy(&a), "5/6 (repair queued)");
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || redundancy(&a)
+            == "6/6")
+        .is_some(),
+        "the queued repair did not bring back the sixth shard: {}",
+        redundancy(&a)
+    );
+    assert_eq!(shard_files(&store, &hex).len(), 6);
+
+    // One shard removed and one corrupted in its middle (which only a full read finds):
+    // `dosfs check` rebuilds both and says so.
+    let files = shard_files(&store, &hex);
+    std::fs::remove_file(&files[0]).unwrap();
+    let mut bytes = std::fs::read(&files[4]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&files[4], &bytes).unwrap();
+    let out = dosfs("check", &[&m.path("keep")], &[]);
+    let stdout = succeeded(&out);
+    assert!(
+        stdout.contains("repaired  ") && stdout.contains("keep/a.bin: shards ["),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("checked 2 files, ")
+            && stdout.contains(
+                ": 1 healthy, 1 repaired (2 shards rebuilt), 0 bad, 0 not uploaded yet, 0 errors"
+            ),
+        "{stdout}"
+    );
+    assert_eq!(shard_files(&store, &hex).len(), 6);
+    let out = dosfs("check", &[&m.path("keep")], &[]);
+    let stdout = succeeded(&out);
+    assert!(
+        stdout.contains(": 2 healthy, 0 repaired (0 shards rebuilt), 0 bad"),
+        "{stdout}"
+    );
+    assert!(read(&a) == body);
+
+    // A path that is not there: reported, exit status 1.
+    let out = dosfs("check", &[&m.path("keep/none")], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("error     ") && stdout.contains("1 errors"),
+        "{stdout}"
+    );
 }

@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/versions/", get(versions))
         .route("/versions/{*name}", get(versions))
         .route("/locate/{*name}", get(locate))
+        .route("/contents/{hash}/redundancy", get(content_redundancy))
+        .route("/contents/{hash}/check", axum::routing::post(content_check))
         .route("/list", get(list))
         .route("/log", get(log))
         .route("/changes", get(changes))
@@ -849,6 +851,30 @@ async fn locate(
         return Err(ApiError::NotFound(format!("no live server holds {name}")));
     }
     Ok(axum::Json(map).into_response())
+}
+
+/// A content hash in a path: 64 hex digits.
+fn hash_in_path(hex: &str) -> ApiResult<dos_protocol::ContentHash> {
+    dos_protocol::ContentHash::from_hex(hex)
+        .map_err(|_| ApiError::BadRequest("a content hash is 64 hex digits".into()))
+}
+
+/// `GET /contents/HASH/redundancy`: how many of its shards answer healthy (cheap).
+async fn content_redundancy(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(hex): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    let hash = hash_in_path(&hex)?;
+    Ok(axum::Json(crate::check::redundancy(&core, &hash).await?).into_response())
+}
+
+/// `POST /contents/HASH/check`: verifies it in full and rebuilds what is bad.
+async fn content_check(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(hex): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    let hash = hash_in_path(&hex)?;
+    Ok(axum::Json(crate::check::check_hash(&core, &hash).await?).into_response())
 }
 
 #[derive(Deserialize)]

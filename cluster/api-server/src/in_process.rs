@@ -73,6 +73,18 @@ fn io_error(e: std::io::Error) -> String {
 
 #[async_trait]
 impl ObjectStore for InProcessStore {
+    async fn redundancy(&self, hash: &ContentHash) -> StoreResult<dos_protocol::Redundancy> {
+        crate::check::redundancy(&self.core, hash)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn check(&self, hash: &ContentHash) -> StoreResult<dos_protocol::CheckReport> {
+        crate::check::check_hash(&self.core, hash)
+            .await
+            .map_err(store_error)
+    }
+
     async fn head(&self, name: &ObjectName, version: Option<u64>) -> StoreResult<VersionRecord> {
         objects::resolve(&self.core, name, version)
             .await

@@ -10,12 +10,15 @@
 //! - [`pipeline`]: bytes between a body and six shard streams. [`stream`]: bodies going out.
 //! - [`timeline`]: the change log (`GET /log`), each version told as written, deleted,
 //!   renamed or restored.
+//! - [`check`]: how healthy one content is, on demand (the cheap redundancy check and the
+//!   full verify-and-repair that the scrub job runs on each content).
 //! - [`repair`] and [`maintenance`]: the background work, run by a supervisor; [`moves`]:
 //!   drain and rebalance, the maintenance jobs that move shards between data servers.
 //! - `http`: the thin axum adapter (the only module that knows HTTP); [`in_process`]: the same
 //!   operations as an [`dos_store::ObjectStore`] for a client in this process.
 //! - [`error`]: every failure, and its status, in one table.
 
+pub mod check;
 pub mod core;
 pub mod error;
 pub mod health;

@@ -22,11 +22,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dos_metadata::VersionsFrom;
-use dos_protocol::{ContentHash, ServerId, ServerInfo, TOTAL_SHARDS, now_ns, shard_len};
+use dos_protocol::{ContentHash, ServerId, ServerInfo, now_ns};
 use dos_transport::ShardError;
 use dos_worker::Supervisor;
 use serde::Serialize;
-use sha2::Digest as _;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +33,6 @@ use crate::core::Core;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
 use crate::placement;
-use crate::probe::probe;
 
 /// Which job.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -457,55 +455,17 @@ async fn scrub_one(
     content: &dos_metadata::ContentRecord,
     p: &Progress,
 ) -> ApiResult<()> {
-    let hash = content.hash;
-    let holders = placement::holders(core, content).await;
-    let expected_len = shard_len(content.size);
-    let all: Vec<u8> = (0..TOTAL_SHARDS as u8).collect();
-    let shards = &core.shards;
-    let checked = probe(&holders, &all, |shard, server| async move {
-        match shards.verify_shard(&server, &hash, shard).await {
-            Ok(len) if len == expected_len => Ok(()),
-            Ok(len) => {
-                tracing::warn!(%hash, shard, len, expected_len, "shard has the wrong length");
-                Err(ShardError::Corrupt)
-            }
-            Err(e) => Err(e),
-        }
-    })
-    .await;
-    p.add("shards_verified", checked.good.len() as u64);
-    if !checked.bad.is_empty() {
-        if !checked.has_quorum() {
-            p.add("unreadable", 1);
-            return Err(ApiError::ShardsUnavailable {
-                available: checked.good.len(),
-            });
-        }
-        let outcome =
-            crate::repair::rebuild(core, content, holders, &checked.bad, &checked.holding())
-                .await?;
-        p.add("shards_rebuilt", outcome.rebuilt.len() as u64);
-        p.add(
-            "shards_postponed",
-            (checked.bad.len() - outcome.rebuilt.len()) as u64,
-        );
+    let report = crate::check::check(core, content).await?;
+    p.add("shards_verified", u64::from(report.shards_verified));
+    p.add("shards_rebuilt", report.shards_rebuilt.len() as u64);
+    p.add("shards_postponed", u64::from(report.shards_postponed));
+    if report.unreadable {
+        p.add("unreadable", 1);
+        return Err(ApiError::ShardsUnavailable {
+            available: usize::from(report.shards_verified),
+        });
     }
-    // The whole object, decoded from the (now complete) shards, against its name; hashed on
-    // a blocking thread.
-    let content = crate::objects::content_of(core, &hash).await?;
-    let mut decoder = crate::objects::open_read(core, &content, None).await?;
-    let mut hasher = sha2::Sha256::new();
-    while let Some(segments) = decoder.next_block().await? {
-        hasher = tokio::task::spawn_blocking(move || {
-            for s in segments {
-                hasher.update(&s);
-            }
-            hasher
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("hasher failed: {e}")))?;
-    }
-    if ContentHash(hasher.finalize().into()) != hash {
+    if !report.sha256_ok {
         p.add("hash_mismatches", 1);
         return Err(ApiError::Internal(
             "decoded bytes do not match the content hash".into(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use async_trait::async_trait;
 use dos_metadata::{ContentRecord, PlacementMove};
-use dos_protocol::{BlockHashes, ContentHash, ServerInfo, TOTAL_SHARDS, block_count, shard_len};
+use dos_protocol::{BlockHashes, ContentHash, ServerInfo, block_count, shard_len};
 use dos_worker::{Worker, WorkerError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::pipeline::read::{Decoder, ReadPlan};
 use crate::pipeline::write::{Committed, Deadlines, store_content};
 use crate::placement::{self, Holders, ShardFault};
-use crate::probe::probe;
 
 /// Shards a read found serving wrong bytes, with their servers.
 pub type WrongShards = Vec<(u8, ServerInfo)>;
@@ -74,6 +73,14 @@ impl RepairQueue {
             pending.remove(&hash);
             tracing::warn!(%hash, "repair queue full; the scrub job will catch it");
         }
+    }
+
+    /// Whether `hash` is queued or being repaired.
+    pub fn is_pending(&self, hash: &ContentHash) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(hash)
     }
 
     /// Hashes queued or being repaired.
@@ -165,16 +172,7 @@ pub async fn repair(
         // Empty shards cannot be probed by a ranged read; a holder that answers is trusted.
         return Ok(RepairOutcome::default());
     }
-    // A data server checks a shard's header, index and first piece before it answers.
-    let all: Vec<u8> = (0..TOTAL_SHARDS as u8).collect();
-    let shards = &core.shards;
-    let probed = probe(&holders, &all, |shard, server| async move {
-        shards
-            .read_shard(&server, hash, shard, 0, 1)
-            .await
-            .map(drop)
-    })
-    .await;
+    let probed = crate::check::quick_probe(core, hash, &holders).await;
     let mut bad = probed.bad.clone();
     let mut holding = probed.holding();
     for (shard, server) in wrong {

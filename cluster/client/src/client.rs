@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dos_protocol::{
-    ContentHash, ListPage, LogPage, ObjectName, VersionRecord, WriteAttributes, format_rfc3339_ns,
-    headers,
+    CheckReport, ContentHash, ListPage, LogPage, ObjectName, Redundancy, VersionRecord,
+    WriteAttributes, format_rfc3339_ns, headers,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::header::{
@@ -1144,6 +1144,29 @@ impl Client {
     }
 
     /// `GET /locate/NAME[?version=N]`: shard index → data server address.
+    /// `GET /contents/HASH/redundancy`: how many shards of a content answer healthy (a
+    /// cheap check; damage found queues a repair).
+    pub async fn redundancy(&self, hash: &ContentHash) -> Result<Redundancy, ClientError> {
+        let path = format!("/contents/{}/redundancy", hash.to_hex());
+        read_json(
+            self.send(Method::GET, self.request(Method::GET, &path))
+                .await?,
+        )
+        .await
+    }
+
+    /// `POST /contents/HASH/check`: verifies the content in full and repairs what is bad.
+    /// Sent again to another API server when the answer was lost (checking twice is
+    /// harmless).
+    pub async fn check(&self, hash: &ContentHash) -> Result<CheckReport, ClientError> {
+        let path = format!("/contents/{}/check", hash.to_hex());
+        read_json(
+            self.send_to_any(Method::POST, self.request(Method::POST, &path), true)
+                .await?,
+        )
+        .await
+    }
+
     pub async fn locate(
         &self,
         name: &str,

@@ -249,6 +249,14 @@ impl ObjectStore for Client {
         Ok(Box::pin(records.map(|r| r.map_err(store_error))))
     }
 
+    async fn redundancy(&self, hash: &ContentHash) -> StoreResult<dos_protocol::Redundancy> {
+        Client::redundancy(self, hash).await.map_err(store_error)
+    }
+
+    async fn check(&self, hash: &ContentHash) -> StoreResult<dos_protocol::CheckReport> {
+        Client::check(self, hash).await.map_err(store_error)
+    }
+
     async fn changes(&self) -> StoreResult<dos_store::ChangeStream> {
         Client::changes(self).await.map_err(store_error)
     }

@@ -23,9 +23,9 @@ pub use layout::{
 pub use name::{MAX_NAME_BYTES, NameError, ObjectName, encode_path, valid_percent_utf8};
 pub use range::{ByteRange, RangeError, parse_range};
 pub use record::{
-    Change, ChangeCursor, ChangeEvent, ChangeWhat, EntryKind, ListEntry, ListPage, ListQuery,
-    LocateReply, LogEntry, LogPage, PosixAttrs, ServerId, ServerInfo, VersionRecord,
-    WriteAttributes,
+    Change, ChangeCursor, ChangeEvent, ChangeWhat, CheckReport, EntryKind, ListEntry, ListPage,
+    ListQuery, LocateReply, LogEntry, LogPage, PosixAttrs, Redundancy, ServerId, ServerInfo,
+    VersionRecord, WriteAttributes,
 };
 pub use time::{format_rfc3339_ns, now_ns, parse_moment, parse_rfc3339_ns};
 

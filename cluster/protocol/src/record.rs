@@ -468,3 +468,50 @@ mod tests {
         assert_eq!(EntryKind::parse("door"), None);
     }
 }
+
+/// How many of a content's shards are healthy where they are recorded, from a cheap check
+/// (each holder checks its shard's header, index and first piece; nothing is read whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redundancy {
+    pub healthy: u8,
+    pub total: u8,
+    /// Damage was found (now or before) and a repair is waiting or running.
+    pub repair_queued: bool,
+}
+
+impl std::fmt::Display for Redundancy {
+    /// `6/6`, `5/6 (repair queued)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.healthy, self.total)?;
+        if self.repair_queued {
+            f.write_str(" (repair queued)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a full check of one content found and did: every shard read whole and its
+/// checksums verified by its data server, bad ones rebuilt, then the object decoded and
+/// its SHA-256 compared with its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CheckReport {
+    pub size: u64,
+    /// Shards whose data server verified them whole, before any repair.
+    pub shards_verified: u8,
+    /// Shards found missing, corrupt or unreachable, and rebuilt.
+    pub shards_rebuilt: Vec<u8>,
+    /// Shards found bad that no live server could take now (left for later).
+    pub shards_postponed: u8,
+    /// The decoded bytes hash to the content's SHA-256 (false too when it could not be
+    /// decoded: fewer than four good shards).
+    pub sha256_ok: bool,
+    /// Fewer than four good shards: the object cannot be read now.
+    pub unreadable: bool,
+}
+
+impl CheckReport {
+    /// Nothing is wrong any more (what was found bad was rebuilt).
+    pub fn is_healthy(&self) -> bool {
+        self.sha256_ok && !self.unreadable && self.shards_postponed == 0
+    }
+}

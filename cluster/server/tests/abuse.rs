@@ -190,6 +190,25 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
             &body,
         ),
     );
+    // Content checks of hashes that are not 64 hex digits, or not stored.
+    let unknown = ContentHash::of(b"not stored").to_hex();
+    for path in [
+        "/contents/xyz/redundancy".to_string(),
+        "/contents/xyz/check".to_string(),
+        format!("/contents/{}/redundancy", &unknown[..63]),
+        format!("/contents/{unknown}/redundancy"),
+        format!("/contents/{unknown}/check"),
+    ] {
+        let method = if path.ends_with("/check") {
+            "POST"
+        } else {
+            "GET"
+        };
+        case(
+            &format!("{method} {path}"),
+            authorized(method, &path, &[], b""),
+        );
+    }
     // Raw invalid UTF-8 and control bytes in the request line.
     let mut bad_utf8 =
         b"GET /objects/\xff\xfe HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ".to_vec();

@@ -23,7 +23,8 @@ macro_rules! object_store_contract {
         $crate::object_store_contract!(@tests $setup;
             put_get_head, digest_mismatch_stores_nothing, versions_and_delete_markers,
             post_known_content_and_resumable_uploads, listings, restore_makes_a_new_version,
-            attributes_round_trip, ranges, empty_objects, streamed_uploads);
+            attributes_round_trip, ranges, empty_objects, streamed_uploads,
+            redundancy_and_check_of_healthy_content);
     };
     (@tests $setup:path; $($test:ident),*) => {
         $(
@@ -279,6 +280,35 @@ pub async fn listings(store: &dyn ObjectStore) {
     assert!(prefixes.is_empty());
     let bad = store.list(&page("l/", 0, None)).await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))), "{bad:?}");
+}
+
+/// Stored content answers six healthy shards, and a full check finds it whole and rebuilds
+/// nothing; a hash the store does not hold is not found.
+pub async fn redundancy_and_check_of_healthy_content(store: &dyn ObjectStore) {
+    for (i, len) in [0usize, 1, 300_000, 3 << 20].into_iter().enumerate() {
+        let body = pattern(len, 40 + i as u64);
+        let hash = ContentHash::of(&body);
+        store
+            .put_bytes(&name(&format!("c/redundancy/{i}")), &attrs(), body)
+            .await
+            .unwrap();
+        let r = store.redundancy(&hash).await.unwrap();
+        assert_eq!(
+            (r.healthy, r.total, r.repair_queued),
+            (6, 6, false),
+            "{len} B"
+        );
+        assert_eq!(r.to_string(), "6/6");
+        let report = store.check(&hash).await.unwrap();
+        assert_eq!(report.size, len as u64);
+        assert!(
+            report.is_healthy() && report.shards_rebuilt.is_empty(),
+            "{report:?}"
+        );
+    }
+    let unknown = ContentHash::of(b"never stored here");
+    assert!(store.redundancy(&unknown).await.unwrap_err().is_not_found());
+    assert!(store.check(&unknown).await.unwrap_err().is_not_found());
 }
 
 pub async fn restore_makes_a_new_version(store: &dyn ObjectStore) {

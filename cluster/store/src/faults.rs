@@ -279,4 +279,12 @@ impl<S: ObjectStore> ObjectStore for FaultyStore<S> {
     async fn changes(&self) -> StoreResult<crate::ChangeStream> {
         self.inner.changes().await
     }
+
+    async fn redundancy(&self, hash: &ContentHash) -> StoreResult<dos_protocol::Redundancy> {
+        self.inner.redundancy(hash).await
+    }
+
+    async fn check(&self, hash: &ContentHash) -> StoreResult<dos_protocol::CheckReport> {
+        self.inner.check(hash).await
+    }
 }

@@ -28,7 +28,8 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use dos_protocol::{
-    ByteRange, ContentHash, ListPage, ListQuery, ObjectName, VersionRecord, WriteAttributes, now_ns,
+    ByteRange, CheckReport, ContentHash, ListPage, ListQuery, ObjectName, Redundancy,
+    VersionRecord, WriteAttributes, now_ns,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 
@@ -317,6 +318,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         Ok(Box::pin(futures::stream::pending()))
     }
 
+    /// How many of the shards of content `hash` answer healthy where they are recorded: a
+    /// cheap check (no shard is read whole). Damage found queues a repair.
+    async fn redundancy(&self, hash: &ContentHash) -> StoreResult<Redundancy>;
+
+    /// Verifies content `hash` in full (every shard read whole and checked, bad ones
+    /// rebuilt, the decoded bytes against the SHA-256) and says what it found and did.
+    async fn check(&self, hash: &ContentHash) -> StoreResult<CheckReport>;
+
     /// Makes version `version` of `name` its latest again: a new version with that content,
     /// mode and owner, dated now. No bytes move.
     async fn restore(&self, name: &ObjectName, version: u64) -> StoreResult<VersionRecord> {
@@ -432,6 +441,14 @@ impl<T: ObjectStore + ?Sized> ObjectStore for std::sync::Arc<T> {
 
     async fn upload_status(&self, upload: &UploadId) -> StoreResult<u64> {
         (**self).upload_status(upload).await
+    }
+
+    async fn redundancy(&self, hash: &ContentHash) -> StoreResult<Redundancy> {
+        (**self).redundancy(hash).await
+    }
+
+    async fn check(&self, hash: &ContentHash) -> StoreResult<CheckReport> {
+        (**self).check(hash).await
     }
 
     async fn open_upload(

@@ -440,6 +440,37 @@ impl ObjectStore for MemoryStore {
         ))
     }
 
+    /// Memory keeps each content whole, once: it is all there or not at all.
+    async fn redundancy(&self, hash: &ContentHash) -> StoreResult<dos_protocol::Redundancy> {
+        if !self.state().contents.contains_key(hash) {
+            return Err(StoreError::NotFound(format!(
+                "no content {}",
+                hash.to_hex()
+            )));
+        }
+        let total = dos_protocol::TOTAL_SHARDS as u8;
+        Ok(dos_protocol::Redundancy {
+            healthy: total,
+            total,
+            repair_queued: false,
+        })
+    }
+
+    async fn check(&self, hash: &ContentHash) -> StoreResult<dos_protocol::CheckReport> {
+        let bytes = self
+            .state()
+            .contents
+            .get(hash)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("no content {}", hash.to_hex())))?;
+        Ok(dos_protocol::CheckReport {
+            size: bytes.len() as u64,
+            shards_verified: dos_protocol::TOTAL_SHARDS as u8,
+            sha256_ok: ContentHash::of(&bytes) == *hash,
+            ..Default::default()
+        })
+    }
+
     async fn versions(&self, name: &ObjectName) -> StoreResult<RecordStream> {
         let list = self.state().versions.get(name).cloned().unwrap_or_default();
         Ok(Box::pin(futures::stream::iter(list.into_iter().map(Ok))))

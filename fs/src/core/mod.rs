@@ -42,6 +42,9 @@ use write::Staged;
 pub const ATTR_TTL: Duration = Duration::from_secs(1);
 /// The control folder at the root: `.dosfs/history/…`, `.dosfs/at/…`, `.dosfs/stats`.
 pub const CONTROL_DIR: &str = ".dosfs";
+/// The extended attribute whose read verifies a file's stored content in full and repairs it
+/// (what `dosfs check` reads); not listed by listxattr, so `getfattr -d` never runs it.
+pub const CHECK_XATTR: &str = "user.dosfs.check";
 /// Cached attribute entries past which the expired ones are dropped.
 const ENTRY_PURGE_AT: usize = 4096;
 /// Cached attribute entries at most.
@@ -1568,6 +1571,10 @@ impl FsCore {
         }
     }
 
+    /// `user.dosfs.redundancy`: how many of the six shards of the file's stored content
+    /// answer healthy (`6/6`, `5/6 (repair queued)`), from a cheap check. `user.dosfs.check`
+    /// (not listed): the stored content verified in full, with what was repaired (JSON, a
+    /// [`dos_protocol::CheckReport`]).
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         let attr = self.getattr(ino).await?;
         if name == "user.dosfs.state"
@@ -1576,6 +1583,27 @@ impl FsCore {
             && attr.kind == Kind::File
         {
             return Ok(self.state_of(&p).as_bytes().to_vec());
+        }
+        if name == CHECK_XATTR && attr.kind == Kind::File {
+            // Not listed: reading it verifies the stored content in full (`dosfs check`).
+            let hash = attr.hash.ok_or(FsError::NoAttr)?;
+            let report = self.store.check(&hash).await?;
+            return serde_json::to_vec(&report)
+                .map_err(|e| FsError::Invalid(format!("check report: {e}")));
+        }
+        if name == "user.dosfs.redundancy" && attr.kind == Kind::File {
+            let pending = matches!(self.node(ino), Ok(NodeKey::Path(p)) if !p.is_empty() && self.state_of(&p) == "pending");
+            let stored = match attr.hash {
+                Some(hash) => self.store.redundancy(&hash).await?.to_string(),
+                None if pending => return Ok(b"pending upload".to_vec()),
+                None => return Err(FsError::NoAttr),
+            };
+            let told = if pending {
+                format!("{stored} (newer bytes pending upload)")
+            } else {
+                stored
+            };
+            return Ok(told.into_bytes());
         }
         match name {
             "user.dosfs.sha256" => attr
@@ -1598,6 +1626,9 @@ impl FsCore {
         }
         if attr.version.is_some() {
             out.extend_from_slice(b"user.dosfs.version\0");
+        }
+        if attr.kind == Kind::File && attr.hash.is_some() {
+            out.extend_from_slice(b"user.dosfs.redundancy\0");
         }
         if attr.kind == Kind::File && !attr.read_only {
             out.extend_from_slice(b"user.dosfs.state\0");

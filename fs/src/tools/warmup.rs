@@ -31,7 +31,11 @@ impl Summary {
 
 /// The regular files under `root` (itself if it is one), with their sizes; symbolic links
 /// are not followed. Paths that cannot be listed go to `failed`.
-fn walk(root: &Path, files: &mut Vec<(PathBuf, u64)>, failed: &mut Vec<(PathBuf, String)>) {
+pub(crate) fn walk(
+    root: &Path,
+    files: &mut Vec<(PathBuf, u64)>,
+    failed: &mut Vec<(PathBuf, String)>,
+) {
     let meta = match std::fs::symlink_metadata(root) {
         Ok(m) => m,
         Err(e) => return failed.push((root.to_path_buf(), e.to_string())),
@@ -100,17 +104,7 @@ pub fn run(paths: &[PathBuf], bar: bool) -> Summary {
             super::size(total)
         );
     }
-    let pb = if bar {
-        let pb = indicatif::ProgressBar::new(total);
-        let style = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-        pb.set_style(style);
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb = super::bytes_bar(total, bar);
     let mut buf = vec![0u8; 1 << 20];
     let count = files.len();
     for (i, (path, _)) in files.iter().enumerate() {
