@@ -152,6 +152,9 @@ pub struct Report {
 pub struct Work {
     pub total: u64,
     pub finished: u64,
+    /// What is counted: `shards` (drain, rebalance), `objects` (scrub), `versions`
+    /// (retention), `steps` (orphans: each content record, then each data server's scan).
+    pub unit: &'static str,
 }
 
 const MAX_ERRORS: usize = 50;
@@ -190,6 +193,28 @@ impl Progress {
     pub(crate) fn set(&self, what: &'static str, n: u64) {
         self.update(|r| {
             r.counts.insert(what, n);
+        });
+    }
+
+    /// Plans `total` units of work (`unit`), none finished yet.
+    pub(crate) fn plan(&self, total: u64, unit: &'static str) {
+        self.update(|r| {
+            r.work = Some(Work {
+                total,
+                finished: 0,
+                unit,
+            })
+        });
+    }
+
+    /// `n` more units finished (the total grows with them if the run found more than it
+    /// planned).
+    pub(crate) fn advance(&self, n: u64) {
+        self.update(|r| {
+            if let Some(w) = &mut r.work {
+                w.finished += n;
+                w.total = w.total.max(w.finished);
+            }
         });
     }
 
@@ -431,6 +456,7 @@ impl Maintenance {
 /// live server could take them now), `hash_mismatches`, `unreadable` (fewer than four good
 /// shards), `errors`.
 async fn scrub(core: &Core, p: &Progress, cancel: &CancellationToken) -> ApiResult<()> {
+    p.plan(count_contents(core, cancel).await?, "objects");
     let mut after: Option<ContentHash> = None;
     loop {
         let page = core.meta.list_contents(after.as_ref(), 500).await?;
@@ -446,6 +472,7 @@ async fn scrub(core: &Core, p: &Progress, cancel: &CancellationToken) -> ApiResu
                 p.error(format!("{}: {}", content.hash, e.public_message()));
             }
             p.add("objects", 1);
+            p.advance(1);
         }
     }
 }
@@ -475,6 +502,20 @@ async fn scrub_one(
     Ok(())
 }
 
+/// How many content records there are now, for a progress bar (a pass over the records,
+/// metadata only; 0 if cancelled meanwhile).
+async fn count_contents(core: &Core, cancel: &CancellationToken) -> ApiResult<u64> {
+    let mut after: Option<ContentHash> = None;
+    let mut n = 0u64;
+    while !cancel.is_cancelled() {
+        let page = core.meta.list_contents(after.as_ref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.hash);
+        n += page.len() as u64;
+    }
+    Ok(n)
+}
+
 // ---------------------------------------------------------------------------------------------
 // retention
 
@@ -490,6 +531,16 @@ async fn retention(
             "retention must keep at least one version".into(),
         ));
     }
+    // The versions there are now, for a progress bar (metadata only).
+    let mut from = VersionsFrom::All(None);
+    let mut total = 0u64;
+    while !cancel.is_cancelled() {
+        let page = core.meta.list_versions(&from, 1000).await?;
+        let Some(last) = page.last() else { break };
+        from = VersionsFrom::All(Some((last.name.clone(), last.version)));
+        total += page.len() as u64;
+    }
+    p.plan(total, "versions");
     let mut from = VersionsFrom::All(None);
     let mut current: Option<(dos_protocol::ObjectName, Vec<u64>)> = None;
     loop {
@@ -526,6 +577,7 @@ async fn trim(
     p: &Progress,
 ) {
     p.add("names", 1);
+    p.advance(versions.len() as u64);
     let excess = versions.len().saturating_sub(keep as usize);
     for v in &versions[..excess] {
         match core.meta.delete_version(name, *v).await {
@@ -549,6 +601,11 @@ async fn orphans(
     cancel: &CancellationToken,
 ) -> ApiResult<()> {
     let cutoff = now_ns().saturating_sub(i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX));
+    let servers = core.bus.live_servers();
+    p.plan(
+        count_contents(core, cancel).await? + servers.len() as u64,
+        "steps",
+    );
     // 1. Content records nobody references.
     let mut after: Option<ContentHash> = None;
     loop {
@@ -560,6 +617,7 @@ async fn orphans(
                 return Ok(());
             }
             p.add("contents_checked", 1);
+            p.advance(1);
             match core.meta.delete_unused_content(&content.hash, cutoff).await {
                 Ok(true) => {
                     p.add("contents_deleted", 1);
@@ -575,13 +633,14 @@ async fn orphans(
         }
     }
     // 2. Shards on live data servers that no content record names.
-    for server in core.bus.live_servers() {
+    for server in servers {
         if cancel.is_cancelled() {
             return Ok(());
         }
         if let Err(e) = collect_strays(core, &server, grace, p).await {
             p.error(format!("data server {}: {}", server.id, e.public_message()));
         }
+        p.advance(1);
     }
     Ok(())
 }

@@ -237,6 +237,7 @@ async fn run_passes(
         r.work = Some(Work {
             total: scan.work,
             finished: 0,
+            unit: "shards",
         })
     });
     for _ in 0..MAX_PASSES {

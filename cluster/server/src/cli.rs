@@ -773,11 +773,11 @@ fn spinner_style() -> indicatif::ProgressStyle {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
 }
 
-/// A bar of the work done, with throughput and time left.
-fn bar_style() -> indicatif::ProgressStyle {
-    indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} shards, {msg}, {eta} left",
-    )
+/// A bar of the work done (counted in `unit`s), with throughput or counts and time left.
+fn bar_style(unit: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(&format!(
+        "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{eta}} left, {{wide_msg}}"
+    ))
     .map(|s| s.progress_chars("=> "))
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
 }
@@ -787,6 +787,7 @@ fn show_progress(bar: Option<&indicatif::ProgressBar>, name: &str, report: &serd
     let work = report["work"]["total"]
         .as_u64()
         .zip(report["work"]["finished"].as_u64());
+    let unit = report["work"]["unit"].as_str().unwrap_or("shards");
     let rate = report["mib_per_sec"]
         .as_f64()
         .map(|r| format!("{r:.1} MiB/s"));
@@ -794,11 +795,11 @@ fn show_progress(bar: Option<&indicatif::ProgressBar>, name: &str, report: &serd
         Some(bar) => {
             if let Some((total, finished)) = work {
                 if bar.length().is_none() {
-                    bar.set_style(bar_style());
+                    bar.set_style(bar_style(unit));
                 }
                 bar.set_length(total);
                 bar.set_position(finished);
-                bar.set_message(rate.unwrap_or_else(|| "starting".into()));
+                bar.set_message(rate.unwrap_or_else(|| counts_line(report)));
             } else {
                 bar.set_message(counts_line(report));
             }
@@ -806,7 +807,7 @@ fn show_progress(bar: Option<&indicatif::ProgressBar>, name: &str, report: &serd
         None => {
             let mut line = format!("{name}: ");
             if let Some((total, finished)) = work {
-                line.push_str(&format!("{finished}/{total} shards, "));
+                line.push_str(&format!("{finished}/{total} {unit}, "));
             }
             if let Some(rate) = rate {
                 line.push_str(&format!("{rate}, "));

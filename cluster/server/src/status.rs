@@ -69,7 +69,8 @@ pub fn table(s: &Value) -> String {
             .map(|j| {
                 let progress = match (j["work"]["finished"].as_u64(), j["work"]["total"].as_u64()) {
                     (Some(f), Some(t)) if t > 0 => {
-                        format!("{}% ({f}/{t})", (f.saturating_mul(100) / t).min(100))
+                        let unit = j["work"]["unit"].as_str().unwrap_or("");
+                        format!("{}% ({f}/{t} {unit})", (f.saturating_mul(100) / t).min(100))
                     }
                     _ => "running".into(),
                 };

@@ -28,6 +28,20 @@ fn assert_no_errors(report: &serde_json::Value) {
     assert_eq!(count(report, "errors"), 0, "{report}");
 }
 
+/// The last report's planned work is all finished: `total` units of `unit`.
+fn assert_work(report: &serde_json::Value, total: u64, unit: &str) {
+    let w = &report["work"];
+    assert_eq!(
+        (
+            w["total"].as_u64(),
+            w["finished"].as_u64(),
+            w["unit"].as_str()
+        ),
+        (Some(total), Some(total), Some(unit)),
+        "{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrub_repairs_flipped_bytes_and_removed_shards() {
     let (cluster, client, _dir) = start().await;
@@ -66,6 +80,7 @@ async fn scrub_repairs_flipped_bytes_and_removed_shards() {
     let report = run(&client, "scrub", None, None).await;
     assert_no_errors(&report);
     assert_eq!(count(&report, "objects"), sizes.len() as u64, "{report}");
+    assert_work(&report, sizes.len() as u64, "objects");
     assert_eq!(count(&report, "shards_rebuilt"), damaged, "{report}");
     assert_eq!(count(&report, "hash_mismatches"), 0, "{report}");
     // Every object has its six shards again and a second scrub finds nothing to do.
@@ -127,6 +142,7 @@ async fn retention_then_orphans_free_only_unreferenced_data() {
     let report = run(&client, "retention", Some(3), None).await;
     assert_no_errors(&report);
     assert_eq!(count(&report, "versions_deleted"), 5, "{report}");
+    assert_work(&report, 9, "versions");
     let left: Vec<u64> = client
         .versions("doc")
         .await
@@ -147,6 +163,9 @@ async fn retention_then_orphans_free_only_unreferenced_data() {
     assert_no_errors(&swept);
     assert_eq!(count(&swept, "contents_deleted"), 4, "{swept}");
     assert_eq!(count(&swept, "shards_removed"), 24, "{swept}");
+    // Steps: the 8 content records, then one scan per data server.
+    let servers = cluster.data_servers().len() as u64;
+    assert_work(&swept, 8 + servers, "steps");
     for (i, v) in versions.iter().enumerate() {
         let files = shard_indices(&cluster, &ContentHash::of(v)).len();
         let referenced = i == 1 || i >= 5;
