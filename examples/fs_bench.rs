@@ -40,6 +40,10 @@ struct Args {
     /// Where `cp out` writes (default: `DIR/out`); e.g. /dev/shm when the disk is short of space.
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Serve the mount's Prometheus metrics on this address while it runs (`dosfs mount
+    /// --metrics`; off by default, as in dosfs), to measure what metrics cost.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn drop_caches() {
@@ -243,6 +247,7 @@ fn main() -> anyhow::Result<()> {
         .arg("--cache-dir")
         .arg(d("cache"))
         .args(["--listen", &api, "--cache-size", "8G"])
+        .args(args.metrics.iter().flat_map(|a| ["--metrics", a.as_str()]))
         .stdout(Stdio::null())
         .spawn()
         .context("starting dosfs")?;

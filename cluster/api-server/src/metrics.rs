@@ -34,12 +34,6 @@ pub const MAINTENANCE_LAST_SUCCESS: &str = "dos_maintenance_last_run_success";
 /// When the last run of a job finished, in seconds since the Unix epoch.
 pub const MAINTENANCE_LAST_FINISHED: &str = "dos_maintenance_last_run_timestamp_seconds";
 
-/// The data servers' families read by `/status` when this process renders them too (the
-/// embedded cluster), by label `server` (the data server's id); defined by `dos-data-server`.
-pub const DATA_SHARDS: &str = "dos_data_shards";
-pub const DATA_DISK_USED: &str = "dos_data_disk_used_bytes";
-pub const DATA_DISK_FREE: &str = "dos_data_disk_free_bytes";
-
 /// The jobs every API server can run, so their families exist before a first run.
 const JOBS: [&str; 5] = ["scrub", "retention", "orphans", "drain", "rebalance"];
 

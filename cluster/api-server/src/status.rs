@@ -39,8 +39,8 @@ pub struct LiveServer {
     pub draining: bool,
     /// It missed a deadline lately (see `health`): tried last, given no new shards.
     pub suspect: bool,
-    /// Shards it holds, and its storage folder's file system, where this process records its
-    /// metrics (an embedded cluster); absent otherwise.
+    /// Shards it holds, and its storage folder's file system, as its last heartbeat said
+    /// (every heartbeat carries them); absent until it sent one.
     pub shards: Option<u64>,
     pub disk_used_bytes: Option<u64>,
     pub disk_free_bytes: Option<u64>,
@@ -112,20 +112,23 @@ impl Seen {
         self.note(&live_servers);
         let draining_bus = core.bus.draining_servers();
         let text = core.config.metrics.as_ref().map(|m| m.render());
-        let of = |name: &str, id: &ServerId| {
-            text.as_deref()
-                .and_then(|t| labelled(t, name, "server", &id.0))
-        };
+        // What each server holds, as its last heartbeat said (separate processes and the
+        // embedded cluster alike); a server that sent none yet shows no figures.
+        let stats = core.bus.server_stats();
+        let of = |id: &ServerId| stats.iter().find(|(s, _)| s == id).map(|(_, st)| *st);
         let live = live_servers
             .iter()
-            .map(|s| LiveServer {
-                id: s.id.0.clone(),
-                addr: s.addr.clone(),
-                draining: draining_bus.contains(&s.id) || core.draining.contains(&s.id),
-                suspect: core.health.is_suspect(&s.id),
-                shards: of(crate::metrics::DATA_SHARDS, &s.id),
-                disk_used_bytes: of(crate::metrics::DATA_DISK_USED, &s.id),
-                disk_free_bytes: of(crate::metrics::DATA_DISK_FREE, &s.id),
+            .map(|s| {
+                let st = of(&s.id);
+                LiveServer {
+                    id: s.id.0.clone(),
+                    addr: s.addr.clone(),
+                    draining: draining_bus.contains(&s.id) || core.draining.contains(&s.id),
+                    suspect: core.health.is_suspect(&s.id),
+                    shards: st.map(|x| x.shards),
+                    disk_used_bytes: st.map(|x| x.disk_used_bytes),
+                    disk_free_bytes: st.map(|x| x.disk_free_bytes),
+                }
             })
             .collect();
         let counts = text.as_deref().map(request_counts);
@@ -182,14 +185,6 @@ fn metric_sum(text: &str, name: &str) -> u64 {
         .sum()
 }
 
-/// The value of the sample of family `name` whose label `key` is `value`.
-fn labelled(text: &str, name: &str, key: &str, value: &str) -> Option<u64> {
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
-        .find(|l| label(l, key) == Some(value))
-        .and_then(sample_value)
-}
-
 fn sample_value(line: &str) -> Option<u64> {
     let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
     (v.is_finite() && v >= 0.0).then_some(v as u64)
@@ -240,8 +235,5 @@ mod tests {
         assert_eq!((r.total, r.client_errors, r.server_errors), (10, 2, 1));
         assert_eq!(metric_sum(text, "dos_api_shards_rebuilt_total"), 3);
         assert_eq!(metric_sum(text, "dos_api_shards_rebuilt"), 0);
-        let data = "dos_data_shards{server=\"ds-a\"} 12\ndos_data_shards{server=\"ds-b\"} 3\n";
-        assert_eq!(labelled(data, "dos_data_shards", "server", "ds-b"), Some(3));
-        assert_eq!(labelled(data, "dos_data_shards", "server", "ds-c"), None);
     }
 }

@@ -327,11 +327,17 @@ impl AmqpBus {
 
 #[async_trait]
 impl Bus for AmqpBus {
-    async fn announce(&self, server: &ServerInfo, draining: bool) -> Result<(), BusError> {
+    async fn announce(
+        &self,
+        server: &ServerInfo,
+        draining: bool,
+        stats: Option<dos_protocol::ServerStats>,
+    ) -> Result<(), BusError> {
         let exchange = &self.shared.config.api_exchange;
         let beat = Heartbeat {
             server: server.clone(),
             draining,
+            stats,
         };
         self.publish_sealed(exchange, HEARTBEAT, &beat).await
     }
@@ -391,6 +397,10 @@ impl Bus for AmqpBus {
 
     fn draining_servers(&self) -> Vec<ServerId> {
         self.shared.live.draining()
+    }
+
+    fn server_stats(&self) -> Vec<(ServerId, dos_protocol::ServerStats)> {
+        self.shared.live.stats()
     }
 
     async fn locate(
@@ -879,6 +889,9 @@ struct Heartbeat {
     server: ServerInfo,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     draining: bool,
+    /// What it holds (absent from data servers older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stats: Option<dos_protocol::ServerStats>,
 }
 
 async fn run_heartbeats(shared: Arc<Shared>, session: Arc<Session>, mut consumer: Consumer) {
@@ -893,20 +906,20 @@ async fn run_heartbeats(shared: Arc<Shared>, session: Arc<Session>, mut consumer
                 continue;
             }
         };
-        match serde_json::from_slice::<Heartbeat>(data).map(|b| (b.server, b.draining)) {
-            Ok((server, draining))
+        match serde_json::from_slice::<Heartbeat>(data).map(|b| (b.server, b.draining, b.stats)) {
+            Ok((server, draining, stats))
                 if !server.id.0.trim().is_empty() && is_host_port(&server.addr) =>
             {
-                shared.live.record_as(&server, draining);
+                shared.live.record_as(&server, draining, stats);
             }
-            Ok((server, _)) if !server.addr.trim().is_empty() => {
+            Ok((server, _, _)) if !server.addr.trim().is_empty() => {
                 shared.bad_addresses.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     ?server,
                     "heartbeat with an address that is not host:port dropped"
                 );
             }
-            Ok((server, _)) => warn!(?server, "heartbeat without id or address dropped"),
+            Ok((server, _, _)) => warn!(?server, "heartbeat without id or address dropped"),
             Err(e) => warn!(
                 body = ?String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]),
                 "malformed heartbeat dropped: {e}"

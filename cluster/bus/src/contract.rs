@@ -47,6 +47,7 @@ where
 {
     heartbeats_make_servers_live(&factory().await).await;
     heartbeats_carry_the_drain_mark(&factory().await).await;
+    heartbeats_carry_what_servers_hold(&factory().await).await;
     locate_finds_holders(&factory().await).await;
     concurrent_locates_do_not_mix(&factory().await).await;
     dropped_subscription_stops_answering(&factory().await).await;
@@ -104,18 +105,47 @@ pub async fn heartbeats_make_servers_live<B: Bus>(bus: &B) {
     }
 }
 
+/// What a heartbeat says a server holds reaches the API side; a heartbeat without it keeps
+/// the last figures heard.
+pub async fn heartbeats_carry_what_servers_hold<B: Bus>(bus: &B) {
+    let stats = dos_protocol::ServerStats {
+        shards: 12,
+        disk_used_bytes: 3 << 30,
+        disk_free_bytes: 5 << 30,
+    };
+    bus.heartbeat(&server(0)).await.unwrap();
+    bus.announce(&server(1), false, Some(stats)).await.unwrap();
+    assert!(
+        eventually(|| bus.server_stats() == vec![(server(1).id, stats)]).await,
+        "the stats of the one server that sent them: {:?}",
+        bus.server_stats()
+    );
+    bus.heartbeat(&server(1)).await.unwrap();
+    let later = dos_protocol::ServerStats {
+        shards: 13,
+        ..stats
+    };
+    bus.announce(&server(0), false, Some(later)).await.unwrap();
+    assert!(
+        eventually(|| bus.server_stats() == vec![(server(0).id, later), (server(1).id, stats)])
+            .await,
+        "{:?}",
+        bus.server_stats()
+    );
+}
+
 /// A server that announces it is being drained is live and listed as draining, until a
 /// heartbeat says otherwise; plain heartbeats say "in service".
 pub async fn heartbeats_carry_the_drain_mark<B: Bus>(bus: &B) {
     bus.heartbeat(&server(0)).await.unwrap();
-    bus.announce(&server(1), true).await.unwrap();
+    bus.announce(&server(1), true, None).await.unwrap();
     assert!(
         eventually(|| bus.live_servers().len() >= 2 && !bus.draining_servers().is_empty()).await,
         "both servers live, one draining"
     );
     assert_eq!(bus.draining_servers(), vec![server(1).id]);
-    bus.announce(&server(1), false).await.unwrap();
-    bus.announce(&server(0), true).await.unwrap();
+    bus.announce(&server(1), false, None).await.unwrap();
+    bus.announce(&server(0), true, None).await.unwrap();
     assert!(
         eventually(|| bus.draining_servers() == vec![server(0).id]).await,
         "the marks follow the last heartbeats: {:?}",

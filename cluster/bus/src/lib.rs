@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dos_protocol::{Change, ContentHash, LocateReply, ServerId, ServerInfo};
+use dos_protocol::{Change, ContentHash, LocateReply, ServerId, ServerInfo, ServerStats};
 
 pub use live::{HEARTBEAT_EXPIRY, HEARTBEAT_INTERVAL, LiveSet};
 
@@ -80,12 +80,17 @@ pub trait Bus: Send + Sync + 'static {
     /// Data-server side: announces `server` as alive (and in service). Called every
     /// [`HEARTBEAT_INTERVAL`].
     async fn heartbeat(&self, server: &ServerInfo) -> Result<(), BusError> {
-        self.announce(server, false).await
+        self.announce(server, false, None).await
     }
 
-    /// Data-server side: announces `server` as alive, and whether it is being drained (API
-    /// servers then give it no new shards while six others are live).
-    async fn announce(&self, server: &ServerInfo, draining: bool) -> Result<(), BusError>;
+    /// Data-server side: announces `server` as alive, whether it is being drained (API
+    /// servers then give it no new shards while six others are live), and what it holds.
+    async fn announce(
+        &self,
+        server: &ServerInfo,
+        draining: bool,
+        stats: Option<ServerStats>,
+    ) -> Result<(), BusError>;
 
     /// Data-server side: answers locate broadcasts for `server` until the subscription drops.
     async fn serve_locate(
@@ -99,6 +104,9 @@ pub trait Bus: Send + Sync + 'static {
 
     /// API side: the live servers whose last heartbeat said they are being drained.
     fn draining_servers(&self) -> Vec<ServerId>;
+
+    /// API side: what live servers hold and have room for, as their heartbeats said.
+    fn server_stats(&self) -> Vec<(ServerId, ServerStats)>;
 
     /// API side: asks every data server which shards of `hash` it holds. Returns once every
     /// live server has answered or `timeout` has passed, with the non-empty answers.

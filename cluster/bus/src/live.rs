@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dos_protocol::{ServerId, ServerInfo};
+use dos_protocol::{ServerId, ServerInfo, ServerStats};
 use tokio::time::Instant;
 
 /// How often a data server announces itself.
@@ -10,8 +10,9 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// A data server silent for this long is no longer chosen.
 pub const HEARTBEAT_EXPIRY: Duration = Duration::from_secs(15);
 
-/// A server as its last heartbeat gave it, when, and whether it said it is being drained.
-type Heard = (ServerInfo, Instant, bool);
+/// A server as its last heartbeat gave it, when, whether it said it is being drained, and
+/// what it holds.
+type Heard = (ServerInfo, Instant, bool, Option<ServerStats>);
 
 /// The data servers an API server has heard from recently. Cheap to clone (shared).
 #[derive(Clone)]
@@ -38,16 +39,31 @@ impl LiveSet {
     /// Records a heartbeat of a server in service; a server that moved to another address
     /// is updated.
     pub fn record(&self, server: &ServerInfo) {
-        self.record_as(server, false);
+        self.record_as(server, false, None);
     }
 
-    /// Records a heartbeat that says whether the server is being drained.
-    pub fn record_as(&self, server: &ServerInfo, draining: bool) {
+    /// Records a heartbeat that says whether the server is being drained, and what it holds
+    /// (a heartbeat without stats keeps the last ones heard).
+    pub fn record_as(&self, server: &ServerInfo, draining: bool, stats: Option<ServerStats>) {
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = stats.or_else(|| map.get(&server.id).and_then(|h| h.3));
         map.insert(
             server.id.clone(),
-            (server.clone(), Instant::now(), draining),
+            (server.clone(), Instant::now(), draining, stats),
         );
+    }
+
+    /// The stats of live servers, as their last heartbeats told them.
+    pub fn stats(&self) -> Vec<(ServerId, ServerStats)> {
+        let now = Instant::now();
+        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<(ServerId, ServerStats)> = map
+            .iter()
+            .filter(|(_, h)| now.duration_since(h.1) <= self.expiry)
+            .filter_map(|(id, h)| Some((id.clone(), h.3?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Forgets a server at once (it said it is shutting down).
@@ -60,8 +76,8 @@ impl LiveSet {
     pub fn live(&self) -> Vec<ServerInfo> {
         let now = Instant::now();
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, (_, seen, _)| now.duration_since(*seen) <= self.expiry);
-        let mut out: Vec<_> = map.values().map(|(s, _, _)| s.clone()).collect();
+        map.retain(|_, (_, seen, _, _)| now.duration_since(*seen) <= self.expiry);
+        let mut out: Vec<_> = map.values().map(|(s, _, _, _)| s.clone()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -72,7 +88,7 @@ impl LiveSet {
         let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<ServerId> = map
             .iter()
-            .filter(|(_, (_, seen, draining))| {
+            .filter(|(_, (_, seen, draining, _))| {
                 *draining && now.duration_since(*seen) <= self.expiry
             })
             .map(|(id, _)| id.clone())

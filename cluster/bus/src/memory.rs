@@ -41,8 +41,13 @@ impl MemoryBus {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn announce(&self, server: &ServerInfo, draining: bool) -> Result<(), BusError> {
-        self.live.record_as(server, draining);
+    async fn announce(
+        &self,
+        server: &ServerInfo,
+        draining: bool,
+        stats: Option<dos_protocol::ServerStats>,
+    ) -> Result<(), BusError> {
+        self.live.record_as(server, draining, stats);
         Ok(())
     }
 
@@ -73,6 +78,10 @@ impl Bus for MemoryBus {
 
     fn draining_servers(&self) -> Vec<ServerId> {
         self.live.draining()
+    }
+
+    fn server_stats(&self) -> Vec<(ServerId, dos_protocol::ServerStats)> {
+        self.live.stats()
     }
 
     async fn locate(

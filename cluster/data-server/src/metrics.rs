@@ -61,17 +61,31 @@ pub fn requests(id: &str) -> dos_worker::http::RequestMetrics {
     }
 }
 
+/// What the store holds and its file system has room for (call on a blocking thread:
+/// statvfs); `None` when the file system cannot be asked.
+pub fn stats(store: &crate::store::ShardStore) -> Option<dos_protocol::ServerStats> {
+    match rustix::fs::statvfs(store.root()) {
+        Ok(fs) => {
+            let block = fs.f_frsize;
+            Some(dos_protocol::ServerStats {
+                shards: store.shard_count() as u64,
+                disk_used_bytes: fs.f_blocks.saturating_sub(fs.f_bfree) * block,
+                disk_free_bytes: fs.f_bavail * block,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the storage folder's free space");
+            None
+        }
+    }
+}
+
 /// Sets the gauges read off the store and its file system (on a blocking thread: statvfs).
 pub fn refresh(store: &crate::store::ShardStore, id: &str) {
     let server = id.to_owned();
     metrics::gauge!(SHARDS, "server" => server.clone()).set(store.shard_count() as f64);
-    match rustix::fs::statvfs(store.root()) {
-        Ok(fs) => {
-            let block = fs.f_frsize;
-            let used = fs.f_blocks.saturating_sub(fs.f_bfree) * block;
-            metrics::gauge!(DISK_USED, "server" => server.clone()).set(used as f64);
-            metrics::gauge!(DISK_FREE, "server" => server).set((fs.f_bavail * block) as f64);
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the storage folder's free space"),
+    if let Some(s) = stats(store) {
+        metrics::gauge!(DISK_USED, "server" => server.clone()).set(s.disk_used_bytes as f64);
+        metrics::gauge!(DISK_FREE, "server" => server).set(s.disk_free_bytes as f64);
     }
 }

@@ -196,7 +196,8 @@ impl DataServer {
         let locate = bus
             .serve_locate(info.clone(), Arc::new(Responder(store.clone())))
             .await?;
-        bus.heartbeat(&info).await?;
+        let first = current_stats(store.clone()).await;
+        bus.announce(&info, store.is_draining(), first).await?;
         let (b, i, s) = (bus.clone(), info.clone(), store.clone());
         // Every HEARTBEAT_INTERVAL, and at once when the drain mark changes.
         workers.spawn(dos_worker::from_fn("heartbeat", move |cancel| {
@@ -208,7 +209,8 @@ impl DataServer {
                         _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
                         _ = s.draining_changed() => {}
                     }
-                    if let Err(e) = b.announce(&i, s.is_draining()).await {
+                    let stats = current_stats(s.clone()).await;
+                    if let Err(e) = b.announce(&i, s.is_draining(), stats).await {
                         tracing::warn!(error = %e, "heartbeat not sent");
                     }
                 }
@@ -306,6 +308,14 @@ async fn expire(store: Arc<ShardStore>, ttl: Duration) {
         }
         Err(e) => tracing::warn!(error = %e, "expiry task failed"),
     }
+}
+
+/// What the store holds and has room for, for a heartbeat (statvfs, on a blocking thread).
+async fn current_stats(store: Arc<ShardStore>) -> Option<dos_protocol::ServerStats> {
+    tokio::task::spawn_blocking(move || crate::metrics::stats(&store))
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Sets the gauges of the store and its file system (statvfs, on a blocking thread).

@@ -25,7 +25,7 @@ pub use range::{ByteRange, RangeError, parse_range};
 pub use record::{
     Change, ChangeCursor, ChangeEvent, ChangeWhat, CheckReport, EntryKind, ListEntry, ListPage,
     ListQuery, LocateReply, LogEntry, LogPage, PosixAttrs, Redundancy, ServerId, ServerInfo,
-    VersionRecord, WriteAttributes,
+    ServerStats, VersionRecord, WriteAttributes,
 };
 pub use time::{format_rfc3339_ns, now_ns, parse_moment, parse_rfc3339_ns};
 

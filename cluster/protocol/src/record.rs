@@ -332,6 +332,18 @@ pub struct ServerInfo {
     pub addr: String,
 }
 
+/// What a data server holds and has room for, as its heartbeats tell every API server
+/// (shown by `/status` and `dos-server status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// Committed shards it holds.
+    pub shards: u64,
+    /// Bytes used and free on the file system of its storage folder (free: what it may
+    /// still write).
+    pub disk_used_bytes: u64,
+    pub disk_free_bytes: u64,
+}
+
 /// A data server's answer to a locate broadcast: which shards of the hash it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocateReply {

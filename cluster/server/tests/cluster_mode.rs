@@ -133,6 +133,28 @@ async fn cluster_of_processes() {
         stored.push((name, body));
     }
 
+    // /status of either API server shows every data server (separate processes) with what
+    // it holds and its disk, from their heartbeats: 3 non-empty objects, 6 shards each.
+    wait_for(
+        "/status shows each data server's shards and disk",
+        Duration::from_secs(20),
+        || async {
+            let Ok(s) = c2.status(Duration::from_secs(5)).await else {
+                return false;
+            };
+            let live = s["live"].as_array().cloned().unwrap_or_default();
+            let shards: u64 = live.iter().filter_map(|l| l["shards"].as_u64()).sum();
+            live.len() == 6
+                && live.iter().all(|l| {
+                    l["shards"].is_u64()
+                        && l["disk_free_bytes"].as_u64() > Some(0)
+                        && l["disk_used_bytes"].as_u64() > Some(0)
+                })
+                && shards >= 18
+        },
+    )
+    .await;
+
     // A resumable upload started on one API server finishes on the other.
     let body = data((2 << 20) + 12_345, 99);
     let PostOutcome::Upload(location) = c1
