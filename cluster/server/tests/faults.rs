@@ -316,6 +316,7 @@ async fn faults_in_cluster_mode() {
     assert_eq!(after_api.errors, 0);
 
     // 4. RabbitMQ restarted under load.
+    let reconnects_before = bus_reconnects(&url).await;
     let load = start_load(&client, &ledger, 3, 100);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let _restart = StartAppOnDrop;
@@ -330,6 +331,14 @@ async fn faults_in_cluster_mode() {
         || async { live(&url).await == N },
     )
     .await;
+    // The API server's /metrics counts the reconnection (the servers may look live again
+    // before it notices the old connection died: they had not expired).
+    wait_for(
+        "dos_bus_reconnects_total to count the reconnection",
+        Duration::from_secs(60),
+        || async { bus_reconnects(&url).await > reconnects_before },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let broker = load.stop().await;
     assert_clean("load across a broker restart", &broker, &["HTTP 503"]);
@@ -341,6 +350,29 @@ async fn faults_in_cluster_mode() {
     .await;
     assert_eq!(after_broker.errors, 0);
     drop(api);
+}
+
+/// `dos_bus_reconnects_total` on the API server at `url` (its /metrics, parsed).
+async fn bus_reconnects(url: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "dos_bus_reconnects_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

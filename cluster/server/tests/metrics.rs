@@ -186,5 +186,25 @@ async fn every_family_is_scraped_and_counters_follow_the_work() {
         1.0
     );
     assert!(total(&after_scrub, "dos_api_shards_rebuilt_total", &[]) >= 1.0);
+
+    // A shard whose bytes changed on disk: the scrub's whole-shard check finds it, the data
+    // server quarantines it, and the scrub rebuilds it.
+    let quarantined = total(&after_scrub, "dos_data_shards_quarantined_total", &[]);
+    let (_, _, path) = shard_files(&cluster, &hash)
+        .into_iter()
+        .find(|(_, shard, _)| *shard == 2)
+        .expect("shard 2 on disk");
+    let mut raw = std::fs::read(&path).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x5a;
+    std::fs::write(&path, &raw).unwrap();
+    let report = run_job(&client, "scrub", None, None).await;
+    let after_flip = scrape(&api).await;
+    assert_eq!(
+        total(&after_flip, "dos_data_shards_quarantined_total", &[]),
+        quarantined + 1.0,
+        "{report}"
+    );
+    assert_eq!(client.get("m/a", None).await.unwrap(), bytes);
     cluster.shutdown().await;
 }
