@@ -354,17 +354,8 @@ async fn faults_in_cluster_mode() {
 
 /// `dos_bus_reconnects_total` on the API server at `url` (its /metrics, parsed).
 async fn bus_reconnects(url: &str) -> f64 {
-    let text = reqwest::get(format!("{url}/metrics"))
+    common::scrape_metrics(url)
         .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text format");
-    scrape
         .samples
         .iter()
         .filter(|s| s.metric == "dos_bus_reconnects_total")

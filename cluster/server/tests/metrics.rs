@@ -23,15 +23,7 @@ fn metrics() -> Metrics {
 }
 
 async fn scrape(addr: &str) -> Scrape {
-    let text = dos_client::reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
+    common::scrape_metrics(&format!("http://{addr}")).await
 }
 
 /// The sum of the samples of `family` whose labels include `with`.

@@ -386,3 +386,17 @@ pub async fn store_objects(
     }
     objects
 }
+
+/// `GET URL/metrics` of a server (no token), parsed with a Prometheus text-format parser.
+pub async fn scrape_metrics(url: &str) -> prometheus_parse::Scrape {
+    let text = dos_client::reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format")
+}
