@@ -2,15 +2,16 @@
 //! installs the Prometheus exporter and hands a [`Metrics`] down; the servers record through
 //! the `metrics` facade (a no-op when no exporter is installed).
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, SizeHint};
@@ -106,9 +107,100 @@ pub fn track_requests(router: Router, families: RequestMetrics) -> Router {
     router
         .route_layer(middleware::from_fn(note_route))
         .layer(middleware::from_fn_with_state(
-            Arc::new(families),
+            Arc::new(Handles::new(families)),
             count_request,
         ))
+}
+
+/// The metric handles of one listener, made on first use and kept: a request then records
+/// through a handle it finds by route, method and status, with no label strings built and
+/// no registry lookup (those cost a few percent of a 1 ms request).
+struct Handles {
+    families: RequestMetrics,
+    received: OnceLock<metrics::Counter>,
+    sent: OnceLock<metrics::Counter>,
+    /// By route pattern: per method its duration histogram, per method and status its
+    /// request counter.
+    routes: Mutex<HashMap<String, RouteHandles>>,
+}
+
+#[derive(Default)]
+struct RouteHandles {
+    durations: Vec<(Method, metrics::Histogram)>,
+    requests: Vec<(Method, u16, metrics::Counter)>,
+}
+
+impl Handles {
+    fn new(families: RequestMetrics) -> Self {
+        Self {
+            families,
+            received: OnceLock::new(),
+            sent: OnceLock::new(),
+            routes: Mutex::default(),
+        }
+    }
+
+    fn received(&self) -> metrics::Counter {
+        self.received
+            .get_or_init(|| metrics::counter!(self.families.received, &self.families.labels))
+            .clone()
+    }
+
+    fn sent(&self) -> metrics::Counter {
+        self.sent
+            .get_or_init(|| metrics::counter!(self.families.sent, &self.families.labels))
+            .clone()
+    }
+
+    /// Records one request of `route` (a pattern, or `None`: unmatched).
+    fn record(&self, route: Option<&str>, method: &Method, status: u16, took: Duration) {
+        let route = route.unwrap_or("unmatched");
+        let mut routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !routes.contains_key(route) {
+            routes.insert(route.to_owned(), RouteHandles::default());
+        }
+        let Some(handles) = routes.get_mut(route) else {
+            return;
+        };
+        let labels = || {
+            let mut labels = self.families.labels.clone();
+            labels.push((
+                "route",
+                if route == "unmatched" {
+                    route.to_owned()
+                } else {
+                    route_label(route)
+                },
+            ));
+            labels.push(("method", method.as_str().to_owned()));
+            labels
+        };
+        match handles.durations.iter().find(|(m, _)| m == method) {
+            Some((_, h)) => h.record(took.as_secs_f64()),
+            None => {
+                let h = metrics::histogram!(self.families.duration, &labels());
+                h.record(took.as_secs_f64());
+                handles.durations.push((method.clone(), h));
+            }
+        }
+        match handles
+            .requests
+            .iter()
+            .find(|(m, s, _)| m == method && *s == status)
+        {
+            Some((_, _, c)) => c.increment(1),
+            None => {
+                let mut l = labels();
+                l.push(("status", status.to_string()));
+                let c = metrics::counter!(self.families.requests, &l);
+                c.increment(1);
+                handles.requests.push((method.clone(), status, c));
+            }
+        }
+    }
 }
 
 /// Hands the matched route to [`count_request`], which runs before routing.
@@ -121,27 +213,19 @@ async fn note_route(req: Request, next: Next) -> Response {
     resp
 }
 
-async fn count_request(
-    State(families): State<Arc<RequestMetrics>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn count_request(State(handles): State<Arc<Handles>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let received = metrics::counter!(families.received, &families.labels);
-    let req = req.map(|body| Body::new(Counted::new(body, received)));
+    let method = req.method().clone();
+    let req = req.map(|body| Body::new(Counted::new(body, handles.received())));
     let resp = next.run(req).await;
-    let route = resp
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| route_label(p.as_str()));
-    let mut labels = families.labels.clone();
-    labels.push(("route", route));
-    labels.push(("method", method));
-    metrics::histogram!(families.duration, &labels).record(started.elapsed().as_secs_f64());
-    labels.push(("status", resp.status().as_str().to_owned()));
-    metrics::counter!(families.requests, &labels).increment(1);
-    let sent = metrics::counter!(families.sent, &families.labels);
+    let route = resp.extensions().get::<MatchedPath>();
+    handles.record(
+        route.map(MatchedPath::as_str),
+        &method,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    let sent = handles.sent();
     resp.map(|body| Body::new(Counted::new(body, sent)))
 }
 
