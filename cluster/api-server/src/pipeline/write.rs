@@ -767,17 +767,18 @@ impl ShardWriters {
     }
 
     /// Adds what the request waited for the slowest stream alone (past the next slowest) to
-    /// that stream's account; returns it, if any stream took a piece.
+    /// that stream's account; returns it. `None` with fewer than two streams (a lone stream
+    /// is behind no other).
     fn note_waits(&mut self, timed: &[(Offer, Duration)]) -> Option<usize> {
         let mut order: Vec<usize> = (0..timed.len())
             .filter(|&i| !matches!(timed[i].0, Offer::Skip))
             .collect();
+        if order.len() < 2 {
+            return None;
+        }
         order.sort_by_key(|&i| timed[i].1);
-        let slowest = *order.last()?;
-        let next = order
-            .len()
-            .checked_sub(2)
-            .map_or(Duration::ZERO, |j| timed[order[j]].1);
+        let slowest = order[order.len() - 1];
+        let next = timed[order[order.len() - 2]].1;
         if let Some(a) = self.alone.get_mut(slowest) {
             *a += timed[slowest].1.saturating_sub(next);
         }
