@@ -8,14 +8,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dos-server");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Log lines (JSON) whose target starts with `target` and whose request span has id `id`.
 fn lines_of<'a>(
     log: &'a [serde_json::Value],
@@ -32,7 +24,6 @@ fn lines_of<'a>(
 async fn one_request_id_is_on_the_api_and_the_data_server_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("log");
-    let addr = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(BIN)
         .args([
             "local",
@@ -44,7 +35,7 @@ async fn one_request_id_is_on_the_api_and_the_data_server_lines() {
         ])
         .arg("--root")
         .arg(dir.path().join("root"))
-        .args(["--listen", &addr])
+        .args(["--listen", "127.0.0.1:0"])
         .env(
             "RUST_LOG",
             "info,dos_api_server=debug,dos_data_server=debug",
@@ -57,15 +48,37 @@ async fn one_request_id_is_on_the_api_and_the_data_server_lines() {
     // The client library leaves the choice of TLS provider to the program.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = dos_client::reqwest::Client::new();
-    let url = format!("http://{addr}/objects/traced");
+    // The address it bound, from its own line (port 0: no race for a free port).
     let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(addr) = text
+            .split("dos-server: serving http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            break addr.to_owned();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server exited ({status}) before serving:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not start within 30 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let url = format!("http://{addr}/objects/traced");
     while http
         .get(format!("http://{addr}/health"))
         .send()
         .await
         .is_err()
     {
-        assert!(Instant::now() < deadline, "the server did not start");
+        assert!(
+            Instant::now() < deadline,
+            "the server does not answer /health"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let body = vec![7u8; 100_000];
