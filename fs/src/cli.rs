@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `println!` for the commands' output: a reader that went away (`dosfs stats M | head`)
@@ -31,6 +32,8 @@ pub struct Cli {
     pub logging: dos_server::LogArgs,
 }
 
+// Parsed once per run: the size of the mount's variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Mount the store. Without --api, starts an embedded store (API on 127.0.0.1:23333).
@@ -84,6 +87,18 @@ enum Command {
         /// uploads; and the embedded store's servers). Off by default.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+        /// The cluster's RabbitMQ (amqp://user:password@host:port/vhost): hear of changes
+        /// made elsewhere from the broker itself rather than through the API server. Needs
+        /// the cluster secret when the cluster has one (DOS_SECRET or --secret-file), which
+        /// makes this host as trusted as an API server.
+        #[arg(long, env = "DOS_BROKER", requires = "api", value_name = "URL")]
+        broker: Option<String>,
+        /// With --broker: the cluster secret, as hex.
+        #[arg(long, env = "DOS_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// With --broker: a file holding the cluster secret.
+        #[arg(long, env = "DOS_SECRET_FILE", conflicts_with = "secret")]
+        secret_file: Option<PathBuf>,
     },
     /// Unmount (uploads anything pending first; waits for the daemon to stop).
     Umount { mountpoint: PathBuf },
@@ -294,6 +309,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             writeback,
             foreground,
             metrics,
+            broker,
+            secret,
+            secret_file,
         } => {
             let opts = MountArgs {
                 mount: MountOptions {
@@ -310,6 +328,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 no_token,
                 data_dir: data_dir.unwrap_or_else(|| home_dir("XDG_DATA_HOME", ".local/share")),
                 listen,
+                broker,
+                secret,
+                secret_file,
             };
             for dir in [&opts.data_dir, &opts.mount.cache_dir] {
                 dos_server::secret::private_dir(dir)
@@ -744,6 +765,62 @@ struct MountArgs {
     data_dir: PathBuf,
     /// REST address of the embedded cluster.
     listen: SocketAddr,
+    /// The cluster's RabbitMQ, to follow changes from directly.
+    broker: Option<String>,
+    /// The cluster secret (hex), or a file holding it, for the broker's sealed messages.
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+}
+
+/// The cluster secret the broker's messages are sealed with, if one was given.
+fn broker_secret(args: &MountArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    if let Some(hex) = args.secret.as_deref().filter(|s| !s.is_empty()) {
+        return Ok(Some(
+            dos_server::secret::parse_hex(hex).context("DOS_SECRET")?,
+        ));
+    }
+    match &args.secret_file {
+        Some(path) => Ok(Some(
+            dos_server::secret::load_existing(path)
+                .with_context(|| format!("secret file {}", path.display()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Changes heard from the cluster's broker (`--broker`): the mount connects to it when first
+/// followed (a broker down at mount time is tried again later), and a stream ends when the
+/// connection is lost, so the mount knows to rely on its attribute TTL until it is back.
+fn broker_feed(url: String, secret: Option<Vec<u8>>) -> dosfs::mount::Feed {
+    use dos_bus::Bus;
+    use futures::StreamExt;
+    let bus: Arc<tokio::sync::OnceCell<Arc<dos_bus::amqp::AmqpBus>>> = Arc::default();
+    Arc::new(move || {
+        let (bus, url, secret) = (bus.clone(), url.clone(), secret.clone());
+        Box::pin(async move {
+            let bus = bus
+                .get_or_try_init(|| async {
+                    let mut config = dos_bus::amqp::AmqpConfig::new(url);
+                    config.secret = secret;
+                    dos_bus::amqp::AmqpBus::connect(config).await.map(Arc::new)
+                })
+                .await
+                .map_err(|e| anyhow!("{e}"))?
+                .clone();
+            if !bus.is_connected() {
+                bail!("not connected to RabbitMQ (reconnecting)");
+            }
+            tracing::info!("following changes on RabbitMQ");
+            let watch = bus.clone();
+            let lost = async move {
+                while watch.is_connected() {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            let stream: dos_store::ChangeStream = Box::pin(bus.changes().take_until(lost));
+            Ok(stream)
+        })
+    })
 }
 
 /// How the mount reaches its store: the composition root of `dosfs`. With `--api`, over
@@ -759,8 +836,14 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
     );
     let tls_ca = args.tls_ca.clone();
     let metrics = args.mount.metrics.as_ref().map(|(_, m)| m.clone());
+    let broker = args.broker.clone();
+    let secret = broker_secret(args);
     Box::new(move || {
         Box::pin(async move {
+            let feed = match broker {
+                Some(url) => Some(broker_feed(url, secret?)),
+                None => None,
+            };
             match api {
                 Some(url) => {
                     let url = url.trim_end_matches('/').to_string();
@@ -783,6 +866,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                         token_file: None,
                         tls_ca,
                         stop: None,
+                        feed,
                     })
                 }
                 None => {
@@ -830,6 +914,7 @@ fn connect(args: &MountArgs) -> dosfs::mount::Connect {
                         token_file,
                         tls_ca: None,
                         stop: Some(Box::pin(cluster.shutdown())),
+                        feed,
                     })
                 }
             }
@@ -880,6 +965,15 @@ fn daemonize(
     }
     if let Some(api) = &args.api {
         cmd.arg("--api").arg(api);
+    }
+    if let Some(broker) = &args.broker {
+        cmd.arg("--broker").arg(broker);
+    }
+    if let Some(secret) = &args.secret {
+        cmd.env("DOS_SECRET", secret);
+    }
+    if let Some(file) = &args.secret_file {
+        cmd.arg("--secret-file").arg(file);
     }
     if let Some(t) = &args.token {
         cmd.env("DOS_TOKEN", t);

@@ -118,6 +118,7 @@ pub async fn cap_inodes(
 /// attribute TTL bounds how stale anything is.
 pub async fn follow_changes(
     core: Arc<FsCore>,
+    feed: crate::mount::Feed,
     notifier: fuser::Notifier,
     cancel: tokio_util::sync::CancellationToken,
 ) {
@@ -126,11 +127,12 @@ pub async fn follow_changes(
     loop {
         let feed = tokio::select! {
             _ = cancel.cancelled() => return,
-            f = core.changes() => f,
+            f = feed() => f,
         };
         match feed {
             Ok(mut feed) => {
                 tracing::debug!("following the store's changes");
+                core.set_following(true);
                 backoff = Duration::from_secs(1);
                 loop {
                     let event = tokio::select! {
@@ -159,6 +161,7 @@ pub async fn follow_changes(
                     })
                     .await;
                 }
+                core.set_following(false);
                 tracing::info!("the store's change feed ended; following it again");
             }
             Err(e) => tracing::debug!(error = %e, "cannot follow the store's changes"),
@@ -233,7 +236,13 @@ fn to_errno(e: FsError) -> Errno {
 
 impl Ids {
     fn file_attr(self, a: &Attr) -> FileAttr {
-        let nlink = if a.kind == Kind::Dir { 2 } else { a.nlink };
+        // A directory has at least its name and its `.` (the core counts its subdirectories'
+        // `..` on top where it knows them).
+        let nlink = if a.kind == Kind::Dir {
+            a.nlink.max(2)
+        } else {
+            a.nlink
+        };
         FileAttr {
             ino: INodeNo(a.ino),
             size: a.size,

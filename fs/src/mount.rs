@@ -40,7 +40,13 @@ pub struct Backend {
     pub tls_ca: Option<PathBuf>,
     /// Run after the unmount, once everything is uploaded (stops an embedded cluster).
     pub stop: Option<BoxFuture<'static, ()>>,
+    /// Where changes made elsewhere are heard, when not from the store itself (`--broker`).
+    pub feed: Option<Feed>,
 }
+
+/// Opens a stream of the changes made to the store (by anyone), to follow until it ends.
+pub type Feed =
+    Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<dos_store::ChangeStream>> + Send + Sync>;
 
 /// How often, and after how long unused, blocks leave the cache's memory tier.
 const MEMORY_TRIM_EVERY: Duration = Duration::from_secs(5);
@@ -212,8 +218,15 @@ pub fn run(opts: MountOptions, connect: Connect, ready: impl FnOnce(&Path)) -> a
         crate::fuse::cap_inodes(capped, notifier, cancel)
     });
     let (follower, notifier) = (core.clone(), session.notifier());
+    let feed = backend.feed.clone().unwrap_or_else(|| {
+        let core = core.clone();
+        Arc::new(move || {
+            let core = core.clone();
+            Box::pin(async move { Ok(core.changes().await?) })
+        })
+    });
     workers.spawn_once("change follower", move |cancel| {
-        crate::fuse::follow_changes(follower, notifier, cancel)
+        crate::fuse::follow_changes(follower, feed, notifier, cancel)
     });
     tracing::info!(mountpoint = %mountpoint.display(), %url, "mounted");
     ready(&mountpoint);

@@ -1,7 +1,8 @@
 //! dosfs mounts on a cluster of hosts (issue 15): seven `dos-server data` and two
 //! `dos-server api`, each in its own network namespace (`scripts/netns-cluster.sh`, helpers in
 //! `common/netns.rs`), and two `dosfs mount`s on hosts of their own, `mount1` listing the
-//! API servers as `api1,api2` and `mount2` as `api2,api1`. The mounts run with their host's
+//! API servers as `api1,api2` and `mount2` as `api2,api1`; `mount1` follows changes through
+//! its API server, `mount2` on RabbitMQ directly (`--broker`). The mounts run with their host's
 //! network (`nsenter --net`) and this machine's mounts, so the test reaches both through the
 //! file system while their traffic crosses the bridge.
 //!
@@ -78,12 +79,26 @@ struct NetMount {
 }
 
 impl NetMount {
-    fn start(net: &NetCluster, dosfs: &Path, host: &str, root: &Path, apis: &[String]) -> Self {
+    /// Mounts through `apis`; with `broker`, following changes on the cluster's RabbitMQ
+    /// directly (`--broker`, with the cluster secret) instead of through the API server.
+    fn start(
+        net: &NetCluster,
+        dosfs: &Path,
+        host: &str,
+        root: &Path,
+        apis: &[String],
+        broker: bool,
+    ) -> Self {
         let mp = root.join("mnt");
         std::fs::create_dir_all(&mp).unwrap();
         let log = root.join("dosfs.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("nsenter")
+        let mut cmd = Command::new("nsenter");
+        if broker {
+            cmd.env("DOS_BROKER", &net.env.amqp)
+                .env("DOS_SECRET", procs::SECRET);
+        }
+        let child = cmd
             .arg(format!("--net={}", net.netns_path(host).display()))
             .arg("--")
             .arg(dosfs)
@@ -387,6 +402,7 @@ async fn mounts_on_two_api_servers_across_hosts() {
         "mount1",
         &w.join("m1"),
         &[a1.clone(), a2.clone()],
+        false,
     );
     let m2 = NetMount::start(
         &net,
@@ -394,6 +410,7 @@ async fn mounts_on_two_api_servers_across_hosts() {
         "mount2",
         &w.join("m2"),
         &[a2.clone(), a1.clone()],
+        true,
     );
     say!(
         started,
@@ -416,6 +433,11 @@ async fn mounts_on_two_api_servers_across_hosts() {
         took.last().unwrap()
     );
     assert!(p95 <= Duration::from_millis(300), "p95 {p95:?}: {took:?}");
+    assert!(
+        m2.log().contains("following changes on RabbitMQ"),
+        "mount2 (--broker) did not follow the broker:\n{}",
+        m2.log()
+    );
     assert!(
         *took.last().unwrap() < Duration::from_secs(1),
         "slowest {took:?}"

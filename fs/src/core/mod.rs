@@ -6,6 +6,7 @@
 //! Writes go to a local staging file and are uploaded whole on flush/fsync/close.
 
 mod at;
+mod dirs;
 mod history;
 mod inodes;
 pub mod journal;
@@ -17,7 +18,7 @@ mod stream;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -329,6 +330,10 @@ pub struct FsCore {
     at_entries: Mutex<at::AtEntries>,
     /// Listing requests made of the store (`.dosfs/stats`).
     listings: std::sync::atomic::AtomicU64,
+    /// Subdirectory counts of directories, for their link counts (see `dirs`).
+    subdirs: Mutex<dirs::SubdirCounts>,
+    /// Whether the store's change feed is being followed now (see [`Self::set_following`]).
+    following: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -431,6 +436,8 @@ impl FsCore {
             direct_io: AtomicBool::new(false),
             at_entries: Mutex::default(),
             listings: std::sync::atomic::AtomicU64::new(0),
+            subdirs: Mutex::default(),
+            following: AtomicBool::new(false),
         }
     }
 
@@ -728,6 +735,7 @@ impl FsCore {
                 // Whatever was cached may be stale: it is asked for again.
                 lock(&self.entries).clear();
                 lock(&self.groups).clear();
+                lock(&self.subdirs).clear();
                 return Vec::new();
             }
             dos_protocol::ChangeEvent::Changed(c) => c,
@@ -747,6 +755,16 @@ impl FsCore {
             return Vec::new();
         }
         self.forget_entry(path);
+        // A folder marker changes its parent's count; a new or deleted name may make the
+        // unmarked folders above it appear or go.
+        if change.kind == EntryKind::Dir {
+            let mut subdirs = lock(&self.subdirs);
+            subdirs.forget(path);
+            subdirs.changed_elsewhere(path);
+        } else if change.version == 1 || change.deleted {
+            let dir = path.rsplit_once('/').map_or("", |(p, _)| p);
+            lock(&self.subdirs).changed_elsewhere(dir);
+        }
         let inodes = lock(&self.inodes);
         let mut out = Vec::new();
         if let Some(ino) = inodes.known(path) {
@@ -781,9 +799,51 @@ impl FsCore {
             write::staged_attr(ino, &staged)?
         } else {
             let entry = self.entry(path).await?;
-            self.attr_of(ino, path, &entry)
+            let mut attr = self.attr_of(ino, path, &entry);
+            if attr.kind == Kind::Dir {
+                attr.nlink = 2 + self.subdir_count(path).await;
+            }
+            attr
         };
         self.with_links(path, attr).await
+    }
+
+    /// How many directories directory `path` holds (see `dirs`); 0 when it cannot be
+    /// listed now.
+    async fn subdir_count(&self, path: &str) -> u32 {
+        let ttl = if self.following.load(Ordering::Relaxed) {
+            dirs::FOLLOWED_TTL
+        } else {
+            self.config.attr_ttl
+        };
+        if let Some(n) = lock(&self.subdirs).get(path, ttl) {
+            return n;
+        }
+        let generation = lock(&self.subdirs).generation();
+        match self.list_children(path).await {
+            Ok(children) => self.counted(path, &children, generation),
+            Err(e) => {
+                tracing::debug!(path, error = %e, "cannot list a directory for its link count");
+                0
+            }
+        }
+    }
+
+    /// Keeps the number of directories among `children`, the listing of `path` started at
+    /// `generation`.
+    fn counted(&self, path: &str, children: &[DirEntry], generation: u64) -> u32 {
+        let n = children.iter().filter(|c| c.kind == Kind::Dir).count();
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        lock(&self.subdirs).store(path, n, generation);
+        n
+    }
+
+    /// The change feed is being followed (`true`) or was lost (`false`): while it is, what
+    /// changes elsewhere is heard at once, so directory link counts are trusted for longer.
+    pub fn set_following(&self, following: bool) {
+        // Counts found before the feed began may miss changes it will not tell of.
+        lock(&self.subdirs).clear();
+        self.following.store(following, Ordering::Relaxed);
     }
 
     /// `attr` of `path`, with the number, link count and ctime of its hard-link group.
@@ -887,7 +947,10 @@ impl FsCore {
                 return Err(FsError::NotDir);
             }
         }
-        self.list_children(&path).await
+        let generation = lock(&self.subdirs).generation();
+        let children = self.list_children(&path).await?;
+        self.counted(&path, &children, generation);
+        Ok(children)
     }
 
     /// Live children of namespace directory `path`.
@@ -1133,9 +1196,28 @@ impl FsCore {
         let ino = self.entered(NodeKey::Path(path.clone()));
         self.saved(&path, &rec);
         self.dir_changed(&path);
+        if new.kind == EntryKind::Dir {
+            lock(&self.subdirs).made(&path);
+        }
         let entry = Entry::Object(rec);
         self.remember(&path, entry.clone());
-        Ok(self.attr_of(ino, &path, &entry))
+        let mut attr = self.attr_of(ino, &path, &entry);
+        if new.kind == EntryKind::Dir {
+            attr.nlink = 2;
+        }
+        Ok(attr)
+    }
+
+    /// Name `path` went from its directory: when that directory has no marker (a folder
+    /// made by names written over REST), it may have gone with it, and its parent's
+    /// subdirectory count with it.
+    fn left_implied_dir(&self, path: &str) {
+        let Some((dir, _)) = path.rsplit_once('/') else {
+            return;
+        };
+        if matches!(self.fresh_entry(dir), Some(Entry::ImpliedDir)) {
+            lock(&self.subdirs).changed_elsewhere(dir);
+        }
     }
 
     /// True when nothing lives under directory `path`.
@@ -1163,6 +1245,7 @@ impl FsCore {
         self.forget_entry(&path);
         self.dir_changed(&path);
         lock(&self.dir_times).remove(&path);
+        lock(&self.subdirs).removed(&path);
         Ok(())
     }
 
@@ -1207,6 +1290,7 @@ impl FsCore {
             Err(e) if e.is_not_found() => return Err(FsError::NotFound),
             Err(e) => return Err(e.into()),
         }
+        self.left_implied_dir(&path);
         let ino = self.ino_of(NodeKey::Path(path.clone()));
         let left = match rec.posix.link {
             Some(id) => self.left_group(id, &path).await?,
@@ -1357,6 +1441,7 @@ impl FsCore {
             };
             self.copy_version(r, &to, None).await?;
             self.delete_quiet(&from).await?;
+            self.left_implied_dir(&from);
             if let Some(id) = r.posix.link {
                 moves.push((id, from.clone(), to.clone()));
             }
@@ -1379,6 +1464,7 @@ impl FsCore {
         if is_dir {
             // A moved directory's ctime changes (its `..` did).
             self.touch_dir(&to);
+            lock(&self.subdirs).renamed(&from, &to, target.is_some());
         }
         Ok(())
     }
