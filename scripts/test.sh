@@ -69,4 +69,4 @@ echo "== cargo test"
 cargo test --workspace -- --test-threads=2
 echo "== pjdfstest on a dosfs mount (fs/pjdfstest/ci.sh)"
 cargo build --quiet -p dosfs --bin dosfs
-./fs/pjdfstest/ci.sh target/debug/dosfs
+./fs/pjdfstest/ci.sh "${CARGO_TARGET_DIR:-target}/debug/dosfs"
