@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
 dosfs=${1:-target/debug/dosfs}
+case $dosfs in /*) ;; *) dosfs="$repo/$dosfs" ;; esac
 tarball=${PJDFSTEST_TARBALL:-}
 if [ -z "$tarball" ]; then
   for t in "$repo"/../shared/vendor/pjdfstest-*.tar.gz /work/shared/vendor/pjdfstest-*.tar.gz; do
@@ -39,7 +40,7 @@ mnt="$work/mnt"
 pid=""
 cleanup() {
   if mountpoint -q "$mnt" 2>/dev/null; then
-    "$repo/$dosfs" umount "$mnt" >/dev/null 2>&1 || fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+    "$dosfs" umount "$mnt" >/dev/null 2>&1 || fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
   fi
   rm -rf "$work"
 }
@@ -51,7 +52,7 @@ tar -xzf "$tarball" -C "$work"
 
 mkdir -p "$mnt"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$repo/$dosfs" mount "$mnt" --data-dir "$work/data" --cache-dir "$work/cache" --listen "127.0.0.1:$port" >/dev/null
+"$dosfs" mount "$mnt" --data-dir "$work/data" --cache-dir "$work/cache" --listen "127.0.0.1:$port" >/dev/null
 mkdir "$mnt/pjd"
 echo "== pjdfstest: running on a dosfs mount"
 status=0
