@@ -27,6 +27,26 @@ fn core_on(store: &MemoryStore, dir: &std::path::Path) -> FsCore {
     FsCore::new(Arc::new(store.clone()), cache, staging, config)
 }
 
+/// Two mounts' cores on one store.
+struct Two {
+    store: MemoryStore,
+    a: FsCore,
+    b: FsCore,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn two_mounts() -> Two {
+    let store = MemoryStore::new();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (core_on(&store, da.path()), core_on(&store, db.path()));
+    Two {
+        store,
+        a,
+        b,
+        _dirs: (da, db),
+    }
+}
+
 async fn write(core: &FsCore, parent: u64, name: &str, data: &[u8]) -> u64 {
     let ino = match core.lookup(parent, name).await {
         Ok(a) => a.ino,
@@ -57,9 +77,7 @@ async fn drain(core: &FsCore, feed: &mut dos_store::ChangeStream) -> Vec<Invalid
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_made_elsewhere_shows_at_once() {
-    let store = MemoryStore::new();
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (core_on(&store, da.path()), core_on(&store, db.path()));
+    let Two { store, a, b, _dirs } = two_mounts();
     let mut feed_a = a.changes().await.unwrap();
     let mut feed_b = b.changes().await.unwrap();
     let d = a
@@ -112,11 +130,67 @@ async fn a_change_made_elsewhere_shows_at_once() {
     assert_eq!(b.lookup(new.ino, "x").await.unwrap().size, 4);
 
     // A delete elsewhere: b stops finding the name at once.
+    drain(&a, &mut feed_a).await;
     a.unlink(d.ino, "f").await.unwrap();
     drain(&b, &mut feed_b).await;
     assert!(b.lookup(bd.ino, "f").await.is_err(), "deleted elsewhere");
+    // The mount that deleted it knows the echo of its own delete (and of a rename's and an
+    // rmdir's) and drops nothing for it.
+    write(&a, d.ino, "g", b"g").await;
+    a.rename(d.ino, "g", ROOT_INO, "g2", false).await.unwrap();
+    a.unlink(ROOT_INO, "g2").await.unwrap();
+    a.rmdir(ROOT_INO, "d").await.unwrap();
+    let own = drain(&a, &mut feed_a).await;
+    assert!(own.is_empty(), "a mount ignores its own deletes: {own:?}");
 
     // Missed changes: everything cached is fetched again.
     assert!(b.changed(&ChangeEvent::Missed).is_empty());
     assert_eq!(b.entry_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_for_a_link_count_serves_the_readdir_after_it_until_a_change() {
+    let Two { a, b, _dirs, .. } = two_mounts();
+    let mut feed_b = b.changes().await.unwrap();
+    let root = Caller::root();
+    for dir in ["d", "e"] {
+        let d = a.mkdir(ROOT_INO, dir, 0o755, &root).await.unwrap();
+        a.mkdir(d.ino, "sub", 0o755, &root).await.unwrap();
+        write(&a, d.ino, "f1", b"1").await;
+    }
+    drain(&b, &mut feed_b).await;
+    let names =
+        |l: Vec<dosfs::core::DirEntry>| -> Vec<String> { l.into_iter().map(|e| e.name).collect() };
+
+    // A walk: the lookup lists the folder for its link count, the readdir uses that listing.
+    let before = b.listings();
+    let d = b.lookup(ROOT_INO, "d").await.unwrap();
+    assert_eq!(d.nlink, 3);
+    assert_eq!(names(b.read_dir(d.ino).await.unwrap()), ["f1", "sub"]);
+    assert_eq!(
+        b.listings() - before,
+        1,
+        "one listing for the lookup and the readdir"
+    );
+    // Once only: the next readdir lists again.
+    b.read_dir(d.ino).await.unwrap();
+    assert_eq!(b.listings() - before, 2);
+
+    // A file made here between the lookup and the readdir is listed.
+    b.forget(d.ino, 1);
+    b.changed(&ChangeEvent::Missed);
+    let d = b.lookup(ROOT_INO, "d").await.unwrap();
+    let (_, fh) = b.create(d.ino, "new", 0o644, &root).await.unwrap();
+    b.release(fh).await.unwrap();
+    assert_eq!(
+        names(b.read_dir(d.ino).await.unwrap()),
+        ["f1", "new", "sub"]
+    );
+
+    // A file made elsewhere between them is listed once the feed tells of it.
+    let e = b.lookup(ROOT_INO, "e").await.unwrap();
+    let ae = a.lookup(ROOT_INO, "e").await.unwrap();
+    write(&a, ae.ino, "f2", b"2").await;
+    drain(&b, &mut feed_b).await;
+    assert_eq!(names(b.read_dir(e.ino).await.unwrap()), ["f1", "f2", "sub"]);
 }

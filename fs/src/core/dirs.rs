@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::DirEntry;
+
 /// How long a listed count is trusted while the change feed is followed.
 pub(crate) const FOLLOWED_TTL: Duration = Duration::from_secs(60);
 /// Directories whose counts are kept at most.
@@ -127,6 +129,84 @@ impl SubdirCounts {
     }
 }
 
+/// Listings made for a link count (a `lookup` or `stat` of a directory not counted yet),
+/// kept for the `readdir` that usually follows (`find`, `ls -R`, `du` look a folder up and
+/// then read it), so that a cold walk lists each folder once:
+/// - a listing serves one `readdir` at most, within the attribute TTL;
+/// - any entry this mount adds to, removes from or renames in a folder drops its listing, and
+///   so does a change elsewhere to a name below it (the feed) or a missed change;
+/// - a listing that overlaps such a change is not kept (a generation number);
+/// - at most [`RECENT_ENTRIES`] entries are kept in all; past it the older listings go.
+#[derive(Default)]
+pub(crate) struct RecentListings {
+    lists: HashMap<String, (Instant, Vec<DirEntry>)>,
+    entries: usize,
+    generation: u64,
+}
+
+/// Entries of recent listings kept at most.
+const RECENT_ENTRIES: usize = 100_000;
+
+impl RecentListings {
+    /// To be taken before listing a directory, and given to [`Self::keep`] with the listing.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// `list` is what `dir` held at `generation`.
+    pub(crate) fn keep(&mut self, dir: &str, list: &[DirEntry], generation: u64, ttl: Duration) {
+        if generation != self.generation || list.len() > RECENT_ENTRIES || ttl.is_zero() {
+            return;
+        }
+        if self.entries + list.len() > RECENT_ENTRIES {
+            self.lists.retain(|_, (at, _)| at.elapsed() < ttl);
+            self.entries = self.lists.values().map(|(_, l)| l.len()).sum();
+            if self.entries + list.len() > RECENT_ENTRIES {
+                self.lists.clear();
+                self.entries = 0;
+            }
+        }
+        self.entries += list.len();
+        if let Some((_, old)) = self
+            .lists
+            .insert(dir.to_string(), (Instant::now(), list.to_vec()))
+        {
+            self.entries -= old.len();
+        }
+    }
+
+    /// The listing of `dir` made within `ttl`, if one was kept (it is then gone).
+    pub(crate) fn take(&mut self, dir: &str, ttl: Duration) -> Option<Vec<DirEntry>> {
+        let (at, list) = self.lists.remove(dir)?;
+        self.entries -= list.len();
+        (at.elapsed() < ttl).then_some(list)
+    }
+
+    /// What `dir` holds changed (or may have): its listing goes.
+    pub(crate) fn forget(&mut self, dir: &str) {
+        self.generation += 1;
+        if let Some((_, old)) = self.lists.remove(dir) {
+            self.entries -= old.len();
+        }
+    }
+
+    /// `name` changed elsewhere: the listings of every folder above it go (a new name may
+    /// have made folders appear in them).
+    pub(crate) fn changed_elsewhere(&mut self, name: &str) {
+        let mut dir = name;
+        while !dir.is_empty() {
+            dir = parent_of(dir);
+            self.forget(dir);
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.generation += 1;
+        self.lists.clear();
+        self.entries = 0;
+    }
+}
+
 fn parent_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(p, _)| p)
 }
@@ -174,6 +254,48 @@ mod tests {
         let g = c.generation();
         c.store("", 1, g);
         assert_eq!(c.get("", TTL), Some(1));
+    }
+
+    fn listing(names: &[&str]) -> Vec<DirEntry> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| DirEntry {
+                ino: i as u64 + 2,
+                name: n.to_string(),
+                kind: super::super::Kind::File,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_recent_listing_serves_one_readdir_until_its_folder_changes() {
+        let mut r = RecentListings::default();
+        let g = r.generation();
+        r.keep("d", &listing(&["a", "b"]), g, TTL);
+        assert_eq!(r.take("d", TTL).map(|l| l.len()), Some(2));
+        assert!(r.take("d", TTL).is_none(), "one readdir only");
+        // A change to the folder between the listing and its keeping: not kept.
+        let g = r.generation();
+        r.forget("d");
+        r.keep("d", &listing(&["a"]), g, TTL);
+        assert!(r.take("d", TTL).is_none());
+        // Changes elsewhere below a folder drop it; expired listings serve nothing.
+        let g = r.generation();
+        r.keep("d", &listing(&["a"]), g, TTL);
+        r.keep("e", &listing(&["a"]), g, TTL);
+        r.changed_elsewhere("d/x/y");
+        assert!(r.take("d", TTL).is_none());
+        assert!(r.take("e", Duration::ZERO).is_none());
+        // The bound on entries kept.
+        let g = r.generation();
+        let big: Vec<String> = (0..RECENT_ENTRIES / 2 + 1).map(|i| i.to_string()).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        r.keep("one", &listing(&big), g, TTL);
+        r.keep("two", &listing(&big), g, TTL);
+        assert!(r.entries <= RECENT_ENTRIES);
+        assert!(r.take("two", TTL).is_some());
+        assert_eq!(r.entries, 0);
     }
 
     #[test]

@@ -226,6 +226,7 @@ struct New {
     rdev: u32,
 }
 
+#[derive(Debug, Clone)]
 pub struct DirEntry {
     pub ino: u64,
     pub name: String,
@@ -296,7 +297,9 @@ pub struct FsCore {
     pub(crate) unlinked_open: Mutex<HashMap<u64, VersionRecord>>,
     /// The versions this mount made lately, by path: what a following attribute change
     /// folds into (see [`FOLD_WINDOW`]).
-    saves: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Deletes are kept too (`true`), so that the change feed's echo of them is known as
+    /// this mount's own; nothing folds into a delete marker.
+    saves: Mutex<HashMap<String, (Instant, u64, bool)>>,
     /// When this mount last added, removed or renamed an entry of each directory (ns): its
     /// mtime and ctime from then on, unless its record was changed later (see `dir_time`).
     dir_times: Mutex<HashMap<String, i64>>,
@@ -332,6 +335,8 @@ pub struct FsCore {
     listings: std::sync::atomic::AtomicU64,
     /// Subdirectory counts of directories, for their link counts (see `dirs`).
     subdirs: Mutex<dirs::SubdirCounts>,
+    /// Listings made for those counts, for the `readdir` that follows (see `dirs`).
+    recent: Mutex<dirs::RecentListings>,
     /// Whether the store's change feed is being followed now (see [`Self::set_following`]).
     following: AtomicBool,
 }
@@ -437,6 +442,7 @@ impl FsCore {
             at_entries: Mutex::default(),
             listings: std::sync::atomic::AtomicU64::new(0),
             subdirs: Mutex::default(),
+            recent: Mutex::default(),
             following: AtomicBool::new(false),
         }
     }
@@ -577,23 +583,29 @@ impl FsCore {
 
     /// This mount just made version `rec` of `path`.
     pub(crate) fn saved(&self, path: &str, rec: &VersionRecord) {
+        self.note_version(path, rec.version, false);
+    }
+
+    fn note_version(&self, path: &str, version: u64, deleted: bool) {
         let mut saves = lock(&self.saves);
         if saves.len() >= ENTRY_PURGE_AT {
-            saves.retain(|_, (at, _)| at.elapsed() < FOLD_WINDOW);
+            saves.retain(|_, (at, _, _)| at.elapsed() < FOLD_WINDOW);
         }
-        saves.insert(path.to_string(), (Instant::now(), rec.version));
+        saves.insert(path.to_string(), (Instant::now(), version, deleted));
     }
 
     /// The version of `path` a new version made now may replace (see [`FOLD_WINDOW`]).
     pub(crate) fn fold_into(&self, path: &str) -> Option<u64> {
         lock(&self.saves)
             .get(path)
-            .filter(|(at, _)| at.elapsed() < FOLD_WINDOW)
-            .map(|(_, v)| *v)
+            .filter(|(at, _, deleted)| !deleted && at.elapsed() < FOLD_WINDOW)
+            .map(|(_, v, _)| *v)
     }
 
-    fn forget_save(&self, path: &str) {
-        lock(&self.saves).remove(path);
+    /// This mount deleted `path` (its delete marker is version `version`): a new version
+    /// there folds into nothing, and the feed's echo of the delete is this mount's own.
+    fn deleted_here(&self, path: &str, version: u64) {
+        self.note_version(path, version, true);
     }
 
     pub(crate) fn forget_entry(&self, path: &str) {
@@ -676,6 +688,7 @@ impl FsCore {
     /// older half is dropped, and those show their stored times again).
     pub(crate) fn dir_changed(&self, path: &str) {
         let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        lock(&self.recent).forget(parent);
         self.touch_dir(parent);
     }
 
@@ -736,6 +749,7 @@ impl FsCore {
                 lock(&self.entries).clear();
                 lock(&self.groups).clear();
                 lock(&self.subdirs).clear();
+                lock(&self.recent).clear();
                 return Vec::new();
             }
             dos_protocol::ChangeEvent::Changed(c) => c,
@@ -750,11 +764,12 @@ impl FsCore {
         // This mount made this version, or a later one: nothing here is older than it.
         let ours = lock(&self.saves)
             .get(path)
-            .is_some_and(|(_, v)| *v >= change.version);
+            .is_some_and(|(_, v, _)| *v >= change.version);
         if ours || self.staged_of(path).is_some() {
             return Vec::new();
         }
         self.forget_entry(path);
+        lock(&self.recent).changed_elsewhere(path);
         // A folder marker changes its parent's count; a new or deleted name may make the
         // unmarked folders above it appear or go.
         if change.kind == EntryKind::Dir {
@@ -820,8 +835,12 @@ impl FsCore {
             return n;
         }
         let generation = lock(&self.subdirs).generation();
+        let recent = lock(&self.recent).generation();
         match self.list_children(path).await {
-            Ok(children) => self.counted(path, &children, generation),
+            Ok(children) => {
+                lock(&self.recent).keep(path, &children, recent, self.config.attr_ttl);
+                self.counted(path, &children, generation)
+            }
             Err(e) => {
                 tracing::debug!(path, error = %e, "cannot list a directory for its link count");
                 0
@@ -946,6 +965,9 @@ impl FsCore {
             if attr.kind != Kind::Dir {
                 return Err(FsError::NotDir);
             }
+        }
+        if let Some(children) = lock(&self.recent).take(&path, self.config.attr_ttl) {
+            return Ok(children);
         }
         let generation = lock(&self.subdirs).generation();
         let children = self.list_children(&path).await?;
@@ -1198,6 +1220,7 @@ impl FsCore {
         self.dir_changed(&path);
         if new.kind == EntryKind::Dir {
             lock(&self.subdirs).made(&path);
+            lock(&self.recent).forget(&path);
         }
         let entry = Entry::Object(rec);
         self.remember(&path, entry.clone());
@@ -1246,6 +1269,7 @@ impl FsCore {
         self.dir_changed(&path);
         lock(&self.dir_times).remove(&path);
         lock(&self.subdirs).removed(&path);
+        lock(&self.recent).forget(&path);
         Ok(())
     }
 
@@ -1285,11 +1309,11 @@ impl FsCore {
             }
             Err(e) => return Err(e),
         };
-        match self.store.delete(&object_name(&path)?).await {
-            Ok(_) => {}
+        let marker = match self.store.delete(&object_name(&path)?).await {
+            Ok(marker) => marker,
             Err(e) if e.is_not_found() => return Err(FsError::NotFound),
             Err(e) => return Err(e.into()),
-        }
+        };
         self.left_implied_dir(&path);
         let ino = self.ino_of(NodeKey::Path(path.clone()));
         let left = match rec.posix.link {
@@ -1310,7 +1334,7 @@ impl FsCore {
             lock(&self.inodes).detach(&path);
         }
         self.forget_entry(&path);
-        self.forget_save(&path);
+        self.deleted_here(&path, marker.version);
         self.dir_changed(&path);
         Ok(())
     }
@@ -1465,6 +1489,8 @@ impl FsCore {
             // A moved directory's ctime changes (its `..` did).
             self.touch_dir(&to);
             lock(&self.subdirs).renamed(&from, &to, target.is_some());
+            // Listings kept under the old paths (and over the replaced one) go; this is rare.
+            lock(&self.recent).clear();
         }
         Ok(())
     }
@@ -1503,7 +1529,10 @@ impl FsCore {
 
     async fn delete_quiet(&self, path: &str) -> FsResult<()> {
         match self.store.delete(&object_name(path)?).await {
-            Ok(_) => Ok(()),
+            Ok(marker) => {
+                self.deleted_here(path, marker.version);
+                Ok(())
+            }
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
         }
