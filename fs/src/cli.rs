@@ -805,7 +805,12 @@ fn broker_feed(url: String, secret: Option<Vec<u8>>) -> dosfs::mount::Feed {
                     dos_bus::amqp::AmqpBus::connect(config).await.map(Arc::new)
                 })
                 .await
-                .map_err(|e| anyhow!("{e}"))?
+                .map_err(|e| {
+                    // Said at warn level: a wrong URL or password shows in the log, not only
+                    // as changes that take the TTL to show.
+                    tracing::warn!(error = %e, "cannot follow changes on RabbitMQ (--broker); until it can, changes made elsewhere show within the attribute TTL");
+                    anyhow!("{e}")
+                })?
                 .clone();
             if !bus.is_connected() {
                 bail!("not connected to RabbitMQ (reconnecting)");
