@@ -770,13 +770,14 @@ impl FsCore {
         }
         self.forget_entry(path);
         lock(&self.recent).changed_elsewhere(path);
-        // A folder marker changes its parent's count; a new or deleted name may make the
-        // unmarked folders above it appear or go.
-        if change.kind == EntryKind::Dir {
+        // A folder marker changes its parent's count, and so may a delete (a delete marker
+        // does not say what it deleted); a new name may make the unmarked folders above its
+        // own appear.
+        if change.kind == EntryKind::Dir || change.deleted {
             let mut subdirs = lock(&self.subdirs);
             subdirs.forget(path);
             subdirs.changed_elsewhere(path);
-        } else if change.version == 1 || change.deleted {
+        } else if change.version == 1 {
             let dir = path.rsplit_once('/').map_or("", |(p, _)| p);
             lock(&self.subdirs).changed_elsewhere(dir);
         }
