@@ -4,8 +4,8 @@
 //! (all its pages) and kept here, by path:
 //! - a count found by a listing is trusted for the attribute TTL, or for
 //!   [`FOLLOWED_TTL`] while the mount follows the store's change feed (a change made elsewhere
-//!   then drops the counts of the changed name's ancestors at once, and a missed change drops
-//!   them all);
+//!   then drops the counts of the folders it may have changed at once, see
+//!   `FsCore::changed`, and a missed change drops them all);
 //! - this mount's own mkdir, rmdir and directory renames adjust the counts they change, so a
 //!   `tar x` or `mkdir -p` costs no listing (a new directory starts at 0);
 //! - a listing that overlaps one of those changes is not kept (it may predate it);
