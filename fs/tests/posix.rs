@@ -589,6 +589,26 @@ async fn special_files_hard_link_and_moved_directories_keep_their_links() {
     assert_eq!(f.head("e/p").await.kind, EntryKind::Fifo);
 }
 
+impl Fixture {
+    /// The change feed tells the core of version `rec`.
+    fn heard(&self, rec: &dos_protocol::VersionRecord) {
+        let event = dos_protocol::ChangeEvent::Changed(dos_protocol::Change::of(rec));
+        self.core.changed(&event);
+    }
+
+    /// Deletes `name` over REST; the core hears of it when it follows the feed.
+    async fn delete_elsewhere(&self, name: &str, following: bool) {
+        let gone = self
+            .memory
+            .delete(&ObjectName::new(name).unwrap())
+            .await
+            .unwrap();
+        if following {
+            self.heard(&gone);
+        }
+    }
+}
+
 /// `st_nlink` of every directory at the root and of `a` and `b` below it, as `stat` gives them.
 async fn dir_links(f: &Fixture, names: &[&str]) -> Vec<u32> {
     let mut out = vec![f.core.getattr(ROOT_INO).await.unwrap().nlink];
@@ -656,32 +676,15 @@ async fn a_directory_links_its_subdirectories() {
             // Not heard of yet: the count kept is still used (no listing per stat) ...
             assert_eq!(dir_links(&f, &["a"]).await, [3, 3]);
             // ... until the feed tells of it.
-            let event = dos_protocol::ChangeEvent::Changed(dos_protocol::Change::of(&rec));
-            f.core.changed(&event);
+            f.heard(&rec);
         }
         assert_eq!(dir_links(&f, &["a", "a/rest"]).await, [3, 4, 2]);
         // Its last name deleted over REST: the folder is gone, and so is its link.
-        let gone = f
-            .memory
-            .delete(&ObjectName::new("a/rest/x").unwrap())
-            .await
-            .unwrap();
-        if following {
-            let event = dos_protocol::ChangeEvent::Changed(dos_protocol::Change::of(&gone));
-            f.core.changed(&event);
-        }
+        f.delete_elsewhere("a/rest/x", following).await;
         assert_eq!(dir_links(&f, &["a"]).await, [3, 3]);
         // A folder removed elsewhere (its marker deleted over REST: the delete marker does
         // not say it was a folder).
-        let gone = f
-            .memory
-            .delete(&ObjectName::new("a/b/inner").unwrap())
-            .await
-            .unwrap();
-        if following {
-            let event = dos_protocol::ChangeEvent::Changed(dos_protocol::Change::of(&gone));
-            f.core.changed(&event);
-        }
+        f.delete_elsewhere("a/b/inner", following).await;
         assert_eq!(dir_links(&f, &["a", "a/b"]).await, [3, 3, 2]);
         // A missed change: every count is found again.
         f.core.changed(&dos_protocol::ChangeEvent::Missed);
