@@ -90,14 +90,7 @@ async fn new_files_belong_to_their_creator_and_the_store_keeps_it() {
     assert_eq!((l.uid, l.gid), (Some(1000), Some(100)));
     // A name written over REST without an owner shows as the mounting user's (the adapter
     // fills in the mount's ids for `None`).
-    f.memory
-        .put_bytes(
-            &ObjectName::new("rest").unwrap(),
-            &dos_protocol::WriteAttributes::default(),
-            bytes::Bytes::from_static(b"x"),
-        )
-        .await
-        .unwrap();
+    f.put_elsewhere("rest").await;
     let r = f.core.lookup(ROOT_INO, "rest").await.unwrap();
     assert_eq!((r.uid, r.gid), (None, None));
 }
@@ -596,6 +589,18 @@ impl Fixture {
         self.core.changed(&event);
     }
 
+    /// Writes `name` (one byte, no owner) over REST, behind the core's back.
+    async fn put_elsewhere(&self, name: &str) -> dos_protocol::VersionRecord {
+        self.memory
+            .put_bytes(
+                &ObjectName::new(name).unwrap(),
+                &dos_protocol::WriteAttributes::default(),
+                bytes::Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap()
+    }
+
     /// Deletes `name` over REST; the core hears of it when it follows the feed.
     async fn delete_elsewhere(&self, name: &str, following: bool) {
         let gone = self
@@ -663,15 +668,7 @@ async fn a_directory_links_its_subdirectories() {
         assert_eq!(dir_links(&f, &["a", "a/b"]).await, [3, 3, 3]);
 
         // A folder made elsewhere (over REST, by a name inside it).
-        let rec = f
-            .memory
-            .put_bytes(
-                &ObjectName::new("a/rest/x").unwrap(),
-                &dos_protocol::WriteAttributes::default(),
-                bytes::Bytes::from_static(b"x"),
-            )
-            .await
-            .unwrap();
+        let rec = f.put_elsewhere("a/rest/x").await;
         if following {
             // Not heard of yet: the count kept is still used (no listing per stat) ...
             assert_eq!(dir_links(&f, &["a"]).await, [3, 3]);
